@@ -1,0 +1,46 @@
+# lem — GPU energy measurement for LLM-inference experiments.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+# go-nvml's header marks old NVML calls deprecated; the warnings are noise for a cgo build.
+export CGO_CFLAGS ?= -Wno-deprecated-declarations
+export CGO_ENABLED := 1
+
+.PHONY: all build test test-short services demo bench lint gpu-check clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+# Every test, with the services the tests need (Docker Engine, Prometheus) installed and started: a test that
+# needs a missing service fails instead of skipping.
+test: services lint
+	LEM_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 15m ./...
+
+# Quick feedback while editing: no services, long replays skipped.
+test-short:
+	$(GO) test -short ./...
+
+services:
+	scripts/services.sh
+
+# On a host with an NVIDIA GPU: records the GPUs around a known-shape load and prints per-phase energy.
+# Elsewhere: replays a recorded real H200 trace through the same sampler and prints the same tables.
+demo: build
+	scripts/demo.sh
+
+bench:
+	scripts/bench.sh
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+# Real-GPU checks in one go (capture completeness, gaps, counter latency, per-phase energy by method).
+gpu-check: build
+	scripts/gpu-check.sh
+
+clean:
+	rm -rf $(BIN)

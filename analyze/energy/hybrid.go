@@ -1,0 +1,196 @@
+package energy
+
+import (
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// Hybrid combines the two sources: the counter gives the energy between its updates (the total is the counter's),
+// and the 50 Hz samples say how that energy is spread inside each update interval, so a window edge falling
+// between two counter updates resolves to the sample period instead of the counter's ~100 ms (or the read
+// interval, when the counter is read rarely).
+//
+// The counter lags the samples (~85 ms at load changes on H200): a reading taken at host time t holds the energy
+// up to about t-lag. The hybrid moves the readings back by Lag before allocating, so energy lands in the phase
+// the samples put it in.
+type Hybrid struct {
+	pts    []point // distinct counter values at the first read that showed each, moved back by Lag
+	in     *Integral
+	gain   float64 // counter joules per sampled joule over the whole series (for the ends)
+	Lag    time.Duration
+	Resets int
+}
+
+// HybridResult is the hybrid energy over a window.
+type HybridResult struct {
+	Joules float64
+	// Extrapolated is how much of the window lies outside the counter readings, where energy is the samples'
+	// scaled by the counter-to-sample gain.
+	Extrapolated time.Duration
+}
+
+// NewHybrid prepares hybrid integration over counter readings and samples (each in time order).
+func NewHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Duration) (*Hybrid, error) {
+	pts, resets := normalize(dedupe(cs))
+	if len(pts) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))
+	}
+	if len(ss) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(ss))
+	}
+	for i := range pts {
+		pts[i].t = pts[i].t.Add(-lag)
+	}
+	h := &Hybrid{pts: pts, in: NewIntegral(ss), Lag: lag, Resets: resets, gain: 1}
+	var dE, dS float64
+	for i := 1; i < len(pts); i++ {
+		if h.in.Covers(pts[i-1].t) && h.in.Covers(pts[i].t) {
+			dE += pts[i].j - pts[i-1].j
+			dS += h.in.At(pts[i].t) - h.in.At(pts[i-1].t)
+		}
+	}
+	if dE > 0 && dS > 0 {
+		h.gain = dE / dS
+	}
+	return h, nil
+}
+
+// dedupe keeps, of each run of equal readings, the first: the value appeared at or before that read.
+func dedupe(cs []trace.CounterReading) []trace.CounterReading {
+	out := make([]trace.CounterReading, 0, len(cs))
+	for i, c := range cs {
+		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}
+
+// Gain is the counter's joules per sampled joule over the data: the two sensors' relative calibration.
+func (h *Hybrid) Gain() float64 { return h.gain }
+
+// at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
+func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
+	n := len(h.pts)
+	first, last := h.pts[0], h.pts[n-1]
+	switch {
+	case t.Before(first.t):
+		if !h.in.Covers(t) {
+			return 0, 0, fmt.Errorf("hybrid at %s: before counter and samples: %w", t.Format(time.RFC3339Nano), ErrNoCoverage)
+		}
+		return first.j - h.gain*(h.in.At(first.t)-h.in.At(t)), first.t.Sub(t), nil
+	case t.After(last.t):
+		if !h.in.Covers(t) {
+			return 0, 0, fmt.Errorf("hybrid at %s: after counter and samples: %w", t.Format(time.RFC3339Nano), ErrNoCoverage)
+		}
+		return last.j + h.gain*(h.in.At(t)-h.in.At(last.t)), t.Sub(last.t), nil
+	}
+	k := sort.Search(n, func(i int) bool { return h.pts[i].t.After(t) }) - 1
+	if k == n-1 {
+		return last.j, 0, nil
+	}
+	a, b := h.pts[k], h.pts[k+1]
+	dE := b.j - a.j
+	if h.in.Covers(a.t) && h.in.Covers(b.t) {
+		s0, s1 := h.in.At(a.t), h.in.At(b.t)
+		if s1 > s0 {
+			return a.j + dE*(h.in.At(t)-s0)/(s1-s0), 0, nil
+		}
+	}
+	f := float64(t.Sub(a.t)) / float64(b.t.Sub(a.t)) // no sample shape here: linear in time
+	return a.j + f*dE, 0, nil
+}
+
+// Energy returns the hybrid energy over [t0, t1].
+func (h *Hybrid) Energy(t0, t1 time.Time) (HybridResult, error) {
+	if !t1.After(t0) {
+		return HybridResult{}, fmt.Errorf("empty window %s .. %s", t0.Format(time.RFC3339Nano), t1.Format(time.RFC3339Nano))
+	}
+	a, xa, err := h.at(t0)
+	if err != nil {
+		return HybridResult{}, err
+	}
+	b, xb, err := h.at(t1)
+	if err != nil {
+		return HybridResult{}, err
+	}
+	return HybridResult{Joules: max(b-a, 0), Extrapolated: xa + xb}, nil
+}
+
+// LagEstimate is the counter lag that best aligns counter increments with the samples.
+type LagEstimate struct {
+	Lag time.Duration
+	// OK is false when the data has too little structure (flat power) to tell lags apart; Lag is then 0.
+	OK bool
+	// Intervals is how many counter intervals the fit used.
+	Intervals int
+	// Contrast is the worst fit's residual over the best's: near 1 means the lag hardly matters.
+	Contrast float64
+}
+
+// Lag search range and step.
+const (
+	MaxLag  = 400 * time.Millisecond
+	lagStep = 5 * time.Millisecond
+)
+
+// EstimateLag finds the lag L in [0, MaxLag] that makes each counter increment best proportional to the samples'
+// energy over the same interval moved back by L (least squares, one gain for all intervals).
+func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate {
+	pts, _ := normalize(dedupe(cs))
+	in := NewIntegral(ss)
+	// Intervals usable at every candidate lag, so all candidates are scored on the same data.
+	type iv struct {
+		a, b time.Time
+		dE   float64
+	}
+	var ivs []iv
+	for i := 1; i < len(pts); i++ {
+		a, b := pts[i-1], pts[i]
+		if b.j < a.j || !in.Covers(a.t.Add(-MaxLag)) || !in.Covers(b.t) {
+			continue
+		}
+		ivs = append(ivs, iv{a.t, b.t, b.j - a.j})
+	}
+	if len(ivs) < 10 {
+		return LagEstimate{Intervals: len(ivs)}
+	}
+	best, worst := -1.0, 0.0
+	var bestLag time.Duration
+	xs := make([]float64, len(ivs))
+	for lag := time.Duration(0); lag <= MaxLag; lag += lagStep {
+		var sxy, sxx float64
+		for i, v := range ivs {
+			xs[i] = in.At(v.b.Add(-lag)) - in.At(v.a.Add(-lag))
+			sxy += xs[i] * v.dE
+			sxx += xs[i] * xs[i]
+		}
+		if sxx == 0 {
+			continue
+		}
+		// Residuals summed directly: syy - sxy²/sxx cancels catastrophically when the fit is near perfect.
+		g, rss := sxy/sxx, 0.0
+		for i, v := range ivs {
+			r := v.dE - g*xs[i]
+			rss += r * r
+		}
+		if best < 0 || rss < best {
+			best, bestLag = rss, lag
+		}
+		worst = max(worst, rss)
+	}
+	est := LagEstimate{Intervals: len(ivs)}
+	if best < 0 || worst == 0 {
+		return est
+	}
+	est.Contrast = worst / max(best, worst*1e-12)
+	if est.Contrast < 1.5 {
+		return est
+	}
+	est.Lag, est.OK = bestLag, true
+	return est
+}

@@ -1,0 +1,25 @@
+// Command lem-analyze computes energy per experiment, phase and token from lem traces.
+package main
+
+import (
+	"os"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/lem-energy/lem/internal/cli"
+)
+
+type app struct {
+	cli.Globals
+	ImportProbe importProbeCmd `cmd:"" name:"import-probe" help:"Convert an NVML probe CSV recording into a lem trace."`
+	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`
+	Version     cli.VersionCmd `cmd:"" help:"Print the version."`
+}
+
+func main() {
+	var a app
+	ctx := kong.Parse(&a, kong.Name("lem-analyze"),
+		kong.Description("Baseline-subtracted GPU energy per experiment, phase and token."),
+		kong.UsageOnError(), kong.DefaultEnvars("LEM"))
+	ctx.FatalIfErrorf(ctx.Run(a.Globals.Logger(os.Stderr)))
+}

@@ -1,0 +1,29 @@
+// Command lem-run brackets GPU experiments with an idle baseline, exact energy-counter reads and the workload's
+// own phase markers.
+package main
+
+import (
+	"os"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/lem-energy/lem/internal/cli"
+)
+
+type app struct {
+	cli.Globals
+	Record  recordCmd      `cmd:"" help:"Record the GPUs' power samples, counter and telemetry to a trace, optionally around a command."`
+	Version cli.VersionCmd `cmd:"" help:"Print the version."`
+}
+
+func main() {
+	var a app
+	ctx := kong.Parse(&a, kong.Name("lem-run"),
+		kong.Description("Measure the GPU energy of an experiment."),
+		kong.UsageOnError(), kong.DefaultEnvars("LEM"))
+	err := ctx.Run(a.Globals.Logger(os.Stderr))
+	if code, ok := cli.ExitCode(err); ok {
+		os.Exit(code)
+	}
+	ctx.FatalIfErrorf(err)
+}

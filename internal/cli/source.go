@@ -1,0 +1,59 @@
+package cli
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/sampler"
+)
+
+// SourceFlags choose where GPU data comes from: NVML, or a recorded trace replayed in real time.
+type SourceFlags struct {
+	Replay string   `type:"existingfile" help:"Replay a recorded lem trace instead of reading NVML (hosts without a GPU, demos, tests)."`
+	Speed  float64  `default:"1" help:"Replay speed factor."`
+	Loop   bool     `help:"Loop the replayed trace."`
+	GPUs   []string `name:"gpus" sep:"," help:"GPUs to sample: indices or UUIDs, comma-separated (default all)."`
+}
+
+// Open opens the source and selects the GPUs.
+func (f SourceFlags) Open(log *slog.Logger) (gpu.Source, []gpu.Device, error) {
+	var src gpu.Source
+	if f.Replay != "" {
+		if f.Speed <= 0 {
+			return nil, nil, fmt.Errorf("--speed %g: must be positive", f.Speed)
+		}
+		r, err := gpu.OpenReplay(f.Replay, gpu.ReplayOptions{Speed: f.Speed, Loop: f.Loop})
+		if err != nil {
+			return nil, nil, err
+		}
+		src = r
+	} else {
+		s, err := gpu.OpenNVML(nil, log)
+		if err != nil {
+			return nil, nil, err
+		}
+		src = s
+	}
+	devs, err := gpu.Select(src.Devices(), f.GPUs)
+	if err != nil {
+		src.Close()
+		return nil, nil, fmt.Errorf("--gpus: %w", err)
+	}
+	return src, devs, nil
+}
+
+// SamplerFlags set the sampler's cadence.
+type SamplerFlags struct {
+	CounterInterval   time.Duration `name:"counter-interval" default:"1s" help:"Energy-counter read interval (each read costs 3-4 ms of CPU)."`
+	DrainInterval     time.Duration `name:"drain-interval" default:"1s" help:"Power-sample buffer drain interval (must stay well inside the ~2.4 s buffer)."`
+	TelemetryInterval time.Duration `name:"telemetry-interval" default:"100ms" help:"Telemetry (temperature, clocks, utilization) interval."`
+	RingSpan          time.Duration `name:"ring-span" default:"10m" help:"Recent data kept in memory per GPU."`
+}
+
+// Config returns the sampler configuration.
+func (f SamplerFlags) Config() sampler.Config {
+	return sampler.Config{CounterInterval: f.CounterInterval, DrainInterval: f.DrainInterval,
+		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan}
+}

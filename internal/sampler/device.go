@@ -1,0 +1,379 @@
+package sampler
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"maps"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// CallStats describes one kind of device call.
+type CallStats struct {
+	Count        uint64
+	Errors       uint64 // failures other than "not supported"
+	NotSupported uint64
+	Total        time.Duration
+	Max          time.Duration
+	Last         time.Duration
+}
+
+// Where a gap lay, in the "where" attribute of gap events: inside one drained batch (the driver produced no
+// sample) or between two drains (lem may have lost samples).
+const (
+	GapInBatch = "in_batch"
+	GapAtDrain = "at_drain"
+)
+
+// Device call names in Stats.Calls.
+const (
+	CallEnergy    = "energy"
+	CallSamples   = "power_samples"
+	CallTelemetry = "telemetry"
+)
+
+// Stats is one GPU's capture accounting.
+type Stats struct {
+	GPU int
+	// SamplesCaptured counts driver power samples received; FirstSample and LastSample bound them.
+	SamplesCaptured uint64
+	FirstSample     time.Time
+	LastSample      time.Time
+	// Gaps counts intervals between consecutive samples over twice the sample period; MissedSamples estimates
+	// the samples those gaps should have held. DrainGaps is the part of Gaps that fell between two drains
+	// (samples lem may have lost); the rest lay inside one drained batch, i.e. the driver never produced them.
+	Gaps          uint64
+	DrainGaps     uint64
+	GapTime       time.Duration
+	MissedSamples uint64
+	// Overruns counts drains that came too late and found the buffer had dropped samples.
+	Overruns uint64
+	// CounterReads and CounterResets count energy-counter reads and detected resets (driver reload, wrap).
+	CounterReads  uint64
+	CounterResets uint64
+	// EnergyJ is the counter energy accumulated since the sampler started, reset-safe and never decreasing.
+	EnergyJ float64
+	// SampledEnergyJ is the trapezoid integral of the captured samples since the first one.
+	SampledEnergyJ float64
+	LatestCounter  trace.CounterReading
+	HasCounter     bool
+	LatestTelem    trace.Telemetry
+	HasTelemetry   bool
+	// Calls has latency and error counts per device call.
+	Calls map[string]CallStats
+	// Lag is how late the last loop iteration of each kind ran after its tick, and MaxLag the worst seen.
+	Lag    map[string]time.Duration
+	MaxLag map[string]time.Duration
+	// Lost is true while the GPU reports itself lost; LastError is the latest failure.
+	Lost      bool
+	LastError string
+}
+
+// CaptureRatio is captured over expected samples across the captured span (1 = lossless).
+func (st Stats) CaptureRatio(period time.Duration) float64 {
+	if st.SamplesCaptured < 2 {
+		return 0
+	}
+	expected := float64(st.LastSample.Sub(st.FirstSample))/float64(period) + 1
+	return float64(st.SamplesCaptured) / expected
+}
+
+type counterReq struct{ reply chan counterReply }
+
+type counterReply struct {
+	c   trace.CounterReading
+	err error
+}
+
+type device struct {
+	s    *Sampler
+	dev  gpu.Device
+	idx  int
+	reqs chan counterReq
+
+	mu        sync.Mutex
+	st        Stats
+	samples   []trace.PowerSample
+	counters  []trace.CounterReading
+	telemetry []trace.Telemetry
+	lastDrain time.Time
+	lostBy    map[string]bool
+}
+
+func newDevice(s *Sampler, d gpu.Device) *device {
+	idx := d.Info().Index
+	return &device{s: s, dev: d, idx: idx, reqs: make(chan counterReq), lostBy: map[string]bool{},
+		st: Stats{GPU: idx, Calls: map[string]CallStats{}, Lag: map[string]time.Duration{}, MaxLag: map[string]time.Duration{}}}
+}
+
+// call times fn and accounts its outcome; it logs transitions into and out of failure.
+func (d *device) call(name string, fn func() error) error {
+	t0 := time.Now()
+	err := fn()
+	dur := time.Since(t0)
+	d.mu.Lock()
+	cs := d.st.Calls[name]
+	cs.Count++
+	cs.Total += dur
+	cs.Last = dur
+	cs.Max = max(cs.Max, dur)
+	wasLost := d.st.Lost
+	switch {
+	case err == nil:
+	case errors.Is(err, gpu.ErrNotSupported):
+		cs.NotSupported++
+	default:
+		cs.Errors++
+		d.st.LastError = err.Error()
+	}
+	// Lost clears only when a call that reported it succeeds again: one call kind still answering (from a
+	// driver cache, say) does not make a lost GPU healthy.
+	if errors.Is(err, gpu.ErrGPULost) {
+		d.lostBy[name] = true
+	} else if err == nil {
+		delete(d.lostBy, name)
+	}
+	d.st.Lost = len(d.lostBy) > 0
+	lost := d.st.Lost
+	d.st.Calls[name] = cs
+	d.mu.Unlock()
+	switch {
+	case lost && !wasLost:
+		d.s.log.Error("GPU lost; other GPUs keep sampling", "gpu", d.idx, "err", err)
+		d.s.Emit(trace.Event{GPU: d.idx, Type: trace.EventDeviceError, Name: "gpu_lost", Attrs: map[string]string{"error": err.Error()}})
+	case !lost && wasLost:
+		d.s.log.Info("GPU answers again", "gpu", d.idx)
+	case err != nil && errors.Is(err, gpu.ErrNotSupported) && cs.NotSupported == 1:
+		d.s.log.Debug("not supported", "gpu", d.idx, "call", name, "err", err)
+	case err != nil && !errors.Is(err, gpu.ErrNotSupported) && !lost && cs.Errors == 1:
+		d.s.log.Warn("GPU call failed", "gpu", d.idx, "call", name, "err", err)
+	}
+	return err
+}
+
+func (d *device) noteLag(loop string, tick time.Time) {
+	lag := max(time.Since(tick), 0)
+	d.mu.Lock()
+	d.st.Lag[loop] = lag
+	d.st.MaxLag[loop] = max(d.st.MaxLag[loop], lag)
+	d.mu.Unlock()
+}
+
+func (d *device) counterLoop(ctx context.Context) {
+	tk := d.s.clock.NewTicker(d.s.cfg.CounterInterval)
+	defer tk.Stop()
+	d.readCounter() // a reading at start anchors every window
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case tick := <-tk.C():
+			d.noteLag("counter", tick)
+			d.readCounter()
+		case req := <-d.reqs:
+			c, err := d.readCounter()
+			req.reply <- counterReply{c, err}
+		}
+	}
+}
+
+func (d *device) readCounter() (trace.CounterReading, error) {
+	var c trace.CounterReading
+	err := d.call(CallEnergy, func() (err error) { c, err = d.dev.ReadEnergy(); return err })
+	if err != nil {
+		return c, err
+	}
+	var reset bool
+	d.mu.Lock()
+	if d.st.HasCounter {
+		prev := d.st.LatestCounter.EnergyMJ
+		if c.EnergyMJ < prev {
+			// Driver reload or wrap: the counter restarted from zero, so the new value is what was spent since.
+			reset = true
+			d.st.CounterResets++
+			d.st.EnergyJ += c.Joules()
+		} else {
+			d.st.EnergyJ += float64(c.EnergyMJ-prev) / 1000
+		}
+	}
+	d.st.CounterReads++
+	d.st.LatestCounter, d.st.HasCounter = c, true
+	d.counters = append(d.counters, c)
+	d.counters = trimCounters(d.counters, c.Time.Add(-d.s.cfg.RingSpan))
+	d.mu.Unlock()
+	if reset {
+		d.s.log.Warn("energy counter reset (driver reload?)", "gpu", d.idx)
+		d.s.Emit(trace.Event{Time: c.Time, GPU: d.idx, Type: trace.EventCounterReset})
+	}
+	d.s.publish(Record{GPU: d.idx, Kind: KindCounter, Counter: c})
+	return c, nil
+}
+
+func (d *device) drainLoop(ctx context.Context) {
+	tk := d.s.clock.NewTicker(d.s.cfg.DrainInterval)
+	defer tk.Stop()
+	d.drain()
+	for {
+		select {
+		case <-ctx.Done():
+			d.drain() // collect what the driver holds since the last drain
+			return
+		case tick := <-tk.C():
+			d.noteLag("drain", tick)
+			d.drain()
+		}
+	}
+}
+
+func (d *device) drain() {
+	d.mu.Lock()
+	since := d.st.LastSample
+	d.mu.Unlock()
+	var ss []trace.PowerSample
+	if err := d.call(CallSamples, func() (err error) { ss, err = d.dev.PowerSamples(since); return err }); err != nil {
+		return
+	}
+	now := d.s.clock.Now()
+	period := d.s.cfg.SamplePeriod
+	var events []trace.Event
+	d.mu.Lock()
+	late := !d.lastDrain.IsZero() && now.Sub(d.lastDrain) > d.s.cfg.BufferDepth
+	d.lastDrain = now
+	for i, smp := range ss {
+		if d.st.SamplesCaptured == 0 {
+			d.st.FirstSample = smp.Time
+		} else {
+			prev := d.st.LastSample
+			gap := smp.Time.Sub(prev)
+			if gap > 2*period {
+				d.st.Gaps++
+				d.st.GapTime += gap - period
+				d.st.MissedSamples += uint64((gap+period/2)/period) - 1
+				typ, where := trace.EventGap, GapInBatch
+				if i == 0 {
+					d.st.DrainGaps++
+					where = GapAtDrain
+					if late {
+						d.st.Overruns++
+						typ = trace.EventOverrun
+					}
+				}
+				events = append(events, trace.Event{Time: prev, GPU: d.idx, Type: typ, Attrs: map[string]string{
+					"duration_ms": strconv.FormatFloat(float64(gap)/1e6, 'f', 1, 64), "where": where}})
+			}
+			if prevW, ok := lastPower(d.samples); ok {
+				d.st.SampledEnergyJ += (prevW + smp.PowerW) / 2 * gap.Seconds()
+			}
+		}
+		d.st.SamplesCaptured++
+		d.st.LastSample = smp.Time
+		d.samples = append(d.samples, smp)
+	}
+	if len(ss) > 0 {
+		d.samples = trimSamples(d.samples, ss[len(ss)-1].Time.Add(-d.s.cfg.RingSpan))
+	}
+	d.mu.Unlock()
+	for _, ev := range events {
+		lvl := slog.LevelWarn
+		if ev.Attrs["where"] == GapInBatch { // the driver's own hiccup, seen ~1 in 250 samples under load
+			lvl = slog.LevelDebug
+		}
+		d.s.log.Log(context.Background(), lvl, "power-sample gap", "gpu", d.idx, "type", ev.Type, "where", ev.Attrs["where"],
+			"at", ev.Time, "duration_ms", ev.Attrs["duration_ms"])
+		d.s.Emit(ev)
+	}
+	if len(ss) > 0 {
+		d.s.publish(Record{GPU: d.idx, Kind: KindSamples, Samples: ss})
+	}
+}
+
+func lastPower(ss []trace.PowerSample) (float64, bool) {
+	if len(ss) == 0 {
+		return 0, false
+	}
+	return ss[len(ss)-1].PowerW, true
+}
+
+func (d *device) telemetryLoop(ctx context.Context) {
+	tk := d.s.clock.NewTicker(d.s.cfg.TelemetryInterval)
+	defer tk.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case tick := <-tk.C():
+			d.noteLag("telemetry", tick)
+			var t trace.Telemetry
+			if err := d.call(CallTelemetry, func() (err error) { t, err = d.dev.Telemetry(); return err }); err != nil {
+				continue
+			}
+			d.mu.Lock()
+			d.st.LatestTelem, d.st.HasTelemetry = t, true
+			d.telemetry = append(d.telemetry, t)
+			d.telemetry = trimTelemetry(d.telemetry, t.Time.Add(-d.s.cfg.RingSpan))
+			d.mu.Unlock()
+			d.s.publish(Record{GPU: d.idx, Kind: KindTelemetry, Telemetry: t})
+		}
+	}
+}
+
+func (d *device) snapshot() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := d.st
+	st.Calls = maps.Clone(d.st.Calls)
+	st.Lag = maps.Clone(d.st.Lag)
+	st.MaxLag = maps.Clone(d.st.MaxLag)
+	return st
+}
+
+func (d *device) window(t0, t1 time.Time) trace.Series {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return trace.Series{
+		Samples:   between(d.samples, t0, t1, func(s trace.PowerSample) time.Time { return s.Time }),
+		Counters:  between(d.counters, t0, t1, func(c trace.CounterReading) time.Time { return c.Time }),
+		Telemetry: between(d.telemetry, t0, t1, func(t trace.Telemetry) time.Time { return t.Time }),
+	}
+}
+
+// between copies the elements of a time-ordered slice stamped within [t0, t1].
+func between[T any](xs []T, t0, t1 time.Time, ts func(T) time.Time) []T {
+	i := sort.Search(len(xs), func(i int) bool { return !ts(xs[i]).Before(t0) })
+	j := sort.Search(len(xs), func(i int) bool { return ts(xs[i]).After(t1) })
+	if i >= j {
+		return nil
+	}
+	return append([]T(nil), xs[i:j]...)
+}
+
+// trimFront drops elements older than cut. It reslices, and copies once the dead prefix dominates so the
+// backing array does not grow without bound.
+func trimFront[T any](xs []T, cut time.Time, ts func(T) time.Time) []T {
+	i := sort.Search(len(xs), func(i int) bool { return !ts(xs[i]).Before(cut) })
+	if i == 0 {
+		return xs
+	}
+	if i > len(xs)/2 {
+		return append(make([]T, 0, 2*(len(xs)-i)+16), xs[i:]...)
+	}
+	return xs[i:]
+}
+
+func trimSamples(xs []trace.PowerSample, cut time.Time) []trace.PowerSample {
+	return trimFront(xs, cut, func(s trace.PowerSample) time.Time { return s.Time })
+}
+
+func trimCounters(xs []trace.CounterReading, cut time.Time) []trace.CounterReading {
+	return trimFront(xs, cut, func(c trace.CounterReading) time.Time { return c.Time })
+}
+
+func trimTelemetry(xs []trace.Telemetry, cut time.Time) []trace.Telemetry {
+	return trimFront(xs, cut, func(t trace.Telemetry) time.Time { return t.Time })
+}

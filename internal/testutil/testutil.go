@@ -1,0 +1,33 @@
+// Package testutil finds the repository's test data and says whether service-backed tests must run.
+package testutil
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+)
+
+// Root is the repository root.
+func Root() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// TracePath returns the path of a committed test trace (testdata/traces/NAME.parquet).
+func TracePath(name string) string {
+	return filepath.Join(Root(), "testdata", "traces", name+".parquet")
+}
+
+// RequireServices reports whether service-backed tests must fail rather than skip (LEM_REQUIRE_SERVICES=1, set
+// by make test).
+func RequireServices() bool { return os.Getenv("LEM_REQUIRE_SERVICES") == "1" }
+
+// SkipOrFail skips a test whose service is missing, or fails it under make test.
+func SkipOrFail(t testing.TB, why string) {
+	t.Helper()
+	if RequireServices() {
+		t.Fatalf("required service unavailable: %s", why)
+	}
+	t.Skipf("SKIPPED (service unavailable; make test requires it): %s", why)
+}

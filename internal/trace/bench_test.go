@@ -1,0 +1,44 @@
+package trace_test
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// hourOfSamples is one GPU-hour at 50 Hz: 180,000 samples.
+func hourOfSamples() []trace.PowerSample {
+	t0 := time.Unix(1795735590, 0)
+	ss := make([]trace.PowerSample, 180_000)
+	for i := range ss {
+		ss[i] = trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: 100 + float64(i%500)}
+	}
+	return ss
+}
+
+func BenchmarkWriteReadHour(b *testing.B) {
+	ss := hourOfSamples()
+	dir := b.TempDir()
+	b.ReportAllocs()
+	for b.Loop() {
+		p := filepath.Join(dir, "h.parquet")
+		w, err := trace.Create(p, meta.Environment{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := w.WriteSamples(0, ss); err != nil {
+			b.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			b.Fatal(err)
+		}
+		t, err := trace.ReadFile(p)
+		if err != nil || len(t.GPUs[0].Samples) != len(ss) {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(ss))*float64(b.N)/b.Elapsed().Seconds(), "samples/s")
+}

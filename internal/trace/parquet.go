@@ -1,0 +1,426 @@
+package trace
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/parquet-go/parquet-go"
+
+	"github.com/lem-energy/lem/internal/meta"
+)
+
+// SchemaVersion is the version of the file layout documented in docs/TRACE_FORMAT.md.
+const SchemaVersion = "1"
+
+// Key-value metadata keys in every lem trace file.
+const (
+	MetaSchema      = "lem.schema_version"
+	MetaEnvironment = "lem.environment"
+)
+
+// Row kinds: the "kind" column says which of the other columns a row uses.
+const (
+	KindSample    = "sample"
+	KindCounter   = "counter"
+	KindTelemetry = "telemetry"
+	KindEvent     = "event"
+)
+
+// ErrNotTrace is returned for files that are not (complete) lem traces.
+var ErrNotTrace = errors.New("not a lem trace file")
+
+// row is the one long/tidy table of a trace file. Columns a kind does not use are null.
+type row struct {
+	Kind          string    `parquet:"kind,dict"`
+	GPU           int32     `parquet:"gpu"`
+	Time          time.Time `parquet:"time,timestamp(nanosecond)"`
+	PowerW        *float64  `parquet:"power_w,optional"`
+	EnergyMJ      *int64    `parquet:"energy_mj,optional"`
+	ReadNS        *int64    `parquet:"read_duration_ns,optional"`
+	InstantPowerW *float64  `parquet:"instant_power_w,optional"`
+	AveragePowerW *float64  `parquet:"average_power_w,optional"`
+	TemperatureC  *float64  `parquet:"temperature_c,optional"`
+	SMClockHz     *float64  `parquet:"sm_clock_hz,optional"`
+	MemClockHz    *float64  `parquet:"mem_clock_hz,optional"`
+	UtilGPU       *float64  `parquet:"util_gpu_ratio,optional"`
+	UtilMem       *float64  `parquet:"util_mem_ratio,optional"`
+	MemUsedBytes  *float64  `parquet:"mem_used_bytes,optional"`
+	PowerLimitW   *float64  `parquet:"power_limit_w,optional"`
+	ClockReasons  *int64    `parquet:"clock_event_reasons,optional"`
+	Event         *string   `parquet:"event,optional,dict"`
+	RunID         *string   `parquet:"run_id,optional,dict"`
+	Name          *string   `parquet:"name,optional,dict"`
+	Attrs         *string   `parquet:"attrs,optional"`
+}
+
+var nan = math.NaN()
+
+func opt(v float64) *float64 {
+	if math.IsNaN(v) {
+		return nil
+	}
+	return &v
+}
+
+func val(p *float64) float64 {
+	if p == nil {
+		return math.NaN()
+	}
+	return *p
+}
+
+func optStr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+func str(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+func sampleRow(gpu int, s PowerSample) row {
+	p := s.PowerW
+	return row{Kind: KindSample, GPU: int32(gpu), Time: s.Time, PowerW: &p}
+}
+
+func counterRow(gpu int, c CounterReading) row {
+	e, d := int64(c.EnergyMJ), int64(c.ReadDuration)
+	return row{Kind: KindCounter, GPU: int32(gpu), Time: c.Time, EnergyMJ: &e, ReadNS: &d}
+}
+
+func telemetryRow(gpu int, t Telemetry) row {
+	r := row{Kind: KindTelemetry, GPU: int32(gpu), Time: t.Time,
+		InstantPowerW: opt(t.InstantPowerW), AveragePowerW: opt(t.AveragePowerW), TemperatureC: opt(t.TemperatureC),
+		SMClockHz: opt(t.SMClockHz), MemClockHz: opt(t.MemClockHz), UtilGPU: opt(t.UtilGPU), UtilMem: opt(t.UtilMem),
+		MemUsedBytes: opt(t.MemUsedBytes), PowerLimitW: opt(t.PowerLimitW)}
+	if t.ClockReasonsValid {
+		c := int64(t.ClockReasons)
+		r.ClockReasons = &c
+	}
+	return r
+}
+
+func eventRow(e Event) (row, error) {
+	r := row{Kind: KindEvent, GPU: int32(e.GPU), Time: e.Time, Event: optStr(e.Type), RunID: optStr(e.RunID),
+		Name: optStr(e.Name)}
+	if len(e.Attrs) > 0 {
+		b, err := json.Marshal(e.Attrs)
+		if err != nil {
+			return row{}, fmt.Errorf("encoding attributes of event %q: %w", e.Name, err)
+		}
+		s := string(b)
+		r.Attrs = &s
+	}
+	return r, nil
+}
+
+// Writer streams a trace into a Parquet file. Rows go to a temporary file beside the target, which Close renames
+// into place: a crash never leaves a partial file under the final name.
+type Writer struct {
+	final, tmp string
+	f          *os.File
+	pw         *parquet.GenericWriter[row]
+	buf        []row
+	closed     bool
+}
+
+// rowGroupRows bounds memory: a row group is written once this many rows are buffered.
+const rowGroupRows = 64 * 1024
+
+// Create starts a trace file at path for the given environment.
+func Create(path string, env meta.Environment) (*Writer, error) {
+	envJSON, err := json.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("encoding environment for %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("creating trace %s: %w", path, err)
+	}
+	if err := f.Chmod(0o644); err != nil { // CreateTemp makes 0600; traces are meant to be shared
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("creating trace %s: %w", path, err)
+	}
+	pw := parquet.NewGenericWriter[row](f,
+		parquet.Compression(&parquet.Zstd),
+		parquet.KeyValueMetadata(MetaSchema, SchemaVersion),
+		parquet.KeyValueMetadata(MetaEnvironment, string(envJSON)),
+		parquet.CreatedBy("lem", meta.LemVersion(), ""),
+	)
+	return &Writer{final: path, tmp: f.Name(), f: f, pw: pw}, nil
+}
+
+// SetMetadata adds a key-value pair to the file footer (written at Close).
+func (w *Writer) SetMetadata(key, value string) { w.pw.SetKeyValueMetadata(key, value) }
+
+// Path is the final path of the file.
+func (w *Writer) Path() string { return w.final }
+
+func (w *Writer) add(rows ...row) error {
+	if w.closed {
+		return fmt.Errorf("trace %s: write after close", w.final)
+	}
+	w.buf = append(w.buf, rows...)
+	if len(w.buf) >= rowGroupRows {
+		return w.Flush()
+	}
+	return nil
+}
+
+// WriteSamples appends power samples of GPU gpu.
+func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
+	for _, s := range ss {
+		if err := w.add(sampleRow(gpu, s)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteCounter appends a counter reading of GPU gpu.
+func (w *Writer) WriteCounter(gpu int, c CounterReading) error { return w.add(counterRow(gpu, c)) }
+
+// WriteTelemetry appends a telemetry snapshot of GPU gpu.
+func (w *Writer) WriteTelemetry(gpu int, t Telemetry) error { return w.add(telemetryRow(gpu, t)) }
+
+// WriteEvent appends an event.
+func (w *Writer) WriteEvent(e Event) error {
+	r, err := eventRow(e)
+	if err != nil {
+		return err
+	}
+	return w.add(r)
+}
+
+// WriteTrace appends everything in t.
+func (w *Writer) WriteTrace(t *Trace) error {
+	for _, g := range t.GPUIndices() {
+		s := t.GPUs[g]
+		if err := w.WriteSamples(g, s.Samples); err != nil {
+			return err
+		}
+		for _, c := range s.Counters {
+			if err := w.WriteCounter(g, c); err != nil {
+				return err
+			}
+		}
+		for _, tm := range s.Telemetry {
+			if err := w.WriteTelemetry(g, tm); err != nil {
+				return err
+			}
+		}
+	}
+	for _, e := range t.Events {
+		if err := w.WriteEvent(e); err != nil {
+			return err
+		}
+	}
+	for k, v := range t.Extra {
+		w.SetMetadata(k, v)
+	}
+	return nil
+}
+
+// Flush writes the buffered rows as a row group and syncs them to disk.
+func (w *Writer) Flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	if _, err := w.pw.Write(w.buf); err != nil {
+		return fmt.Errorf("writing trace %s: %w", w.final, err)
+	}
+	w.buf = w.buf[:0]
+	if err := w.pw.Flush(); err != nil {
+		return fmt.Errorf("flushing trace %s: %w", w.final, err)
+	}
+	return nil
+}
+
+// Close writes the footer, syncs and renames the file into place.
+func (w *Writer) Close() error {
+	if w.closed {
+		return nil
+	}
+	err := w.Flush()
+	w.closed = true
+	if err == nil {
+		err = w.pw.Close()
+	}
+	if err == nil {
+		err = w.f.Sync()
+	}
+	if cerr := w.f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(w.tmp, w.final)
+	}
+	if err != nil {
+		os.Remove(w.tmp)
+		return fmt.Errorf("closing trace %s: %w", w.final, err)
+	}
+	return nil
+}
+
+// Abort discards the file.
+func (w *Writer) Abort() {
+	if w.closed {
+		return
+	}
+	w.closed = true
+	w.f.Close()
+	os.Remove(w.tmp)
+}
+
+// WriteFile writes t to path atomically.
+func WriteFile(path string, t *Trace) error {
+	w, err := Create(path, t.Env)
+	if err != nil {
+		return err
+	}
+	if err := w.WriteTrace(t); err != nil {
+		w.Abort()
+		return err
+	}
+	return w.Close()
+}
+
+// ReadFile reads a whole trace file.
+func ReadFile(path string) (*Trace, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("opening trace: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("opening trace: %w", err)
+	}
+	t, err := Read(f, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("reading trace %s: %w", path, err)
+	}
+	return t, nil
+}
+
+var parquetMagic = []byte("PAR1")
+
+// Read reads a trace from r.
+func Read(r io.ReaderAt, size int64) (*Trace, error) {
+	if size < 12 {
+		return nil, fmt.Errorf("%w: %d bytes is too short for a Parquet file", ErrNotTrace, size)
+	}
+	var head, tail [4]byte
+	if _, err := r.ReadAt(head[:], 0); err != nil {
+		return nil, fmt.Errorf("reading header: %w", err)
+	}
+	if _, err := r.ReadAt(tail[:], size-4); err != nil {
+		return nil, fmt.Errorf("reading footer: %w", err)
+	}
+	if !bytes.Equal(head[:], parquetMagic) {
+		return nil, fmt.Errorf("%w: no Parquet header", ErrNotTrace)
+	}
+	if !bytes.Equal(tail[:], parquetMagic) {
+		return nil, fmt.Errorf("%w: Parquet footer missing (truncated or still being written)", ErrNotTrace)
+	}
+	pf, err := parquet.OpenFile(r, size)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotTrace, err)
+	}
+	ver, ok := pf.Lookup(MetaSchema)
+	if !ok {
+		return nil, fmt.Errorf("%w: Parquet file without %s metadata", ErrNotTrace, MetaSchema)
+	}
+	if ver != SchemaVersion {
+		return nil, fmt.Errorf("%w: schema version %q, this lem reads %q", ErrNotTrace, ver, SchemaVersion)
+	}
+	var env meta.Environment
+	if s, ok := pf.Lookup(MetaEnvironment); ok {
+		if err := json.Unmarshal([]byte(s), &env); err != nil {
+			return nil, fmt.Errorf("%w: bad %s metadata: %v", ErrNotTrace, MetaEnvironment, err)
+		}
+	}
+	t := New(env)
+	for _, kv := range pf.Metadata().KeyValueMetadata {
+		if kv.Key != MetaSchema && kv.Key != MetaEnvironment {
+			t.Extra[kv.Key] = kv.Value
+		}
+	}
+	pr := parquet.NewGenericReader[row](pf)
+	defer pr.Close()
+	buf := make([]row, 4096)
+	for {
+		n, err := pr.Read(buf)
+		for _, rw := range buf[:n] {
+			if err := t.add(rw); err != nil {
+				return nil, err
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("reading rows: %w", err)
+		}
+	}
+	for _, s := range t.GPUs {
+		s.Sort()
+	}
+	return t, nil
+}
+
+func (t *Trace) add(r row) error {
+	g := int(r.GPU)
+	switch r.Kind {
+	case KindSample:
+		if r.PowerW == nil {
+			return fmt.Errorf("sample row at %s without power_w", r.Time)
+		}
+		s := t.Series(g)
+		s.Samples = append(s.Samples, PowerSample{Time: r.Time, PowerW: *r.PowerW})
+	case KindCounter:
+		if r.EnergyMJ == nil || *r.EnergyMJ < 0 {
+			return fmt.Errorf("counter row at %s without a valid energy_mj", r.Time)
+		}
+		c := CounterReading{Time: r.Time, EnergyMJ: uint64(*r.EnergyMJ)}
+		if r.ReadNS != nil {
+			c.ReadDuration = time.Duration(*r.ReadNS)
+		}
+		s := t.Series(g)
+		s.Counters = append(s.Counters, c)
+	case KindTelemetry:
+		tm := Telemetry{Time: r.Time, InstantPowerW: val(r.InstantPowerW), AveragePowerW: val(r.AveragePowerW),
+			TemperatureC: val(r.TemperatureC), SMClockHz: val(r.SMClockHz), MemClockHz: val(r.MemClockHz),
+			UtilGPU: val(r.UtilGPU), UtilMem: val(r.UtilMem), MemUsedBytes: val(r.MemUsedBytes),
+			PowerLimitW: val(r.PowerLimitW)}
+		if r.ClockReasons != nil {
+			tm.ClockReasons, tm.ClockReasonsValid = uint64(*r.ClockReasons), true
+		}
+		s := t.Series(g)
+		s.Telemetry = append(s.Telemetry, tm)
+	case KindEvent:
+		e := Event{Time: r.Time, GPU: g, Type: str(r.Event), RunID: str(r.RunID), Name: str(r.Name)}
+		if r.Attrs != nil {
+			if err := json.Unmarshal([]byte(*r.Attrs), &e.Attrs); err != nil {
+				return fmt.Errorf("event %q at %s: bad attrs: %w", e.Name, r.Time, err)
+			}
+		}
+		t.Events = append(t.Events, e)
+	default:
+		return fmt.Errorf("unknown row kind %q at %s", r.Kind, r.Time)
+	}
+	return nil
+}

@@ -1,0 +1,209 @@
+// Package trace owns lem's measurement data: the sample, counter, telemetry and event types every component
+// exchanges, and the Parquet file format they are stored in (docs/TRACE_FORMAT.md).
+package trace
+
+import (
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/lem-energy/lem/internal/meta"
+)
+
+// PowerSample is one entry of the driver's power-sample buffer (every ~20 ms), stamped by the driver.
+type PowerSample struct {
+	Time   time.Time
+	PowerW float64
+}
+
+// CounterReading is one read of the GPU's total-energy counter. Time is the host clock just before the read;
+// ReadDuration is how long the (blocking) call took.
+type CounterReading struct {
+	Time         time.Time
+	EnergyMJ     uint64
+	ReadDuration time.Duration
+}
+
+// Joules returns the counter value in joules.
+func (c CounterReading) Joules() float64 { return float64(c.EnergyMJ) / 1000 }
+
+// Telemetry is one slow-path snapshot (about 10 Hz). Fields the GPU does not support are NaN
+// (ClockReasonsValid false for the bitmask).
+type Telemetry struct {
+	Time              time.Time
+	InstantPowerW     float64 // field 186: instantaneous, refreshed every ~100 ms
+	AveragePowerW     float64 // GetPowerUsage: a 1 s moving average on recent GPUs
+	TemperatureC      float64
+	SMClockHz         float64
+	MemClockHz        float64
+	UtilGPU           float64 // 0..1
+	UtilMem           float64 // 0..1
+	MemUsedBytes      float64
+	PowerLimitW       float64
+	ClockReasons      uint64
+	ClockReasonsValid bool
+}
+
+// NewTelemetry returns a snapshot at t with every field unknown.
+func NewTelemetry(t time.Time) Telemetry {
+	n := math.NaN()
+	return Telemetry{Time: t, InstantPowerW: n, AveragePowerW: n, TemperatureC: n, SMClockHz: n, MemClockHz: n,
+		UtilGPU: n, UtilMem: n, MemUsedBytes: n, PowerLimitW: n}
+}
+
+// Event types. Phases are bracketed by EventPhase (start; ends the previous phase of the same run) and
+// EventPhaseEnd or EventRunEnd.
+const (
+	EventRunStart     = "run_start"
+	EventRunEnd       = "run_end"
+	EventPhase        = "phase"
+	EventPhaseEnd     = "phase_end"
+	EventResult       = "result"
+	EventMark         = "mark"
+	EventCounterReset = "counter_reset"
+	EventGap          = "gap"
+	EventOverrun      = "overrun"
+	EventDeviceError  = "device_error"
+)
+
+// NoGPU marks an event that belongs to no single GPU.
+const NoGPU = -1
+
+// Event is a marker in time: run and phase boundaries, results, and incidents the sampler saw.
+type Event struct {
+	Time  time.Time
+	GPU   int
+	Type  string
+	RunID string
+	Name  string
+	Attrs map[string]string
+}
+
+// Series is everything recorded for one GPU, each slice in time order.
+type Series struct {
+	Samples   []PowerSample
+	Counters  []CounterReading
+	Telemetry []Telemetry
+}
+
+// Sort puts every slice in time order (stable, so equal stamps keep their recorded order).
+func (s *Series) Sort() {
+	sort.SliceStable(s.Samples, func(i, j int) bool { return s.Samples[i].Time.Before(s.Samples[j].Time) })
+	sort.SliceStable(s.Counters, func(i, j int) bool { return s.Counters[i].Time.Before(s.Counters[j].Time) })
+	sort.SliceStable(s.Telemetry, func(i, j int) bool { return s.Telemetry[i].Time.Before(s.Telemetry[j].Time) })
+}
+
+// Trace is a whole recording: the environment, each GPU's series, and the events.
+type Trace struct {
+	Env    meta.Environment
+	GPUs   map[int]*Series
+	Events []Event
+	// Extra holds the file's key-value metadata that lem does not interpret (run id, producer, …).
+	Extra map[string]string
+}
+
+// New returns an empty trace for env.
+func New(env meta.Environment) *Trace {
+	return &Trace{Env: env, GPUs: map[int]*Series{}, Extra: map[string]string{}}
+}
+
+// Series returns the series of GPU g, creating it.
+func (t *Trace) Series(g int) *Series {
+	s := t.GPUs[g]
+	if s == nil {
+		s = &Series{}
+		t.GPUs[g] = s
+	}
+	return s
+}
+
+// GPUIndices returns the GPUs present, ascending.
+func (t *Trace) GPUIndices() []int {
+	out := make([]int, 0, len(t.GPUs))
+	for g := range t.GPUs {
+		out = append(out, g)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Span returns the first and last timestamp of any power sample or counter reading.
+func (t *Trace) Span() (first, last time.Time) {
+	upd := func(ts time.Time) {
+		if first.IsZero() || ts.Before(first) {
+			first = ts
+		}
+		if ts.After(last) {
+			last = ts
+		}
+	}
+	for _, s := range t.GPUs {
+		if n := len(s.Samples); n > 0 {
+			upd(s.Samples[0].Time)
+			upd(s.Samples[n-1].Time)
+		}
+		if n := len(s.Counters); n > 0 {
+			upd(s.Counters[0].Time)
+			upd(s.Counters[n-1].Time)
+		}
+	}
+	return first, last
+}
+
+// Common returns the span covered by both the samples and the counter of a series (or by whichever exists).
+func (s *Series) Common() (first, last time.Time) {
+	spans := [][2]time.Time{}
+	if n := len(s.Samples); n > 1 {
+		spans = append(spans, [2]time.Time{s.Samples[0].Time, s.Samples[n-1].Time})
+	}
+	if n := len(s.Counters); n > 1 {
+		spans = append(spans, [2]time.Time{s.Counters[0].Time, s.Counters[n-1].Time})
+	}
+	for i, sp := range spans {
+		if i == 0 || sp[0].After(first) {
+			first = sp[0]
+		}
+		if i == 0 || sp[1].Before(last) {
+			last = sp[1]
+		}
+	}
+	return first, last
+}
+
+// Phase is a named interval derived from phase events.
+type Phase struct {
+	RunID string
+	Name  string
+	Start time.Time
+	End   time.Time
+}
+
+// Phases derives the phase intervals from the events: a phase event starts a phase and ends the previous one of
+// the same run; phase_end and run_end end it. A phase still open at the end of the events ends at end.
+func Phases(events []Event, end time.Time) []Phase {
+	evs := slices.Clone(events)
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	open := map[string]int{} // run id → index in out
+	var out []Phase
+	closeRun := func(run string, at time.Time) {
+		if i, ok := open[run]; ok {
+			out[i].End = at
+			delete(open, run)
+		}
+	}
+	for _, e := range evs {
+		switch e.Type {
+		case EventPhase:
+			closeRun(e.RunID, e.Time)
+			open[e.RunID] = len(out)
+			out = append(out, Phase{RunID: e.RunID, Name: e.Name, Start: e.Time})
+		case EventPhaseEnd, EventRunEnd:
+			closeRun(e.RunID, e.Time)
+		}
+	}
+	for run := range open {
+		closeRun(run, end)
+	}
+	return out
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs (Debian/Ubuntu) and starts what the tests need: the Docker Engine (docker.io) and Prometheus with
+# promtool. Tests start their own Prometheus on a loopback port; dockerd is started here if it is not running.
+set -euo pipefail
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
+if [ ${#need[@]} -gt 0 ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "services: need root to install ${need[*]}" >&2; exit 1; }
+  echo "services: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The Debian package may start a Prometheus service on :9090; tests use their own instance, so leave it be.
+if ! docker info >/dev/null 2>&1; then
+  echo "services: starting dockerd"
+  (setsid dockerd >/tmp/lem-dockerd.log 2>&1 &)
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { echo "services: dockerd did not start; see /tmp/lem-dockerd.log" >&2; tail -20 /tmp/lem-dockerd.log >&2; exit 1; }
+fi
+echo "services: docker $(docker version --format '{{.Server.Version}}'), $(prometheus --version 2>&1 | head -1)"
