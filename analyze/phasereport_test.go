@@ -26,7 +26,7 @@ func TestPhaseTablesOnRealRecordings(t *testing.T) {
 			[]string{"heavy    4.008   2654.4  2702.0", "idle2    4.004    544.6   498.3"}},
 		{"h200-llm", 3814, 3814, 0, []string{"load", "idle", "bs1", "bs8", "bs32"},
 			[]string{"bs32   11.123   1520.6  1522.2"}},
-		{"h100-gpuload", 1446, 1454, 6, []string{"idle1", "heavy", "idle2", "medium", "idle3"}, nil},
+		{"h100-gpuload", 1550, 1556, 5, []string{"idle1", "heavy", "idle2", "medium", "idle3"}, nil},
 	}
 	for _, tc := range cases {
 		t.Run(tc.trace, func(t *testing.T) {

@@ -65,6 +65,8 @@ type Clock interface {
 	NewTicker(d time.Duration) Ticker
 	// Since is Now().Sub(t).
 	Since(t time.Time) time.Duration
+	// After fires once d of this clock's time has passed.
+	After(d time.Duration) <-chan time.Time
 }
 
 // Ticker is a stoppable periodic channel.
@@ -83,6 +85,9 @@ func (WallClock) Now() time.Time { return time.Now() }
 
 // Since returns time.Since(t).
 func (WallClock) Since(t time.Time) time.Duration { return time.Since(t) }
+
+// After wraps time.After.
+func (WallClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // NewTicker wraps time.NewTicker.
 func (WallClock) NewTicker(d time.Duration) Ticker { return wallTicker{time.NewTicker(d)} }
@@ -108,6 +113,11 @@ func (c *ScaledClock) Now() time.Time {
 
 // Since returns Now().Sub(t).
 func (c *ScaledClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) }
+
+// After fires after d of scaled time.
+func (c *ScaledClock) After(d time.Duration) <-chan time.Time {
+	return time.After(time.Duration(float64(d) / c.Speed))
+}
 
 // NewTicker ticks every d of scaled time.
 func (c *ScaledClock) NewTicker(d time.Duration) Ticker {

@@ -165,22 +165,83 @@ func (d *device) noteLag(loop string, tick time.Time) {
 	d.mu.Unlock()
 }
 
+// counterLoop reads the energy counter every CounterInterval and answers on-demand reads.
+//
+// The counter only changes every ~100 ms, on a steady grid, so a read returns a value up to one update old. Read
+// at arbitrary instants that staleness is random (0–100 ms) and blurs where energy falls between sparse reads.
+// When the interval is a multiple of the update period, the loop phase-locks instead: it finds an update by
+// reading every 10 ms until the value changes, then schedules every read just after an update, so every
+// reading is equally fresh and the counter-lag estimate absorbs the constant remainder.
 func (d *device) counterLoop(ctx context.Context) {
-	tk := d.s.clock.NewTicker(d.s.cfg.CounterInterval)
-	defer tk.Stop()
-	d.readCounter() // a reading at start anchors every window
+	cfg := d.s.cfg
+	clock := d.s.clock
+	upd := cfg.CounterUpdatePeriod
+	lockable := !cfg.NoPhaseLock && cfg.CounterInterval >= 2*upd && cfg.CounterInterval%upd == 0
+	var next, lockedAt time.Time
+	start := func() {
+		if lockable {
+			if u, ok := d.lock(ctx); ok {
+				next, lockedAt = u.Add(lockMargin), clock.Now()
+				for !next.After(clock.Now()) {
+					next = next.Add(upd)
+				}
+				return
+			}
+		} else {
+			d.readCounter() // a reading at start anchors every window
+		}
+		next = clock.Now().Add(cfg.CounterInterval)
+	}
+	start()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case tick := <-tk.C():
-			d.noteLag("counter", tick)
+		case <-clock.After(max(next.Sub(clock.Now()), 0)):
+			d.noteLag("counter", next)
 			d.readCounter()
+			now := clock.Now()
+			for next = next.Add(cfg.CounterInterval); !next.After(now); next = next.Add(cfg.CounterInterval) {
+			}
+			if lockable && now.Sub(lockedAt) >= cfg.RelockEvery {
+				start()
+			}
 		case req := <-d.reqs:
 			c, err := d.readCounter()
 			req.reply <- counterReply{c, err}
 		}
 	}
+}
+
+// lockMargin is how long after an estimated update a phase-locked read is scheduled: past the update's jitter.
+const lockMargin = 15 * time.Millisecond
+
+// lock reads the counter every 10 ms until its value changes and returns the estimated update instant (midway
+// between the last read of the old value and the first of the new). ok is false if no change was seen within two
+// update periods (counter unsupported, or the GPU stopped updating it).
+func (d *device) lock(ctx context.Context) (time.Time, bool) {
+	clock := d.s.clock
+	prev, err := d.readCounter()
+	if err != nil {
+		return time.Time{}, false
+	}
+	deadline := prev.Time.Add(2 * d.s.cfg.CounterUpdatePeriod)
+	for clock.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return time.Time{}, false
+		case <-clock.After(10 * time.Millisecond):
+		}
+		c, err := d.readCounter()
+		if err != nil {
+			return time.Time{}, false
+		}
+		if c.EnergyMJ != prev.EnergyMJ {
+			return prev.Time.Add(c.Time.Sub(prev.Time) / 2), true
+		}
+		prev = c
+	}
+	return time.Time{}, false
 }
 
 func (d *device) readCounter() (trace.CounterReading, error) {

@@ -3,6 +3,7 @@ package sampler_test
 import (
 	"context"
 	"path/filepath"
+	"sort"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/gpu/gputest"
+	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/sampler"
 	"github.com/lem-energy/lem/internal/testutil"
@@ -78,12 +80,13 @@ func TestReplayedLLMThroughSampler(t *testing.T) {
 	assert.Equal(t, uint64(len(gs.Samples)), st.SamplesCaptured)
 	assert.Zero(t, st.DrainGaps, "no gap between drains")
 	assert.Zero(t, st.Overruns)
-	assert.InDelta(t, 75, len(gs.Counters), 4, "counter read once a second")
+	assert.InDelta(t, 75+6, len(gs.Counters), 6, "counter read once a second, plus the phase-lock reads")
 
 	_, end := got.Span()
 	phases := trace.Phases(got.Events, end)
 	require.Len(t, phases, 5, "load, idle, bs1, bs8, bs32")
-	capRows, _ := energy.ByPhase(0, gs, phases, energy.Options{})
+	capRows, capLag := energy.ByPhase(0, gs, phases, energy.Options{})
+	t.Logf("captured lag %v (contrast %.1f)", capLag.Lag, capLag.Contrast)
 
 	_, dend := direct.Span()
 	dphases := trace.Phases(direct.Events, dend)
@@ -213,4 +216,49 @@ func TestReadCounterOnDemandAndWindow(t *testing.T) {
 	require.NoError(t, err)
 	assert.InDelta(t, 50, len(w.Samples), 3, "the drained buffer's last second")
 	assert.NotEmpty(t, w.Counters)
+}
+
+// With the counter read once a second, reads are phase-locked to the counter's 100 ms update grid: each one comes
+// shortly after an update instead of at a random point of the period.
+func TestCounterReadsArePhaseLocked(t *testing.T) {
+	rec0 := time.Unix(1795735590, 0)
+	tr := trace.New(meta.Environment{})
+	s0 := tr.Series(0)
+	var updates []time.Time
+	for ms := 0; ms <= 20_000; ms += 20 {
+		s0.Samples = append(s0.Samples, trace.PowerSample{Time: rec0.Add(time.Duration(ms) * time.Millisecond), PowerW: 100})
+	}
+	// The replay starts at rec0 (first sample and a first reading); updates then come 37 ms past each 100 ms, so
+	// reads at whole seconds from the start would be 63 ms stale.
+	s0.Counters = append(s0.Counters, trace.CounterReading{Time: rec0, EnergyMJ: 0})
+	for ms := 37; ms <= 20_000; ms += 100 {
+		at := rec0.Add(time.Duration(ms) * time.Millisecond)
+		updates = append(updates, at)
+		s0.Counters = append(s0.Counters, trace.CounterReading{Time: at, EnergyMJ: uint64(ms * 100)})
+	}
+	src, err := gpu.NewReplay(tr, "grid", gpu.ReplayOptions{Speed: 5})
+	require.NoError(t, err)
+	defer src.Close()
+	s, err := sampler.New(src, nil, sampler.Config{}, nil)
+	require.NoError(t, err)
+	rec := recorder.Start(s, recorder.Options{Memory: true})
+	stop := run(t, s)
+	time.Sleep(1500 * time.Millisecond) // 7.5 s of replay time
+	stop()
+	got, err := rec.Stop()
+	require.NoError(t, err)
+	cs := got.GPUs[0].Counters
+	require.GreaterOrEqual(t, len(cs), 7)
+	var locked int
+	for _, c := range cs[len(cs)-6:] { // the last six: past the lock burst, a second apart
+		recT := c.Time.Add(-src.ToReplayTime(rec0).Sub(rec0))
+		i := sort.Search(len(updates), func(i int) bool { return updates[i].After(recT) }) - 1
+		require.GreaterOrEqual(t, i, 0)
+		stale := recT.Sub(updates[i])
+		assert.Less(t, stale, 45*time.Millisecond, "read %s after the update it shows", stale)
+		locked++
+	}
+	assert.Equal(t, 6, locked)
+	gaps := cs[len(cs)-1].Time.Sub(cs[len(cs)-2].Time)
+	assert.InDelta(t, float64(time.Second), float64(gaps), float64(60*time.Millisecond), "one read a second")
 }
