@@ -36,5 +36,10 @@ print("rows by kind:", df.groupby("kind").size().to_dict())
 print("metadata keys:", sorted(k.decode() for k in pq.read_metadata(sys.argv[1]).metadata))
 PY
 
+if [ "${GPU_CHECK_LLM:-0}" = 1 ]; then
+  echo "== 5. llmload.py (random-init ~1 B Llama, generate at batch 1/8/32), default cadence"
+  "$BIN/lem-run" record -o "$OUT/llm.parquet" -- python3 "$WL/llmload.py" 4 > "$OUT/llm.txt" 2> "$OUT/llm.log"
+fi
+
 echo; echo "================ gpu-check summary ================"
-for f in dense default idle; do echo "-- $f"; grep -v '^MARK' "$OUT/$f.txt"; done
+for f in dense default idle llm; do [ -f "$OUT/$f.txt" ] || continue; echo "-- $f"; grep -v '^MARK' "$OUT/$f.txt"; done

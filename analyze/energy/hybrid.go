@@ -132,13 +132,15 @@ type LagEstimate struct {
 	Contrast float64
 }
 
-// Lag search range and step.
+// Lag search range and step. The lag is relative between the two sensors and includes the reads' staleness, so
+// a small negative value is possible (H100 reads phase-locked just after updates came out at the floor of 0).
 const (
+	MinLag  = -100 * time.Millisecond
 	MaxLag  = 400 * time.Millisecond
 	lagStep = 5 * time.Millisecond
 )
 
-// EstimateLag finds the lag L in [0, MaxLag] that makes each counter increment best proportional to the samples'
+// EstimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the samples'
 // energy over the same interval moved back by L (least squares, one gain for all intervals).
 func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate {
 	pts, _ := normalize(dedupe(cs))
@@ -151,7 +153,7 @@ func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate 
 	var ivs []iv
 	for i := 1; i < len(pts); i++ {
 		a, b := pts[i-1], pts[i]
-		if b.j < a.j || !in.Covers(a.t.Add(-MaxLag)) || !in.Covers(b.t) {
+		if b.j < a.j || !in.Covers(a.t.Add(-MaxLag)) || !in.Covers(b.t.Add(-MinLag)) {
 			continue
 		}
 		ivs = append(ivs, iv{a.t, b.t, b.j - a.j})
@@ -162,7 +164,7 @@ func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate 
 	best, worst := -1.0, 0.0
 	var bestLag time.Duration
 	xs := make([]float64, len(ivs))
-	for lag := time.Duration(0); lag <= MaxLag; lag += lagStep {
+	for lag := MinLag; lag <= MaxLag; lag += lagStep {
 		var sxy, sxx float64
 		for i, v := range ivs {
 			xs[i] = in.At(v.b.Add(-lag)) - in.At(v.a.Add(-lag))
