@@ -140,6 +140,10 @@ const (
 	lagStep = 5 * time.Millisecond
 )
 
+// minContrast is the worst-to-best residual ratio below which the lag counts as unresolvable. Load changes give
+// 10–22 on H100/H200 recordings; idle power's small wobble gave up to ~2 with meaningless lags.
+const minContrast = 3
+
 // EstimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the samples'
 // energy over the same interval moved back by L (least squares, one gain for all intervals).
 func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate {
@@ -190,7 +194,7 @@ func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate 
 		return est
 	}
 	est.Contrast = worst / max(best, worst*1e-12)
-	if est.Contrast < 1.5 {
+	if est.Contrast < minContrast {
 		return est
 	}
 	est.Lag, est.OK = bestLag, true
