@@ -65,6 +65,10 @@ type Stats struct {
 	HasCounter     bool
 	LatestTelem    trace.Telemetry
 	HasTelemetry   bool
+	LatestSample   trace.PowerSample
+	// ClockReasonSeconds accumulates, per clock-event reason bit, the time the reason was active (between
+	// consecutive telemetry snapshots that showed it).
+	ClockReasonSeconds map[uint64]float64
 	// Calls has latency and error counts per device call.
 	Calls map[string]CallStats
 	// Lag is how late the last loop iteration of each kind ran after its tick, and MaxLag the worst seen.
@@ -109,7 +113,8 @@ type device struct {
 func newDevice(s *Sampler, d gpu.Device) *device {
 	idx := d.Info().Index
 	return &device{s: s, dev: d, idx: idx, reqs: make(chan counterReq), lostBy: map[string]bool{},
-		st: Stats{GPU: idx, Calls: map[string]CallStats{}, Lag: map[string]time.Duration{}, MaxLag: map[string]time.Duration{}}}
+		st: Stats{GPU: idx, Calls: map[string]CallStats{}, Lag: map[string]time.Duration{}, MaxLag: map[string]time.Duration{},
+			ClockReasonSeconds: map[uint64]float64{}}}
 }
 
 // call times fn and accounts its outcome; it logs transitions into and out of failure.
@@ -335,6 +340,7 @@ func (d *device) drain() {
 		d.samples = append(d.samples, smp)
 	}
 	if len(ss) > 0 {
+		d.st.LatestSample = ss[len(ss)-1]
 		d.samples = trimSamples(d.samples, ss[len(ss)-1].Time.Add(-d.s.cfg.RingSpan))
 	}
 	d.mu.Unlock()
@@ -373,6 +379,14 @@ func (d *device) telemetryLoop(ctx context.Context) {
 				continue
 			}
 			d.mu.Lock()
+			if prev := d.st.LatestTelem; d.st.HasTelemetry && prev.ClockReasonsValid {
+				dt := t.Time.Sub(prev.Time).Seconds()
+				for bit := uint64(1); bit != 0 && bit <= prev.ClockReasons; bit <<= 1 {
+					if prev.ClockReasons&bit != 0 {
+						d.st.ClockReasonSeconds[bit] += dt
+					}
+				}
+			}
 			d.st.LatestTelem, d.st.HasTelemetry = t, true
 			d.telemetry = append(d.telemetry, t)
 			d.telemetry = trimTelemetry(d.telemetry, t.Time.Add(-d.s.cfg.RingSpan))
@@ -389,6 +403,7 @@ func (d *device) snapshot() Stats {
 	st.Calls = maps.Clone(d.st.Calls)
 	st.Lag = maps.Clone(d.st.Lag)
 	st.MaxLag = maps.Clone(d.st.MaxLag)
+	st.ClockReasonSeconds = maps.Clone(d.st.ClockReasonSeconds)
 	return st
 }
 

@@ -127,13 +127,35 @@ func eventRow(e Event) (row, error) {
 }
 
 // Writer streams a trace into a Parquet file. Rows go to a temporary file beside the target, which Close renames
-// into place: a crash never leaves a partial file under the final name.
+// into place: a crash never leaves a partial file under the final name. NewStreamWriter writes to any io.Writer.
 type Writer struct {
 	final, tmp string
-	f          *os.File
+	f          *os.File // nil for a stream writer
 	pw         *parquet.GenericWriter[row]
 	buf        []row
 	closed     bool
+}
+
+func newParquetWriter(w io.Writer, env meta.Environment) (*parquet.GenericWriter[row], error) {
+	envJSON, err := json.Marshal(env)
+	if err != nil {
+		return nil, fmt.Errorf("encoding environment: %w", err)
+	}
+	return parquet.NewGenericWriter[row](w,
+		parquet.Compression(&parquet.Zstd),
+		parquet.KeyValueMetadata(MetaSchema, SchemaVersion),
+		parquet.KeyValueMetadata(MetaEnvironment, string(envJSON)),
+		parquet.CreatedBy("lem", meta.LemVersion(), ""),
+	), nil
+}
+
+// NewStreamWriter writes a trace to w (an HTTP response, say); Close finishes the file but does not close w.
+func NewStreamWriter(w io.Writer, env meta.Environment) (*Writer, error) {
+	pw, err := newParquetWriter(w, env)
+	if err != nil {
+		return nil, err
+	}
+	return &Writer{final: "stream", pw: pw}, nil
 }
 
 // rowGroupRows bounds memory: a row group is written once this many rows are buffered.
@@ -141,10 +163,6 @@ const rowGroupRows = 64 * 1024
 
 // Create starts a trace file at path for the given environment.
 func Create(path string, env meta.Environment) (*Writer, error) {
-	envJSON, err := json.Marshal(env)
-	if err != nil {
-		return nil, fmt.Errorf("encoding environment for %s: %w", path, err)
-	}
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return nil, fmt.Errorf("creating trace %s: %w", path, err)
@@ -154,12 +172,12 @@ func Create(path string, env meta.Environment) (*Writer, error) {
 		os.Remove(f.Name())
 		return nil, fmt.Errorf("creating trace %s: %w", path, err)
 	}
-	pw := parquet.NewGenericWriter[row](f,
-		parquet.Compression(&parquet.Zstd),
-		parquet.KeyValueMetadata(MetaSchema, SchemaVersion),
-		parquet.KeyValueMetadata(MetaEnvironment, string(envJSON)),
-		parquet.CreatedBy("lem", meta.LemVersion(), ""),
-	)
+	pw, err := newParquetWriter(f, env)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, fmt.Errorf("creating trace %s: %w", path, err)
+	}
 	return &Writer{final: path, tmp: f.Name(), f: f, pw: pw}, nil
 }
 
@@ -259,6 +277,9 @@ func (w *Writer) Close() error {
 	if err == nil {
 		err = w.pw.Close()
 	}
+	if w.f == nil {
+		return err
+	}
 	if err == nil {
 		err = w.f.Sync()
 	}
@@ -281,8 +302,10 @@ func (w *Writer) Abort() {
 		return
 	}
 	w.closed = true
-	w.f.Close()
-	os.Remove(w.tmp)
+	if w.f != nil {
+		w.f.Close()
+		os.Remove(w.tmp)
+	}
 }
 
 // WriteFile writes t to path atomically.

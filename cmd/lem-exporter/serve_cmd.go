@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/lem-energy/lem/exporter"
+	"github.com/lem-energy/lem/internal/cli"
+)
+
+type serveCmd struct {
+	cli.SourceFlags
+	cli.SamplerFlags
+	ListenAddress []string `name:"web.listen-address" default:":9400" help:"Addresses to listen on (repeatable)."`
+	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
+	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
+	MaxRequests   int      `name:"web.max-requests" default:"40" help:"Concurrent scrapes served at most (0: no limit)."`
+
+	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
+	MaxRuns         int           `name:"markers.max-active-runs" default:"64" help:"Cap on concurrently active runs."`
+	RunGrace        time.Duration `name:"markers.grace" default:"5m" help:"How long ended runs and phases stay in /metrics with value 0."`
+
+	RecordDir      string        `name:"record.dir" help:"Write the full-rate data to Parquet files in this directory."`
+	RecordFlush    time.Duration `name:"record.flush-interval" default:"10s" help:"Close a segment this often (a crash loses at most this much)."`
+	RecordRotate   time.Duration `name:"record.rotate" default:"1h" help:"Start a new file this often."`
+	RecordMaxAge   time.Duration `name:"record.max-age" help:"Delete files older than this (0: keep)."`
+	RecordMaxFiles int           `name:"record.max-files" help:"Keep at most this many files (0: no limit)."`
+
+	RemoteWriteURL   string `name:"remote-write.url" help:"Push every 50 Hz sample and counter reading to this Prometheus remote-write endpoint."`
+	RemoteWriteToken string `name:"remote-write.bearer-token-file" type:"existingfile" help:"Bearer token file for remote write."`
+	RemoteWriteUser  string `name:"remote-write.basic-auth.username" help:"Basic-auth user for remote write."`
+	RemoteWritePass  string `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
+	RemoteWriteJob   string `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
+	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
+}
+
+func (c *serveCmd) Run(log *slog.Logger) error {
+	src, devs, err := c.SourceFlags.Open(log)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MaxActiveRuns: c.MaxRuns,
+		RunGrace: c.RunGrace, MaxRequestsInFlight: c.MaxRequests}
+	if c.MarkerTokenFile != "" {
+		b, err := os.ReadFile(c.MarkerTokenFile)
+		if err != nil {
+			return fmt.Errorf("--markers.token-file: %w", err)
+		}
+		if opts.MarkerToken = strings.TrimSpace(string(b)); opts.MarkerToken == "" {
+			return fmt.Errorf("--markers.token-file %s is empty", c.MarkerTokenFile)
+		}
+	}
+	if c.RecordDir != "" {
+		opts.Record = &exporter.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
+			MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
+	}
+	if c.RemoteWriteURL != "" {
+		opts.RemoteWrite = &exporter.RemoteWriteOptions{URL: c.RemoteWriteURL, BearerTokenFile: c.RemoteWriteToken,
+			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst}
+	}
+	exp, err := exporter.New(src, devs, opts, log)
+	if err != nil {
+		return err
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	runCtx, stopRun := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- exp.Run(runCtx) }()
+
+	srv := &http.Server{Handler: exp.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() {
+		serveErr <- web.ListenAndServe(srv, &web.FlagConfig{WebListenAddresses: &c.ListenAddress,
+			WebConfigFile: &c.WebConfigFile}, log)
+	}()
+	log.Info("lem-exporter started", "listen", c.ListenAddress, "gpus", len(exp.Sampler().Devices()),
+		"source", exp.Sampler().Environment().Source.Kind)
+
+	var err2 error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: no new requests, flushing the recorder")
+	case err2 = <-serveErr:
+		if errors.Is(err2, http.ErrServerClosed) {
+			err2 = nil
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	stopRun()
+	return errors.Join(err2, <-runDone)
+}

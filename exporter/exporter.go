@@ -1,0 +1,139 @@
+package exporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/exporter-toolkit/web"
+
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/sampler"
+)
+
+// Options configure an Exporter.
+type Options struct {
+	Sampler             sampler.Config
+	MetricsPath         string
+	MarkerToken         string        // empty: marker writes from loopback only
+	MaxActiveRuns       int           // cap on concurrent runs
+	RunGrace            time.Duration // ended runs stay visible (value 0) this long
+	MaxRequestsInFlight int
+	Record              *DirOptions         // nil: no recorder
+	RemoteWrite         *RemoteWriteOptions // nil: no stream
+}
+
+// Exporter wires the sampler to the collector, the HTTP APIs, the recorder and the remote-write stream.
+type Exporter struct {
+	s       *sampler.Sampler
+	runs    *Runs
+	handler http.Handler
+	rec     *DirRecorder
+	rw      *RemoteWriter
+	log     *slog.Logger
+	opts    Options
+}
+
+// New builds an exporter over the given devices of src.
+func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Exporter, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if opts.MetricsPath == "" {
+		opts.MetricsPath = "/metrics"
+	}
+	if opts.MaxActiveRuns <= 0 {
+		opts.MaxActiveRuns = 64
+	}
+	if opts.RunGrace <= 0 {
+		opts.RunGrace = 5 * time.Minute
+	}
+	if opts.MaxRequestsInFlight <= 0 {
+		opts.MaxRequestsInFlight = 40
+	}
+	s, err := sampler.New(src, devs, opts.Sampler, log)
+	if err != nil {
+		return nil, err
+	}
+	e := &Exporter{s: s, log: log, opts: opts}
+	e.runs = NewRuns(s.Clock(), opts.MaxActiveRuns, opts.RunGrace, s.Emit)
+
+	gpuReg := prometheus.NewRegistry()
+	gpuReg.MustRegister(NewCollector(s, e.runs))
+	selfReg := prometheus.NewRegistry() // the process's own health, apart from the GPU metrics
+	selfReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	if opts.Record != nil {
+		if e.rec, err = StartDir(s, *opts.Record, log); err != nil {
+			return nil, err
+		}
+	}
+	if opts.RemoteWrite != nil {
+		if e.rw, err = StartRemoteWrite(s, *opts.RemoteWrite, log); err != nil {
+			if e.rec != nil {
+				e.rec.Stop()
+			}
+			return nil, err
+		}
+		gpuReg.MustRegister(e.rw)
+	}
+
+	mux := http.NewServeMux()
+	metrics := promhttp.InstrumentMetricHandler(selfReg, promhttp.HandlerFor(prometheus.Gatherers{gpuReg, selfReg},
+		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
+			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
+	mux.Handle("GET "+opts.MetricsPath, metrics)
+	(&API{runs: e.runs, s: s, token: opts.MarkerToken, log: log}).Register(mux)
+	if opts.MetricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "lem-exporter",
+			Description: "High-rate NVIDIA GPU power and energy, with experiment phase markers",
+			Version:     meta.LemVersion(),
+			Links: []web.LandingLinks{
+				{Address: opts.MetricsPath, Text: "Metrics"},
+				{Address: "/api/v1/runs", Text: "Runs"},
+				{Address: "/readyz", Text: "Readiness"},
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("landing page: %w", err)
+		}
+		mux.Handle("GET /{$}", landing)
+	}
+	e.handler = mux
+	return e, nil
+}
+
+// Handler serves /metrics, the APIs and the landing page.
+func (e *Exporter) Handler() http.Handler { return e.handler }
+
+// Sampler is the exporter's sampler.
+func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
+
+// Runs is the marker store.
+func (e *Exporter) Runs() *Runs { return e.runs }
+
+// Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
+func (e *Exporter) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); e.s.Run(ctx) }()
+	<-ctx.Done()
+	wg.Wait()
+	var err error
+	if e.rec != nil {
+		err = errors.Join(err, e.rec.Stop())
+	}
+	if e.rw != nil {
+		e.rw.Stop()
+	}
+	return err
+}

@@ -1,0 +1,284 @@
+package exporter_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/lem-energy/lem/exporter"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/gpu/gputest"
+	lemtest "github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+func TestMain(m *testing.M) {
+	// Prometheus' HTTP client keeps idle connections in the test process' default transport.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
+		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
+}
+
+type running struct {
+	e   *exporter.Exporter
+	srv *httptest.Server
+	src gpu.Source
+}
+
+// start runs an exporter over src on a loopback port until the test ends (or stop is called).
+func start(t *testing.T, src gpu.Source, opts exporter.Options) (*running, func()) {
+	t.Helper()
+	e, err := exporter.New(src, nil, opts, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); e.Run(ctx) }()
+	srv := httptest.NewServer(e.Handler())
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			srv.Close()
+			cancel()
+			wg.Wait()
+			src.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return &running{e: e, srv: srv, src: src}, stop
+}
+
+func replay(t *testing.T, name string, opts gpu.ReplayOptions) *gpu.ReplaySource {
+	t.Helper()
+	r, err := gpu.OpenReplay(lemtest.TracePath(name), opts)
+	require.NoError(t, err)
+	return r
+}
+
+func post(t *testing.T, url, body string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out map[string]any
+	json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+func get(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestMetricsAreLintCleanAndCorrect(t *testing.T) {
+	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	code, _ := post(t, r.srv.URL+"/api/v1/runs", `{"run_id":"r1","experiment":"llama-bs8","labels":{"batch":"8"}}`)
+	require.Equal(t, 201, code)
+	code, _ = post(t, r.srv.URL+"/api/v1/runs/r1/phase", `{"name":"prefill"}`)
+	require.Equal(t, 200, code)
+	time.Sleep(1200 * time.Millisecond)
+
+	code, body := get(t, r.srv.URL+"/metrics")
+	require.Equal(t, 200, code)
+	for _, want := range []string{
+		`lem_gpu_info{compute_capability="",cuda_driver_version="",driver_version="580.159.04",gpu="0",mig_mode="unknown",name="NVIDIA H200"`,
+		`lem_gpu_power_watts{gpu="0",source="sample",uuid="GPU-h200-recording"}`,
+		`lem_gpu_power_watts{gpu="0",source="average",uuid="GPU-h200-recording"}`,
+		`lem_gpu_clock_event_reason_active{gpu="0",reason="gpu_idle",uuid="GPU-h200-recording"} 1`,
+		`lem_run_active{experiment="llama-bs8",run_id="r1"} 1`,
+		`lem_run_phase_active{experiment="llama-bs8",phase="prefill",run_id="r1"} 1`,
+		`lem_gpu_up{gpu="0",uuid="GPU-h200-recording"} 1`,
+		`lem_exporter_sample_gaps_total{gpu="0",uuid="GPU-h200-recording",where="at_drain"} 0`,
+		"go_goroutines", "promhttp_metric_handler_requests_total",
+	} {
+		assert.Contains(t, body, want)
+	}
+	// The counter is exposed with the time of its read, and its value is one the replayed GPU's counter held.
+	var line string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.HasPrefix(l, "lem_gpu_energy_joules_total{") {
+			line = l
+		}
+	}
+	f := strings.Fields(line)
+	require.Len(t, f, 3, "value and timestamp: %q", line)
+	v, err := strconv.ParseFloat(f[1], 64)
+	require.NoError(t, err)
+	ms, err := strconv.ParseInt(f[2], 10, 64)
+	require.NoError(t, err)
+	assert.WithinDuration(t, time.Now(), time.UnixMilli(ms), 2*time.Second)
+	rec, err := trace.ReadFile(lemtest.TracePath("h200-shape"))
+	require.NoError(t, err)
+	var found bool
+	for _, c := range rec.GPUs[0].Counters {
+		found = found || c.Joules() == v
+	}
+	assert.True(t, found, "exposed %v J is a recorded counter value", v)
+
+	problems, err := testutil.CollectAndLint(exporter.NewCollector(r.e.Sampler(), r.e.Runs()))
+	require.NoError(t, err)
+	assert.Empty(t, problems)
+
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		lemtest.SkipOrFail(t, "promtool not installed (Debian package prometheus)")
+	}
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(body)
+	out, err := cmd.CombinedOutput()
+	assert.NoError(t, err, "promtool check metrics:\n%s", out)
+}
+
+func TestMarkerAPI(t *testing.T) {
+	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MaxActiveRuns: 2, RunGrace: 300 * time.Millisecond})
+	u := r.srv.URL + "/api/v1/runs"
+	cases := []struct {
+		name, path, body string
+		code             int
+		errPart          string
+	}{
+		{"start", "", `{"run_id":"a","experiment":"e1"}`, 201, ""},
+		{"duplicate", "", `{"run_id":"a","experiment":"e1"}`, 409, "already exists"},
+		{"no experiment", "", `{"run_id":"b"}`, 400, "experiment"},
+		{"bad id", "", `{"run_id":"-x y","experiment":"e"}`, 400, "run_id"},
+		{"unknown field", "", `{"run":"a","experiment":"e"}`, 400, "unknown field"},
+		{"bad label", "", `{"experiment":"e","labels":{"1x":"v"}}`, 400, "label"},
+		{"generated id", "", `{"experiment":"e2"}`, 201, ""},
+		{"too many", "", `{"experiment":"e3"}`, 429, "limit 2"},
+		{"phase", "/a/phase", `{"name":"decode"}`, 200, ""},
+		{"bad phase", "/a/phase", `{"name":"has space"}`, 400, "phase"},
+		{"phase of unknown run", "/zz/phase", `{"name":"decode"}`, 404, "no run"},
+		{"result", "/a/result", `{"output_tokens":128,"model":"llama"}`, 200, ""},
+		{"bad result", "/a/result", `{"x":[1]}`, 400, "number, string or boolean"},
+		{"end", "/a/end", `{}`, 200, ""},
+		{"end twice", "/a/end", `{}`, 409, "has ended"},
+		{"phase after end", "/a/phase", `{"name":"decode"}`, 409, "has ended"},
+	}
+	for _, tc := range cases {
+		code, out := post(t, u+tc.path, tc.body)
+		assert.Equal(t, tc.code, code, tc.name)
+		if tc.errPart != "" {
+			assert.Contains(t, out["error"], tc.errPart, tc.name)
+		}
+	}
+	run, ok := r.e.Runs().Get("a")
+	require.True(t, ok)
+	assert.Equal(t, "128", run.Results["output_tokens"])
+	assert.Equal(t, "ok", run.Status)
+	_, body := get(t, r.srv.URL+"/metrics")
+	assert.Contains(t, body, `lem_run_active{experiment="e1",run_id="a"} 0`, "ended: 0 during the grace period")
+	assert.Contains(t, body, `lem_run_phase_active{experiment="e1",phase="decode",run_id="a"} 0`)
+	time.Sleep(400 * time.Millisecond)
+	_, body = get(t, r.srv.URL+"/metrics")
+	assert.NotContains(t, body, `run_id="a"`, "gone after the grace period")
+	_, list := get(t, u)
+	assert.Contains(t, list, `"experiment":"e2"`)
+}
+
+func TestMarkerWritesNeedLoopbackOrToken(t *testing.T) {
+	open, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	req := httptest.NewRequest("POST", "/api/v1/runs", strings.NewReader(`{"experiment":"e"}`))
+	req.RemoteAddr = "192.0.2.7:5555"
+	rec := httptest.NewRecorder()
+	open.e.Handler().ServeHTTP(rec, req)
+	assert.Equal(t, 403, rec.Code)
+	assert.Contains(t, rec.Body.String(), "--markers.token-file")
+
+	locked, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MarkerToken: "s3cret"})
+	for _, tc := range []struct {
+		auth string
+		code int
+	}{{"", 401}, {"Bearer wrong", 401}, {"Basic s3cret", 401}, {"Bearer s3cret", 201}} {
+		req := httptest.NewRequest("POST", "/api/v1/runs", strings.NewReader(`{"experiment":"e"}`))
+		req.RemoteAddr = "192.0.2.7:5555"
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		rec := httptest.NewRecorder()
+		locked.e.Handler().ServeHTTP(rec, req)
+		assert.Equal(t, tc.code, rec.Code, tc.auth)
+	}
+	// Reads stay open.
+	code, _ := get(t, locked.srv.URL+"/api/v1/runs")
+	assert.Equal(t, 200, code)
+}
+
+func TestSamplesAPIAndReadiness(t *testing.T) {
+	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		code, _ := get(t, r.srv.URL+"/readyz")
+		if code == 200 {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "never ready")
+		time.Sleep(50 * time.Millisecond)
+	}
+	now := time.Now()
+	from := now.Add(-2 * time.Second).Format(time.RFC3339Nano)
+	code, body := get(t, r.srv.URL+"/api/v1/samples?gpu=0&start="+from+"&end="+now.Format(time.RFC3339Nano))
+	require.Equal(t, 200, code)
+	lines := strings.Split(strings.TrimSpace(body), "\n")
+	var samples int
+	for _, l := range lines {
+		if strings.Contains(l, `"kind":"sample"`) {
+			samples++
+		}
+	}
+	win, err := r.e.Sampler().Window(0, now.Add(-2*time.Second), now)
+	require.NoError(t, err)
+	assert.Equal(t, len(win.Samples), samples)
+	assert.Greater(t, samples, 20)
+
+	resp, err := http.Get(r.srv.URL + "/api/v1/samples?gpu=0&format=parquet&start=" + from + "&end=" + now.Format(time.RFC3339Nano))
+	require.NoError(t, err)
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	tr, err := trace.Read(bytes.NewReader(b), int64(len(b)))
+	require.NoError(t, err)
+	assert.Equal(t, len(win.Samples), len(tr.GPUs[0].Samples))
+
+	for q, part := range map[string]string{"gpu=x&start=1&end=2": "gpu", "gpu=0&end=2": "start", "gpu=0&start=5&end=2": "before start",
+		"gpu=9&start=1&end=2": "GPU 9", "gpu=0&start=1&end=2&format=csv": "format"} {
+		code, body := get(t, r.srv.URL+"/api/v1/samples?"+q)
+		assert.GreaterOrEqual(t, code, 400, q)
+		assert.Contains(t, body, part, q)
+	}
+}
+
+// A GPU that is lost is reported and skipped: the healthy one keeps its series, readiness says which is lost.
+func TestLostGPUKeepsOthersServed(t *testing.T) {
+	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}, &gputest.Fault{LostAfter: 2}), nil)
+	require.NoError(t, err)
+	r, _ := start(t, src, exporter.Options{})
+	time.Sleep(1500 * time.Millisecond)
+	code, body := get(t, r.srv.URL+"/metrics")
+	require.Equal(t, 200, code)
+	assert.Contains(t, body, `lem_gpu_up{gpu="0",uuid="GPU-aaaa"} 1`)
+	assert.Contains(t, body, `lem_gpu_up{gpu="1",uuid="GPU-bbbb"} 0`)
+	assert.Contains(t, body, `lem_gpu_power_watts{gpu="0",source="sample",uuid="GPU-aaaa"} 100`)
+	assert.Regexp(t, `lem_exporter_nvml_errors_total\{call="power_samples",gpu="1",uuid="GPU-bbbb"\} [1-9]`, body)
+	code, ready := get(t, r.srv.URL+"/readyz")
+	assert.Equal(t, 503, code)
+	assert.Contains(t, ready, "GPU 1 is lost")
+}
+
+var _ prometheus.Collector = (*exporter.Collector)(nil)
