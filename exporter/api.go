@@ -38,7 +38,9 @@ func (a *API) Register(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/runs/{id}/result", a.writer(a.addResult))
 	mux.Handle("POST /api/v1/runs/{id}/end", a.writer(a.endRun))
 	mux.HandleFunc("GET /api/v1/samples", a.samples)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
 	mux.HandleFunc("GET /readyz", a.ready)
 }
 

@@ -44,7 +44,7 @@ type Collector struct {
 
 	energy, sampled, power, temp, smClock, memClock, util, memUtil, memUsed, memTotal, powerLimit *prometheus.Desc
 	reasonActive, reasonSeconds, info, up                                                         *prometheus.Desc
-	samples, gaps, missed, overruns, counterReads, counterResets, calls, callErrors, callSeconds   *prometheus.Desc
+	samples, gaps, missed, overruns, counterReads, counterResets, calls, callErrors, callSeconds  *prometheus.Desc
 	callMax, lag, drops, lastSample                                                               *prometheus.Desc
 	runActive, runStart, phaseActive, phaseStart                                                  *prometheus.Desc
 }

@@ -28,8 +28,8 @@ type RemoteWriteOptions struct {
 	BearerTokenFile string
 	BasicUser       string
 	BasicPassFile   string
-	Job             string // job label of the streamed series (distinct from the scrape job)
-	Instance        string // instance label (default: hostname)
+	Job             string        // job label of the streamed series (distinct from the scrape job)
+	Instance        string        // instance label (default: hostname)
 	BatchSamples    int           // flush a batch at this many samples
 	BatchInterval   time.Duration // or this often
 	MaxPending      int           // batches waiting to be sent; beyond this the oldest is dropped
