@@ -23,6 +23,8 @@ type DirOptions struct {
 	FlushEvery time.Duration
 	// RotateEvery starts a new file; its segments are merged into one trace file.
 	RotateEvery time.Duration
+	// MaxBytes starts a new file once the current one's segments reach this size (0: no limit).
+	MaxBytes int64
 	// MaxAge and MaxFiles bound retention of finished files (0: unbounded).
 	MaxAge   time.Duration
 	MaxFiles int
@@ -44,6 +46,7 @@ type DirRecorder struct {
 	seg   *trace.Writer
 	segAt time.Time
 	fileT time.Time
+	bytes int64 // closed segments of the current file
 }
 
 const (
@@ -210,6 +213,9 @@ func (d *DirRecorder) closeSegment() error {
 		return nil
 	}
 	err := d.seg.Close()
+	if st, serr := os.Stat(d.seg.Path()); serr == nil {
+		d.bytes += st.Size()
+	}
 	d.seg = nil
 	return err
 }
@@ -219,7 +225,8 @@ func (d *DirRecorder) maybeRoll(now time.Time) error {
 	if d.seg != nil && now.Sub(d.segAt) >= d.opts.FlushEvery {
 		err = d.closeSegment()
 	}
-	if d.id != "" && now.Sub(d.fileT) >= d.opts.RotateEvery {
+	full := d.opts.MaxBytes > 0 && d.bytes >= d.opts.MaxBytes
+	if d.id != "" && (full || now.Sub(d.fileT) >= d.opts.RotateEvery) {
 		err = errors.Join(err, d.finishFile())
 	}
 	return err
@@ -230,7 +237,7 @@ func (d *DirRecorder) finishFile() error {
 	err := d.closeSegment()
 	if d.id != "" {
 		err = errors.Join(err, d.merge(d.id))
-		d.id = ""
+		d.id, d.bytes = "", 0
 	}
 	return errors.Join(err, d.retain(time.Now()))
 }

@@ -45,7 +45,7 @@ echo; echo "== lem-exporter alone at idle, 60 s per setting (CPU of the whole pr
 echo "| setting | GPUs | CPU s/min | % of a core per GPU |"
 echo "|---|---|---|---|"
 ngpu=$(nvidia-smi -L | wc -l)
-for setting in "defaults|" "telemetry 1 s|--telemetry-interval 1s"; do
+for setting in "defaults (counter 2 s, telemetry 1 s)|" "counter 1 s, telemetry 100 ms (lem-run cadence)|--counter-interval 1s --telemetry-interval 100ms"; do
   name=${setting%%|*}; flags=${setting#*|}
   "$BIN/lem-exporter" --web.listen-address 127.0.0.1:$PORT $flags 2>> "$OUT/exporter-idle.log" &
   EXP=$!

@@ -20,6 +20,6 @@ func main() {
 	var a app
 	ctx := kong.Parse(&a, kong.Name("lem-exporter"),
 		kong.Description("Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers."),
-		kong.UsageOnError(), kong.DefaultEnvars("LEM"))
+		kong.UsageOnError(), kong.DefaultEnvars("LEM"), kong.Vars(cli.SamplerVars("2s", "1s")))
 	ctx.FatalIfErrorf(ctx.Run(a.Globals.Logger(os.Stderr)))
 }

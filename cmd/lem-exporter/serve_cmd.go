@@ -33,6 +33,7 @@ type serveCmd struct {
 	RecordDir      string        `name:"record.dir" help:"Write the full-rate data to Parquet files in this directory."`
 	RecordFlush    time.Duration `name:"record.flush-interval" default:"10s" help:"Close a segment this often (a crash loses at most this much)."`
 	RecordRotate   time.Duration `name:"record.rotate" default:"1h" help:"Start a new file this often."`
+	RecordMaxSize  int64         `name:"record.max-size" help:"Start a new file once the current one reaches this many bytes (0: no limit)."`
 	RecordMaxAge   time.Duration `name:"record.max-age" help:"Delete files older than this (0: keep)."`
 	RecordMaxFiles int           `name:"record.max-files" help:"Keep at most this many files (0: no limit)."`
 
@@ -63,7 +64,7 @@ func (c *serveCmd) Run(log *slog.Logger) error {
 	}
 	if c.RecordDir != "" {
 		opts.Record = &exporter.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
-			MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
+			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
 	}
 	if c.RemoteWriteURL != "" {
 		opts.RemoteWrite = &exporter.RemoteWriteOptions{URL: c.RemoteWriteURL, BearerTokenFile: c.RemoteWriteToken,

@@ -20,7 +20,7 @@ func main() {
 	var a app
 	ctx := kong.Parse(&a, kong.Name("lem-run"),
 		kong.Description("Measure the GPU energy of an experiment."),
-		kong.UsageOnError(), kong.DefaultEnvars("LEM"))
+		kong.UsageOnError(), kong.DefaultEnvars("LEM"), kong.Vars(cli.SamplerVars("1s", "100ms")))
 	err := ctx.Run(a.Globals.Logger(os.Stderr))
 	if code, ok := cli.ExitCode(err); ok {
 		os.Exit(code)

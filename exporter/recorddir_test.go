@@ -1,0 +1,47 @@
+package exporter_test
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/exporter"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/sampler"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+func TestDirRecorderRotatesBySizeAndRetains(t *testing.T) {
+	src := replay(t, "h200-shape", gpu.ReplayOptions{Speed: 4})
+	defer src.Close()
+	s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 100 * time.Millisecond}, nil)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	rec, err := exporter.StartDir(s, exporter.DirOptions{Dir: dir, FlushEvery: 200 * time.Millisecond,
+		MaxBytes: 1, MaxFiles: 2, RotateEvery: time.Hour}, slog.Default())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.Run(ctx) }()
+	time.Sleep(1500 * time.Millisecond) // ~7 segments, each over the 1-byte limit: a file each
+	cancel()
+	wg.Wait()
+	require.NoError(t, rec.Stop())
+
+	files, _ := filepath.Glob(filepath.Join(dir, "lem-*.parquet"))
+	assert.Len(t, files, 2, "retention keeps the newest two")
+	for _, f := range files {
+		tr, err := trace.ReadFile(f)
+		require.NoError(t, err)
+		assert.NotEmpty(t, tr.GPUs[0].Samples, f)
+	}
+	left, _ := filepath.Glob(filepath.Join(dir, ".*"))
+	assert.Empty(t, left)
+}
