@@ -195,17 +195,7 @@ func (d *DirRecorder) write(rec sampler.Record) error {
 		d.seg, d.segAt = w, now
 		d.seq++
 	}
-	switch rec.Kind {
-	case sampler.KindSamples:
-		return d.seg.WriteSamples(rec.GPU, rec.Samples)
-	case sampler.KindCounter:
-		return d.seg.WriteCounter(rec.GPU, rec.Counter)
-	case sampler.KindTelemetry:
-		return d.seg.WriteTelemetry(rec.GPU, rec.Telemetry)
-	case sampler.KindEvent:
-		return d.seg.WriteEvent(rec.Event)
-	}
-	return nil
+	return recorder.Write(d.seg, rec)
 }
 
 func (d *DirRecorder) closeSegment() error {

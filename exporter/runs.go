@@ -141,15 +141,23 @@ func (rs *Runs) Start(id, experiment string, labels map[string]string) (Run, err
 	return r.clone(), nil
 }
 
-func (rs *Runs) activeLocked(id string) (*Run, error) {
+// update applies change to active run id under the lock, stamped now, emits the event it returns and returns the
+// updated run.
+func (rs *Runs) update(id string, change func(r *Run, now time.Time) trace.Event) (Run, error) {
+	now := rs.clock.Now()
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
 	r, ok := rs.runs[id]
 	if !ok {
-		return nil, fmt.Errorf("%w: no run %q", ErrNotFound, id)
+		return Run{}, fmt.Errorf("%w: no run %q", ErrNotFound, id)
 	}
 	if !r.End.IsZero() {
-		return nil, fmt.Errorf("%w: run %q has ended", ErrConflict, id)
+		return Run{}, fmt.Errorf("%w: run %q has ended", ErrConflict, id)
 	}
-	return r, nil
+	ev := change(r, now)
+	ev.Time, ev.GPU, ev.RunID = now, trace.NoGPU, id
+	rs.emit(ev)
+	return r.clone(), nil
 }
 
 // Phase starts a phase of an active run, ending the previous one.
@@ -157,17 +165,11 @@ func (rs *Runs) Phase(id, name string) (Run, error) {
 	if !phaseRE.MatchString(name) {
 		return Run{}, invalid("phase %q: 1-64 letters, digits or _.:/-", name)
 	}
-	now := rs.clock.Now()
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	r, err := rs.activeLocked(id)
-	if err != nil {
-		return Run{}, err
-	}
-	endPhase(r, now)
-	r.Phases = append(r.Phases, Phase{Name: name, Start: now})
-	rs.emit(trace.Event{Time: now, GPU: trace.NoGPU, Type: trace.EventPhase, RunID: id, Name: name})
-	return r.clone(), nil
+	return rs.update(id, func(r *Run, now time.Time) trace.Event {
+		endPhase(r, now)
+		r.Phases = append(r.Phases, Phase{Name: name, Start: now})
+		return trace.Event{Type: trace.EventPhase, Name: name}
+	})
 }
 
 func endPhase(r *Run, now time.Time) {
@@ -186,21 +188,15 @@ func (rs *Runs) Result(id string, values map[string]string) (Run, error) {
 			return Run{}, invalid("result %q=%q: keys are identifiers, values 1-%d printable characters", k, v, maxValueLen)
 		}
 	}
-	now := rs.clock.Now()
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	r, err := rs.activeLocked(id)
-	if err != nil {
-		return Run{}, err
-	}
-	if r.Results == nil {
-		r.Results = map[string]string{}
-	}
-	for k, v := range values {
-		r.Results[k] = v
-	}
-	rs.emit(trace.Event{Time: now, GPU: trace.NoGPU, Type: trace.EventResult, RunID: id, Attrs: values})
-	return r.clone(), nil
+	return rs.update(id, func(r *Run, _ time.Time) trace.Event {
+		if r.Results == nil {
+			r.Results = map[string]string{}
+		}
+		for k, v := range values {
+			r.Results[k] = v
+		}
+		return trace.Event{Type: trace.EventResult, Attrs: values}
+	})
 }
 
 // End ends an active run.
@@ -211,18 +207,11 @@ func (rs *Runs) End(id, status string) (Run, error) {
 	if !keyRE.MatchString(status) {
 		return Run{}, invalid("status %q: an identifier such as ok, failed, interrupted", status)
 	}
-	now := rs.clock.Now()
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	r, err := rs.activeLocked(id)
-	if err != nil {
-		return Run{}, err
-	}
-	endPhase(r, now)
-	r.End, r.Status = now, status
-	rs.emit(trace.Event{Time: now, GPU: trace.NoGPU, Type: trace.EventRunEnd, RunID: id, Name: r.Experiment,
-		Attrs: map[string]string{"status": status}})
-	return r.clone(), nil
+	return rs.update(id, func(r *Run, now time.Time) trace.Event {
+		endPhase(r, now)
+		r.End, r.Status = now, status
+		return trace.Event{Type: trace.EventRunEnd, Name: r.Experiment, Attrs: map[string]string{"status": status}}
+	})
 }
 
 // pruneLocked forgets runs that ended more than the grace period ago.

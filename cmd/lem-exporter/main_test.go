@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -17,16 +16,6 @@ import (
 	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
-
-func build(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "lem-exporter")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, string(out))
-	return bin
-}
 
 // run starts the exporter on a free loopback port and waits until it answers.
 func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *strings.Builder) {
@@ -50,7 +39,7 @@ func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *strings.
 
 // SIGTERM: the exporter stops serving, closes the recording and exits 0; the file is complete.
 func TestSIGTERMFlushesRecording(t *testing.T) {
-	bin := build(t)
+	bin := testutil.BuildBinary(t, "lem-exporter")
 	dir := t.TempDir()
 	cmd, url, logs := run(t, bin, "--replay", testutil.TracePath("h200-shape"), "--record.dir", dir)
 	resp, err := http.Post(url+"/api/v1/runs", "application/json", strings.NewReader(`{"run_id":"r1","experiment":"e"}`))
@@ -77,7 +66,7 @@ func TestSIGTERMFlushesRecording(t *testing.T) {
 // kill -9 loses at most the open segment: closed segments survive and are merged at the next start, and files
 // finished before the crash stay intact.
 func TestKill9LosesOnlyTheOpenSegment(t *testing.T) {
-	bin := build(t)
+	bin := testutil.BuildBinary(t, "lem-exporter")
 	dir := t.TempDir()
 	args := []string{"--replay", testutil.TracePath("h200-shape"), "--record.dir", dir, "--record.flush-interval", "500ms",
 		"--record.rotate", "1500ms"}
@@ -127,7 +116,7 @@ func TestKill9LosesOnlyTheOpenSegment(t *testing.T) {
 }
 
 func TestBadFlags(t *testing.T) {
-	bin := build(t)
+	bin := testutil.BuildBinary(t, "lem-exporter")
 	for name, tc := range map[string]struct {
 		args []string
 		want string

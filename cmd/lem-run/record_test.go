@@ -16,18 +16,9 @@ import (
 )
 
 // buildBinary builds this command into a temporary directory.
-func buildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "lem-run")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, string(out))
-	return bin
-}
 
 func TestRecordAroundCommand(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testutil.BuildBinary(t, "lem-run")
 	out := filepath.Join(t.TempDir(), "run.parquet")
 	script := `echo LEM_PHASE prefill; sleep 0.6; echo "not a marker"; echo LEM_PHASE decode; sleep 0.6;
 		echo LEM_RESULT output_tokens=128; echo LEM_PHASE; exit 3`
@@ -65,7 +56,7 @@ func TestRecordAroundCommand(t *testing.T) {
 }
 
 func TestRecordBadInput(t *testing.T) {
-	bin := buildBinary(t)
+	bin := testutil.BuildBinary(t, "lem-run")
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.parquet")
 	require.NoError(t, os.WriteFile(bad, []byte("not parquet"), 0o644))

@@ -84,15 +84,20 @@ func (r *Recorder) record(rec sampler.Record) error {
 	if r.w == nil {
 		return nil
 	}
+	return Write(r.w, rec)
+}
+
+// Write appends one sampler record to a trace file.
+func Write(w *trace.Writer, rec sampler.Record) error {
 	switch rec.Kind {
 	case sampler.KindSamples:
-		return r.w.WriteSamples(rec.GPU, rec.Samples)
+		return w.WriteSamples(rec.GPU, rec.Samples)
 	case sampler.KindCounter:
-		return r.w.WriteCounter(rec.GPU, rec.Counter)
+		return w.WriteCounter(rec.GPU, rec.Counter)
 	case sampler.KindTelemetry:
-		return r.w.WriteTelemetry(rec.GPU, rec.Telemetry)
+		return w.WriteTelemetry(rec.GPU, rec.Telemetry)
 	case sampler.KindEvent:
-		return r.w.WriteEvent(rec.Event)
+		return w.WriteEvent(rec.Event)
 	}
 	return nil
 }

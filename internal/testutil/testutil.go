@@ -3,6 +3,7 @@ package testutil
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -17,6 +18,19 @@ func Root() string {
 // TracePath returns the path of a committed test trace (testdata/traces/NAME.parquet).
 func TracePath(name string) string {
 	return filepath.Join(Root(), "testdata", "traces", name+".parquet")
+}
+
+// BuildBinary builds the main package in the current directory (a command's tests run there) and returns its
+// path.
+func BuildBinary(t testing.TB, name string) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), name)
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", name, err, out)
+	}
+	return bin
 }
 
 // RequireServices reports whether service-backed tests must fail rather than skip (LEM_REQUIRE_SERVICES=1, set
