@@ -49,6 +49,9 @@ type RemoteWriter struct {
 	queue chan *writeRequest
 	done  chan struct{}
 	wg    sync.WaitGroup
+	// ctx bounds sending; Stop cancels it after a grace period so shutdown never hangs on a dead receiver.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	sent, failed, dropped atomic.Uint64
 	sentDesc              *prometheus.Desc
@@ -77,6 +80,9 @@ func StartRemoteWrite(s *sampler.Sampler, opts RemoteWriteOptions, log *slog.Log
 	if opts.Timeout <= 0 {
 		opts.Timeout = 30 * time.Second
 	}
+	if opts.MaxRetries <= 0 {
+		opts.MaxRetries = 10 // the API's 0 would mean forever
+	}
 	rt, err := authTransport(opts)
 	if err != nil {
 		return nil, err
@@ -94,6 +100,7 @@ func StartRemoteWrite(s *sampler.Sampler, opts RemoteWriteOptions, log *slog.Log
 			"Samples of the full-rate stream by outcome (sent, failed after retries, dropped from a full queue).", []string{"result"}, nil),
 		pending: prometheus.NewDesc("lem_exporter_remote_write_pending_batches", "Batches waiting to be sent.", nil, nil),
 	}
+	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.sub = s.Subscribe("remote_write", recorderQueue)
 	w.wg.Add(2)
 	go w.batch()
@@ -213,7 +220,7 @@ func (w *RemoteWriter) send() {
 	defer w.wg.Done()
 	defer close(w.done)
 	for req := range w.queue {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		ctx, cancel := context.WithTimeout(w.ctx, 5*time.Minute)
 		_, err := w.api.Write(ctx, remote.WriteV1MessageType, req)
 		cancel()
 		if err != nil {
@@ -225,10 +232,17 @@ func (w *RemoteWriter) send() {
 	}
 }
 
-// Stop sends what is queued (each batch with its retries) and returns.
+// StopGrace is how long Stop keeps trying to deliver what is queued.
+const StopGrace = 10 * time.Second
+
+// Stop sends what is queued (retrying for up to StopGrace) and returns; what is still unsent then is counted as
+// failed.
 func (w *RemoteWriter) Stop() {
 	w.sub.Close()
+	t := time.AfterFunc(StopGrace, w.cancel)
 	w.wg.Wait()
+	t.Stop()
+	w.cancel()
 }
 
 // Sent is how many samples were accepted by the receiver.

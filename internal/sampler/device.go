@@ -162,8 +162,9 @@ func (d *device) call(name string, fn func() error) error {
 	return err
 }
 
-func (d *device) noteLag(loop string, tick time.Time) {
-	lag := max(time.Since(tick), 0)
+// noteLag records how late a loop ran; lag is measured on the clock that scheduled it.
+func (d *device) noteLag(loop string, lag time.Duration) {
+	lag = max(lag, 0)
 	d.mu.Lock()
 	d.st.Lag[loop] = lag
 	d.st.MaxLag[loop] = max(d.st.MaxLag[loop], lag)
@@ -204,7 +205,7 @@ func (d *device) counterLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-clock.After(max(next.Sub(clock.Now()), 0)):
-			d.noteLag("counter", next)
+			d.noteLag("counter", clock.Since(next))
 			d.readCounter()
 			now := clock.Now()
 			for next = next.Add(cfg.CounterInterval); !next.After(now); next = next.Add(cfg.CounterInterval) {
@@ -289,7 +290,7 @@ func (d *device) drainLoop(ctx context.Context) {
 			d.drain() // collect what the driver holds since the last drain
 			return
 		case tick := <-tk.C():
-			d.noteLag("drain", tick)
+			d.noteLag("drain", time.Since(tick))
 			d.drain()
 		}
 	}
@@ -373,7 +374,7 @@ func (d *device) telemetryLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case tick := <-tk.C():
-			d.noteLag("telemetry", tick)
+			d.noteLag("telemetry", time.Since(tick))
 			var t trace.Telemetry
 			if err := d.call(CallTelemetry, func() (err error) { t, err = d.dev.Telemetry(); return err }); err != nil {
 				continue
