@@ -261,9 +261,7 @@ func (a *API) samples(w http.ResponseWriter, r *http.Request) {
 	case "parquet":
 		tr := trace.New(a.s.Environment())
 		*tr.Series(g) = series
-		for _, e := range a.runs.eventsBetween(from, to) {
-			tr.Events = append(tr.Events, e)
-		}
+		tr.Events = append(tr.Events, a.runs.eventsBetween(from, to)...)
 		w.Header().Set("Content-Type", "application/vnd.apache.parquet")
 		tw, err := trace.NewStreamWriter(w, tr.Env)
 		if err == nil {

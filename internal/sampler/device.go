@@ -187,8 +187,9 @@ func (d *device) counterLoop(ctx context.Context) {
 	var next, lockedAt time.Time
 	start := func() {
 		if lockable {
+			lockedAt = clock.Now() // also on failure: retry at the next relock, not at every read
 			if u, ok := d.lock(ctx); ok {
-				next, lockedAt = u.Add(upd/2), clock.Now()
+				next = u.Add(upd / 2)
 				for !next.After(clock.Now()) {
 					next = next.Add(upd)
 				}
