@@ -26,6 +26,12 @@ type API struct {
 	log   *slog.Logger
 }
 
+// NewAPI makes the marker/sample/health API over a marker store and a sampler; token empty means writes from
+// loopback only. lem-run serves it to its workload as LEM_MARKER_URL.
+func NewAPI(runs *Runs, s *sampler.Sampler, token string, log *slog.Logger) *API {
+	return &API{runs: runs, s: s, token: token, log: log}
+}
+
 // maxBody bounds request bodies.
 const maxBody = 64 << 10
 

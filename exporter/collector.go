@@ -9,25 +9,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/sampler"
 )
-
-// ClockReasons names NVML's clocks-event-reason bits (nvmlClocksEventReason*).
-var ClockReasons = []struct {
-	Bit  uint64
-	Name string
-}{
-	{0x1, "gpu_idle"},
-	{0x2, "applications_clocks_setting"},
-	{0x4, "sw_power_cap"},
-	{0x8, "hw_slowdown"},
-	{0x10, "sync_boost"},
-	{0x20, "sw_thermal_slowdown"},
-	{0x40, "hw_thermal_slowdown"},
-	{0x80, "hw_power_brake_slowdown"},
-	{0x100, "display_clock_setting"},
-}
 
 var gpuLabels = []string{"gpu", "uuid"}
 
@@ -158,7 +143,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(c.memUsed, t.MemUsedBytes, g, u)
 			gauge(c.powerLimit, t.PowerLimitW, g, u, "enforced")
 			if t.ClockReasonsValid {
-				for _, r := range ClockReasons {
+				for _, r := range gpu.ClockReasons {
 					v := 0.0
 					if t.ClockReasons&r.Bit != 0 {
 						v = 1

@@ -91,7 +91,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
-	(&API{runs: e.runs, s: s, token: opts.MarkerToken, log: log}).Register(mux)
+	NewAPI(e.runs, s, opts.MarkerToken, log).Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "lem-exporter",

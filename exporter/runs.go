@@ -97,9 +97,17 @@ func newRunID(now time.Time) string {
 	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b[:])
 }
 
-// Start begins a run. An empty id gets a generated one.
+// Start begins a run now. An empty id gets a generated one.
 func (rs *Runs) Start(id, experiment string, labels map[string]string) (Run, error) {
-	now := rs.clock.Now()
+	return rs.StartAt(id, experiment, labels, time.Time{})
+}
+
+// StartAt begins a run at a given time; zero means now.
+func (rs *Runs) StartAt(id, experiment string, labels map[string]string, at time.Time) (Run, error) {
+	now := at
+	if now.IsZero() {
+		now = rs.clock.Now()
+	}
 	if id == "" {
 		id = newRunID(now)
 	}
@@ -143,8 +151,11 @@ func (rs *Runs) Start(id, experiment string, labels map[string]string) (Run, err
 
 // update applies change to active run id under the lock, stamped now, emits the event it returns and returns the
 // updated run.
-func (rs *Runs) update(id string, change func(r *Run, now time.Time) trace.Event) (Run, error) {
-	now := rs.clock.Now()
+func (rs *Runs) update(id string, at time.Time, change func(r *Run, now time.Time) trace.Event) (Run, error) {
+	now := at
+	if now.IsZero() {
+		now = rs.clock.Now()
+	}
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	r, ok := rs.runs[id]
@@ -160,12 +171,15 @@ func (rs *Runs) update(id string, change func(r *Run, now time.Time) trace.Event
 	return r.clone(), nil
 }
 
-// Phase starts a phase of an active run, ending the previous one.
-func (rs *Runs) Phase(id, name string) (Run, error) {
+// Phase starts a phase of an active run now, ending the previous one.
+func (rs *Runs) Phase(id, name string) (Run, error) { return rs.PhaseAt(id, name, time.Time{}) }
+
+// PhaseAt starts a phase at a given time (the workload's own log timestamp); zero means now.
+func (rs *Runs) PhaseAt(id, name string, at time.Time) (Run, error) {
 	if !phaseRE.MatchString(name) {
 		return Run{}, invalid("phase %q: 1-64 letters, digits or _.:/-", name)
 	}
-	return rs.update(id, func(r *Run, now time.Time) trace.Event {
+	return rs.update(id, at, func(r *Run, now time.Time) trace.Event {
 		endPhase(r, now)
 		r.Phases = append(r.Phases, Phase{Name: name, Start: now})
 		return trace.Event{Type: trace.EventPhase, Name: name}
@@ -180,6 +194,11 @@ func endPhase(r *Run, now time.Time) {
 
 // Result records key=value results (token counts, requests) of an active run.
 func (rs *Runs) Result(id string, values map[string]string) (Run, error) {
+	return rs.ResultAt(id, values, time.Time{})
+}
+
+// ResultAt records results at a given time; zero means now.
+func (rs *Runs) ResultAt(id string, values map[string]string, at time.Time) (Run, error) {
 	if len(values) == 0 || len(values) > maxLabels {
 		return Run{}, invalid("%d result values: want 1-%d", len(values), maxLabels)
 	}
@@ -188,7 +207,7 @@ func (rs *Runs) Result(id string, values map[string]string) (Run, error) {
 			return Run{}, invalid("result %q=%q: keys are identifiers, values 1-%d printable characters", k, v, maxValueLen)
 		}
 	}
-	return rs.update(id, func(r *Run, _ time.Time) trace.Event {
+	return rs.update(id, at, func(r *Run, _ time.Time) trace.Event {
 		if r.Results == nil {
 			r.Results = map[string]string{}
 		}
@@ -199,15 +218,18 @@ func (rs *Runs) Result(id string, values map[string]string) (Run, error) {
 	})
 }
 
-// End ends an active run.
-func (rs *Runs) End(id, status string) (Run, error) {
+// End ends an active run now.
+func (rs *Runs) End(id, status string) (Run, error) { return rs.EndAt(id, status, time.Time{}) }
+
+// EndAt ends an active run at a given time; zero means now.
+func (rs *Runs) EndAt(id, status string, at time.Time) (Run, error) {
 	if status == "" {
 		status = "ok"
 	}
 	if !keyRE.MatchString(status) {
 		return Run{}, invalid("status %q: an identifier such as ok, failed, interrupted", status)
 	}
-	return rs.update(id, func(r *Run, now time.Time) trace.Event {
+	return rs.update(id, at, func(r *Run, now time.Time) trace.Event {
 		endPhase(r, now)
 		r.End, r.Status = now, status
 		return trace.Event{Type: trace.EventRunEnd, Name: r.Experiment, Attrs: map[string]string{"status": status}}

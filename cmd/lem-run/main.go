@@ -12,6 +12,7 @@ import (
 
 type app struct {
 	cli.Globals
+	Run     runCmd         `cmd:"" default:"withargs" help:"Measure one experiment: baseline, bracketed run, phases, manifest (the default)."`
 	Record  recordCmd      `cmd:"" help:"Record the GPUs' power samples, counter and telemetry to a trace, optionally around a command."`
 	Version cli.VersionCmd `cmd:"" help:"Print the version."`
 }

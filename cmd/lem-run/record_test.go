@@ -6,11 +6,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -70,6 +73,51 @@ func TestRecordBadInput(t *testing.T) {
 		"counter too fast": {[]string{"record", "--replay", testutil.TracePath("h200-shape"), "--counter-interval", "1ms"}, "counter interval"},
 	}
 	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			out, err := exec.Command(bin, tc.args...).CombinedOutput()
+			require.Error(t, err)
+			assert.Contains(t, string(out), tc.want)
+		})
+	}
+}
+
+// lem-run (process mode) on SIGTERM: the workload's process group is stopped, the manifest says interrupted,
+// the trace is complete, and lem-run exits 130.
+func TestRunSIGTERM(t *testing.T) {
+	bin := testutil.BuildBinary(t, "lem-run")
+	out := t.TempDir()
+	cmd := exec.Command(bin, "--replay", testutil.TracePath("h200-llm"), "--experiment", "sig", "--baseline", "1s",
+		"--out", out, "--run-id", "r-sig", "--", "sh", "-c", "echo LEM_PHASE wait; sleep 60")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	require.NoError(t, cmd.Start())
+	time.Sleep(4 * time.Second)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.True(t, errors.As(err, &ee), "exit error expected; logs:\n%s", logs.String())
+	assert.Equal(t, 130, ee.ExitCode())
+	m, err := manifest.Read(filepath.Join(out, "r-sig"))
+	require.NoError(t, err)
+	assert.Equal(t, manifest.StatusIntr, m.Status)
+	require.Len(t, m.Phases, 1)
+	assert.Equal(t, "wait", m.Phases[0].Name)
+	_, err = trace.ReadFile(filepath.Join(out, "r-sig", manifest.TraceFile))
+	assert.NoError(t, err)
+	assert.Contains(t, logs.String(), "interrupted")
+}
+
+func TestRunBadInput(t *testing.T) {
+	bin := testutil.BuildBinary(t, "lem-run")
+	for name, tc := range map[string]struct {
+		args []string
+		want string
+	}{
+		"no experiment": {[]string{"--replay", testutil.TracePath("h200-llm"), "--", "true"}, "--experiment"},
+		"no command":    {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x"}, "nothing to run"},
+		"bad env":       {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "-e", "NOEQUALS", "--", "true"}, "KEY=VALUE"},
+		"bad cooldown":  {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--cooldown", "warm", "--", "true"}, "--cooldown"},
+	} {
 		t.Run(name, func(t *testing.T) {
 			out, err := exec.Command(bin, tc.args...).CombinedOutput()
 			require.Error(t, err)

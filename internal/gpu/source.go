@@ -21,6 +21,22 @@ var ErrNotSupported = errors.New("not supported on this GPU")
 // ErrGPULost means the GPU fell off the bus or the driver gave up on it; it needs operator attention.
 var ErrGPULost = errors.New("GPU is lost")
 
+// ClockReasons names NVML's clocks-event-reason bits (nvmlClocksEventReason*).
+var ClockReasons = []struct {
+	Bit  uint64
+	Name string
+}{
+	{0x1, "gpu_idle"},
+	{0x2, "applications_clocks_setting"},
+	{0x4, "sw_power_cap"},
+	{0x8, "hw_slowdown"},
+	{0x10, "sync_boost"},
+	{0x20, "sw_thermal_slowdown"},
+	{0x40, "hw_thermal_slowdown"},
+	{0x80, "hw_power_brake_slowdown"},
+	{0x100, "display_clock_setting"},
+}
+
 // Process is a compute process running on a GPU.
 type Process struct {
 	PID             uint32 `json:"pid"`

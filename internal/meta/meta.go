@@ -58,6 +58,9 @@ type Host struct {
 type Source struct {
 	Kind string `json:"kind"`           // "nvml" or "replay"
 	Path string `json:"path,omitempty"` // the replayed file
+	// ReplayOffsetNS is what replay added to the recording's timestamps (replay time = recording time + offset),
+	// so results can be checked against the recording.
+	ReplayOffsetNS int64 `json:"replay_offset_ns,omitempty"`
 }
 
 // Environment is everything known about where a trace was measured.

@@ -88,7 +88,10 @@ func (st Stats) CaptureRatio(period time.Duration) float64 {
 	return float64(st.SamplesCaptured) / expected
 }
 
-type counterReq struct{ reply chan counterReply }
+type counterReq struct {
+	aligned bool // read half an update period after an update, like the phase-locked periodic reads
+	reply   chan counterReply
+}
 
 type counterReply struct {
 	c   trace.CounterReading
@@ -188,7 +191,8 @@ func (d *device) counterLoop(ctx context.Context) {
 	start := func() {
 		if lockable {
 			lockedAt = clock.Now() // also on failure: retry at the next relock, not at every read
-			if u, ok := d.lock(ctx); ok {
+			if _, u, ok := d.lock(ctx); ok {
+				// The first stored reading comes half a period after the update, like all the others.
 				next = u.Add(upd / 2)
 				for !next.After(clock.Now()) {
 					next = next.Add(upd)
@@ -215,38 +219,65 @@ func (d *device) counterLoop(ctx context.Context) {
 				start()
 			}
 		case req := <-d.reqs:
-			c, err := d.readCounter()
+			var c trace.CounterReading
+			var err error
+			if req.aligned {
+				c, err = d.readAligned(ctx)
+			} else {
+				c, err = d.readCounter()
+			}
 			req.reply <- counterReply{c, err}
 		}
 	}
 }
 
-// lock reads the counter every 10 ms until its value changes and returns the estimated update instant (midway
-// between the last read of the old value and the first of the new). ok is false if no change was seen within two
-// update periods (counter unsupported, or the GPU stopped updating it).
-func (d *device) lock(ctx context.Context) (time.Time, bool) {
+// readAligned finds the next counter update and reads half a period after it, so the reading is exactly as stale
+// as the phase-locked periodic ones: a run bracketed by such reads has no edge bias between its ends and the
+// readings in between. It falls back to a plain read where no update is seen.
+func (d *device) readAligned(ctx context.Context) (trace.CounterReading, error) {
+	if _, u, ok := d.lock(ctx); ok {
+		select {
+		case <-ctx.Done():
+		case <-d.s.clock.After(u.Add(d.s.cfg.CounterUpdatePeriod / 2).Sub(d.s.clock.Now())):
+		}
+	}
+	return d.readCounter()
+}
+
+// peekCounter reads the counter for the phase lock: timed and counted like any call, but neither stored nor
+// published. Its staleness differs from the aligned reads', so keeping it would bias the hybrid's edges.
+func (d *device) peekCounter() (trace.CounterReading, error) {
+	var c trace.CounterReading
+	err := d.call(CallEnergy, func() (err error) { c, err = d.dev.ReadEnergy(); return err })
+	return c, err
+}
+
+// lock reads the counter every 10 ms until its value changes and returns the first reading of the new value and
+// the estimated update instant (midway between the last read of the old value and the first of the new). ok is
+// false if no change was seen within two update periods (counter unsupported, or the GPU stopped updating it).
+func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, bool) {
 	clock := d.s.clock
-	prev, err := d.readCounter()
+	prev, err := d.peekCounter()
 	if err != nil {
-		return time.Time{}, false
+		return prev, time.Time{}, false
 	}
 	deadline := prev.Time.Add(2 * d.s.cfg.CounterUpdatePeriod)
 	for clock.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
-			return time.Time{}, false
+			return prev, time.Time{}, false
 		case <-clock.After(10 * time.Millisecond):
 		}
-		c, err := d.readCounter()
+		c, err := d.peekCounter()
 		if err != nil {
-			return time.Time{}, false
+			return prev, time.Time{}, false
 		}
 		if c.EnergyMJ != prev.EnergyMJ {
-			return prev.Time.Add(c.Time.Sub(prev.Time) / 2), true
+			return c, prev.Time.Add(c.Time.Sub(prev.Time) / 2), true
 		}
 		prev = c
 	}
-	return time.Time{}, false
+	return prev, time.Time{}, false
 }
 
 func (d *device) readCounter() (trace.CounterReading, error) {

@@ -190,11 +190,22 @@ func (s *Sampler) Run(ctx context.Context) error {
 // ReadCounter reads GPU g's energy counter now, on that GPU's counter goroutine (so it never races a periodic
 // read), and returns the reading. The sampler must be running.
 func (s *Sampler) ReadCounter(ctx context.Context, g int) (trace.CounterReading, error) {
+	return s.readCounter(ctx, g, false)
+}
+
+// ReadCounterAligned reads GPU g's counter half an update period after its next update, like the phase-locked
+// periodic reads, so every reading of a run is equally stale (the hybrid's lag absorbs the constant). The runner
+// brackets runs with these. It takes up to one and a half update periods (150 ms on Hopper).
+func (s *Sampler) ReadCounterAligned(ctx context.Context, g int) (trace.CounterReading, error) {
+	return s.readCounter(ctx, g, true)
+}
+
+func (s *Sampler) readCounter(ctx context.Context, g int, aligned bool) (trace.CounterReading, error) {
 	d, ok := s.byIdx[g]
 	if !ok {
 		return trace.CounterReading{}, fmt.Errorf("GPU %d is not sampled", g)
 	}
-	req := counterReq{reply: make(chan counterReply, 1)}
+	req := counterReq{aligned: aligned, reply: make(chan counterReply, 1)}
 	select {
 	case d.reqs <- req:
 	case <-ctx.Done():

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/lem-energy/lem/internal/cli"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/runner"
+)
+
+type runCmd struct {
+	cli.SourceFlags
+	cli.SamplerFlags
+	Image           string        `help:"Run the command in a container of this image (Docker); without it, as a plain process."`
+	Env             []string      `short:"e" help:"Environment variable for the workload, KEY=VALUE (repeatable)."`
+	Volume          []string      `short:"v" help:"Bind mount for the container, SRC:DST[:ro] (repeatable)."`
+	Name            string        `help:"Container name."`
+	Keep            bool          `help:"Keep the container after the run."`
+	Pull            bool          `help:"Pull the image if it is missing (otherwise a missing image is an error)."`
+	Experiment      string        `required:"" help:"Experiment name (groups runs for the analyzer)."`
+	RunID           string        `name:"run-id" help:"Run id (default: experiment, time and a random suffix)."`
+	Out             string        `default:"runs" help:"Directory for run directories."`
+	Baseline        time.Duration `default:"30s" help:"Idle baseline measured before the run (0 disables)."`
+	BaselineTTL     time.Duration `name:"baseline-ttl" help:"Reuse a per-GPU baseline younger than this instead of measuring again."`
+	BaselineCache   string        `name:"baseline-cache" help:"File of cached baselines (default: the user cache directory)."`
+	Cooldown        string        `help:"Before the baseline, wait until the GPUs are at or below a temperature (e.g. 45C) or 'stable' (±1 °C over 10 s)."`
+	CooldownTimeout time.Duration `name:"cooldown-timeout" default:"5m" help:"Give up waiting for the cool-down after this long (recorded)."`
+	Timeout         time.Duration `help:"Stop the workload after this long."`
+	StopGrace       time.Duration `name:"stop-grace" default:"10s" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
+	Exporter        string        `help:"Also post run and phase markers to this lem-exporter URL."`
+	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
+	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
+	Command         []string      `arg:"" optional:"" passthrough:"" help:"The workload command (after --)."`
+}
+
+func (c *runCmd) Run(log *slog.Logger) error {
+	if len(c.Command) > 0 && c.Command[0] == "--" {
+		c.Command = c.Command[1:]
+	}
+	if len(c.Command) == 0 && c.Image == "" {
+		return errors.New("nothing to run: give a command after --, or --image")
+	}
+	for _, kv := range c.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("--env %q: want KEY=VALUE", kv)
+		}
+	}
+	for _, v := range c.Volume {
+		if parts := strings.Split(v, ":"); len(parts) < 2 || parts[0] == "" || parts[1] == "" {
+			return fmt.Errorf("--volume %q: want SRC:DST[:ro]", v)
+		}
+	}
+	src, devs, err := c.SourceFlags.Open(log)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+
+	var be runner.Backend
+	if c.Image != "" {
+		d, err := runner.NewDocker(runner.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name,
+			Keep: c.Keep, Pull: c.Pull, RequestGPUs: src.Environment().Source.Kind == "nvml"})
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		be = d
+	} else {
+		be = &runner.Process{Clock: src.Clock()}
+	}
+	token := ""
+	if c.ExporterToken != "" {
+		b, err := os.ReadFile(c.ExporterToken)
+		if err != nil {
+			return fmt.Errorf("--exporter-token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	summary := os.Stdout
+	if c.JSON {
+		summary = os.Stderr
+	}
+	opts := runner.Options{Experiment: c.Experiment, RunID: c.RunID, OutDir: c.Out, Command: c.Command,
+		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, Cooldown: c.Cooldown,
+		CooldownTimeout: c.CooldownTimeout, Timeout: c.Timeout, StopGrace: c.StopGrace, Sampler: c.SamplerFlags.Config(),
+		ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token, Stdout: summary}
+	if c.Image == "" {
+		opts.Env = c.Env // containers get --env through the backend
+	}
+	res, err := runner.Run(ctx, opts, src, devs, be, log)
+	if res == nil {
+		return err
+	}
+	if perr := runner.WriteSummary(summary, res.Dir, res.Manifest); perr != nil {
+		err = errors.Join(err, perr)
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		enc.Encode(res.Manifest)
+	}
+	if res.ExitCode != 0 {
+		return &cli.ExitError{Code: res.ExitCode, Err: errors.Join(err, fmt.Errorf("run %s: %s", res.Manifest.RunID, res.Manifest.Status))}
+	}
+	return err
+}
+
+var _ gpu.Source = (*gpu.ReplaySource)(nil)

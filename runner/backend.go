@@ -1,0 +1,58 @@
+package runner
+
+import (
+	"context"
+	"time"
+
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// Spec is what a backend starts.
+type Spec struct {
+	RunID      string
+	Command    []string
+	Env        []string // KEY=VALUE, added to the workload's environment
+	GPUs       []string // UUIDs of the GPUs the workload gets
+	GPUIndices []int
+	ResultsDir string // host directory the workload writes its own outputs to (LEM_RESULTS_DIR)
+	MarkerURL  string // LEM_MARKER_URL as seen from the workload
+	Labels     map[string]string
+}
+
+// Line is one line of workload output, stamped with the time it was written where the backend knows it (the
+// container runtime's log timestamps) or read (process mode).
+type Line struct {
+	Time   time.Time
+	Stderr bool
+	Text   string
+}
+
+// Exit is how the workload ended.
+type Exit struct {
+	Code       int
+	OOMKilled  bool
+	StartedAt  time.Time
+	FinishedAt time.Time
+}
+
+// Backend runs workloads: a plain process, or a Docker container.
+type Backend interface {
+	Name() string
+	// Preflight checks that a workload can be started (daemon reachable, image present), before anything is
+	// measured; it starts nothing.
+	Preflight(ctx context.Context) error
+	// Start starts the workload; its output arrives on the Lines channel until it is closed.
+	Start(ctx context.Context, spec Spec) (Workload, error)
+}
+
+// Workload is a started workload.
+type Workload interface {
+	Lines() <-chan Line
+	// Wait blocks until the workload has exited (and its output is drained).
+	Wait(ctx context.Context) (Exit, error)
+	// Stop asks it to stop, killing it after grace.
+	Stop(grace time.Duration) error
+	// Cleanup removes what the backend created (the container, unless kept) and fills in what the manifest
+	// records about it.
+	Cleanup(m *manifest.Manifest) error
+}

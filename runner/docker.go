@@ -1,0 +1,248 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/pkg/stdcopy"
+	"github.com/moby/moby/api/types/container"
+	"github.com/moby/moby/client"
+
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// ContainerResultsDir is where the run directory's results/ is mounted inside the container.
+const ContainerResultsDir = "/lem/results"
+
+// DockerOptions configure the container.
+type DockerOptions struct {
+	Image   string
+	Env     []string
+	Volumes []string // SRC:DST[:ro]
+	Name    string
+	Keep    bool
+	Pull    bool
+	// RequestGPUs asks the NVIDIA runtime for the selected GPUs (off when replaying on a host without GPUs).
+	RequestGPUs bool
+}
+
+// Docker runs the workload in a container through the Docker Engine API.
+type Docker struct {
+	opts  DockerOptions
+	cli   *client.Client
+	image manifest.Image
+}
+
+var _ Backend = (*Docker)(nil)
+
+// NewDocker connects to the Engine named by the environment (DOCKER_HOST, or the local socket).
+func NewDocker(opts DockerOptions) (*Docker, error) {
+	if opts.Image == "" {
+		return nil, errors.New("docker backend: no image")
+	}
+	cli, err := client.New(client.FromEnv)
+	if err != nil {
+		return nil, fmt.Errorf("docker client: %w", err)
+	}
+	return &Docker{opts: opts, cli: cli}, nil
+}
+
+// Name is "docker".
+func (d *Docker) Name() string { return "docker" }
+
+// Close releases the client.
+func (d *Docker) Close() error { return d.cli.Close() }
+
+// Preflight checks the Engine answers and the image is present (pulling it only with --pull).
+func (d *Docker) Preflight(ctx context.Context) error {
+	if _, err := d.cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
+		return fmt.Errorf("Docker Engine not reachable at %s: %w (is dockerd running, and may this user use its socket?)",
+			d.cli.DaemonHost(), err)
+	}
+	img, err := d.cli.ImageInspect(ctx, d.opts.Image)
+	if cerrdefs.IsNotFound(err) && d.opts.Pull {
+		rc, perr := d.cli.ImagePull(ctx, d.opts.Image, client.ImagePullOptions{})
+		if perr != nil {
+			return fmt.Errorf("pulling image %s: %w", d.opts.Image, perr)
+		}
+		_, perr = io.Copy(io.Discard, rc)
+		rc.Close()
+		if perr != nil {
+			return fmt.Errorf("pulling image %s: %w", d.opts.Image, perr)
+		}
+		img, err = d.cli.ImageInspect(ctx, d.opts.Image)
+	}
+	if cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("image %s is not present locally: pull or build it first, or pass --pull", d.opts.Image)
+	}
+	if err != nil {
+		return fmt.Errorf("inspecting image %s: %w", d.opts.Image, err)
+	}
+	d.image = manifest.Image{Name: d.opts.Image, ID: img.ID, Digests: img.RepoDigests}
+	return nil
+}
+
+// MarkerHost is the address on which the runner's marker server must listen for the container to reach it:
+// the gateway of Docker's default bridge network.
+func (d *Docker) MarkerHost(ctx context.Context) (string, error) {
+	n, err := d.cli.NetworkInspect(ctx, "bridge", client.NetworkInspectOptions{})
+	if err != nil {
+		return "", fmt.Errorf("inspecting Docker's bridge network: %w", err)
+	}
+	for _, c := range n.Network.IPAM.Config {
+		if c.Gateway.IsValid() && c.Gateway.Is4() {
+			return c.Gateway.String(), nil
+		}
+		// Older Engines (20.10) leave the default bridge's gateway out: it is the subnet's first address.
+		if c.Subnet.IsValid() && c.Subnet.Addr().Is4() {
+			return c.Subnet.Masked().Addr().Next().String(), nil
+		}
+	}
+	return "", errors.New("Docker's bridge network has no IPv4 gateway for the marker server")
+}
+
+// Start creates and starts the container and follows its logs with the runtime's timestamps.
+func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
+	cfg := &container.Config{
+		Image:  d.opts.Image,
+		Env:    append(append([]string{}, d.opts.Env...), append(spec.Env, "LEM_RESULTS_DIR="+ContainerResultsDir)...),
+		Labels: spec.Labels,
+	}
+	if len(spec.Command) > 0 {
+		cfg.Cmd = spec.Command
+	}
+	host := &container.HostConfig{Binds: append(append([]string{}, d.opts.Volumes...), spec.ResultsDir+":"+ContainerResultsDir)}
+	if d.opts.RequestGPUs {
+		host.Resources.DeviceRequests = []container.DeviceRequest{{Driver: "nvidia", DeviceIDs: spec.GPUs,
+			Capabilities: [][]string{{"gpu"}}}}
+	}
+	created, err := d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: d.opts.Name})
+	if err != nil {
+		return nil, fmt.Errorf("creating container from %s: %w", d.opts.Image, err)
+	}
+	w := &dockerWorkload{d: d, id: created.ID, lines: make(chan Line, 1024), logsDone: make(chan struct{})}
+	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		d.cli.ContainerRemove(context.Background(), created.ID, client.ContainerRemoveOptions{Force: true})
+		return nil, fmt.Errorf("starting container: %w", err)
+	}
+	logs, err := d.cli.ContainerLogs(ctx, created.ID, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true,
+		Follow: true, Timestamps: true})
+	if err != nil {
+		w.Stop(time.Second)
+		return nil, fmt.Errorf("following container logs: %w", err)
+	}
+	go w.follow(logs)
+	return w, nil
+}
+
+type dockerWorkload struct {
+	d        *Docker
+	id       string
+	lines    chan Line
+	logsDone chan struct{}
+	info     container.InspectResponse
+	inspectd bool
+}
+
+// follow demultiplexes the log stream into stamped lines.
+func (w *dockerWorkload) follow(logs io.ReadCloser) {
+	defer close(w.logsDone)
+	defer close(w.lines)
+	defer logs.Close()
+	outR, outW := io.Pipe()
+	errR, errW := io.Pipe()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); w.scan(outR, false) }()
+	go func() { defer wg.Done(); w.scan(errR, true) }()
+	_, err := stdcopy.StdCopy(outW, errW, logs)
+	outW.CloseWithError(err)
+	errW.CloseWithError(err)
+	wg.Wait()
+}
+
+func (w *dockerWorkload) scan(r io.Reader, stderr bool) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		w.lines <- parseLogLine(sc.Text(), stderr)
+	}
+	io.Copy(io.Discard, r)
+}
+
+// parseLogLine splits the Engine's "RFC3339Nano text" log line.
+func parseLogLine(s string, stderr bool) Line {
+	ts, text, ok := strings.Cut(s, " ")
+	t, err := time.Parse(time.RFC3339Nano, ts)
+	if !ok || err != nil {
+		return Line{Time: time.Now(), Stderr: stderr, Text: s}
+	}
+	return Line{Time: t, Stderr: stderr, Text: text}
+}
+
+func (w *dockerWorkload) Lines() <-chan Line { return w.lines }
+
+func (w *dockerWorkload) Wait(ctx context.Context) (Exit, error) {
+	res := w.d.cli.ContainerWait(ctx, w.id, client.ContainerWaitOptions{Condition: container.WaitConditionNotRunning})
+	select {
+	case <-res.Result:
+	case err := <-res.Error:
+		return Exit{}, fmt.Errorf("waiting for container %.12s (did the Docker daemon stop?): %w", w.id, err)
+	case <-ctx.Done():
+		return Exit{}, ctx.Err()
+	}
+	select {
+	case <-w.logsDone:
+	case <-time.After(5 * time.Second): // logs of a finished container end promptly; don't hang on a broken stream
+	}
+	ins, err := w.d.cli.ContainerInspect(context.Background(), w.id, client.ContainerInspectOptions{})
+	if err != nil {
+		return Exit{}, fmt.Errorf("inspecting container %.12s: %w", w.id, err)
+	}
+	w.info, w.inspectd = ins.Container, true
+	ex := Exit{}
+	if st := ins.Container.State; st != nil {
+		ex.Code, ex.OOMKilled = st.ExitCode, st.OOMKilled
+		ex.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
+		ex.FinishedAt, _ = time.Parse(time.RFC3339Nano, st.FinishedAt)
+	}
+	return ex, nil
+}
+
+func (w *dockerWorkload) Stop(grace time.Duration) error {
+	secs := int(grace.Seconds())
+	_, err := w.d.cli.ContainerStop(context.Background(), w.id, client.ContainerStopOptions{Timeout: &secs})
+	if err != nil && !cerrdefs.IsNotFound(err) {
+		return fmt.Errorf("stopping container %.12s: %w", w.id, err)
+	}
+	return nil
+}
+
+func (w *dockerWorkload) Cleanup(m *manifest.Manifest) error {
+	img := w.d.image
+	m.Image = &img
+	c := &manifest.Container{ID: w.id, Kept: w.d.opts.Keep}
+	if w.inspectd {
+		c.Name = strings.TrimPrefix(w.info.Name, "/")
+		if st := w.info.State; st != nil {
+			c.ExitCode, c.OOMKilled = st.ExitCode, st.OOMKilled
+			c.StartedAt, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
+			c.FinishedAt, _ = time.Parse(time.RFC3339Nano, st.FinishedAt)
+		}
+	}
+	m.Container = c
+	if w.d.opts.Keep {
+		return nil
+	}
+	if _, err := w.d.cli.ContainerRemove(context.Background(), w.id, client.ContainerRemoveOptions{Force: true}); err != nil {
+		return fmt.Errorf("removing container %.12s: %w", w.id, err)
+	}
+	return nil
+}

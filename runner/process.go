@@ -1,0 +1,121 @@
+package runner
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// Process runs the workload as a child process in its own process group (HPC hosts without Docker).
+type Process struct {
+	Clock gpu.Clock
+}
+
+var _ Backend = (*Process)(nil)
+
+// Name is "process".
+func (p *Process) Name() string { return "process" }
+
+// Preflight checks the command exists.
+func (p *Process) Preflight(context.Context) error { return nil }
+
+// Start starts the command with CUDA_VISIBLE_DEVICES set to the selected GPUs.
+func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
+	if len(spec.Command) == 0 {
+		return nil, errors.New("no command to run")
+	}
+	path, err := exec.LookPath(spec.Command[0])
+	if err != nil {
+		return nil, fmt.Errorf("command %q: %w", spec.Command[0], err)
+	}
+	cmd := exec.Command(path, spec.Command[1:]...)
+	idx := make([]string, len(spec.GPUIndices))
+	for i, g := range spec.GPUIndices {
+		idx[i] = strconv.Itoa(g)
+	}
+	cmd.Env = append(os.Environ(), spec.Env...)
+	cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+strings.Join(idx, ","), "LEM_RESULTS_DIR="+spec.ResultsDir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	w := &procWorkload{cmd: cmd, clock: p.Clock, lines: make(chan Line, 1024)}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %q: %w", spec.Command[0], err)
+	}
+	w.started = p.Clock.Now()
+	w.wg.Add(2)
+	go w.read(stdout, false)
+	go w.read(stderr, true)
+	go func() { w.wg.Wait(); close(w.lines) }()
+	return w, nil
+}
+
+type procWorkload struct {
+	cmd     *exec.Cmd
+	clock   gpu.Clock
+	lines   chan Line
+	wg      sync.WaitGroup
+	started time.Time
+}
+
+func (w *procWorkload) read(r io.Reader, stderr bool) {
+	defer w.wg.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		w.lines <- Line{Time: w.clock.Now(), Stderr: stderr, Text: sc.Text()}
+	}
+}
+
+func (w *procWorkload) Lines() <-chan Line { return w.lines }
+
+func (w *procWorkload) Wait(ctx context.Context) (Exit, error) {
+	w.wg.Wait() // output first: Wait closes the pipes
+	err := w.cmd.Wait()
+	ex := Exit{StartedAt: w.started, FinishedAt: w.clock.Now()}
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		ex.Code = ee.ExitCode()
+		if st, ok := ee.Sys().(syscall.WaitStatus); ok && st.Signaled() {
+			ex.Code = 128 + int(st.Signal())
+		}
+	default:
+		return ex, fmt.Errorf("waiting for %s: %w", w.cmd.Path, err)
+	}
+	return ex, nil
+}
+
+// Stop sends SIGTERM to the process group, then SIGKILL after grace.
+func (w *procWorkload) Stop(grace time.Duration) error {
+	pgid := -w.cmd.Process.Pid
+	if err := syscall.Kill(pgid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return fmt.Errorf("stopping workload: %w", err)
+	}
+	go func() {
+		time.Sleep(grace)
+		syscall.Kill(pgid, syscall.SIGKILL)
+	}()
+	return nil
+}
+
+func (w *procWorkload) Cleanup(*manifest.Manifest) error { return nil }

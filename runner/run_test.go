@@ -1,0 +1,253 @@
+package runner_test
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/analyze/energy"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/internal/trace"
+	"github.com/lem-energy/lem/runner"
+)
+
+const testImage = "lem-test-workload:latest"
+
+var (
+	buildOnce sync.Once
+	workload  string
+	imageErr  error
+)
+
+// build compiles the static test workload and wraps it in a FROM-scratch image (no registry needed).
+func build(t *testing.T, withImage bool) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "lem-workload")
+		if err != nil {
+			imageErr = err
+			return
+		}
+		workload = filepath.Join(dir, "workload")
+		cmd := exec.Command("go", "build", "-o", workload, "./testdata/workload")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			imageErr = err
+			workload = string(out)
+			return
+		}
+		if _, err := exec.LookPath("docker"); err != nil {
+			imageErr = err
+			return
+		}
+		os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY workload /workload\nENTRYPOINT [\"/workload\"]\n"), 0o644)
+		if out, err := exec.Command("docker", "build", "-q", "-t", testImage, dir).CombinedOutput(); err != nil {
+			imageErr = &buildError{string(out)}
+		}
+	})
+	if strings.Contains(workload, "\n") {
+		t.Fatalf("building the workload: %s", workload)
+	}
+	if withImage && imageErr != nil {
+		testutil.SkipOrFail(t, "Docker Engine with image build: "+imageErr.Error())
+	}
+	return workload
+}
+
+type buildError struct{ out string }
+
+func (e *buildError) Error() string { return "docker build: " + e.out }
+
+func replay(t *testing.T) *gpu.ReplaySource {
+	t.Helper()
+	r, err := gpu.OpenReplay(testutil.TracePath("h200-llm"), gpu.ReplayOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func baseOpts(t *testing.T, cmd ...string) runner.Options {
+	var out bytes.Buffer
+	return runner.Options{Experiment: "test-exp", OutDir: t.TempDir(), Command: cmd, Baseline: time.Second,
+		BaselineCache: filepath.Join(t.TempDir(), "baselines.json"), Tail: 1200 * time.Millisecond,
+		Stdout: &out, Stderr: &out, Progress: &out, StopGrace: 2 * time.Second}
+}
+
+func docker(t *testing.T, extra ...func(*runner.DockerOptions)) *runner.Docker {
+	o := runner.DockerOptions{Image: testImage}
+	for _, f := range extra {
+		f(&o)
+	}
+	d, err := runner.NewDocker(o)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	return d
+}
+
+// containersOf lists containers (any state) labelled with the run id.
+func containersOf(t *testing.T, runID string) int {
+	cli, err := client.New(client.FromEnv)
+	require.NoError(t, err)
+	defer cli.Close()
+	res, err := cli.ContainerList(context.Background(), client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", "lem.run_id="+runID)})
+	require.NoError(t, err)
+	return len(res.Items)
+}
+
+// recordingEnergy is the hybrid energy on the original recording over a replay-time window.
+func recordingEnergy(t *testing.T, m *manifest.Manifest, start, end time.Time) float64 {
+	rec, err := trace.ReadFile(testutil.TracePath("h200-llm"))
+	require.NoError(t, err)
+	s := rec.GPUs[0]
+	off := time.Duration(m.Environment.Source.ReplayOffsetNS)
+	lag := energy.EstimateLag(s.Counters, s.Samples)
+	h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag)
+	require.NoError(t, err)
+	r, err := h.Energy(start.Add(-off), end.Add(-off))
+	require.NoError(t, err)
+	return r.Joules
+}
+
+func TestContainerRunAgainstReplay(t *testing.T) {
+	build(t, true)
+	opts := baseOpts(t, "-phases", "prefill:1500ms,decode:2500ms", "-tokens", "128", "-http-result")
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, docker(t), slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	require.Equal(t, manifest.StatusOK, m.Status, m.Error)
+	assert.Equal(t, 0, res.ExitCode)
+	require.NotNil(t, m.Container)
+	assert.Equal(t, 0, m.Container.ExitCode)
+	assert.Equal(t, testImage, m.Image.Name)
+	assert.NotEmpty(t, m.Image.ID)
+	assert.Zero(t, containersOf(t, m.RunID), "container removed")
+
+	var names []string
+	for _, p := range m.Phases {
+		names = append(names, p.Name)
+	}
+	assert.Equal(t, []string{"prefill", "decode"}, names)
+	assert.InDelta(t, 1.5, m.Phases[0].DurationS, 0.3)
+	assert.Equal(t, "128", m.Results["output_tokens"])
+	assert.Equal(t, "1", m.Results["requests"], "posted to LEM_MARKER_URL from inside the container")
+	assert.Equal(t, 1, m.Markers.Malformed)
+	assert.Equal(t, 1, m.Markers.HTTP)
+	require.NotNil(t, m.Derived)
+	assert.InDelta(t, m.Energy.HybridJ/128, m.Derived.JPerOutputToken, 1e-9)
+
+	// Energies equal the energy math on the replayed recording for the same instants.
+	g := m.GPUs[0]
+	require.NotNil(t, g.Baseline)
+	assert.InDelta(t, 78, g.Baseline.MedianW, 5, "idle H200")
+	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), g.Energy.HybridJ, 0.005, "total")
+	for _, p := range m.Phases {
+		assert.InEpsilon(t, recordingEnergy(t, m, p.Start, p.End), p.GPUs[0].HybridJ, 0.005, p.Name)
+	}
+	require.NotNil(t, g.CounterStart)
+	assert.InEpsilon(t, g.Energy.HybridJ, g.Energy.CounterJ, 0.05, "bracket reads vs hybrid")
+
+	logs, err := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
+	require.NoError(t, err)
+	assert.Contains(t, string(logs), "LEM_PHASE decode")
+	errs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StderrFile))
+	assert.Contains(t, string(errs), "a line on stderr", "stderr demultiplexed")
+	_, err = os.Stat(filepath.Join(res.Dir, manifest.ResultsDir, "out.json"))
+	assert.NoError(t, err, "results/ mounted at LEM_RESULTS_DIR")
+	tr, err := trace.ReadFile(filepath.Join(res.Dir, manifest.TraceFile))
+	require.NoError(t, err)
+	assert.Greater(t, len(tr.GPUs[0].Samples), 300, "baseline and run at 50 Hz")
+	back, err := manifest.Read(res.Dir)
+	require.NoError(t, err)
+	assert.Equal(t, m.RunID, back.RunID)
+}
+
+func TestContainerInterrupted(t *testing.T) {
+	build(t, true)
+	opts := baseOpts(t, "-phases", "long:60s")
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { time.Sleep(4 * time.Second); cancel() }()
+	res, err := runner.Run(ctx, opts, replay(t), nil, docker(t), slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	assert.Equal(t, manifest.StatusIntr, m.Status)
+	assert.Equal(t, runner.ExitInterrupted, res.ExitCode)
+	assert.Zero(t, containersOf(t, m.RunID), "container gone")
+	assert.Less(t, m.Times.DurationS, 10.0)
+	_, err = trace.ReadFile(filepath.Join(res.Dir, manifest.TraceFile))
+	assert.NoError(t, err, "trace readable")
+	back, err := manifest.Read(res.Dir)
+	require.NoError(t, err)
+	assert.Equal(t, manifest.StatusIntr, back.Status)
+}
+
+func TestContainerExitCodeAndMissingImage(t *testing.T) {
+	build(t, true)
+	res, err := runner.Run(context.Background(), baseOpts(t, "-phases", "x:100ms", "-exit", "3"), replay(t), nil, docker(t), slog.Default())
+	require.NoError(t, err)
+	assert.Equal(t, manifest.StatusFail, res.Manifest.Status)
+	assert.Equal(t, 3, res.ExitCode)
+	assert.Equal(t, 3, *res.Manifest.ExitCode)
+
+	opts := baseOpts(t)
+	_, err = runner.Run(context.Background(), opts, replay(t), nil,
+		docker(t, func(o *runner.DockerOptions) { o.Image = "lem-no-such-image:never" }), slog.Default())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "lem-no-such-image:never is not present locally")
+	assert.Contains(t, err.Error(), "--pull")
+	ents, _ := os.ReadDir(opts.OutDir)
+	assert.Empty(t, ents, "nothing started, no run directory")
+}
+
+func TestProcessMode(t *testing.T) {
+	wl := build(t, false)
+	opts := baseOpts(t, wl, "-phases", "prefill:1s,decode:1500ms", "-tokens", "64", "-exit", "5")
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	assert.Equal(t, manifest.StatusFail, m.Status)
+	assert.Equal(t, 5, res.ExitCode, "workload exit code propagates")
+	assert.Equal(t, "process", m.Backend)
+	require.Len(t, m.Phases, 2)
+	assert.Equal(t, "64", m.Results["output_tokens"])
+	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), m.Energy.HybridJ, 0.005)
+	logs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
+	assert.Contains(t, string(logs), "gpus: 0", "CUDA_VISIBLE_DEVICES set to the selected GPUs")
+	_, err = os.Stat(filepath.Join(res.Dir, manifest.ResultsDir, "out.json"))
+	assert.NoError(t, err, "LEM_RESULTS_DIR")
+	var codes []string
+	for _, w := range m.Warnings {
+		codes = append(codes, w.Code)
+	}
+	assert.Contains(t, codes, "short_window")
+}
+
+func TestBaselineReuse(t *testing.T) {
+	wl := build(t, false)
+	opts := baseOpts(t, wl, "-phases", "a:100ms")
+	opts.BaselineTTL = time.Hour
+	first, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	require.False(t, first.Manifest.GPUs[0].Baseline.Reused)
+	begin := time.Now()
+	second, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	b := second.Manifest.GPUs[0].Baseline
+	assert.True(t, b.Reused)
+	assert.Greater(t, b.AgeS, 0.0)
+	assert.Equal(t, first.Manifest.GPUs[0].Baseline.MedianW, b.MedianW)
+	assert.Less(t, time.Since(begin), 4*time.Second, "no second baseline measured")
+}

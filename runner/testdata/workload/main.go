@@ -1,0 +1,67 @@
+// Command workload is the test workload for lem-run: it prints phase and result markers (or posts them to
+// LEM_MARKER_URL), writes a file into LEM_RESULTS_DIR and exits with the code asked for. Built static, it runs
+// in a FROM-scratch image.
+package main
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func post(path, body string) error {
+	req, err := http.NewRequest(http.MethodPost, os.Getenv("LEM_MARKER_URL")+path, bytes.NewBufferString(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Authorization", "Bearer "+os.Getenv("LEM_MARKER_TOKEN"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		return fmt.Errorf("HTTP %d", resp.StatusCode)
+	}
+	return nil
+}
+
+func main() {
+	phases := flag.String("phases", "prefill:1s,decode:2s", "name:duration,…")
+	tokens := flag.Int("tokens", 128, "output tokens to report")
+	httpResult := flag.Bool("http-result", false, "also post requests=1 to LEM_MARKER_URL")
+	exit := flag.Int("exit", 0, "exit code")
+	flag.Parse()
+	signal.Ignore(syscall.SIGHUP)
+	fmt.Println("workload starting; gpus:", os.Getenv("CUDA_VISIBLE_DEVICES"), "run:", os.Getenv("LEM_RUN_ID"))
+	fmt.Fprintln(os.Stderr, "a line on stderr")
+	fmt.Println("LEM_PHASE bad name with spaces")
+	for _, p := range strings.Split(*phases, ",") {
+		name, d, _ := strings.Cut(p, ":")
+		dur, err := time.ParseDuration(d)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bad phase:", p)
+			os.Exit(2)
+		}
+		fmt.Println("LEM_PHASE " + name)
+		time.Sleep(dur)
+	}
+	fmt.Printf("LEM_RESULT output_tokens=%d\n", *tokens)
+	if *httpResult {
+		if err := post("/result", `{"requests": 1}`); err != nil {
+			fmt.Fprintln(os.Stderr, "marker post failed:", err)
+			os.Exit(4)
+		}
+	}
+	if dir := os.Getenv("LEM_RESULTS_DIR"); dir != "" {
+		os.WriteFile(filepath.Join(dir, "out.json"), []byte(`{"ok":true}`), 0o644)
+	}
+	os.Exit(*exit)
+}
