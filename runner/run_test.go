@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lem-energy/lem/analyze/energy"
+	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
@@ -250,4 +252,61 @@ func TestBaselineReuse(t *testing.T) {
 	assert.Greater(t, b.AgeS, 0.0)
 	assert.Equal(t, first.Manifest.GPUs[0].Baseline.MedianW, b.MedianW)
 	assert.Less(t, time.Since(begin), 4*time.Second, "no second baseline measured")
+}
+
+func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
+	wl := build(t, false)
+	// A lem-exporter to mirror the markers to.
+	expSrc, err := gpu.OpenReplay(testutil.TracePath("h200-shape"), gpu.ReplayOptions{})
+	require.NoError(t, err)
+	exp, err := exporter.New(expSrc, nil, exporter.Options{MarkerToken: "tok"}, slog.Default())
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); exp.Run(ctx) }()
+	srv := httptest.NewServer(exp.Handler())
+	defer func() { srv.Close(); cancel(); wg.Wait(); expSrc.Close() }()
+
+	opts := baseOpts(t, wl, "-phases", "prefill:300ms,decode:60s")
+	opts.Timeout = 3 * time.Second
+	opts.Cooldown, opts.CooldownTimeout = "10C", 1500*time.Millisecond // an idle H200 is ~33 °C: never reached
+	opts.ExporterURL, opts.ExporterToken = srv.URL, "tok"
+	opts.RunID = "mirrored"
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	assert.Equal(t, manifest.StatusTime, m.Status)
+	assert.Equal(t, runner.ExitTimeout, res.ExitCode)
+	assert.InDelta(t, 3.0, m.Times.DurationS, 0.6)
+	require.NotNil(t, m.Cooldown)
+	assert.False(t, m.Cooldown.Reached)
+	assert.Equal(t, 10.0, m.Cooldown.TargetC)
+	var codes []string
+	for _, w := range m.Warnings {
+		codes = append(codes, w.Code)
+	}
+	assert.Contains(t, codes, "timeout")
+	assert.Contains(t, codes, "cooldown_timeout")
+
+	require.Eventually(t, func() bool {
+		r, ok := exp.Runs().Get("mirrored")
+		return ok && !r.End.IsZero()
+	}, 5*time.Second, 50*time.Millisecond, "run mirrored to the exporter")
+	r, _ := exp.Runs().Get("mirrored")
+	assert.Equal(t, "test-exp", r.Experiment)
+	var names []string
+	for _, p := range r.Phases {
+		names = append(names, p.Name)
+	}
+	assert.Equal(t, []string{"prefill", "decode"}, names)
+	assert.Equal(t, manifest.StatusTime, r.Status)
+
+	// A reachable temperature passes the gate at once.
+	opts = baseOpts(t, wl, "-phases", "a:100ms")
+	opts.Cooldown = "90"
+	res, err = runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	assert.True(t, res.Manifest.Cooldown.Reached)
+	assert.Less(t, res.Manifest.Cooldown.WaitedS, 2.0)
 }
