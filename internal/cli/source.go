@@ -11,10 +11,11 @@ import (
 
 // SourceFlags choose where GPU data comes from: NVML, or a recorded trace replayed in real time.
 type SourceFlags struct {
-	Replay string   `type:"existingfile" help:"Replay a recorded lem trace instead of reading NVML (hosts without a GPU, demos, tests)."`
-	Speed  float64  `default:"1" help:"Replay speed factor."`
-	Loop   bool     `help:"Loop the replayed trace."`
-	GPUs   []string `name:"gpus" sep:"," help:"GPUs to sample: indices or UUIDs, comma-separated (default all)."`
+	Replay string        `type:"existingfile" help:"Replay a recorded lem trace instead of reading NVML (hosts without a GPU, demos, tests)."`
+	Speed  float64       `default:"1" help:"Replay speed factor."`
+	Loop   bool          `help:"Loop the replayed trace."`
+	From   time.Duration `name:"replay-from" help:"Start the replay this far into the recording."`
+	GPUs   []string      `name:"gpus" sep:"," help:"GPUs to sample: indices or UUIDs, comma-separated (default all)."`
 }
 
 // Open opens the source and selects the GPUs.
@@ -24,7 +25,12 @@ func (f SourceFlags) Open(log *slog.Logger) (gpu.Source, []gpu.Device, error) {
 		if f.Speed <= 0 {
 			return nil, nil, fmt.Errorf("--speed %g: must be positive", f.Speed)
 		}
-		r, err := gpu.OpenReplay(f.Replay, gpu.ReplayOptions{Speed: f.Speed, Loop: f.Loop})
+		if f.From < 0 {
+			return nil, nil, fmt.Errorf("--replay-from %s: must not be negative", f.From)
+		}
+		// Starting "From" into the recording is starting the replay that long ago (in replay time).
+		start := time.Now().Add(-time.Duration(float64(f.From) / f.Speed))
+		r, err := gpu.OpenReplay(f.Replay, gpu.ReplayOptions{Speed: f.Speed, Loop: f.Loop, Start: start})
 		if err != nil {
 			return nil, nil, err
 		}
