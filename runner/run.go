@@ -239,6 +239,14 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	if _, err := r.runs.StartAt(r.opts.RunID, r.opts.Experiment, nil, start); err != nil {
 		r.log.Error("marker store", "err", err)
 	}
+	// The exporter's Experiment dashboard draws the idle baseline from these results.
+	idle := map[string]string{}
+	for g, b := range baselines {
+		idle[fmt.Sprintf("idle_w_gpu%d", g)] = strconv.FormatFloat(b.MedianW, 'f', 3, 64)
+	}
+	if len(idle) > 0 {
+		mirror.send(r.opts.RunID, r.opts.Experiment, trace.Event{Time: start, Type: trace.EventResult, Attrs: idle})
+	}
 	wl, err := r.be.Start(ctx, spec)
 	if err != nil {
 		t := finishSampling()
