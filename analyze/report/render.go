@@ -1,0 +1,159 @@
+package report
+
+import (
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/lem-energy/lem/analyze/stats"
+)
+
+func num(v float64, prec int) string {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return "–"
+	}
+	return strconv.FormatFloat(v, 'f', prec, 64)
+}
+
+func ci(s stats.Summary, prec int) string {
+	if s.N == 0 {
+		return "–"
+	}
+	if s.N < 2 {
+		return num(s.Mean, prec) + " (n=1)"
+	}
+	out := fmt.Sprintf("%s [%s, %s]", num(s.Mean, prec), num(s.CILow, prec), num(s.CIHigh, prec))
+	if s.BootLow != 0 || s.BootHigh != 0 {
+		out += fmt.Sprintf(" boot [%s, %s]", num(s.BootLow, prec), num(s.BootHigh, prec))
+	}
+	return out
+}
+
+// Markdown writes the report as Markdown tables.
+func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
+	fmt.Fprintf(w, "# lem report\n\n%d runs, %d experiments.\n\n## Runs\n\n", len(runs), len(exps))
+	fmt.Fprintln(w, "| run | experiment | status | s | GPUs | energy J | adjusted J | J/token | J/token adj | tokens/J | mean W | peak W | warnings |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range runs {
+		m := r.Manifest
+		var jt, jta, tpj float64 = math.NaN(), math.NaN(), math.NaN()
+		if d := m.Derived; d != nil && d.OutputTokens > 0 {
+			jt, jta, tpj = d.JPerOutputToken, d.JPerOutputTokenAdj, d.OutputTokensPerJ
+		}
+		var mean, peak float64
+		for _, g := range m.GPUs {
+			mean += g.MeanPowerW
+			peak = math.Max(peak, g.PeakPowerW)
+		}
+		codes := make([]string, 0, len(m.Warnings))
+		for _, wn := range m.Warnings {
+			codes = append(codes, wn.Code)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.RunID, m.Experiment,
+			m.Status, num(m.Times.DurationS, 2), len(m.GPUs), num(m.Energy.HybridJ, 1), num(m.Energy.AdjustedJ, 1),
+			num(jt, 4), num(jta, 4), num(tpj, 3), num(mean, 1), num(peak, 1), strings.Join(codes, ", "))
+	}
+	fmt.Fprintln(w, "\n## Phases\n\n| run | phase | times | s | energy J | adjusted J |\n|---|---|---|---|---|---|")
+	for _, r := range runs {
+		type agg struct {
+			n           int
+			s, raw, adj float64
+		}
+		sums := map[string]*agg{}
+		var order []string
+		for _, p := range r.Manifest.Phases {
+			a := sums[p.Name]
+			if a == nil {
+				a = &agg{}
+				sums[p.Name] = a
+				order = append(order, p.Name)
+			}
+			a.n++
+			a.s += p.DurationS
+			a.raw += p.Energy.HybridJ
+			a.adj += p.Energy.AdjustedJ
+		}
+		for _, name := range order {
+			a := sums[name]
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", r.Manifest.RunID, name, a.n, num(a.s, 3), num(a.raw, 1), num(a.adj, 1))
+		}
+	}
+	fmt.Fprint(w, "\n## Experiments (runs with status ok; mean [95 % t interval])\n\n")
+	fmt.Fprintln(w, "| experiment | runs (ok) | s | energy J | adjusted J | J/token | J/token adjusted | energy vs reference | J/token adj vs reference |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	for _, e := range exps {
+		ratio := func(r *stats.Ratio) string {
+			if r == nil {
+				return "–"
+			}
+			return fmt.Sprintf("%s [%s, %s]", num(r.Value, 3), num(r.CILow, 3), num(r.CIHigh, 3))
+		}
+		fmt.Fprintf(w, "| %s | %d (%d) | %s | %s | %s | %s | %s | %s | %s |\n", e.Name, e.Runs, e.Valid, ci(e.DurationS, 2),
+			ci(e.EnergyJ, 1), ci(e.AdjustedJ, 1), ci(e.JPerToken, 4), ci(e.JPerTokenAdj, 4), ratio(e.VsReferenceAdj), ratio(e.TokenVsRef))
+	}
+	fmt.Fprintln(w, "\nAbsolute energies carry the GPU sensor's ±5 % gain (systematic per board); it cancels in ratios between experiments on the same GPU.")
+	if len(probs) > 0 {
+		fmt.Fprint(w, "\n## Inputs not used\n\n")
+		for _, p := range probs {
+			fmt.Fprintf(w, "- `%s`: %s\n", p.Path, p.Err)
+		}
+	}
+	return nil
+}
+
+// JSON writes runs (their manifests), experiments and problems.
+func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
+	type runOut struct {
+		Dir        string   `json:"dir"`
+		Manifest   any      `json:"manifest"`
+		Violations []string `json:"violations"`
+	}
+	out := struct {
+		Runs        []runOut     `json:"runs"`
+		Experiments []Experiment `json:"experiments"`
+		Problems    []Problem    `json:"problems"`
+	}{Experiments: exps, Problems: probs}
+	for _, r := range runs {
+		out.Runs = append(out.Runs, runOut{Dir: r.Dir, Manifest: r.Manifest, Violations: Violations(r.Manifest)})
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+// CSV writes one row per run and GPU, for spreadsheets and dataframes.
+func CSV(w io.Writer, runs []Run) error {
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"run_id", "experiment", "campaign", "cycle", "status", "start", "duration_s", "gpu", "uuid",
+		"baseline_w", "counter_j", "hybrid_j", "adjusted_j", "mean_power_w", "peak_power_w", "output_tokens",
+		"j_per_output_token", "j_per_output_token_adjusted", "warnings"})
+	sort.SliceStable(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
+	for _, r := range runs {
+		m := r.Manifest
+		var tok, jt, jta float64 = math.NaN(), math.NaN(), math.NaN()
+		if d := m.Derived; d != nil {
+			tok, jt, jta = d.OutputTokens, d.JPerOutputToken, d.JPerOutputTokenAdj
+		}
+		codes := make([]string, 0, len(m.Warnings))
+		for _, wn := range m.Warnings {
+			codes = append(codes, wn.Code)
+		}
+		for _, g := range m.GPUs {
+			base := math.NaN()
+			if g.Baseline != nil {
+				base = g.Baseline.MedianW
+			}
+			cw.Write([]string{m.RunID, m.Experiment, m.Campaign, strconv.Itoa(m.Cycle), m.Status,
+				m.Times.Start.Format("2006-01-02T15:04:05.000000000Z07:00"), num(m.Times.DurationS, 3), strconv.Itoa(g.Index),
+				g.UUID, num(base, 3), num(g.Energy.CounterJ, 3), num(g.Energy.HybridJ, 3), num(g.Energy.AdjustedJ, 3),
+				num(g.MeanPowerW, 3), num(g.PeakPowerW, 3), num(tok, 0), num(jt, 6), num(jta, 6), strings.Join(codes, ";")})
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}

@@ -1,0 +1,201 @@
+// Package report turns lem-run's run directories into per-run and per-experiment tables: energy raw and
+// idle-adjusted, per phase, per token, with repetition statistics and the quality rules of `lem-analyze validate`.
+package report
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"github.com/lem-energy/lem/analyze/stats"
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// Run is one loaded run directory.
+type Run struct {
+	Dir      string
+	Manifest *manifest.Manifest
+}
+
+// Problem is an input that could not be used; the others are still reported.
+type Problem struct {
+	Path string `json:"path"`
+	Err  string `json:"error"`
+}
+
+// Load reads run directories: each path is a run directory (holding manifest.json) or a directory searched for
+// them. Unreadable manifests and duplicate run ids become problems naming the file.
+func Load(paths []string) ([]Run, []Problem) {
+	var runs []Run
+	var probs []Problem
+	seen := map[string]string{}
+	add := func(path string) {
+		m, err := manifest.Read(path)
+		if err != nil {
+			probs = append(probs, Problem{Path: path, Err: err.Error()})
+			return
+		}
+		if first, dup := seen[m.RunID]; dup {
+			probs = append(probs, Problem{Path: path, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", m.RunID, first)})
+			return
+		}
+		seen[m.RunID] = path
+		runs = append(runs, Run{Dir: filepath.Dir(path), Manifest: m})
+	}
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			probs = append(probs, Problem{Path: p, Err: err.Error()})
+			continue
+		}
+		if !st.IsDir() {
+			if filepath.Base(p) == manifest.FileName {
+				add(p)
+			} else {
+				probs = append(probs, Problem{Path: p, Err: "not a run directory or manifest.json (for a trace, use lem-analyze phases)"})
+			}
+			continue
+		}
+		found := 0
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && d.Name() == manifest.FileName {
+				found++
+				add(path)
+			}
+			return nil
+		})
+		if err != nil {
+			probs = append(probs, Problem{Path: p, Err: err.Error()})
+		} else if found == 0 {
+			probs = append(probs, Problem{Path: p, Err: "no manifest.json found (not a lem-run output directory?)"})
+		}
+	}
+	sort.Slice(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
+	return runs, probs
+}
+
+// Rule is a quality rule of validate.
+type Rule struct {
+	Name  string
+	Codes []string // manifest warning codes that break it
+}
+
+// Rules are the quality rules a publishable run passes.
+var Rules = []Rule{
+	{"status ok", nil},
+	{"window ≥ 5 s", []string{"short_window"}},
+	{"≥ 3 counter updates", []string{"few_counter_updates"}},
+	{"no lost samples", []string{"capture_gaps"}},
+	{"no counter reset", []string{"counter_reset"}},
+	{"no throttling", []string{"throttling"}},
+	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift"}},
+}
+
+// Violations lists the rules a run breaks, with the manifest's messages.
+func Violations(m *manifest.Manifest) []string {
+	var out []string
+	if m.Status != manifest.StatusOK {
+		out = append(out, fmt.Sprintf("status ok: run ended %s", m.Status))
+	}
+	for _, r := range Rules[1:] {
+		for _, w := range m.Warnings {
+			if slices.Contains(r.Codes, w.Code) {
+				out = append(out, r.Name+": "+w.Message)
+			}
+		}
+	}
+	return out
+}
+
+// Experiment summarises the runs of one experiment across cycles.
+type Experiment struct {
+	Name           string        `json:"experiment"`
+	Runs           int           `json:"runs"`
+	Valid          int           `json:"valid_runs"`
+	DurationS      stats.Summary `json:"duration_s"`
+	EnergyJ        stats.Summary `json:"energy_j"`
+	AdjustedJ      stats.Summary `json:"adjusted_j"`
+	JPerToken      stats.Summary `json:"j_per_output_token"`
+	JPerTokenAdj   stats.Summary `json:"j_per_output_token_adjusted"`
+	VsReference    *stats.Ratio  `json:"energy_vs_reference,omitempty"`
+	VsReferenceAdj *stats.Ratio  `json:"adjusted_vs_reference,omitempty"`
+	TokenVsRef     *stats.Ratio  `json:"j_per_token_vs_reference,omitempty"`
+	SensorGainNote string        `json:"sensor_gain_note"`
+	IncludedRunIDs []string      `json:"run_ids"`
+}
+
+// ErrNoRuns means nothing usable was given.
+var ErrNoRuns = errors.New("no usable runs")
+
+// Experiments groups runs with status ok by experiment and summarises them; reference, if set, names the
+// experiment the others are compared with.
+func Experiments(runs []Run, reference string) ([]Experiment, error) {
+	by := map[string][]*manifest.Manifest{}
+	total := map[string]int{}
+	var names []string
+	for _, r := range runs {
+		m := r.Manifest
+		if _, ok := total[m.Experiment]; !ok {
+			names = append(names, m.Experiment)
+		}
+		total[m.Experiment]++
+		if m.Status == manifest.StatusOK {
+			by[m.Experiment] = append(by[m.Experiment], m)
+		}
+	}
+	if len(names) == 0 {
+		return nil, ErrNoRuns
+	}
+	sort.Strings(names)
+	out := make([]Experiment, 0, len(names))
+	for _, name := range names {
+		ms := by[name]
+		e := Experiment{Name: name, Runs: total[name], Valid: len(ms),
+			SensorGainNote: "±5 % board sensor gain (systematic) applies to absolute values; it cancels in same-GPU ratios"}
+		var d, en, adj, jt, jta []float64
+		for _, m := range ms {
+			e.IncludedRunIDs = append(e.IncludedRunIDs, m.RunID)
+			d = append(d, m.Times.DurationS)
+			en = append(en, m.Energy.HybridJ)
+			adj = append(adj, m.Energy.AdjustedJ)
+			if m.Derived != nil && m.Derived.OutputTokens > 0 {
+				jt = append(jt, m.Derived.JPerOutputToken)
+				jta = append(jta, m.Derived.JPerOutputTokenAdj)
+			}
+		}
+		e.DurationS, e.EnergyJ, e.AdjustedJ = stats.Summarize(d), stats.Summarize(en), stats.Summarize(adj)
+		e.JPerToken, e.JPerTokenAdj = stats.Summarize(jt), stats.Summarize(jta)
+		out = append(out, e)
+	}
+	if reference != "" {
+		var ref *Experiment
+		for i := range out {
+			if out[i].Name == reference {
+				ref = &out[i]
+			}
+		}
+		if ref == nil {
+			return out, fmt.Errorf("--reference %q: no such experiment (have %v)", reference, names)
+		}
+		for i := range out {
+			if out[i].Name == reference {
+				continue
+			}
+			r1 := stats.RatioOf(out[i].EnergyJ, ref.EnergyJ)
+			r2 := stats.RatioOf(out[i].AdjustedJ, ref.AdjustedJ)
+			out[i].VsReference, out[i].VsReferenceAdj = &r1, &r2
+			if out[i].JPerToken.N > 0 && ref.JPerToken.N > 0 {
+				r3 := stats.RatioOf(out[i].JPerTokenAdj, ref.JPerTokenAdj)
+				out[i].TokenVsRef = &r3
+			}
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,117 @@
+package report_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/csv"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/analyze/report"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/runner"
+)
+
+// runs makes real run directories: lem-run in process mode against the replayed H200 LLM recording.
+func runs(t *testing.T, dir string, exps map[string]int) {
+	t.Helper()
+	for exp, cycles := range exps {
+		for c := 0; c < cycles; c++ {
+			src, err := gpu.OpenReplay(testutil.TracePath("h200-llm"), gpu.ReplayOptions{})
+			require.NoError(t, err)
+			opts := runner.Options{Experiment: exp, OutDir: dir, Baseline: 500 * time.Millisecond, Tail: time.Second,
+				BaselineCache: filepath.Join(t.TempDir(), "b.json"), Cycle: c + 1, Stdout: io.Discard, Stderr: io.Discard,
+				Progress: io.Discard, Command: []string{"sh", "-c",
+					"echo LEM_PHASE prefill; sleep 0.5; echo LEM_PHASE decode; sleep 1; echo LEM_RESULT output_tokens=100 requests=2"}}
+			res, err := runner.Run(context.Background(), opts, src, nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+			require.NoError(t, err)
+			require.Equal(t, manifest.StatusOK, res.Manifest.Status)
+			src.Close()
+		}
+	}
+}
+
+func TestReportOnReplayedRuns(t *testing.T) {
+	dir := t.TempDir()
+	runs(t, dir, map[string]int{"a": 2, "b": 2})
+	// Bad inputs beside the good ones: each reported by path, the rest still analysed.
+	bad := filepath.Join(dir, "broken")
+	require.NoError(t, os.MkdirAll(bad, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(bad, "manifest.json"), []byte("{"), 0o644))
+	old := filepath.Join(dir, "old")
+	require.NoError(t, os.MkdirAll(old, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(old, "manifest.json"), []byte(`{"schema_version":"0"}`), 0o644))
+	empty := t.TempDir()
+
+	loaded, probs := report.Load([]string{dir, empty, "/nonexistent/runs", dir})
+	require.Len(t, loaded, 4)
+	var paths []string
+	for _, p := range probs {
+		paths = append(paths, p.Path+": "+p.Err)
+	}
+	joined := strings.Join(paths, "\n")
+	assert.Contains(t, joined, filepath.Join(bad, "manifest.json"))
+	assert.Contains(t, joined, `schema version "0"`)
+	assert.Contains(t, joined, "no manifest.json found")
+	assert.Contains(t, joined, "/nonexistent/runs")
+	assert.Contains(t, joined, "duplicate run", "the same directory given twice")
+
+	exps, err := report.Experiments(loaded, "a")
+	require.NoError(t, err)
+	require.Len(t, exps, 2)
+	for _, e := range exps {
+		assert.Equal(t, 2, e.Valid)
+		assert.Equal(t, 2, e.EnergyJ.N)
+		// The replayed H200 idles at ~78 W before the model load: energy is power × duration.
+		assert.InEpsilon(t, 78*e.DurationS.Mean, e.EnergyJ.Mean, 0.05, e.Name)
+		assert.InEpsilon(t, e.EnergyJ.Mean/100, e.JPerToken.Mean, 1e-9, "J per output token")
+		assert.LessOrEqual(t, e.EnergyJ.CILow, e.EnergyJ.Mean) // replays of the same span can give equal energies
+	}
+	b := exps[1]
+	require.NotNil(t, b.VsReference)
+	assert.InDelta(t, 1.0, b.VsReference.Value, 0.1, "same workload, same idle GPU")
+	_, err = report.Experiments(loaded, "zzz")
+	assert.ErrorContains(t, err, `"zzz"`)
+
+	var md bytes.Buffer
+	require.NoError(t, report.Markdown(&md, loaded, exps, probs))
+	for _, r := range loaded {
+		assert.Contains(t, md.String(), r.Manifest.RunID)
+	}
+	assert.Contains(t, md.String(), "| decode | 1 |")
+	assert.Contains(t, md.String(), "Inputs not used")
+
+	var cs bytes.Buffer
+	require.NoError(t, report.CSV(&cs, loaded))
+	rows, err := csv.NewReader(&cs).ReadAll()
+	require.NoError(t, err)
+	assert.Len(t, rows, 1+4, "header and one row per run and GPU")
+	assert.Equal(t, "j_per_output_token", rows[0][16])
+
+	var js bytes.Buffer
+	require.NoError(t, report.JSON(&js, loaded, exps, probs))
+	var parsed map[string]any
+	require.NoError(t, json.Unmarshal(js.Bytes(), &parsed), "valid JSON (no NaN)")
+	assert.Len(t, parsed["runs"], 4)
+}
+
+func TestViolations(t *testing.T) {
+	m := &manifest.Manifest{Status: manifest.StatusOK}
+	assert.Empty(t, report.Violations(m))
+	m.Warnings = []manifest.Warning{{Code: "short_window", Message: "the run lasted 1 s"}, {Code: "adjusted_clamped", Message: "x"},
+		{Code: "throttling", Message: "sw_power_cap 3 s"}}
+	m.Status = manifest.StatusFail
+	v := report.Violations(m)
+	assert.Equal(t, []string{"status ok: run ended failed", "window ≥ 5 s: the run lasted 1 s", "no throttling: sw_power_cap 3 s"}, v)
+}

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/lem-energy/lem/analyze/report"
+)
+
+type reportCmd struct {
+	Paths     []string `arg:"" help:"Run directories, or directories holding them."`
+	Format    string   `short:"f" default:"md" enum:"md,json,csv" help:"Output format (${enum})."`
+	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals)."`
+	Out       string   `short:"o" help:"Write the report to this file instead of stdout."`
+}
+
+func (c *reportCmd) Run(log *slog.Logger) error {
+	runs, probs := report.Load(c.Paths)
+	for _, p := range probs {
+		log.Warn("input skipped", "path", p.Path, "err", p.Err)
+	}
+	if len(runs) == 0 {
+		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
+	}
+	exps, err := report.Experiments(runs, c.Reference)
+	if err != nil {
+		return err
+	}
+	w := os.Stdout
+	if c.Out != "" {
+		f, err := os.Create(c.Out)
+		if err != nil {
+			return fmt.Errorf("report: %w", err)
+		}
+		defer f.Close()
+		w = f
+	}
+	switch c.Format {
+	case "json":
+		return report.JSON(w, runs, exps, probs)
+	case "csv":
+		return report.CSV(w, runs)
+	default:
+		return report.Markdown(w, runs, exps, probs)
+	}
+}
+
+type validateCmd struct {
+	Paths []string `arg:"" help:"Run directories, or directories holding them."`
+}
+
+// errInvalid makes validate exit non-zero for pipelines.
+var errInvalid = errors.New("runs fail the quality rules")
+
+func (c *validateCmd) Run(log *slog.Logger) error {
+	runs, probs := report.Load(c.Paths)
+	bad := len(probs)
+	for _, p := range probs {
+		fmt.Printf("ERROR %s: %s\n", p.Path, p.Err)
+	}
+	for _, r := range runs {
+		v := report.Violations(r.Manifest)
+		if len(v) == 0 {
+			fmt.Printf("ok    %s (%s)\n", r.Manifest.RunID, r.Manifest.Experiment)
+			continue
+		}
+		bad++
+		for _, s := range v {
+			fmt.Printf("FAIL  %s (%s): %s\n", r.Manifest.RunID, r.Manifest.Experiment, s)
+		}
+	}
+	if len(runs) == 0 && len(probs) == 0 {
+		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
+	}
+	if bad > 0 {
+		return fmt.Errorf("%w: %d of %d inputs", errInvalid, bad, len(runs)+len(probs))
+	}
+	return nil
+}
