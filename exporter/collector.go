@@ -31,7 +31,7 @@ type Collector struct {
 	reasonActive, reasonSeconds, info, up                                                         *prometheus.Desc
 	samples, gaps, missed, overruns, counterReads, counterResets, calls, callErrors, callSeconds  *prometheus.Desc
 	callMax, lag, drops, lastSample                                                               *prometheus.Desc
-	runActive, runStart, phaseActive, phaseStart, runResult                                       *prometheus.Desc
+	runActive, runStart, runEnd, phaseActive, phaseStart, runResult                               *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
@@ -74,6 +74,7 @@ func NewCollector(s *sampler.Sampler, runs *Runs) *Collector {
 		runStart:      prometheus.NewDesc("lem_run_start_timestamp_seconds", "Start time of the run.", run, nil),
 		phaseActive:   prometheus.NewDesc("lem_run_phase_active", "1 while the phase is active; 0 for a grace period after it ended.", append(append([]string{}, run...), "phase"), nil),
 		phaseStart:    prometheus.NewDesc("lem_run_phase_start_timestamp_seconds", "Start time of the phase.", append(append([]string{}, run...), "phase"), nil),
+		runEnd:        prometheus.NewDesc("lem_run_end_timestamp_seconds", "End time of a run that ended (shown for the grace period).", run, nil),
 		runResult:     prometheus.NewDesc("lem_run_result", "Numeric results the run reported (output_tokens, requests, ...), by key.", append(append([]string{}, run...), "key"), nil),
 	}
 }
@@ -83,7 +84,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.energy, c.sampled, c.power, c.temp, c.smClock, c.memClock, c.util, c.memUtil,
 		c.memUsed, c.memTotal, c.powerLimit, c.reasonActive, c.reasonSeconds, c.info, c.up, c.samples, c.gaps, c.missed,
 		c.overruns, c.counterReads, c.counterResets, c.calls, c.callErrors, c.callSeconds, c.callMax, c.lag, c.lastSample,
-		c.drops, c.runActive, c.runStart, c.phaseActive, c.phaseStart, c.runResult} {
+		c.drops, c.runActive, c.runStart, c.phaseActive, c.phaseStart, c.runResult, c.runEnd} {
 		ch <- d
 	}
 }
@@ -191,6 +192,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			active := 1.0
 			if !r.End.IsZero() {
 				active = 0
+				gauge(c.runEnd, float64(r.End.UnixNano())/1e9, r.ID, r.Experiment)
 			}
 			gauge(c.runActive, active, r.ID, r.Experiment)
 			gauge(c.runStart, float64(r.Start.UnixNano())/1e9, r.ID, r.Experiment)

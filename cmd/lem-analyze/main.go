@@ -12,6 +12,7 @@ import (
 type app struct {
 	cli.Globals
 	ImportProbe importProbeCmd `cmd:"" name:"import-probe" help:"Convert an NVML probe CSV recording into a lem trace."`
+	Pull        pullCmd        `cmd:"" help:"Pull runs' (or an instance's) power and energy series from Prometheus into lem traces, losslessly."`
 	Report      reportCmd      `cmd:"" help:"Per-run and per-experiment energy tables from lem-run's run directories."`
 	Validate    validateCmd    `cmd:"" help:"Check runs against the quality rules; exits non-zero when any fails."`
 	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`

@@ -1,0 +1,322 @@
+// Package pull reads lem's (or dcgm-exporter's) series back from any Prometheus-compatible API, losslessly: raw
+// samples through range selectors in chunks, never resampled query_range output, into lem's trace format.
+package pull
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/api"
+	v1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/common/config"
+	"github.com/prometheus/common/model"
+
+	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// Options configure a pull.
+type Options struct {
+	URL      string
+	HTTP     config.HTTPClientConfig // bearer token, basic auth, TLS
+	From, To time.Time
+	Chunk    time.Duration // range-selector window per query (default 10 min)
+	Timeout  time.Duration // per query (default 2 min)
+	Retries  int           // per query (default 3)
+	DCGM     bool          // read dcgm-exporter's series instead of lem's
+	Progress io.Writer
+	Log      *slog.Logger
+}
+
+// Client queries one Prometheus.
+type Client struct {
+	api  v1.API
+	opts Options
+}
+
+// New connects (lazily) to the API.
+func New(opts Options) (*Client, error) {
+	if opts.Chunk <= 0 {
+		opts.Chunk = 10 * time.Minute
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Minute
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = 3
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	rt, err := config.NewRoundTripperFromConfig(opts.HTTP, "lem-analyze")
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus client: %w", err)
+	}
+	c, err := api.NewClient(api.Config{Address: opts.URL, RoundTripper: rt})
+	if err != nil {
+		return nil, fmt.Errorf("--prometheus %q: %w", opts.URL, err)
+	}
+	return &Client{api: v1.NewAPI(c), opts: opts}, nil
+}
+
+// query runs an instant query with a timeout and retries with backoff; auth failures and bad queries fail at once.
+func (c *Client) query(ctx context.Context, q string, at time.Time) (model.Value, error) {
+	var err error
+	backoff := 500 * time.Millisecond
+	for attempt := 0; attempt < c.opts.Retries; attempt++ {
+		qctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+		var v model.Value
+		v, _, _, err = c.api.Query(qctx, q, at)
+		cancel()
+		if err == nil {
+			return v, nil
+		}
+		var perr *v1.Error
+		if errors.As(err, &perr) && (perr.Type == v1.ErrBadData || perr.Type == v1.ErrBadResponse && isAuth(perr)) {
+			break
+		}
+		c.opts.Log.Warn("query failed; retrying", "query", q, "attempt", attempt+1, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff *= 2
+	}
+	return nil, fmt.Errorf("query %q at %s against %s: %w", q, at.Format(time.RFC3339), c.opts.URL, err)
+}
+
+func isAuth(e *v1.Error) bool {
+	return e.Detail == strconv.Itoa(http.StatusUnauthorized) || e.Detail == strconv.Itoa(http.StatusForbidden)
+}
+
+// Raw returns every stored sample of the selector in [from, to], querying range selectors chunk by chunk.
+func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) ([]*model.SampleStream, error) {
+	byKey := map[string]*model.SampleStream{}
+	var order []string
+	for start := from; start.Before(to); start = start.Add(c.opts.Chunk) {
+		end := start.Add(c.opts.Chunk)
+		if end.After(to) {
+			end = to
+		}
+		// The range selector is left-open: (end−window, end] holds exactly this chunk's raw samples.
+		q := fmt.Sprintf("%s[%dms]", selector, end.Sub(start).Milliseconds())
+		v, err := c.query(ctx, q, end)
+		if err != nil {
+			return nil, err
+		}
+		m, ok := v.(model.Matrix)
+		if !ok {
+			return nil, fmt.Errorf("query %q returned %s, not a matrix", q, v.Type())
+		}
+		for _, ss := range m {
+			k := ss.Metric.String()
+			if byKey[k] == nil {
+				byKey[k] = &model.SampleStream{Metric: ss.Metric}
+				order = append(order, k)
+			}
+			byKey[k].Values = append(byKey[k].Values, ss.Values...)
+		}
+		if c.opts.Progress != nil {
+			fmt.Fprintf(c.opts.Progress, "\r%s: %s of %s", selector, end.Sub(from).Round(time.Second), to.Sub(from).Round(time.Second))
+		}
+	}
+	if c.opts.Progress != nil {
+		fmt.Fprintln(c.opts.Progress)
+	}
+	out := make([]*model.SampleStream, 0, len(order))
+	for _, k := range order {
+		out = append(out, byKey[k])
+	}
+	return out, nil
+}
+
+// RunInfo is a run found from the marker series.
+type RunInfo struct {
+	RunID, Experiment, Instance string
+	Start, End                  time.Time
+}
+
+// FindRuns lists the runs whose markers Prometheus holds in [from, to]: a run spans the samples where
+// lem_run_active was 1.
+func (c *Client) FindRuns(ctx context.Context, from, to time.Time) ([]RunInfo, error) {
+	streams, err := c.Raw(ctx, `lem_run_active`, from, to)
+	if err != nil {
+		return nil, err
+	}
+	var out []RunInfo
+	for _, s := range streams {
+		ri := RunInfo{RunID: string(s.Metric["run_id"]), Experiment: string(s.Metric["experiment"]),
+			Instance: string(s.Metric["instance"])}
+		for _, p := range s.Values {
+			if p.Value != 1 {
+				continue
+			}
+			t := p.Timestamp.Time()
+			if ri.Start.IsZero() || t.Before(ri.Start) {
+				ri.Start = t
+			}
+			if t.After(ri.End) {
+				ri.End = t
+			}
+		}
+		if ri.Start.IsZero() {
+			continue
+		}
+		// The exact start and end are exported; scrapes only bound them.
+		for _, x := range []struct {
+			metric string
+			t      *time.Time
+		}{{"lem_run_start_timestamp_seconds", &ri.Start}, {"lem_run_end_timestamp_seconds", &ri.End}} {
+			v, err := c.query(ctx, fmt.Sprintf(`max_over_time(%s{run_id=%q}[%dms])`, x.metric, ri.RunID,
+				to.Sub(from).Milliseconds()+1), to)
+			if err != nil {
+				return nil, err
+			}
+			if vec, ok := v.(model.Vector); ok && len(vec) > 0 {
+				*x.t = time.Unix(0, int64(float64(vec[0].Value)*1e9))
+			}
+		}
+		out = append(out, ri)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Start.Before(out[j].Start) })
+	return out, nil
+}
+
+// selectors of the power and energy series of one instance, for lem's or dcgm-exporter's names.
+func (c *Client) selectors(instance string) (power, energy string) {
+	if c.opts.DCGM {
+		return fmt.Sprintf(`DCGM_FI_DEV_POWER_USAGE{instance=%q}`, instance),
+			fmt.Sprintf(`DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{instance=%q}`, instance)
+	}
+	return fmt.Sprintf(`lem_gpu_power_watts{source="sample",instance=%q}`, instance),
+		fmt.Sprintf(`lem_gpu_energy_joules_total{instance=%q}`, instance)
+}
+
+// Trace pulls one instance's power and energy series over [from, to] into a lem trace, with the phases of run
+// (if given) as events. lem's full-rate remote-write stream is preferred to scraped values where both exist.
+func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time, run *RunInfo) (*trace.Trace, error) {
+	tr := trace.New(meta.Environment{Source: meta.Source{Kind: "prometheus", Path: c.opts.URL}})
+	gpuOf := func(m model.Metric) int {
+		g, err := strconv.Atoi(string(m["gpu"]))
+		if err != nil {
+			return 0
+		}
+		return g
+	}
+	psel, esel := c.selectors(instance)
+	power, err := c.Raw(ctx, psel, from, to)
+	if err != nil {
+		return nil, err
+	}
+	energy, err := c.Raw(ctx, esel, from, to)
+	if err != nil {
+		return nil, err
+	}
+	power, energy = preferStream(power), preferStream(energy)
+	if len(power) == 0 && len(energy) == 0 {
+		return nil, fmt.Errorf("no %s or %s series between %s and %s", psel, esel,
+			from.Format(time.RFC3339), to.Format(time.RFC3339))
+	}
+	seen := map[int]bool{}
+	for _, s := range power {
+		g := gpuOf(s.Metric)
+		ser := tr.Series(g)
+		for _, p := range s.Values {
+			ser.Samples = append(ser.Samples, trace.PowerSample{Time: p.Timestamp.Time(), PowerW: float64(p.Value)})
+		}
+		c.device(tr, g, s.Metric, seen)
+	}
+	for _, s := range energy {
+		g := gpuOf(s.Metric)
+		ser := tr.Series(g)
+		for _, p := range s.Values {
+			mj := float64(p.Value) * 1000 // lem: joules
+			if c.opts.DCGM {
+				mj = float64(p.Value) // dcgm: millijoules
+			}
+			ser.Counters = append(ser.Counters, trace.CounterReading{Time: p.Timestamp.Time(), EnergyMJ: uint64(mj + 0.5)})
+		}
+		c.device(tr, g, s.Metric, seen)
+	}
+	for _, s := range tr.GPUs {
+		s.Sort()
+	}
+	if run != nil && !c.opts.DCGM {
+		evs, err := c.phases(ctx, *run, from, to)
+		if err != nil {
+			return nil, err
+		}
+		tr.Events = evs
+		tr.Extra["lem.run_id"] = run.RunID
+	}
+	return tr, nil
+}
+
+func (c *Client) device(tr *trace.Trace, g int, m model.Metric, seen map[int]bool) {
+	if seen[g] {
+		return
+	}
+	seen[g] = true
+	uuid := string(m["uuid"])
+	if uuid == "" {
+		uuid = string(m["UUID"]) // dcgm-exporter's label
+	}
+	tr.Env.Devices = append(tr.Env.Devices, meta.Device{Index: g, UUID: uuid, Name: string(m["modelName"]),
+		EnergyCounter: true, PowerSamples: true})
+}
+
+// preferStream keeps, per GPU, the series of lem's remote-write stream (job lem_stream: every sample) when it is
+// there, else the scraped one.
+func preferStream(ss []*model.SampleStream) []*model.SampleStream {
+	best := map[string]*model.SampleStream{}
+	var order []string
+	for _, s := range ss {
+		g := string(s.Metric["gpu"])
+		cur, ok := best[g]
+		if !ok {
+			order = append(order, g)
+		}
+		if !ok || (s.Metric["job"] == "lem_stream" && cur.Metric["job"] != "lem_stream") ||
+			(s.Metric["job"] == cur.Metric["job"] && len(s.Values) > len(cur.Values)) {
+			best[g] = s
+		}
+	}
+	out := make([]*model.SampleStream, 0, len(order))
+	for _, g := range order {
+		out = append(out, best[g])
+	}
+	return out
+}
+
+// phases rebuilds the run's phase events from lem_run_phase_start_timestamp_seconds (exact starts).
+func (c *Client) phases(ctx context.Context, run RunInfo, from, to time.Time) ([]trace.Event, error) {
+	streams, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_start_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
+	if err != nil {
+		return nil, err
+	}
+	evs := []trace.Event{{Time: run.Start, GPU: trace.NoGPU, Type: trace.EventRunStart, RunID: run.RunID, Name: run.Experiment}}
+	starts := map[string]bool{}
+	for _, s := range streams {
+		for _, p := range s.Values {
+			ns := int64(float64(p.Value) * 1e9)
+			key := string(s.Metric["phase"]) + "@" + strconv.FormatInt(ns, 10)
+			if starts[key] {
+				continue
+			}
+			starts[key] = true
+			evs = append(evs, trace.Event{Time: time.Unix(0, ns), GPU: trace.NoGPU, Type: trace.EventPhase, RunID: run.RunID,
+				Name: string(s.Metric["phase"])})
+		}
+	}
+	evs = append(evs, trace.Event{Time: run.End, GPU: trace.NoGPU, Type: trace.EventRunEnd, RunID: run.RunID, Name: run.Experiment})
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	return evs, nil
+}
