@@ -213,3 +213,33 @@ func TestLagNotResolvableOnFlatPower(t *testing.T) {
 	assert.False(t, est.OK)
 	assert.Zero(t, est.Lag)
 }
+
+func TestFindSteady(t *testing.T) {
+	// 2 s ramp from 100 to 500 W, 10 s at 500 W (±1 %), 2 s tail down to 100 W.
+	var ss []trace.PowerSample
+	for ms := 0; ms <= 14000; ms += 20 {
+		var p float64
+		switch {
+		case ms < 2000:
+			p = 100 + 400*float64(ms)/2000
+		case ms < 12000:
+			p = 500 + 5*math.Sin(float64(ms)/37)
+		default:
+			p = 500 - 400*float64(ms-12000)/2000
+		}
+		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: p})
+	}
+	st := energy.FindSteady(ss, at(0), at(14000), energy.SteadyOptions{})
+	require.True(t, st.Found)
+	assert.InDelta(t, 500, st.MeanW, 2)
+	assert.InDelta(t, 2000, float64(st.Start.Sub(at(0)).Milliseconds()), 700, "ramp excluded")
+	assert.InDelta(t, 12000, float64(st.End.Sub(at(0)).Milliseconds()), 700, "tail excluded")
+	assert.Less(t, st.CV, 0.02)
+
+	// A sawtooth never settles.
+	var saw []trace.PowerSample
+	for ms := 0; ms <= 10000; ms += 20 {
+		saw = append(saw, trace.PowerSample{Time: at(ms), PowerW: 100 + float64(ms%1000)})
+	}
+	assert.False(t, energy.FindSteady(saw, at(0), at(10000), energy.SteadyOptions{}).Found)
+}

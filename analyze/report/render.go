@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/lem-energy/lem/analyze/stats"
 )
@@ -37,8 +38,8 @@ func ci(s stats.Summary, prec int) string {
 // Markdown writes the report as Markdown tables.
 func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 	fmt.Fprintf(w, "# lem report\n\n%d runs, %d experiments.\n\n## Runs\n\n", len(runs), len(exps))
-	fmt.Fprintln(w, "| run | experiment | status | s | GPUs | energy J | adjusted J | J/token | J/token adj | tokens/J | mean W | peak W | warnings |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| run | experiment | status | s | GPUs | energy J | adjusted J | ± J random (sensor gain) | J/token | J/token adj | tokens/J | mean W | peak W | steady W | warnings |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		m := r.Manifest
 		var jt, jta, tpj float64 = math.NaN(), math.NaN(), math.NaN()
@@ -54,9 +55,25 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 		for _, wn := range m.Warnings {
 			codes = append(codes, wn.Code)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", m.RunID, m.Experiment,
-			m.Status, num(m.Times.DurationS, 2), len(m.GPUs), num(m.Energy.HybridJ, 1), num(m.Energy.AdjustedJ, 1),
-			num(jt, 4), num(jta, 4), num(tpj, 3), num(mean, 1), num(peak, 1), strings.Join(codes, ", "))
+		steadyW := "none"
+		var found bool
+		var sw float64
+		for _, st := range r.Steady {
+			if st.Found {
+				found = true
+				sw += st.MeanW
+			}
+		}
+		if found {
+			steadyW = num(sw, 1)
+		} else if r.Steady == nil {
+			steadyW = "–"
+		}
+		u := r.Uncertainty
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %d | %s | %s | %s (%s) | %s | %s | %s | %s | %s | %s | %s |\n", m.RunID,
+			m.Experiment, m.Status, num(m.Times.DurationS, 2), len(m.GPUs), num(m.Energy.HybridJ, 1),
+			num(m.Energy.AdjustedJ, 1), num(u.RandomJ, 2), num(u.SensorGainJ, 1), num(jt, 4), num(jta, 4), num(tpj, 3),
+			num(mean, 1), num(peak, 1), steadyW, strings.Join(codes, ", "))
 	}
 	fmt.Fprintln(w, "\n## Phases\n\n| run | phase | times | s | energy J | adjusted J |\n|---|---|---|---|---|---|")
 	for _, r := range runs {
@@ -108,10 +125,20 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 
 // JSON writes runs (their manifests), experiments and problems.
 func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
+	type steadyOut struct {
+		GPU   int       `json:"gpu"`
+		Found bool      `json:"found"`
+		Start time.Time `json:"start,omitzero"`
+		End   time.Time `json:"end,omitzero"`
+		MeanW float64   `json:"mean_w,omitempty"`
+		CV    float64   `json:"cv,omitempty"`
+	}
 	type runOut struct {
-		Dir        string   `json:"dir"`
-		Manifest   any      `json:"manifest"`
-		Violations []string `json:"violations"`
+		Dir         string      `json:"dir"`
+		Manifest    any         `json:"manifest"`
+		Uncertainty Uncertainty `json:"uncertainty"`
+		Steady      []steadyOut `json:"steady_state"`
+		Violations  []string    `json:"violations"`
 	}
 	out := struct {
 		Runs        []runOut     `json:"runs"`
@@ -119,7 +146,12 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		Problems    []Problem    `json:"problems"`
 	}{Experiments: exps, Problems: probs}
 	for _, r := range runs {
-		out.Runs = append(out.Runs, runOut{Dir: r.Dir, Manifest: r.Manifest, Violations: Violations(r.Manifest)})
+		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, Uncertainty: r.Uncertainty, Violations: Violations(r.Manifest)}
+		for g, st := range r.Steady {
+			ro.Steady = append(ro.Steady, steadyOut{GPU: g, Found: st.Found, Start: st.Start, End: st.End, MeanW: st.MeanW, CV: st.CV})
+		}
+		sort.Slice(ro.Steady, func(i, j int) bool { return ro.Steady[i].GPU < ro.Steady[j].GPU })
+		out.Runs = append(out.Runs, ro)
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

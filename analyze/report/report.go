@@ -6,19 +6,68 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
 	"sort"
 
+	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/stats"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 // Run is one loaded run directory.
 type Run struct {
-	Dir      string
-	Manifest *manifest.Manifest
+	Dir         string
+	Manifest    *manifest.Manifest
+	Uncertainty Uncertainty
+	// Steady is each GPU's steady state over the run (from trace.parquet), keyed by GPU index.
+	Steady map[int]energy.Steady
+}
+
+// Uncertainty is a run's error budget in joules (docs/METHODOLOGY.md).
+type Uncertainty struct {
+	// SensorGainJ is the board sensor's ±5 % gain: systematic, the same for every run on that GPU, so it cancels
+	// in same-GPU comparisons and is kept apart.
+	SensorGainJ float64 `json:"sensor_gain_j"`
+	// BoundaryJ is what the two run edges can misplace: one sample period of power at each.
+	BoundaryJ float64 `json:"boundary_j"`
+	// BaselineJ is the idle baseline's spread over the run: IQR × duration (adjusted energy only).
+	BaselineJ float64 `json:"baseline_j"`
+	// RandomJ combines boundary and baseline errors in quadrature.
+	RandomJ float64 `json:"random_j"`
+}
+
+// SensorGain is the vendor's accuracy of the board power sensor.
+const SensorGain = 0.05
+
+// budget computes a run's uncertainty from its manifest.
+func budget(m *manifest.Manifest) Uncertainty {
+	u := Uncertainty{SensorGainJ: SensorGain * m.Energy.HybridJ}
+	period := energy.DefaultSamplePeriod.Seconds()
+	for _, g := range m.GPUs {
+		u.BoundaryJ += 2 * period * g.MeanPowerW
+		if g.Baseline != nil {
+			u.BaselineJ += g.Baseline.IQRW * m.Times.DurationS
+		}
+	}
+	u.RandomJ = math.Hypot(u.BoundaryJ, u.BaselineJ)
+	return u
+}
+
+// steady finds each GPU's steady state in the run's trace.
+func steady(dir string, m *manifest.Manifest) (map[int]energy.Steady, error) {
+	t, err := trace.ReadFile(filepath.Join(dir, manifest.TraceFile))
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]energy.Steady{}
+	for g, s := range t.GPUs {
+		out[g] = energy.FindSteady(s.Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
+	}
+	return out, nil
 }
 
 // Problem is an input that could not be used; the others are still reported.
@@ -44,7 +93,14 @@ func Load(paths []string) ([]Run, []Problem) {
 			return
 		}
 		seen[m.RunID] = path
-		runs = append(runs, Run{Dir: filepath.Dir(path), Manifest: m})
+		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
+		if st, err := steady(r.Dir, m); err != nil {
+			probs = append(probs, Problem{Path: filepath.Join(r.Dir, manifest.TraceFile),
+				Err: "trace unreadable, steady state not reported: " + err.Error()})
+		} else {
+			r.Steady = st
+		}
+		runs = append(runs, r)
 	}
 	for _, p := range paths {
 		st, err := os.Stat(p)

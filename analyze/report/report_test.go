@@ -33,7 +33,7 @@ func runs(t *testing.T, dir string, exps map[string]int) {
 			opts := runner.Options{Experiment: exp, OutDir: dir, Baseline: 500 * time.Millisecond, Tail: time.Second,
 				BaselineCache: filepath.Join(t.TempDir(), "b.json"), Cycle: c + 1, Stdout: io.Discard, Stderr: io.Discard,
 				Progress: io.Discard, Command: []string{"sh", "-c",
-					"echo LEM_PHASE prefill; sleep 0.5; echo LEM_PHASE decode; sleep 1; echo LEM_RESULT output_tokens=100 requests=2"}}
+					"echo LEM_PHASE prefill; sleep 0.5; echo LEM_PHASE decode; sleep 3; echo LEM_RESULT output_tokens=100 requests=2"}}
 			res, err := runner.Run(context.Background(), opts, src, nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
 			require.NoError(t, err)
 			require.Equal(t, manifest.StatusOK, res.Manifest.Status)
@@ -83,6 +83,16 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	assert.InDelta(t, 1.0, b.VsReference.Value, 0.1, "same workload, same idle GPU")
 	_, err = report.Experiments(loaded, "zzz")
 	assert.ErrorContains(t, err, `"zzz"`)
+
+	for _, r := range loaded {
+		u := r.Uncertainty
+		assert.InDelta(t, 0.05*r.Manifest.Energy.HybridJ, u.SensorGainJ, 1e-9)
+		assert.InDelta(t, 2*0.02*r.Manifest.GPUs[0].MeanPowerW, u.BoundaryJ, 1e-9)
+		assert.InDelta(t, r.Manifest.GPUs[0].Baseline.IQRW*r.Manifest.Times.DurationS, u.BaselineJ, 1e-9)
+		require.Contains(t, r.Steady, 0)
+		assert.True(t, r.Steady[0].Found, "idle replayed power is steady")
+		assert.InDelta(t, 78, r.Steady[0].MeanW, 3)
+	}
 
 	var md bytes.Buffer
 	require.NoError(t, report.Markdown(&md, loaded, exps, probs))
