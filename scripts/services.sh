@@ -6,6 +6,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(prometheus)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "services: need root to install ${need[*]}" >&2; exit 1; }
   echo "services: installing ${need[*]}"

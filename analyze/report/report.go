@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"time"
 
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/stats"
@@ -25,6 +26,29 @@ type Run struct {
 	Uncertainty Uncertainty
 	// Steady is each GPU's steady state over the run (from trace.parquet), keyed by GPU index.
 	Steady map[int]energy.Steady
+	// Power is each GPU's power from the baseline to the end, thinned for plotting.
+	Power map[int][]trace.PowerSample
+}
+
+// maxPlotPoints bounds the points of a power plot.
+const maxPlotPoints = 1500
+
+func thin(ss []trace.PowerSample, t0, t1 time.Time) []trace.PowerSample {
+	var w []trace.PowerSample
+	for _, s := range ss {
+		if !s.Time.Before(t0) && !s.Time.After(t1) {
+			w = append(w, s)
+		}
+	}
+	if len(w) <= maxPlotPoints {
+		return w
+	}
+	step := float64(len(w)) / maxPlotPoints
+	out := make([]trace.PowerSample, 0, maxPlotPoints)
+	for i := 0.0; int(i) < len(w); i += step {
+		out = append(out, w[int(i)])
+	}
+	return out
 }
 
 // Uncertainty is a run's error budget in joules (docs/METHODOLOGY.md).
@@ -57,17 +81,23 @@ func budget(m *manifest.Manifest) Uncertainty {
 	return u
 }
 
-// steady finds each GPU's steady state in the run's trace.
-func steady(dir string, m *manifest.Manifest) (map[int]energy.Steady, error) {
-	t, err := trace.ReadFile(filepath.Join(dir, manifest.TraceFile))
+// fromTrace finds each GPU's steady state in the run's trace and keeps its power for plots.
+func fromTrace(r *Run) error {
+	t, err := trace.ReadFile(filepath.Join(r.Dir, manifest.TraceFile))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := map[int]energy.Steady{}
+	m := r.Manifest
+	from := m.Times.BaselineStart
+	if from.IsZero() {
+		from = m.Times.Start
+	}
+	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	for g, s := range t.GPUs {
-		out[g] = energy.FindSteady(s.Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
+		r.Steady[g] = energy.FindSteady(s.Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
+		r.Power[g] = thin(s.Samples, from, m.Times.End)
 	}
-	return out, nil
+	return nil
 }
 
 // Problem is an input that could not be used; the others are still reported.
@@ -94,11 +124,9 @@ func Load(paths []string) ([]Run, []Problem) {
 		}
 		seen[m.RunID] = path
 		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
-		if st, err := steady(r.Dir, m); err != nil {
+		if err := fromTrace(&r); err != nil {
 			probs = append(probs, Problem{Path: filepath.Join(r.Dir, manifest.TraceFile),
-				Err: "trace unreadable, steady state not reported: " + err.Error()})
-		} else {
-			r.Steady = st
+				Err: "trace unreadable, steady state and plot left out: " + err.Error()})
 		}
 		runs = append(runs, r)
 	}

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"image/png"
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -102,6 +104,8 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	assert.Contains(t, md.String(), "| decode | 1 |")
 	assert.Contains(t, md.String(), "Inputs not used")
 
+	checkHTML(t, loaded, exps, probs)
+
 	var cs bytes.Buffer
 	require.NoError(t, report.CSV(&cs, loaded))
 	rows, err := csv.NewReader(&cs).ReadAll()
@@ -124,4 +128,51 @@ func TestViolations(t *testing.T) {
 	m.Status = manifest.StatusFail
 	v := report.Violations(m)
 	assert.Equal(t, []string{"status ok: run ended failed", "window ≥ 5 s: the run lasted 1 s", "no throttling: sw_power_cap 3 s"}, v)
+}
+
+// checkHTML renders the HTML report and opens it in headless Chromium: the DOM has a power plot per run (trace,
+// shaded phases, dashed baseline) and the experiment bars, and the screenshot is not blank.
+func checkHTML(t *testing.T, runs []report.Run, exps []report.Experiment, probs []report.Problem) {
+	t.Helper()
+	var h bytes.Buffer
+	require.NoError(t, report.HTML(&h, runs, exps, probs))
+	html := h.String()
+	assert.Equal(t, len(runs), strings.Count(html, `<svg class="power"`))
+	assert.Equal(t, 1, strings.Count(html, `<svg class="bars"`))
+	assert.Equal(t, len(runs)*2, strings.Count(html, `class="phase"`), "prefill and decode shaded in each run")
+	assert.Contains(t, html, `class="baseline"`)
+	assert.NotContains(t, html, "ZgotmplZ", "no value escaped away by html/template")
+
+	bin, err := exec.LookPath("chromium")
+	if err != nil {
+		testutil.SkipOrFail(t, "chromium not installed (Debian package chromium)")
+	}
+	dir := t.TempDir()
+	page := filepath.Join(dir, "report.html")
+	require.NoError(t, os.WriteFile(page, h.Bytes(), 0o644))
+	args := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+		"--disable-background-networking", "--disable-component-update", "--disable-sync",
+		"--user-data-dir=" + filepath.Join(dir, "profile"), "--window-size=1000,1600"}
+	dom, err := exec.Command(bin, append(args, "--dump-dom", "file://"+page)...).Output()
+	require.NoError(t, err, "chromium --dump-dom")
+	assert.Equal(t, len(runs), strings.Count(string(dom), `class="trace"`), "rendered DOM has every power trace")
+	shot := filepath.Join(dir, "report.png")
+	out, err := exec.Command(bin, append(args, "--screenshot="+shot, "file://"+page)...).CombinedOutput()
+	require.NoError(t, err, "chromium --screenshot: %s", out)
+	f, err := os.Open(shot)
+	require.NoError(t, err)
+	defer f.Close()
+	img, err := png.Decode(f)
+	require.NoError(t, err)
+	var inked int
+	bnd := img.Bounds()
+	for y := bnd.Min.Y; y < bnd.Max.Y; y += 2 {
+		for x := bnd.Min.X; x < bnd.Max.X; x += 2 {
+			r, g, b, _ := img.At(x, y).RGBA()
+			if r < 0xd000 || g < 0xd000 || b < 0xd000 {
+				inked++
+			}
+		}
+	}
+	assert.Greater(t, inked, 5000, "the screenshot shows tables and plots, not a blank page")
 }

@@ -11,7 +11,7 @@ import (
 
 type reportCmd struct {
 	Paths     []string `arg:"" help:"Run directories, or directories holding them."`
-	Format    string   `short:"f" default:"md" enum:"md,json,csv" help:"Output format (${enum})."`
+	Format    string   `short:"f" default:"md" enum:"md,html,json,csv" help:"Output format (${enum})."`
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals)."`
 	Out       string   `short:"o" help:"Write the report to this file instead of stdout."`
 }
@@ -42,6 +42,8 @@ func (c *reportCmd) Run(log *slog.Logger) error {
 		return report.JSON(w, runs, exps, probs)
 	case "csv":
 		return report.CSV(w, runs)
+	case "html":
+		return report.HTML(w, runs, exps, probs)
 	default:
 		return report.Markdown(w, runs, exps, probs)
 	}
