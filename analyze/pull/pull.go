@@ -99,6 +99,8 @@ func isAuth(e *v1.Error) bool {
 
 // Raw returns every stored sample of the selector in [from, to], querying range selectors chunk by chunk.
 func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) ([]*model.SampleStream, error) {
+	// Prometheus stores milliseconds: align the window so the chunks tile it exactly.
+	from, to = from.Truncate(time.Millisecond), to.Truncate(time.Millisecond)
 	byKey := map[string]*model.SampleStream{}
 	var order []string
 	for start := from; start.Before(to); start = start.Add(c.opts.Chunk) {
@@ -106,7 +108,6 @@ func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) (
 		if end.After(to) {
 			end = to
 		}
-		// The range selector is left-open: (end−window, end] holds exactly this chunk's raw samples.
 		q := fmt.Sprintf("%s[%dms]", selector, end.Sub(start).Milliseconds())
 		v, err := c.query(ctx, q, end)
 		if err != nil {
@@ -118,11 +119,20 @@ func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) (
 		}
 		for _, ss := range m {
 			k := ss.Metric.String()
-			if byKey[k] == nil {
-				byKey[k] = &model.SampleStream{Metric: ss.Metric}
+			dst := byKey[k]
+			if dst == nil {
+				dst = &model.SampleStream{Metric: ss.Metric}
+				byKey[k] = dst
 				order = append(order, k)
 			}
-			byKey[k].Values = append(byKey[k].Values, ss.Values...)
+			// Prometheus 2 range selectors are closed ([end−window, end]): a sample on a chunk boundary comes
+			// back in both chunks. Keep each timestamp once (Prometheus 3's left-open selectors need nothing).
+			for _, p := range ss.Values {
+				if n := len(dst.Values); n > 0 && !p.Timestamp.After(dst.Values[n-1].Timestamp) {
+					continue
+				}
+				dst.Values = append(dst.Values, p)
+			}
 		}
 		if c.opts.Progress != nil {
 			fmt.Fprintf(c.opts.Progress, "\r%s: %s of %s", selector, end.Sub(from).Round(time.Second), to.Sub(from).Round(time.Second))

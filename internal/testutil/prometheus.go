@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,8 +46,15 @@ func StartPrometheus(t testing.TB, config string, flags ...string) *Prometheus {
 		t.Fatal(err)
 	}
 	port := FreePort(t)
-	args := append([]string{"--config.file=" + cfg, "--storage.tsdb.path=" + filepath.Join(dir, "data"),
-		"--web.listen-address=127.0.0.1:" + strconv.Itoa(port), "--log.level=warn"}, flags...)
+	args := []string{"--config.file=" + cfg, "--web.listen-address=127.0.0.1:" + strconv.Itoa(port), "--log.level=warn"}
+	custom := false
+	for _, f := range flags {
+		custom = custom || strings.HasPrefix(f, "--storage.tsdb.path=")
+	}
+	if !custom { // a test may hand in a data directory it backfilled
+		args = append(args, "--storage.tsdb.path="+filepath.Join(dir, "data"))
+	}
+	args = append(args, flags...)
 	cmd := exec.Command(bin, args...)
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
