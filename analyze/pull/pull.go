@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/api"
@@ -79,8 +80,9 @@ func (c *Client) query(ctx context.Context, q string, at time.Time) (model.Value
 			return v, nil
 		}
 		var perr *v1.Error
-		if errors.As(err, &perr) && (perr.Type == v1.ErrBadData || perr.Type == v1.ErrBadResponse && isAuth(perr)) {
-			break
+		if errors.As(err, &perr) && (perr.Type == v1.ErrBadData ||
+			perr.Type == v1.ErrClient && !strings.Contains(perr.Msg, strconv.Itoa(http.StatusTooManyRequests))) {
+			break // a bad query or a 4xx such as 401/403: retrying will not help
 		}
 		c.opts.Log.Warn("query failed; retrying", "query", q, "attempt", attempt+1, "err", err)
 		select {
@@ -91,10 +93,6 @@ func (c *Client) query(ctx context.Context, q string, at time.Time) (model.Value
 		backoff *= 2
 	}
 	return nil, fmt.Errorf("query %q at %s against %s: %w", q, at.Format(time.RFC3339), c.opts.URL, err)
-}
-
-func isAuth(e *v1.Error) bool {
-	return e.Detail == strconv.Itoa(http.StatusUnauthorized) || e.Detail == strconv.Itoa(http.StatusForbidden)
 }
 
 // Raw returns every stored sample of the selector in [from, to], querying range selectors chunk by chunk.

@@ -15,8 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/config"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/pull"
@@ -161,4 +163,39 @@ func TestPullDCGM(t *testing.T) {
 
 	_, err = cl.Trace(context.Background(), "no-such-host", t0, t0.Add(time.Minute), nil)
 	assert.ErrorContains(t, err, `instance="no-such-host"`)
+}
+
+// pull authenticates with basic auth (and would with a bearer token or TLS, through the same client config);
+// a wrong password fails at once with the server named, without retries.
+func TestPullBasicAuth(t *testing.T) {
+	hash, err := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	web := filepath.Join(dir, "web.yml")
+	require.NoError(t, os.WriteFile(web, []byte("basic_auth_users:\n  lem: "+string(hash)+"\n"), 0o644))
+	prom := testutil.StartPrometheus(t, "global:\n  scrape_interval: 1m\n", "--web.config.file="+web)
+	pass := filepath.Join(dir, "pass")
+	require.NoError(t, os.WriteFile(pass, []byte("s3cret\n"), 0o600))
+	wrong := filepath.Join(dir, "wrong")
+	require.NoError(t, os.WriteFile(wrong, []byte("nope"), 0o600))
+
+	auth := func(file string) config.HTTPClientConfig {
+		hc := config.DefaultHTTPClientConfig
+		hc.BasicAuth = &config.BasicAuth{Username: "lem", PasswordFile: file}
+		return hc
+	}
+	cl, err := pull.New(pull.Options{URL: prom.URL, HTTP: auth(pass), Retries: 1})
+	require.NoError(t, err)
+	runs, err := cl.FindRuns(context.Background(), time.Now().Add(-time.Hour), time.Now())
+	require.NoError(t, err, "authenticated query")
+	assert.Empty(t, runs)
+
+	cl, err = pull.New(pull.Options{URL: prom.URL, HTTP: auth(wrong), Retries: 3})
+	require.NoError(t, err)
+	begin := time.Now()
+	_, err = cl.FindRuns(context.Background(), time.Now().Add(-time.Hour), time.Now())
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), prom.URL)
+	assert.Contains(t, err.Error(), "401")
+	assert.Less(t, time.Since(begin), 400*time.Millisecond, "no retries on an authentication failure")
 }

@@ -74,7 +74,7 @@ func StartPrometheus(t testing.TB, config string, flags ...string) *Prometheus {
 	for time.Now().Before(deadline) {
 		if r, err := http.Get(p.URL + "/-/ready"); err == nil {
 			r.Body.Close()
-			if r.StatusCode == 200 {
+			if r.StatusCode == 200 || r.StatusCode == http.StatusUnauthorized { // 401: up, behind basic auth
 				return p
 			}
 		}
