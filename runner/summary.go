@@ -33,30 +33,11 @@ func WriteSummary(w io.Writer, dir string, m *manifest.Manifest) error {
 	}
 	if len(m.Phases) > 0 {
 		// A phase that recurs (prefill, decode per batch) is shown once, summed; the manifest keeps each.
-		type agg struct {
-			n                int
-			s, raw, adjusted float64
-		}
-		var order []string
-		sums := map[string]*agg{}
-		for _, p := range m.Phases {
-			a := sums[p.Name]
-			if a == nil {
-				a = &agg{}
-				sums[p.Name] = a
-				order = append(order, p.Name)
-			}
-			a.n++
-			a.s += p.DurationS
-			a.raw += p.Energy.HybridJ
-			a.adjusted += p.Energy.AdjustedJ
-		}
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "phase\ttimes\tseconds\thybrid J\tadjusted J\t")
-		for _, name := range order {
-			a := sums[name]
-			fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.1f\t%.1f\t\n", name, a.n, a.s, a.raw, a.adjusted)
+		for _, a := range m.PhaseTotals() {
+			fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.1f\t%.1f\t\n", a.Name, a.Count, a.DurationS, a.HybridJ, a.AdjustedJ)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

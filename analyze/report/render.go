@@ -77,27 +77,9 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 	}
 	fmt.Fprintln(w, "\n## Phases\n\n| run | phase | times | s | energy J | adjusted J |\n|---|---|---|---|---|---|")
 	for _, r := range runs {
-		type agg struct {
-			n           int
-			s, raw, adj float64
-		}
-		sums := map[string]*agg{}
-		var order []string
-		for _, p := range r.Manifest.Phases {
-			a := sums[p.Name]
-			if a == nil {
-				a = &agg{}
-				sums[p.Name] = a
-				order = append(order, p.Name)
-			}
-			a.n++
-			a.s += p.DurationS
-			a.raw += p.Energy.HybridJ
-			a.adj += p.Energy.AdjustedJ
-		}
-		for _, name := range order {
-			a := sums[name]
-			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", r.Manifest.RunID, name, a.n, num(a.s, 3), num(a.raw, 1), num(a.adj, 1))
+		for _, a := range r.Manifest.PhaseTotals() {
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", r.Manifest.RunID, a.Name, a.Count, num(a.DurationS, 3),
+				num(a.HybridJ, 1), num(a.AdjustedJ, 1))
 		}
 	}
 	fmt.Fprint(w, "\n## Experiments (runs with status ok; mean [95 % t interval])\n\n")

@@ -249,3 +249,31 @@ func Read(path string) (*Manifest, error) {
 	}
 	return &m, nil
 }
+
+// PhaseTotal sums the occurrences of one phase name (prefill, decode once per batch).
+type PhaseTotal struct {
+	Name      string
+	Count     int
+	DurationS float64
+	HybridJ   float64
+	AdjustedJ float64
+}
+
+// PhaseTotals sums the phases by name, in order of first appearance.
+func (m *Manifest) PhaseTotals() []PhaseTotal {
+	var out []PhaseTotal
+	at := map[string]int{}
+	for _, p := range m.Phases {
+		i, ok := at[p.Name]
+		if !ok {
+			i = len(out)
+			at[p.Name] = i
+			out = append(out, PhaseTotal{Name: p.Name})
+		}
+		out[i].Count++
+		out[i].DurationS += p.DurationS
+		out[i].HybridJ += p.Energy.HybridJ
+		out[i].AdjustedJ += p.Energy.AdjustedJ
+	}
+	return out
+}
