@@ -256,12 +256,9 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 	run, _ := r.runs.Get(r.opts.RunID)
 	r.mu.Lock()
 	m.Results = r.results
-	m.Markers = manifest.Markers{Parsed: r.parsed, Malformed: r.bad}
+	m.Markers = manifest.Markers{Parsed: r.parsed, Malformed: r.bad, HTTP: r.allMarkers - r.lineMarkers}
 	r.mu.Unlock()
-	markers := len(run.Phases)
-	if n := markers + len(m.Results) - m.Markers.Parsed; n > 0 {
-		m.Markers.HTTP = n
-	}
+	hybrids := hybridsOf(t)
 
 	if dur > 0 && dur < 5*time.Second {
 		r.warn("short_window", nil, "the run lasted %.2f s (< 5 s): counter updates every ~100 ms and edges weigh heavily", dur.Seconds())
@@ -274,7 +271,7 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 		if s == nil || dur <= 0 {
 			continue
 		}
-		r.gpuEnergy(mg, s, start, end)
+		r.gpuEnergy(mg, s, hybrids[g], start, end)
 		if mg.Baseline != nil {
 			mg.Energy.AdjustedJ, mg.Energy.AdjustedClamped = energy.Adjust(mg.Energy.HybridJ, mg.Baseline.MedianW, dur)
 			if mg.Energy.AdjustedClamped {
@@ -294,7 +291,7 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 		m.Energy.AdjustedClamped = m.Energy.AdjustedClamped || mg.Energy.AdjustedClamped
 		r.gpuWarnings(mg, s, t.Events, start, end)
 	}
-	r.phases(t, run.Phases, baselines, end)
+	r.phases(hybrids, run.Phases, baselines, end)
 	r.derive()
 	if err := manifest.Write(r.dir, m); err != nil {
 		return nil, err
@@ -302,7 +299,19 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 	return &Result{Dir: r.dir, Manifest: m, ExitCode: exit}, nil
 }
 
-func (r *run) gpuEnergy(mg *manifest.GPU, s *trace.Series, start, end time.Time) {
+// hybridsOf prepares each GPU's hybrid once (the lag fit is the costly part); the run and its phases share them.
+func hybridsOf(t *trace.Trace) map[int]*energy.Hybrid {
+	out := map[int]*energy.Hybrid{}
+	for g, s := range t.GPUs {
+		lag := energy.EstimateLag(s.Counters, s.Samples)
+		if h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag); err == nil {
+			out[g] = h
+		}
+	}
+	return out
+}
+
+func (r *run) gpuEnergy(mg *manifest.GPU, s *trace.Series, h *energy.Hybrid, start, end time.Time) {
 	g := mg.Index
 	if mg.CounterStart != nil && mg.CounterEnd != nil && mg.CounterEnd.EnergyMJ >= mg.CounterStart.EnergyMJ {
 		mg.Energy.CounterJ = float64(mg.CounterEnd.EnergyMJ-mg.CounterStart.EnergyMJ) / 1000
@@ -310,8 +319,7 @@ func (r *run) gpuEnergy(mg *manifest.GPU, s *trace.Series, start, end time.Time)
 	if sr, err := energy.Sampled(s.Samples, start, end); err == nil {
 		mg.Energy.SampledJ = sr.Joules
 	}
-	lag := energy.EstimateLag(s.Counters, s.Samples)
-	if h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag); err == nil {
+	if h != nil {
 		if hr, err := h.Energy(start, end); err == nil {
 			mg.Energy.HybridJ = hr.Joules
 		}

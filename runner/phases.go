@@ -17,14 +17,7 @@ import (
 )
 
 // phases computes each phase's energy on every GPU with the hybrid (phase edges resolve to 20 ms).
-func (r *run) phases(t *trace.Trace, ps []exporter.Phase, baselines map[int]*manifest.Baseline, end time.Time) {
-	hybrids := map[int]*energy.Hybrid{}
-	for g, s := range t.GPUs {
-		lag := energy.EstimateLag(s.Counters, s.Samples)
-		if h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag); err == nil {
-			hybrids[g] = h
-		}
-	}
+func (r *run) phases(hybrids map[int]*energy.Hybrid, ps []exporter.Phase, baselines map[int]*manifest.Baseline, end time.Time) {
 	for _, p := range ps {
 		pe := p.End
 		if pe.IsZero() || pe.After(end) {

@@ -146,8 +146,11 @@ type run struct {
 
 	mu      sync.Mutex
 	results map[string]string
-	parsed  int
-	bad     int
+	parsed  int // marker lines parsed
+	bad     int // marker lines malformed
+	// Phase and result markers recorded: all of them, and those that came from output lines (the rest were
+	// posted to LEM_MARKER_URL).
+	allMarkers, lineMarkers int
 }
 
 func (r *run) warn(code string, g *int, format string, a ...any) {
@@ -185,6 +188,11 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	defer mirror.close()
 	r.runs = exporter.NewRuns(r.clock, 1, time.Hour, func(ev trace.Event) {
 		r.smp.Emit(ev)
+		if ev.Type == trace.EventPhase || ev.Type == trace.EventResult {
+			r.mu.Lock()
+			r.allMarkers++
+			r.mu.Unlock()
+		}
 		r.noteResult(ev)
 		mirror.send(r.opts.RunID, r.opts.Experiment, ev)
 	})
@@ -449,8 +457,13 @@ func (r *run) follow(wl Workload, stdout, stderr io.Writer) {
 			case trace.EventResult:
 				_, merr = r.runs.ResultAt(r.opts.RunID, ev.Attrs, ev.Time)
 			}
-			if merr != nil {
+			switch {
+			case merr != nil:
 				r.log.Warn("marker rejected", "line", l.Text, "err", merr)
+			case ev.Type == trace.EventPhase || ev.Type == trace.EventResult:
+				r.mu.Lock()
+				r.lineMarkers++
+				r.mu.Unlock()
 			}
 		}
 	}

@@ -39,6 +39,7 @@ func runs(t *testing.T, dir string, exps map[string]int) {
 			res, err := runner.Run(context.Background(), opts, src, nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
 			require.NoError(t, err)
 			require.Equal(t, manifest.StatusOK, res.Manifest.Status)
+			require.Equal(t, manifest.Markers{Parsed: 3}, res.Manifest.Markers, "two phases and one two-key result line, nothing posted")
 			src.Close()
 		}
 	}
