@@ -2,6 +2,8 @@ package runner
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"time"
 
 	"github.com/lem-energy/lem/internal/manifest"
@@ -55,4 +57,32 @@ type Workload interface {
 	// Cleanup removes what the backend created (the container, unless kept) and fills in what the manifest
 	// records about it.
 	Cleanup(m *manifest.Manifest) error
+}
+
+// Execute runs a workload without measuring it (a campaign's warm-up runs): output goes to log, and the exit code
+// is returned. An interrupt stops it after grace.
+func Execute(ctx context.Context, be Backend, spec Spec, log io.Writer, grace time.Duration) (int, error) {
+	if err := be.Preflight(ctx); err != nil {
+		return 0, err
+	}
+	wl, err := be.Start(ctx, spec)
+	if err != nil {
+		return 0, err
+	}
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for l := range wl.Lines() {
+			fmt.Fprintln(log, l.Text)
+		}
+	}()
+	ex, err := wl.Wait(ctx)
+	if err != nil {
+		wl.Stop(grace)
+	}
+	<-drained
+	if cerr := wl.Cleanup(&manifest.Manifest{RunID: spec.RunID}); err == nil {
+		err = cerr
+	}
+	return ex.Code, err
 }

@@ -47,8 +47,11 @@ type Options struct {
 	ExporterToken   string
 	Campaign        string
 	Cycle           int
-	Stdout, Stderr  io.Writer // workload output passthrough (default os.Stdout/os.Stderr)
-	Progress        io.Writer // countdowns and progress (default os.Stderr)
+	Position        int                 // place in the campaign's run order
+	Variables       map[string]string   // the campaign grid's values for this run
+	Inference       *manifest.Inference // the inference backend's effective parameters
+	Stdout, Stderr  io.Writer           // workload output passthrough (default os.Stdout/os.Stderr)
+	Progress        io.Writer           // countdowns and progress (default os.Stderr)
 }
 
 // markerHoster is implemented by backends whose workloads reach the marker server on a particular address.
@@ -123,7 +126,8 @@ func Run(ctx context.Context, opts Options, src gpu.Source, devs []gpu.Device, b
 	}
 	r := &run{opts: opts, src: src, smp: smp, be: be, log: log, dir: dir, clock: clock,
 		m: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: opts.RunID, Experiment: opts.Experiment,
-			Campaign: opts.Campaign, Cycle: opts.Cycle, Backend: be.Name(), Command: opts.Command,
+			Campaign: opts.Campaign, Cycle: opts.Cycle, Position: opts.Position, Variables: opts.Variables,
+			Inference: opts.Inference, Backend: be.Name(), Command: opts.Command,
 			Environment: smp.Environment(), LemVersion: meta.LemVersion(), Warnings: []manifest.Warning{},
 			Files: manifest.Files{Trace: manifest.TraceFile, Stdout: manifest.StdoutFile, Stderr: manifest.StderrFile,
 				Results: manifest.ResultsDir}}}

@@ -6,9 +6,7 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -26,52 +24,9 @@ import (
 	"github.com/lem-energy/lem/runner"
 )
 
-const testImage = "lem-test-workload:latest"
+const testImage = testutil.WorkloadImage
 
-var (
-	buildOnce sync.Once
-	workload  string
-	imageErr  error
-)
-
-// build compiles the static test workload and wraps it in a FROM-scratch image (no registry needed).
-func build(t *testing.T, withImage bool) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "lem-workload")
-		if err != nil {
-			imageErr = err
-			return
-		}
-		workload = filepath.Join(dir, "workload")
-		cmd := exec.Command("go", "build", "-o", workload, "./testdata/workload")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			imageErr = err
-			workload = string(out)
-			return
-		}
-		if _, err := exec.LookPath("docker"); err != nil {
-			imageErr = err
-			return
-		}
-		os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM scratch\nCOPY workload /workload\nENTRYPOINT [\"/workload\"]\n"), 0o644)
-		if out, err := exec.Command("docker", "build", "-q", "-t", testImage, dir).CombinedOutput(); err != nil {
-			imageErr = &buildError{string(out)}
-		}
-	})
-	if strings.Contains(workload, "\n") {
-		t.Fatalf("building the workload: %s", workload)
-	}
-	if withImage && imageErr != nil {
-		testutil.SkipOrFail(t, "Docker Engine with image build: "+imageErr.Error())
-	}
-	return workload
-}
-
-type buildError struct{ out string }
-
-func (e *buildError) Error() string { return "docker build: " + e.out }
+func build(t *testing.T, withImage bool) string { return testutil.Workload(t, withImage) }
 
 func replay(t *testing.T) *gpu.ReplaySource {
 	t.Helper()

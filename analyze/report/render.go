@@ -83,19 +83,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 		}
 	}
 	fmt.Fprint(w, "\n## Experiments (runs with status ok; mean [95 % t interval])\n\n")
-	fmt.Fprintln(w, "| experiment | runs (ok) | s | energy J | adjusted J | J/token | J/token adjusted | energy vs reference | J/token adj vs reference |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
-	for _, e := range exps {
-		ratio := func(r *stats.Ratio) string {
-			if r == nil {
-				return "–"
-			}
-			return fmt.Sprintf("%s [%s, %s]", num(r.Value, 3), num(r.CILow, 3), num(r.CIHigh, 3))
-		}
-		fmt.Fprintf(w, "| %s | %d (%d) | %s | %s | %s | %s | %s | %s | %s |\n", e.Name, e.Runs, e.Valid, ci(e.DurationS, 2),
-			ci(e.EnergyJ, 1), ci(e.AdjustedJ, 1), ci(e.JPerToken, 4), ci(e.JPerTokenAdj, 4), ratio(e.VsReferenceAdj), ratio(e.TokenVsRef))
-	}
-	fmt.Fprintln(w, "\nAbsolute energies carry the GPU sensor's ±5 % gain (systematic per board); it cancels in ratios between experiments on the same GPU.")
+	ExperimentTable(w, exps)
 	if len(probs) > 0 {
 		fmt.Fprint(w, "\n## Inputs not used\n\n")
 		for _, p := range probs {
@@ -103,6 +91,35 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 		}
 	}
 	return nil
+}
+
+// ExperimentTable writes the per-experiment summary (mean [95 % t interval]) and, where runs have phases, the
+// per-phase energies, as Markdown tables.
+func ExperimentTable(w io.Writer, exps []Experiment) {
+	fmt.Fprintln(w, "| experiment | runs (ok) | s | energy J | adjusted J | J/token | J/token adjusted | energy vs reference | J/token adj vs reference |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	ratio := func(r *stats.Ratio) string {
+		if r == nil {
+			return "–"
+		}
+		return fmt.Sprintf("%s [%s, %s]", num(r.Value, 3), num(r.CILow, 3), num(r.CIHigh, 3))
+	}
+	phases := false
+	for _, e := range exps {
+		fmt.Fprintf(w, "| %s | %d (%d) | %s | %s | %s | %s | %s | %s | %s |\n", e.Name, e.Runs, e.Valid, ci(e.DurationS, 2),
+			ci(e.EnergyJ, 1), ci(e.AdjustedJ, 1), ci(e.JPerToken, 4), ci(e.JPerTokenAdj, 4), ratio(e.VsReferenceAdj), ratio(e.TokenVsRef))
+		phases = phases || len(e.Phases) > 0
+	}
+	fmt.Fprintln(w, "\nAbsolute energies carry the GPU sensor's ±5 % gain (systematic per board); it cancels in ratios between experiments on the same GPU.")
+	if !phases {
+		return
+	}
+	fmt.Fprintln(w, "\n| experiment | phase | s | energy J | adjusted J |\n|---|---|---|---|---|")
+	for _, e := range exps {
+		for _, p := range e.Phases {
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", e.Name, p.Name, ci(p.DurationS, 3), ci(p.EnergyJ, 1), ci(p.AdjustedJ, 1))
+		}
+	}
 }
 
 // JSON writes runs (their manifests), experiments and problems.

@@ -211,8 +211,38 @@ type Experiment struct {
 	VsReference    *stats.Ratio  `json:"energy_vs_reference,omitempty"`
 	VsReferenceAdj *stats.Ratio  `json:"adjusted_vs_reference,omitempty"`
 	TokenVsRef     *stats.Ratio  `json:"j_per_token_vs_reference,omitempty"`
+	Phases         []PhaseStats  `json:"phases,omitempty"`
 	SensorGainNote string        `json:"sensor_gain_note"`
 	IncludedRunIDs []string      `json:"run_ids"`
+}
+
+// PhaseStats summarises one phase (all its occurrences in a run summed) across an experiment's runs.
+type PhaseStats struct {
+	Name      string        `json:"name"`
+	DurationS stats.Summary `json:"duration_s"`
+	EnergyJ   stats.Summary `json:"energy_j"`
+	AdjustedJ stats.Summary `json:"adjusted_j"`
+}
+
+// phaseStats summarises the phases every run has, in the first run's order.
+func phaseStats(ms []*manifest.Manifest) []PhaseStats {
+	if len(ms) == 0 {
+		return nil
+	}
+	var out []PhaseStats
+	for _, first := range ms[0].PhaseTotals() {
+		var d, e, a []float64
+		for _, m := range ms {
+			for _, p := range m.PhaseTotals() {
+				if p.Name == first.Name {
+					d, e, a = append(d, p.DurationS), append(e, p.HybridJ), append(a, p.AdjustedJ)
+				}
+			}
+		}
+		out = append(out, PhaseStats{Name: first.Name, DurationS: stats.Summarize(d), EnergyJ: stats.Summarize(e),
+			AdjustedJ: stats.Summarize(a)})
+	}
+	return out
 }
 
 // ErrNoRuns means nothing usable was given.
@@ -256,6 +286,7 @@ func Experiments(runs []Run, reference string) ([]Experiment, error) {
 		}
 		e.DurationS, e.EnergyJ, e.AdjustedJ = stats.Summarize(d), stats.Summarize(en), stats.Summarize(adj)
 		e.JPerToken, e.JPerTokenAdj = stats.Summarize(jt), stats.Summarize(jta)
+		e.Phases = phaseStats(ms)
 		out = append(out, e)
 	}
 	if reference != "" {

@@ -12,9 +12,11 @@ import (
 
 type app struct {
 	cli.Globals
-	Run     runCmd         `cmd:"" default:"withargs" help:"Measure one experiment: baseline, bracketed run, phases, manifest (the default)."`
-	Record  recordCmd      `cmd:"" help:"Record the GPUs' power samples, counter and telemetry to a trace, optionally around a command."`
-	Version cli.VersionCmd `cmd:"" help:"Print the version."`
+	Run        runCmd         `cmd:"" default:"withargs" help:"Measure one experiment: baseline, bracketed run, phases, manifest (the default)."`
+	Record     recordCmd      `cmd:"" help:"Record the GPUs' power samples, counter and telemetry to a trace, optionally around a command."`
+	Campaign   campaignCmd    `cmd:"" help:"Run a campaign file: a grid of experiments over repeated cycles, resumable."`
+	Introspect introspectCmd  `cmd:"" help:"Print an inference backend's parameter catalogue (versions, parameters, defaults) as JSON."`
+	Version    cli.VersionCmd `cmd:"" help:"Print the version."`
 }
 
 func main() {

@@ -36,6 +36,9 @@ type Manifest struct {
 	Experiment    string            `json:"experiment"`
 	Campaign      string            `json:"campaign,omitempty"`
 	Cycle         int               `json:"cycle,omitempty"`
+	Position      int               `json:"position,omitempty"`  // 1-based place in the campaign's run order
+	Variables     map[string]string `json:"variables,omitempty"` // the campaign grid's values for this run
+	Inference     *Inference        `json:"inference_backend,omitempty"`
 	Status        string            `json:"status"`
 	ExitCode      *int              `json:"exit_code,omitempty"`
 	Error         string            `json:"error,omitempty"`
@@ -55,6 +58,26 @@ type Manifest struct {
 	Warnings      []Warning         `json:"warnings"`
 	Files         Files             `json:"files"`
 	LemVersion    string            `json:"lem_version"`
+}
+
+// Inference records the inference engine's parameters for the run: versions, the parameters the experiment set,
+// and the effective value of every parameter in the engine's catalogue (explicit or the engine's default).
+type Inference struct {
+	Backend   string           `json:"backend"` // transformers, vllm, tensorrt-llm, python
+	Version   string           `json:"version"`
+	Torch     string           `json:"torch,omitempty"`
+	CUDA      string           `json:"cuda,omitempty"`
+	Source    string           `json:"catalogue_source"` // image ID or interpreter the catalogue came from
+	Explicit  map[string]any   `json:"explicit"`
+	Effective []EffectiveParam `json:"effective"`
+}
+
+// EffectiveParam is one catalogue parameter's value in a run.
+type EffectiveParam struct {
+	Name     string `json:"name"`
+	Group    string `json:"group"`
+	Value    any    `json:"value"`
+	Explicit bool   `json:"explicit"`
 }
 
 // Image is the container image run.

@@ -38,8 +38,21 @@ func main() {
 	tokens := flag.Int("tokens", 128, "output tokens to report")
 	httpResult := flag.Bool("http-result", false, "also post requests=1 to LEM_MARKER_URL")
 	exit := flag.Int("exit", 0, "exit code")
+	serve := flag.String("serve", "", "act as a persistent backend server: after -load, answer /health on this address until SIGTERM")
+	load := flag.Duration("load", time.Second, "model-load time before /health answers (with -serve)")
 	flag.Parse()
 	signal.Ignore(syscall.SIGHUP)
+	if *serve != "" {
+		fmt.Println("server loading model")
+		time.Sleep(*load)
+		fmt.Println("server ready")
+		http.HandleFunc("/health", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		go http.ListenAndServe(*serve, nil)
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
+		<-sig
+		return
+	}
 	fmt.Println("workload starting; gpus:", os.Getenv("CUDA_VISIBLE_DEVICES"), "run:", os.Getenv("LEM_RUN_ID"))
 	fmt.Fprintln(os.Stderr, "a line on stderr")
 	fmt.Println("LEM_PHASE bad name with spaces")

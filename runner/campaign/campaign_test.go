@@ -1,0 +1,290 @@
+package campaign_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/client"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/runner/campaign"
+)
+
+func write(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "campaign.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+	return p
+}
+
+func TestLoadErrorsNameFileLineAndKey(t *testing.T) {
+	cases := []struct {
+		name, body string
+		want       []string
+	}{
+		{"unknown key", "name: a\nexperiments:\n  - name: x\n    comand: [ls]\n", []string{":4: unknown key \"comand\""}},
+		{"bad structure", "name: a\nstructure: random\nexperiments:\n  - name: x\n    command: [ls]\n",
+			[]string{":2: structure: \"random\": want one of interleaved, shuffled, grouped"}},
+		{"bad duration", "name: a\ngaps:\n  between_runs: soon\nexperiments:\n  - name: x\n    command: [ls]\n",
+			[]string{":3: \"soon\" is not a duration"}},
+		{"no command", "name: a\nexperiments:\n  - name: x\n", []string{":3: experiments.0: needs a command or an image"}},
+		{"params without backend", "name: a\nexperiments:\n  - name: x\n    command: [ls]\n    backend_params: {a: 1}\n",
+			[]string{":5: experiments.0.backend_params: given without backend"}},
+		{"undeclared container", "name: a\nexperiments:\n  - name: x\n    command: [ls]\n    backend_container: srv\n",
+			[]string{":5: experiments.0.backend_container: \"srv\" is not declared under backends"}},
+		{"ttl without ttl", "name: a\nbaseline: {policy: ttl}\nexperiments:\n  - name: x\n    command: [ls]\n",
+			[]string{":2: baseline.ttl: policy ttl needs a ttl"}},
+		{"two errors", "name: a\ncycles: -1\nexperiments:\n  - name: x\n    command: [ls]\n  - name: x\n    command: [ls]\n",
+			[]string{":2: cycles: -1: must be at least 1", ":6: experiments.1.name: \"x\" is used by another experiment"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			p := write(t, c.body)
+			_, err := campaign.Load(p)
+			require.Error(t, err)
+			for _, w := range c.want {
+				assert.Contains(t, err.Error(), p+w)
+			}
+		})
+	}
+}
+
+func TestPlanStructures(t *testing.T) {
+	body := `name: grid
+cycles: 3
+structure: %s
+seed: 42
+experiments:
+  - name: a-{bs}
+    command: [run, "--bs={bs}", "--len={len}"]
+    vary: {bs: [1, 8], len: [128]}
+  - name: b
+    command: [other]
+`
+	order := func(structure string) []string {
+		f, err := campaign.Load(write(t, strings.Replace(body, "%s", structure, 1)))
+		require.NoError(t, err)
+		plan, cfgs, err := f.Plan()
+		require.NoError(t, err)
+		require.Len(t, cfgs, 3)
+		assert.Equal(t, []string{"run", "--bs=8", "--len=128"}, cfgs[1].Command)
+		var out []string
+		for i, p := range plan {
+			assert.Equal(t, i+1, p.Position)
+			out = append(out, p.RunID)
+		}
+		return out
+	}
+	inter := order("interleaved")
+	assert.Equal(t, []string{"grid-a-1-len_128-c1", "grid-a-8-len_128-c1", "grid-b-c1", "grid-a-1-len_128-c2",
+		"grid-a-8-len_128-c2", "grid-b-c2", "grid-a-1-len_128-c3", "grid-a-8-len_128-c3", "grid-b-c3"}, inter)
+	grouped := order("grouped")
+	assert.Equal(t, []string{"grid-a-1-len_128-c1", "grid-a-1-len_128-c2", "grid-a-1-len_128-c3"}, grouped[:3])
+	sh1, sh2 := order("shuffled"), order("shuffled")
+	assert.Equal(t, sh1, sh2, "a seeded shuffle is reproducible")
+	assert.ElementsMatch(t, inter, sh1)
+	assert.NotEqual(t, inter, sh1)
+	for c := 0; c < 3; c++ { // every cycle holds each configuration once
+		assert.ElementsMatch(t, inter[3*c:3*c+3], sh1[3*c:3*c+3])
+	}
+
+	f, err := campaign.Load(write(t, "name: big\ncycles: 10\nmax_runs: 15\nexperiments:\n  - name: x-{n}\n    command: [ls]\n    vary: {n: [1, 2]}\n"))
+	require.NoError(t, err)
+	_, _, err = f.Plan()
+	require.ErrorContains(t, err, ":3: max_runs: the plan has 20 runs (2 configurations × 10 cycles), more than max_runs 15")
+}
+
+func replay(t *testing.T) (*gpu.ReplaySource, []gpu.Device) {
+	r, err := gpu.OpenReplay(testutil.TracePath("h200-llm"), gpu.ReplayOptions{Loop: true})
+	require.NoError(t, err)
+	t.Cleanup(func() { r.Close() })
+	return r, r.Devices()
+}
+
+func run(t *testing.T, ctx context.Context, path, out string) (*campaign.State, error, string) {
+	t.Helper()
+	f, err := campaign.Load(path)
+	require.NoError(t, err)
+	log := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
+	p, err := campaign.Prepare(ctx, f, out, log)
+	require.NoError(t, err)
+	src, devs := replay(t)
+	var progress bytes.Buffer
+	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs, Progress: campaign.NewProgress(&progress, false),
+		Log: log})
+	return st, err, progress.String()
+}
+
+func TestCampaignProcessResumeAndRedo(t *testing.T) {
+	wl := testutil.Workload(t, false)
+	out := filepath.Join(t.TempDir(), "out")
+	path := write(t, `name: proc
+cycles: 2
+structure: interleaved
+baseline: {policy: per_cycle, duration: 1s}
+warmup_runs: 1
+experiments:
+  - name: w-{tokens}
+    command: [`+wl+`, -phases, "prefill:300ms,decode:1500ms", -tokens, "{tokens}"]
+    vary: {tokens: [100, 200]}
+`)
+	st, err, progress := run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	assert.Equal(t, "done", st.Status)
+	require.Len(t, st.Runs, 4)
+	assert.Contains(t, progress, "campaign: run 4/4 w-200 (cycle 2): ok")
+	assert.Contains(t, progress, "warm-up w-100 (1 of 1, not measured)")
+	assert.FileExists(t, filepath.Join(out, ".warmup", "warmup-w-100-1", "output.log"))
+	reused := 0
+	for i, r := range st.Runs {
+		assert.Equal(t, manifest.StatusOK, r.Status)
+		m, err := manifest.Read(filepath.Join(out, r.RunID))
+		require.NoError(t, err)
+		assert.Equal(t, "proc", m.Campaign)
+		assert.Equal(t, i/2+1, m.Cycle)
+		assert.Equal(t, i+1, m.Position)
+		assert.Equal(t, map[string]string{"tokens": []string{"100", "200"}[i%2]}, m.Variables)
+		assert.Equal(t, []string{"100", "200"}[i%2], m.Results["output_tokens"])
+		if m.GPUs[0].Baseline.Reused {
+			reused++
+		}
+	}
+	assert.Equal(t, 2, reused, "per-cycle baseline: the second run of each cycle reuses the first's")
+	// The summary is the analyzer's: n = 2 per experiment, J/token mean of the two manifests.
+	require.Len(t, st.Experiments, 2)
+	e := st.Experiments[0]
+	assert.Equal(t, "w-100", e.Name)
+	assert.Equal(t, 2, e.JPerToken.N)
+	var sum float64
+	for _, id := range e.IncludedRunIDs {
+		m, _ := manifest.Read(filepath.Join(out, id))
+		sum += m.Derived.JPerOutputToken
+	}
+	assert.InDelta(t, sum/2, e.JPerToken.Mean, 1e-9)
+	assert.False(t, e.JPerToken.CILow > e.JPerToken.Mean || e.JPerToken.CIHigh < e.JPerToken.Mean)
+	require.Len(t, e.Phases, 2)
+	assert.Equal(t, "prefill", e.Phases[0].Name)
+
+	// Resume: nothing to do.
+	st2, err, progress := run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	assert.Contains(t, progress, "resuming, 4 of 4 runs already ok")
+	assert.NotContains(t, progress, "started")
+	for _, r := range st2.Runs {
+		assert.Equal(t, 1, r.Attempts)
+	}
+
+	// A failed run is redone; its first attempt is kept aside.
+	failed := filepath.Join(out, st.Runs[1].RunID)
+	m, err := manifest.Read(failed)
+	require.NoError(t, err)
+	m.Status = manifest.StatusFail
+	require.NoError(t, manifest.Write(failed, m))
+	st3, err, progress := run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	assert.Contains(t, progress, "campaign: run 4/4 w-200 (cycle 1): ok")
+	assert.Equal(t, 2, st3.Runs[1].Attempts)
+	kept, err := manifest.Read(filepath.Join(out, ".attempts", st.Runs[1].RunID+".1"))
+	require.NoError(t, err)
+	assert.Equal(t, manifest.StatusFail, kept.Status)
+	m, err = manifest.Read(failed)
+	require.NoError(t, err)
+	assert.Equal(t, manifest.StatusOK, m.Status)
+}
+
+func TestCampaignInterruptedThenResumed(t *testing.T) {
+	wl := testutil.Workload(t, false)
+	out := filepath.Join(t.TempDir(), "out")
+	path := write(t, `name: intr
+cycles: 3
+baseline: {duration: 500ms}
+experiments:
+  - name: w
+    command: [`+wl+`, -phases, "decode:2s"]
+`)
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { // interrupt during the second run
+		for {
+			time.Sleep(100 * time.Millisecond)
+			if _, err := os.Stat(filepath.Join(out, "intr-w-c2")); err == nil {
+				time.Sleep(1500 * time.Millisecond)
+				cancel()
+				return
+			}
+		}
+	}()
+	st, err, _ := run(t, ctx, path, out)
+	require.ErrorIs(t, err, context.Canceled)
+	assert.Equal(t, "interrupted", st.Status)
+	assert.Equal(t, []string{"ok", "interrupted", "pending"}, []string{st.Runs[0].Status, st.Runs[1].Status, st.Runs[2].Status})
+	saved, err := campaign.ReadState(out)
+	require.NoError(t, err)
+	assert.Equal(t, "interrupted", saved.Status)
+
+	st, err, _ = run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	assert.Equal(t, "done", st.Status)
+	assert.Equal(t, []int{1, 2, 1}, []int{st.Runs[0].Attempts, st.Runs[1].Attempts, st.Runs[2].Attempts})
+	assert.DirExists(t, filepath.Join(out, ".attempts", "intr-w-c2.1"))
+}
+
+func TestPersistentBackendContainer(t *testing.T) {
+	testutil.Workload(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	path := write(t, `name: pers
+cycles: 2
+baseline: {policy: ttl, ttl: 10m, duration: 500ms}
+backends:
+  server:
+    image: `+testutil.WorkloadImage+`
+    command: [-serve, ":8080", -load, 2s]
+    health: {http: "http://{host}:8080/health", timeout: 30s}
+experiments:
+  - name: exec-{tokens}
+    backend_container: server
+    command: [/workload, -phases, "decode:1s", -tokens, "{tokens}"]
+    vary: {tokens: [10, 20]}
+`)
+	st, err, _ := run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	assert.Equal(t, "done", st.Status)
+	require.Len(t, st.Startups, 1, "the server starts once for all runs")
+	assert.Equal(t, manifest.StatusOK, st.Startups[0].Status)
+	assert.InDelta(t, 2.0, st.Startups[0].DurationS, 1.5, "start-up bracket covers the model load")
+	sm, err := manifest.Read(filepath.Join(out, st.Startups[0].RunID))
+	require.NoError(t, err)
+	assert.Equal(t, "startup-server", sm.Experiment)
+	var containerID string
+	for _, r := range st.Runs {
+		require.Equal(t, manifest.StatusOK, r.Status, r.Error)
+		dir := filepath.Join(out, r.RunID)
+		m, err := manifest.Read(dir)
+		require.NoError(t, err)
+		assert.Equal(t, "docker-exec", m.Backend)
+		assert.Equal(t, strings.TrimPrefix(r.Experiment, "exec-"), m.Results["output_tokens"])
+		assert.FileExists(t, filepath.Join(dir, manifest.ResultsDir, "out.json"), "results copied out of the container")
+		require.NotNil(t, m.Container)
+		if containerID == "" {
+			containerID = m.Container.ID
+		}
+		assert.Equal(t, containerID, m.Container.ID, "every run in the same container")
+	}
+	cli, err := client.New(client.FromEnv)
+	require.NoError(t, err)
+	defer cli.Close()
+	_, err = cli.ContainerInspect(context.Background(), containerID, client.ContainerInspectOptions{})
+	assert.Error(t, err, "backend container removed at the end")
+	b, _ := json.Marshal(st)
+	assert.Contains(t, string(b), `"backend_startups"`)
+}

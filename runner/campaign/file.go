@@ -1,0 +1,309 @@
+// Package campaign runs grids of experiment configurations over repeated cycles with lem-run's measurement of
+// each run, resumably, and summarises them with the analyzer's statistics.
+package campaign
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Duration is a YAML duration ("30s", "5m").
+type Duration time.Duration
+
+// UnmarshalYAML parses Go duration syntax.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration (want e.g. 30s, 5m)", n.Line, n.Value)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// D is the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// File is a campaign file.
+type File struct {
+	Name       string   `yaml:"name"`
+	Cycles     int      `yaml:"cycles"`
+	Structure  string   `yaml:"structure"` // interleaved (default), shuffled, grouped
+	Seed       *uint64  `yaml:"seed"`      // for shuffled
+	MaxRuns    int      `yaml:"max_runs"`  // refuse plans larger than this (default 500)
+	WarmupRuns int      `yaml:"warmup_runs"`
+	GPUs       []string `yaml:"gpus"`
+	Timeout    Duration `yaml:"timeout"` // per run
+	Gaps       struct {
+		BetweenRuns   Duration `yaml:"between_runs"`
+		BetweenCycles Duration `yaml:"between_cycles"`
+	} `yaml:"gaps"`
+	Cooldown struct {
+		Target  string   `yaml:"target"` // e.g. 45C, or "stable"
+		Timeout Duration `yaml:"timeout"`
+	} `yaml:"cooldown"`
+	Baseline struct {
+		Policy   string    `yaml:"policy"` // per_run (default), per_cycle, ttl
+		Duration *Duration `yaml:"duration"`
+		TTL      Duration  `yaml:"ttl"`
+	} `yaml:"baseline"`
+	Backends    map[string]*Persistent `yaml:"backends"`
+	Experiments []*Experiment          `yaml:"experiments"`
+
+	path string
+	sum  string
+	root *yaml.Node
+}
+
+// Persistent is a long-running backend container shared by the runs of the experiments that name it.
+type Persistent struct {
+	Image   string            `yaml:"image"`
+	Command []string          `yaml:"command"`
+	Env     map[string]string `yaml:"env"`
+	Health  struct {
+		HTTP    string   `yaml:"http"` // "{host}" is the container's address
+		Command []string `yaml:"command"`
+		Timeout Duration `yaml:"timeout"`
+	} `yaml:"health"`
+	// Mode: exec (each run's command runs inside the container, the default) or client (each run runs as its
+	// own process or container against the server).
+	Mode           string `yaml:"mode"`
+	ForceColdStart bool   `yaml:"force_cold_start"`
+}
+
+// Experiment is one configuration, or a grid of them (vary).
+type Experiment struct {
+	Name          string            `yaml:"name"`
+	Image         string            `yaml:"image"`
+	Command       []string          `yaml:"command"`
+	Env           map[string]string `yaml:"env"`
+	GPUs          []string          `yaml:"gpus"`
+	Timeout       Duration          `yaml:"timeout"`
+	Backend       string            `yaml:"backend"` // inference backend: transformers, vllm, tensorrt-llm, python
+	BackendTarget []string          `yaml:"backend_targets"`
+	Python        string            `yaml:"python"`    // interpreter for introspection (default python3)
+	Catalogue     string            `yaml:"catalogue"` // a saved catalogue instead of introspecting
+	BackendParams map[string]any    `yaml:"backend_params"`
+	Container     string            `yaml:"backend_container"` // a key of backends
+	Vary          map[string][]any  `yaml:"vary"`
+	Expected      Duration          `yaml:"expected_duration"` // for the plan's duration estimate
+
+	index int
+}
+
+var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
+
+// Load reads and validates a campaign file. Errors name the file, line and key.
+func Load(path string) (*File, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("campaign file: %w", err)
+	}
+	f := &File{path: path}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(f); err != nil {
+		return nil, fileError(path, err)
+	}
+	var root yaml.Node
+	if err := yaml.Unmarshal(b, &root); err != nil {
+		return nil, fileError(path, err)
+	}
+	f.root = &root
+	s := sha256.Sum256(b)
+	f.sum = hex.EncodeToString(s[:])
+	if err := f.validate(); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// fileError rewrites the YAML library's messages as FILE:LINE: message, one per line.
+func fileError(path string, err error) error {
+	var te *yaml.TypeError
+	if errors.As(err, &te) {
+		var errs []error
+		for _, e := range te.Errors {
+			msg := e
+			if m := unknownField.FindStringSubmatch(msg); m != nil {
+				errs = append(errs, fmt.Errorf("%s:%s: unknown key %q", path, m[1], m[2]))
+				continue
+			}
+			if rest, ok := strings.CutPrefix(msg, "line "); ok {
+				if n, msg, ok := strings.Cut(rest, ": "); ok {
+					errs = append(errs, fmt.Errorf("%s:%s: %s", path, n, msg))
+					continue
+				}
+			}
+			errs = append(errs, fmt.Errorf("%s: %s", path, msg))
+		}
+		return errors.Join(errs...)
+	}
+	if rest, ok := strings.CutPrefix(err.Error(), "line "); ok {
+		if n, msg, ok := strings.Cut(rest, ": "); ok {
+			return fmt.Errorf("%s:%s: %s", path, n, msg)
+		}
+	}
+	return fmt.Errorf("%s: %w", path, err)
+}
+
+// line finds the line of a key path (mapping keys and sequence indexes) in the file.
+func (f *File) line(path ...string) int {
+	n := f.root
+	if n != nil && n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	line := 1
+	for _, p := range path {
+		if n == nil {
+			break
+		}
+		var next *yaml.Node
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				if n.Content[i].Value == p {
+					line, next = n.Content[i].Line, n.Content[i+1]
+				}
+			}
+		case yaml.SequenceNode:
+			if i, err := strconv.Atoi(p); err == nil && i < len(n.Content) {
+				next = n.Content[i]
+				line = next.Line
+			}
+		}
+		n = next
+	}
+	return line
+}
+
+// errAt is a validation error at a key path.
+func (f *File) errAt(path []string, format string, a ...any) error {
+	return fmt.Errorf("%s:%d: %s: %s", f.path, f.line(path...), strings.Join(path, "."), fmt.Sprintf(format, a...))
+}
+
+var (
+	structures = []string{"interleaved", "shuffled", "grouped"}
+	policies   = []string{"per_run", "per_cycle", "ttl"}
+	backends   = []string{"transformers", "vllm", "tensorrt-llm", "python"}
+	varName    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+)
+
+func (f *File) validate() error {
+	var errs []error
+	bad := func(path []string, format string, a ...any) { errs = append(errs, f.errAt(path, format, a...)) }
+	if f.Name == "" {
+		bad([]string{"name"}, "required (names the campaign and its runs)")
+	} else if !varName.MatchString(strings.ReplaceAll(f.Name, "-", "_")) {
+		bad([]string{"name"}, "%q: use letters, digits, - and _", f.Name)
+	}
+	if f.Cycles == 0 {
+		f.Cycles = 1
+	}
+	if f.Cycles < 0 {
+		bad([]string{"cycles"}, "%d: must be at least 1", f.Cycles)
+	}
+	if f.Structure == "" {
+		f.Structure = "interleaved"
+	}
+	if !slices.Contains(structures, f.Structure) {
+		bad([]string{"structure"}, "%q: want one of %s", f.Structure, strings.Join(structures, ", "))
+	}
+	if f.MaxRuns == 0 {
+		f.MaxRuns = 500
+	}
+	if f.WarmupRuns < 0 {
+		bad([]string{"warmup_runs"}, "%d: must not be negative", f.WarmupRuns)
+	}
+	if f.Baseline.Policy == "" {
+		f.Baseline.Policy = "per_run"
+	}
+	if !slices.Contains(policies, f.Baseline.Policy) {
+		bad([]string{"baseline", "policy"}, "%q: want one of %s", f.Baseline.Policy, strings.Join(policies, ", "))
+	}
+	if f.Baseline.Policy == "ttl" && f.Baseline.TTL <= 0 {
+		bad([]string{"baseline", "ttl"}, "policy ttl needs a ttl (e.g. 15m)")
+	}
+	if t := f.Cooldown.Target; t != "" && t != "stable" {
+		if _, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(t, "C"), "°"), 64); err != nil {
+			bad([]string{"cooldown", "target"}, "%q: want a temperature such as 45C, or stable", t)
+		}
+	}
+	for name, p := range f.Backends {
+		path := []string{"backends", name}
+		if p.Image == "" {
+			bad(append(path, "image"), "required: the backend container's image")
+		}
+		if p.Mode == "" {
+			p.Mode = "exec"
+		}
+		if p.Mode != "exec" && p.Mode != "client" {
+			bad(append(path, "mode"), "%q: want exec or client", p.Mode)
+		}
+		if p.Health.HTTP == "" && len(p.Health.Command) == 0 {
+			bad(append(path, "health"), "needs http (URL, {host} = container address) or command")
+		}
+	}
+	if len(f.Experiments) == 0 {
+		bad([]string{"experiments"}, "at least one experiment is required")
+	}
+	used := map[string]bool{}
+	for i, e := range f.Experiments {
+		e.index = i
+		path := []string{"experiments", strconv.Itoa(i)}
+		if e.Name == "" {
+			bad(append(path, "name"), "required")
+		}
+		if used[e.Name] {
+			bad(append(path, "name"), "%q is used by another experiment", e.Name)
+		}
+		used[e.Name] = true
+		if len(e.Command) == 0 && e.Image == "" {
+			bad(path, "needs a command or an image")
+		}
+		if e.Container != "" {
+			p, ok := f.Backends[e.Container]
+			if !ok {
+				bad(append(path, "backend_container"), "%q is not declared under backends", e.Container)
+			} else if p.Mode == "exec" && len(e.Command) == 0 {
+				bad(append(path, "command"), "required: it is executed inside backend container %q", e.Container)
+			} else if p.Mode == "exec" && e.Image != "" {
+				bad(append(path, "image"), "runs execute inside backend container %q; drop image or use mode: client", e.Container)
+			}
+		}
+		if e.Backend != "" && !slices.Contains(backends, e.Backend) {
+			bad(append(path, "backend"), "%q: want one of %s", e.Backend, strings.Join(backends, ", "))
+		}
+		if len(e.BackendParams) > 0 && e.Backend == "" {
+			bad(append(path, "backend_params"), "given without backend (which catalogue to check them against?)")
+		}
+		for k, vs := range e.Vary {
+			if !varName.MatchString(k) {
+				bad(append(path, "vary", k), "not a variable name (letters, digits, _)")
+			}
+			if len(vs) == 0 {
+				bad(append(path, "vary", k), "empty list")
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// Path is the file's path; Sum its SHA-256.
+func (f *File) Path() string { return f.path }
+
+// Sum is the file's SHA-256, recorded in the campaign state.
+func (f *File) Sum() string { return f.sum }
