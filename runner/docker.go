@@ -23,12 +23,13 @@ const ContainerResultsDir = "/lem/results"
 
 // DockerOptions configure the container.
 type DockerOptions struct {
-	Image   string
-	Env     []string
-	Volumes []string // SRC:DST[:ro]
-	Name    string
-	Keep    bool
-	Pull    bool
+	Image      string
+	Entrypoint []string // overrides the image's entrypoint
+	Env        []string
+	Volumes    []string // SRC:DST[:ro]
+	Name       string
+	Keep       bool
+	Pull       bool
 	// RequestGPUs asks the NVIDIA runtime for the selected GPUs (off when replaying on a host without GPUs).
 	RequestGPUs bool
 }
@@ -117,6 +118,9 @@ func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
 	}
 	if len(spec.Command) > 0 {
 		cfg.Cmd = spec.Command
+	}
+	if len(d.opts.Entrypoint) > 0 {
+		cfg.Entrypoint = d.opts.Entrypoint
 	}
 	host := &container.HostConfig{Binds: append(append([]string{}, d.opts.Volumes...), spec.ResultsDir+":"+ContainerResultsDir)}
 	if d.opts.RequestGPUs {

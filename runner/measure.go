@@ -22,7 +22,7 @@ import (
 func (r *run) preflightGPUs() {
 	for _, d := range r.src.Devices() {
 		in := d.Info()
-		if !r.selected(in.Index) {
+		if !r.selected(in.Index) || !r.workload(in.Index) {
 			continue
 		}
 		g := in.Index
@@ -284,11 +284,18 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 		} else {
 			mg.Energy.AdjustedJ = mg.Energy.HybridJ
 		}
-		m.Energy.CounterJ += mg.Energy.CounterJ
-		m.Energy.HybridJ += mg.Energy.HybridJ
-		m.Energy.SampledJ += mg.Energy.SampledJ
-		m.Energy.AdjustedJ += mg.Energy.AdjustedJ
-		m.Energy.AdjustedClamped = m.Energy.AdjustedClamped || mg.Energy.AdjustedClamped
+		total := &m.Energy
+		if mg.Role == manifest.RoleObserved {
+			if m.ObservedEnergy == nil {
+				m.ObservedEnergy = &manifest.Energy{}
+			}
+			total = m.ObservedEnergy
+		}
+		total.CounterJ += mg.Energy.CounterJ
+		total.HybridJ += mg.Energy.HybridJ
+		total.SampledJ += mg.Energy.SampledJ
+		total.AdjustedJ += mg.Energy.AdjustedJ
+		total.AdjustedClamped = total.AdjustedClamped || mg.Energy.AdjustedClamped
 		r.gpuWarnings(mg, s, t.Events, start, end)
 	}
 	r.phases(hybrids, run.Phases, baselines, end)

@@ -179,6 +179,9 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 	if len(p.opts.Command) > 0 {
 		cfg.Cmd = p.opts.Command
 	}
+	if len(d.opts.Entrypoint) > 0 {
+		cfg.Entrypoint = d.opts.Entrypoint
+	}
 	host := &container.HostConfig{Binds: append([]string{}, d.opts.Volumes...)}
 	if p.opts.ResultsHost != "" {
 		if err := os.MkdirAll(p.opts.ResultsHost, 0o755); err != nil {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -28,6 +29,9 @@ func (r *run) phases(hybrids map[int]*energy.Hybrid, ps []exporter.Phase, baseli
 		}
 		mp := manifest.Phase{Name: p.Name, Start: p.Start, End: pe, DurationS: pe.Sub(p.Start).Seconds()}
 		for _, d := range r.m.Environment.Devices {
+			if !r.workload(d.Index) {
+				continue // observed GPUs' energy is reported apart, not in the workload's phases
+			}
 			h := hybrids[d.Index]
 			if h == nil {
 				continue
@@ -126,7 +130,13 @@ func (m *mirror) loop() {
 		var body any
 		switch ev.Type {
 		case trace.EventRunStart:
-			path, body = "/api/v1/runs", map[string]string{"run_id": ev.RunID, "experiment": ev.Name}
+			labels := map[string]string{}
+			for k, v := range ev.Attrs {
+				if name, ok := strings.CutPrefix(k, "label_"); ok {
+					labels[name] = v
+				}
+			}
+			path, body = "/api/v1/runs", map[string]any{"run_id": ev.RunID, "experiment": ev.Name, "labels": labels}
 		case trace.EventPhase:
 			path, body = "/api/v1/runs/"+ev.RunID+"/phase", map[string]string{"name": ev.Name}
 		case trace.EventResult:

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,8 +51,11 @@ type Options struct {
 	Position        int                 // place in the campaign's run order
 	Variables       map[string]string   // the campaign grid's values for this run
 	Inference       *manifest.Inference // the inference backend's effective parameters
-	Stdout, Stderr  io.Writer           // workload output passthrough (default os.Stdout/os.Stderr)
-	Progress        io.Writer           // countdowns and progress (default os.Stderr)
+	// WorkloadGPUs are the indices of the GPUs the workload gets; the other sampled GPUs are observed only
+	// (their energy reported apart). Empty: every sampled GPU.
+	WorkloadGPUs   []int
+	Stdout, Stderr io.Writer // workload output passthrough (default os.Stdout/os.Stderr)
+	Progress       io.Writer // countdowns and progress (default os.Stderr)
 }
 
 // markerHoster is implemented by backends whose workloads reach the marker server on a particular address.
@@ -157,6 +161,11 @@ type run struct {
 	allMarkers, lineMarkers int
 }
 
+// workload says whether GPU index is given to the workload (not merely observed).
+func (r *run) workload(index int) bool {
+	return len(r.opts.WorkloadGPUs) == 0 || slices.Contains(r.opts.WorkloadGPUs, index)
+}
+
 func (r *run) warn(code string, g *int, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	r.m.Warnings = append(r.m.Warnings, manifest.Warning{Code: code, GPU: g, Message: msg})
@@ -236,6 +245,9 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	uuids := make([]string, 0, len(r.m.Environment.Devices))
 	idx := make([]int, 0, len(r.m.Environment.Devices))
 	for _, d := range r.m.Environment.Devices {
+		if !r.workload(d.Index) {
+			continue
+		}
 		uuids = append(uuids, d.UUID)
 		idx = append(idx, d.Index)
 	}
@@ -248,7 +260,12 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	// Bracket: counter reads on every GPU immediately before the start.
 	startReads := r.readAll()
 	start := latest(startReads, r.clock.Now())
-	if _, err := r.runs.StartAt(r.opts.RunID, r.opts.Experiment, nil, start); err != nil {
+	// The run marker names the workload's GPUs: a trace or exporter recording then tells them from observed ones.
+	gpuList := make([]string, len(idx))
+	for i, g := range idx {
+		gpuList[i] = strconv.Itoa(g)
+	}
+	if _, err := r.runs.StartAt(r.opts.RunID, r.opts.Experiment, map[string]string{trace.LabelWorkloadGPUs: strings.Join(gpuList, ",")}, start); err != nil {
 		r.log.Error("marker store", "err", err)
 	}
 	// The exporter's Experiment dashboard draws the idle baseline from these results.
@@ -410,7 +427,11 @@ func (r *run) gpu(index int) *manifest.GPU {
 		}
 	}
 	d, _ := r.m.Environment.Device(index)
-	r.m.GPUs = append(r.m.GPUs, manifest.GPU{Index: index, UUID: d.UUID, Name: d.Name})
+	role := manifest.RoleWorkload
+	if !r.workload(index) {
+		role = manifest.RoleObserved
+	}
+	r.m.GPUs = append(r.m.GPUs, manifest.GPU{Index: index, Role: role, UUID: d.UUID, Name: d.Name})
 	return &r.m.GPUs[len(r.m.GPUs)-1]
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lem-energy/lem/analyze/energy"
+	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
@@ -264,4 +265,70 @@ func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, res.Manifest.Cooldown.Reached)
 	assert.Less(t, res.Manifest.Cooldown.WaitedS, 2.0)
+}
+
+// TestObservedGPUs: the workload gets GPU 1 of two; GPU 0 is sampled and bracketed too, its energy reported
+// apart and never in the run's totals or phases.
+func TestObservedGPUs(t *testing.T) {
+	wl := build(t, false)
+	src, err := trace.ReadFile(testutil.TracePath("h200-llm"))
+	require.NoError(t, err)
+	two := filepath.Join(t.TempDir(), "two.parquet")
+	w, err := trace.Create(two, src.Env)
+	require.NoError(t, err)
+	_, err = trace.WriteTiled(w, src, 1, 2) // the same real recording on two GPUs
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	r, err := gpu.OpenReplay(two, gpu.ReplayOptions{Loop: true})
+	require.NoError(t, err)
+	defer r.Close()
+	require.Len(t, r.Devices(), 2)
+
+	opts := baseOpts(t, wl, "-phases", "prefill:1s,decode:2s", "-tokens", "100")
+	opts.WorkloadGPUs = []int{1}
+	res, err := runner.Run(context.Background(), opts, r, r.Devices(), &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	require.Len(t, m.GPUs, 2)
+	roles := map[int]string{}
+	var work, obs manifest.GPU
+	for _, g := range m.GPUs {
+		roles[g.Index] = g.Role
+		if g.Role == manifest.RoleWorkload {
+			work = g
+		} else {
+			obs = g
+		}
+	}
+	assert.Equal(t, map[int]string{0: manifest.RoleObserved, 1: manifest.RoleWorkload}, roles)
+	assert.Equal(t, work.Energy.HybridJ, m.Energy.HybridJ, "totals hold the workload GPU only")
+	require.NotNil(t, m.ObservedEnergy)
+	assert.Equal(t, obs.Energy.HybridJ, m.ObservedEnergy.HybridJ)
+	assert.Greater(t, obs.Energy.HybridJ, 0.0)
+	assert.InEpsilon(t, m.Energy.HybridJ, m.ObservedEnergy.HybridJ, 0.02, "both GPUs replay the same recording")
+	for _, p := range m.Phases {
+		require.Len(t, p.GPUs, 1)
+		assert.Equal(t, 1, p.GPUs[0].Index)
+	}
+	assert.InDelta(t, m.Energy.HybridJ/100, m.Derived.JPerOutputToken, 1e-9)
+	logs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
+	assert.Contains(t, string(logs), "gpus: 1 ", "only the workload GPU is visible to the workload")
+	var sum bytes.Buffer
+	require.NoError(t, runner.WriteSummary(&sum, res.Dir, m))
+	assert.Contains(t, sum.String(), "0 (observed)")
+
+	// The run's own trace says which GPUs were the workload's: the analyzer reports the same split from it.
+	runs, err := report.FromTrace(filepath.Join(res.Dir, manifest.TraceFile))
+	require.NoError(t, err)
+	var found bool
+	for _, r := range runs {
+		if r.Manifest.RunID != m.RunID {
+			continue
+		}
+		found = true
+		assert.InEpsilon(t, m.Energy.HybridJ, r.Manifest.Energy.HybridJ, 0.01)
+		require.NotNil(t, r.Manifest.ObservedEnergy)
+		assert.InEpsilon(t, m.ObservedEnergy.HybridJ, r.Manifest.ObservedEnergy.HybridJ, 0.01)
+	}
+	assert.True(t, found, "run %s in its trace", m.RunID)
 }

@@ -22,11 +22,18 @@ func WriteSummary(w io.Writer, dir string, m *manifest.Manifest) error {
 		if g.Baseline != nil {
 			idle = fmt.Sprintf("%.1f", g.Baseline.MedianW)
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t\n", g.Index, idle, g.Energy.CounterJ, g.Energy.HybridJ,
+		label := fmt.Sprint(g.Index)
+		if g.Role == manifest.RoleObserved {
+			label += " (observed)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t\n", label, idle, g.Energy.CounterJ, g.Energy.HybridJ,
 			g.Energy.AdjustedJ, g.MeanPowerW, g.PeakPowerW, g.Capture.Samples)
 	}
 	if len(m.GPUs) > 1 {
-		fmt.Fprintf(tw, "all\t\t%.1f\t%.1f\t%.1f\t\t\t\t\n", m.Energy.CounterJ, m.Energy.HybridJ, m.Energy.AdjustedJ)
+		fmt.Fprintf(tw, "workload\t\t%.1f\t%.1f\t%.1f\t\t\t\t\n", m.Energy.CounterJ, m.Energy.HybridJ, m.Energy.AdjustedJ)
+	}
+	if o := m.ObservedEnergy; o != nil {
+		fmt.Fprintf(tw, "observed\t\t%.1f\t%.1f\t%.1f\t\t\t\t\n", o.CounterJ, o.HybridJ, o.AdjustedJ)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -1,25 +1,73 @@
 #!/usr/bin/env bash
-# make demo: on a GPU host, record the GPUs around a known-shape load; elsewhere, replay the recorded real H200
-# trace through the same sampler and recorder. Either way, print capture quality and per-phase energy.
+# make demo: exporter + runner + analyzer end to end, ending with the report.
+#   GPU host: lem-exporter samples every GPU (Prometheus metrics on 127.0.0.1:$DEMO_PORT, full-rate recording);
+#   lem-run measures the HF generate example on GPU 0 (an idle baseline first; other GPUs observed and reported
+#   apart) and posts its markers to the exporter; lem-analyze reports the run directory, then the same run from
+#   the exporter's own recording.
+#   Elsewhere: the same chain over a recorded real H200 LLM trace, replayed in step by exporter and runner.
+# Binaries may be built elsewhere and copied to bin/ (make build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
 out=${DEMO_OUT:-/tmp/lem-demo}
+port=${DEMO_PORT:-19400}
+rm -rf "$out"
 mkdir -p "$out"
-wl=""
-for d in ../shared/workloads gpu-inputs/workloads; do [ -f "$d/gpuload.py" ] && wl=$d && break; done
-if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 && [ -n "$wl" ]; then
-  echo "lem demo: NVIDIA GPU found — recording a known-shape load (idle/heavy/idle/medium/idle)"
-  bin/lem-run record -o "$out/demo.parquet" -- python3 "$wl/gpuload.py" 4
-  echo; echo "lem demo: one experiment — HF generate at batch 8 with a 15 s idle baseline"
-  bin/lem-run --experiment demo-hf-bs8 --gpus 0 --baseline 15s --out "$out/runs" \
-    -- python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 | grep -v '^LEM_'
+t0=$(date +%s.%N)
+if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+  mode=gpu
+  src=() run_src=()
+  wl=(python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 2)
+  extra=(--observe all) baseline=15s
+  echo "lem demo: $(nvidia-smi -L | wc -l) NVIDIA GPU(s) — real measurement of the HF generate example (batch 8) on GPU 0"
 else
-  echo "lem demo: no NVIDIA GPU here — replaying a real H200 recording (testdata/traces/h200-shape.parquet) at 2x"
-  bin/lem-run record --replay testdata/traces/h200-shape.parquet --speed 2 -o "$out/demo.parquet"
-  echo; echo "lem demo: one experiment against a replayed H200 running real LLM inference (batch 1), after a 5 s idle baseline"
-  bin/lem-run --replay testdata/traces/h200-llm.parquet --replay-from 26.5s --experiment demo --baseline 5s --out "$out/runs" \
-    -- sh -c 'echo LEM_PHASE prefill; sleep 2; echo LEM_PHASE decode; sleep 4; echo LEM_RESULT output_tokens=512'
+  mode=replay
+  rec=testdata/traces/h200-llm.parquet
+  # From 26 s in: the baseline falls in the recording's idle stretch, the run in its batch-1 inference.
+  src=(--replay "$rec" --loop --replay-from 26s)
+  wl=(sh -c 'echo LEM_PHASE prefill; sleep 2; echo LEM_PHASE decode; sleep 5; echo LEM_RESULT output_tokens=4096 requests=8')
+  extra=() baseline=5s
+  echo "lem demo: no NVIDIA GPU — replaying a real H200 recording of LLM inference ($rec) through exporter and runner"
+fi
+export PYTHONUNBUFFERED=1
+"$BIN/lem-exporter" "${src[@]}" --web.listen-address "127.0.0.1:$port" --record.dir "$out/exporter" \
+  --record.flush-interval 2s >"$out/exporter.log" 2>&1 &
+exporter=$!
+trap 'kill $exporter 2>/dev/null || true' EXIT
+python3 - "$port" <<'PY'
+import sys, time, urllib.request
+for _ in range(100):
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status == 200:
+            sys.exit(0)
+    except Exception:
+        time.sleep(0.2)
+sys.exit("lem demo: lem-exporter did not become ready (see exporter.log)")
+PY
+echo "lem demo: lem-exporter ready on http://127.0.0.1:$port/metrics"
+if [ "$mode" = replay ]; then
+  # Start the runner's replay where the exporter's is now: both then see the same recorded instants.
+  run_src=(--replay "$rec" --loop --replay-from "$(python3 -c "import sys,time; print('%.3fs' % (26+time.time()-float(sys.argv[1])))" "$t0")")
 fi
 echo
-echo "lem demo: the trace is $out/demo.parquet (analyse it again with: bin/lem-analyze phases $out/demo.parquet);"
-echo "the experiment's run directory (manifest.json, trace.parquet, logs) is under $out/runs"
+"$BIN/lem-run" "${run_src[@]}" --experiment demo --gpus 0 "${extra[@]}" --baseline "$baseline" --out "$out/runs" \
+  --exporter "http://127.0.0.1:$port" -- "${wl[@]}" | grep -v '^LEM_'
+echo
+python3 - "$port" <<'PY'
+import sys, urllib.request
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()
+lines = [l for l in body.splitlines() if l.startswith(("lem_run_result", "lem_run_active", "lem_energy_joules_total"))]
+print("lem demo: the exporter's view of the run (Prometheus metrics):")
+print("\n".join("  " + l for l in lines[:12]))
+PY
+kill -TERM $exporter
+wait $exporter 2>/dev/null || true
+trap - EXIT
+echo
+echo "================ lem-analyze report $out/runs ================"
+"$BIN/lem-analyze" report "$out/runs"
+echo
+echo "================ the same run from the exporter's recording ================"
+"$BIN/lem-analyze" report -f csv "$out"/exporter/*.parquet | grep -E '^run_id|demo' || true
+echo
+echo "lem demo: run directory under $out/runs (manifest.json, trace.parquet, logs); exporter recording in $out/exporter"

@@ -72,12 +72,18 @@ func Counter(cs []trace.CounterReading, t0, t1 time.Time) (CounterResult, error)
 	if !t1.After(t0) {
 		return CounterResult{}, fmt.Errorf("empty window %s .. %s", t0.Format(time.RFC3339Nano), t1.Format(time.RFC3339Nano))
 	}
-	pts, _ := normalize(cs)
-	a, ok0 := valueAt(pts, t0)
-	b, ok1 := valueAt(pts, t1)
-	if !ok0 || !ok1 {
+	// Only the reads from the last at or before t0 to the first at or after t1 matter (a reset offset before
+	// them cancels in the difference): long traces cost O(log n) per window.
+	lo := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(t0) }) - 1
+	hi := sort.Search(len(cs), func(i int) bool { return !cs[i].Time.Before(t1) })
+	if lo < 0 || hi >= len(cs) {
+		pts, _ := normalize(cs)
 		return CounterResult{}, fmt.Errorf("counter readings %s: %w", coverage(pts), ErrNoCoverage)
 	}
+	cs = cs[lo : hi+1]
+	pts, _ := normalize(cs)
+	a, _ := valueAt(pts, t0)
+	b, _ := valueAt(pts, t1)
 	r := CounterResult{Joules: math.Max(b-a, 0)}
 	for i := 1; i < len(cs); i++ {
 		if cs[i].Time.Before(t0) || cs[i].Time.After(t1) {
@@ -163,36 +169,78 @@ func trapezoid(t0 time.Time, p0 float64, t1 time.Time, p1 float64) float64 {
 	return (p0 + p1) / 2 * t1.Sub(t0).Seconds()
 }
 
-// Integral is the running integral of the samples, for O(log n) energy over any window.
+// Integral is the running integral of the samples, for O(log n) energy over any window (O(1) amortised for
+// ascending queries through a Cursor).
 type Integral struct {
-	ss  []trace.PowerSample
-	cum []float64 // joules from ss[0] to ss[i]
+	ns  []int64   // sample times, Unix ns
+	pw  []float64 // sample power, W
+	cum []float64 // joules from the first sample to sample i
 }
 
 // NewIntegral precomputes the running integral of ss (in time order).
 func NewIntegral(ss []trace.PowerSample) *Integral {
-	cum := make([]float64, len(ss))
-	for i := 1; i < len(ss); i++ {
-		cum[i] = cum[i-1] + trapezoid(ss[i-1].Time, ss[i-1].PowerW, ss[i].Time, ss[i].PowerW)
+	in := &Integral{ns: make([]int64, len(ss)), pw: make([]float64, len(ss)), cum: make([]float64, len(ss))}
+	for i, x := range ss {
+		in.ns[i], in.pw[i] = x.Time.UnixNano(), x.PowerW
+		if i > 0 {
+			in.cum[i] = in.cum[i-1] + (in.pw[i-1]+in.pw[i])/2*float64(in.ns[i]-in.ns[i-1])/1e9
+		}
 	}
-	return &Integral{ss: ss, cum: cum}
+	return in
 }
 
 // Covers reports whether t lies within the samples.
 func (in *Integral) Covers(t time.Time) bool {
-	n := len(in.ss)
-	return n >= 2 && !t.Before(in.ss[0].Time) && !t.After(in.ss[n-1].Time)
+	n := len(in.ns)
+	ns := t.UnixNano()
+	return n >= 2 && ns >= in.ns[0] && ns <= in.ns[n-1]
+}
+
+// at is the integral up to ns given k, the last sample at or before ns.
+func (in *Integral) at(ns int64, k int) float64 {
+	n := len(in.ns)
+	if n < 2 || ns <= in.ns[0] {
+		return 0
+	}
+	if ns >= in.ns[n-1] {
+		return in.cum[n-1]
+	}
+	t0, t1 := in.ns[k], in.ns[k+1]
+	p0 := in.pw[k]
+	p := p0 + float64(ns-t0)/float64(t1-t0)*(in.pw[k+1]-p0)
+	return in.cum[k] + (p0+p)/2*float64(ns-t0)/1e9
 }
 
 // At returns the integral from the first sample to t (t clamped to the samples' span).
 func (in *Integral) At(t time.Time) float64 {
-	n := len(in.ss)
-	if n < 2 || !t.After(in.ss[0].Time) {
-		return 0
+	ns := t.UnixNano()
+	k := sort.Search(len(in.ns), func(i int) bool { return in.ns[i] > ns }) - 1
+	return in.at(ns, max(k, 0))
+}
+
+// Cursor answers At for ascending times in amortised constant time.
+type Cursor struct {
+	in *Integral
+	k  int
+}
+
+// Cursor starts a cursor at the first sample.
+func (in *Integral) Cursor() *Cursor { return &Cursor{in: in} }
+
+// At is Integral.At for a time not before the previous call's.
+func (c *Cursor) At(t time.Time) float64 { return c.atNS(t.UnixNano()) }
+
+func (c *Cursor) atNS(ns int64) float64 {
+	xs := c.in.ns
+	// Gallop forward from the last position, then binary-search the bracket: sparse queries over long series
+	// cost O(log gap), dense ones O(1).
+	lo, step := c.k, 1
+	for lo+step < len(xs) && xs[lo+step] <= ns {
+		lo += step
+		step *= 2
 	}
-	if !t.Before(in.ss[n-1].Time) {
-		return in.cum[n-1]
-	}
-	i := sort.Search(n, func(i int) bool { return in.ss[i].Time.After(t) }) - 1
-	return in.cum[i] + trapezoid(in.ss[i].Time, in.ss[i].PowerW, t, powerAt(in.ss, t))
+	hi := min(lo+step, len(xs))
+	c.k = lo + sort.Search(hi-lo, func(i int) bool { return xs[lo+i] > ns }) - 1
+	c.k = max(c.k, 0)
+	return c.in.at(ns, c.k)
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lem-energy/lem/analyze/stats"
+	"github.com/lem-energy/lem/internal/manifest"
 )
 
 func num(v float64, prec int) string {
@@ -48,6 +49,9 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 		}
 		var mean, peak float64
 		for _, g := range m.GPUs {
+			if g.Role == manifest.RoleObserved {
+				continue
+			}
 			mean += g.MeanPowerW
 			peak = math.Max(peak, g.PeakPowerW)
 		}
@@ -160,8 +164,8 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 // CSV writes one row per run and GPU, for spreadsheets and dataframes.
 func CSV(w io.Writer, runs []Run) error {
 	cw := csv.NewWriter(w)
-	cw.Write([]string{"run_id", "experiment", "campaign", "cycle", "status", "start", "duration_s", "gpu", "uuid",
-		"baseline_w", "counter_j", "hybrid_j", "adjusted_j", "mean_power_w", "peak_power_w", "output_tokens",
+	cw.Write([]string{"run_id", "experiment", "campaign", "cycle", "status", "start", "duration_s", "gpu", "role", "uuid",
+		"baseline_w", "counter_j", "sampled_j", "hybrid_j", "adjusted_j", "mean_power_w", "peak_power_w", "output_tokens",
 		"j_per_output_token", "j_per_output_token_adjusted", "warnings"})
 	sort.SliceStable(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
 	for _, r := range runs {
@@ -181,7 +185,7 @@ func CSV(w io.Writer, runs []Run) error {
 			}
 			cw.Write([]string{m.RunID, m.Experiment, m.Campaign, strconv.Itoa(m.Cycle), m.Status,
 				m.Times.Start.Format("2006-01-02T15:04:05.000000000Z07:00"), num(m.Times.DurationS, 3), strconv.Itoa(g.Index),
-				g.UUID, num(base, 3), num(g.Energy.CounterJ, 3), num(g.Energy.HybridJ, 3), num(g.Energy.AdjustedJ, 3),
+				g.Role, g.UUID, num(base, 3), num(g.Energy.CounterJ, 3), num(g.Energy.SampledJ, 3), num(g.Energy.HybridJ, 3), num(g.Energy.AdjustedJ, 3),
 				num(g.MeanPowerW, 3), num(g.PeakPowerW, 3), num(tok, 0), num(jt, 6), num(jta, 6), strings.Join(codes, ";")})
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/energy"
@@ -72,6 +73,9 @@ func budget(m *manifest.Manifest) Uncertainty {
 	u := Uncertainty{SensorGainJ: SensorGain * m.Energy.HybridJ}
 	period := energy.DefaultSamplePeriod.Seconds()
 	for _, g := range m.GPUs {
+		if g.Role == manifest.RoleObserved {
+			continue // not in the result
+		}
 		u.BoundaryJ += 2 * period * g.MeanPowerW
 		if g.Baseline != nil {
 			u.BaselineJ += g.Baseline.IQRW * m.Times.DurationS
@@ -108,7 +112,12 @@ type Problem struct {
 
 // Load reads run directories: each path is a run directory (holding manifest.json) or a directory searched for
 // them. Unreadable manifests and duplicate run ids become problems naming the file.
-func Load(paths []string) ([]Run, []Problem) {
+func Load(paths []string) ([]Run, []Problem) { return load(paths, true) }
+
+// LoadManifests is Load without reading the traces (no steady state, no plots): for audits and listings.
+func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false) }
+
+func load(paths []string, traces bool) ([]Run, []Problem) {
 	var runs []Run
 	var probs []Problem
 	seen := map[string]string{}
@@ -124,6 +133,10 @@ func Load(paths []string) ([]Run, []Problem) {
 		}
 		seen[m.RunID] = path
 		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
+		if !traces {
+			runs = append(runs, r)
+			return
+		}
 		if err := fromTrace(&r); err != nil {
 			probs = append(probs, Problem{Path: filepath.Join(r.Dir, manifest.TraceFile),
 				Err: "trace unreadable, steady state and plot left out: " + err.Error()})
@@ -137,10 +150,24 @@ func Load(paths []string) ([]Run, []Problem) {
 			continue
 		}
 		if !st.IsDir() {
-			if filepath.Base(p) == manifest.FileName {
+			switch {
+			case filepath.Base(p) == manifest.FileName:
 				add(p)
-			} else {
-				probs = append(probs, Problem{Path: p, Err: "not a run directory or manifest.json (for a trace, use lem-analyze phases)"})
+			case strings.HasSuffix(p, ".parquet"):
+				trs, err := FromTrace(p)
+				if err != nil {
+					probs = append(probs, Problem{Path: p, Err: err.Error()})
+				}
+				for _, r := range trs {
+					if first, dup := seen[r.Manifest.RunID]; dup {
+						probs = append(probs, Problem{Path: p, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", r.Manifest.RunID, first)})
+						continue
+					}
+					seen[r.Manifest.RunID] = p
+					runs = append(runs, r)
+				}
+			default:
+				probs = append(probs, Problem{Path: p, Err: "not a run directory, manifest.json or lem trace (.parquet)"})
 			}
 			continue
 		}

@@ -112,7 +112,8 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	rows, err := csv.NewReader(&cs).ReadAll()
 	require.NoError(t, err)
 	assert.Len(t, rows, 1+4, "header and one row per run and GPU")
-	assert.Equal(t, "j_per_output_token", rows[0][16])
+	assert.Equal(t, "sampled_j", rows[0][12])
+	assert.Equal(t, "j_per_output_token", rows[0][18])
 
 	var js bytes.Buffer
 	require.NoError(t, report.JSON(&js, loaded, exps, probs))

@@ -15,7 +15,9 @@ type app struct {
 	Pull        pullCmd        `cmd:"" help:"Pull runs' (or an instance's) power and energy series from Prometheus into lem traces, losslessly."`
 	Report      reportCmd      `cmd:"" help:"Per-run and per-experiment energy tables from lem-run's run directories."`
 	Validate    validateCmd    `cmd:"" help:"Check runs against the quality rules; exits non-zero when any fails."`
+	Audit       auditCmd       `cmd:"" help:"Backend-parameter coverage: every parameter's effective value, explicit vs defaulted, energy-relevant ones highlighted."`
 	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`
+	Synth       synthCmd       `cmd:"" hidden:"" help:"Tile a real recording into a large trace (benchmarks)."`
 	Version     cli.VersionCmd `cmd:"" help:"Print the version."`
 }
 

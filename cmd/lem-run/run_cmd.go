@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -38,6 +39,7 @@ type runCmd struct {
 	StopGrace       time.Duration `name:"stop-grace" default:"10s" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
 	Exporter        string        `help:"Also post run and phase markers to this lem-exporter URL."`
 	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
+	Observe         []string      `sep:"," help:"Also sample these GPUs (indices, UUIDs or all) without giving them to the workload; their energy is reported apart, never in the run's totals."`
 	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
 	Command         []string      `arg:"" optional:"" passthrough:"" help:"The workload command (after --)."`
 }
@@ -64,6 +66,21 @@ func (c *runCmd) Run(log *slog.Logger) error {
 		return err
 	}
 	defer src.Close()
+	var workloadGPUs []int
+	if len(c.Observe) > 0 {
+		obs, err := gpu.Select(src.Devices(), c.Observe)
+		if err != nil {
+			return fmt.Errorf("--observe: %w", err)
+		}
+		for _, d := range devs {
+			workloadGPUs = append(workloadGPUs, d.Info().Index)
+		}
+		for _, d := range obs {
+			if !slices.Contains(workloadGPUs, d.Info().Index) {
+				devs = append(devs, d)
+			}
+		}
+	}
 
 	var be runner.Backend
 	if c.Image != "" {
@@ -94,7 +111,7 @@ func (c *runCmd) Run(log *slog.Logger) error {
 	opts := runner.Options{Experiment: c.Experiment, RunID: c.RunID, OutDir: c.Out, Command: c.Command,
 		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, Cooldown: c.Cooldown,
 		CooldownTimeout: c.CooldownTimeout, Timeout: c.Timeout, StopGrace: c.StopGrace, Sampler: c.SamplerFlags.Config(),
-		ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token, Stdout: summary}
+		ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token, Stdout: summary, WorkloadGPUs: workloadGPUs}
 	if c.Image == "" {
 		opts.Env = c.Env // containers get --env through the backend
 	}

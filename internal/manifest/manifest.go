@@ -51,13 +51,16 @@ type Manifest struct {
 	Cooldown      *Cooldown         `json:"cooldown,omitempty"`
 	GPUs          []GPU             `json:"gpus"`
 	Energy        Energy            `json:"energy"`
-	Phases        []Phase           `json:"phases,omitempty"`
-	Results       map[string]string `json:"results,omitempty"`
-	Derived       *Derived          `json:"derived,omitempty"`
-	Markers       Markers           `json:"markers"`
-	Warnings      []Warning         `json:"warnings"`
-	Files         Files             `json:"files"`
-	LemVersion    string            `json:"lem_version"`
+	// ObservedEnergy is the energy of GPUs sampled alongside but not given to the workload (--observe): reported
+	// apart, never added to Energy.
+	ObservedEnergy *Energy           `json:"observed_energy,omitempty"`
+	Phases         []Phase           `json:"phases,omitempty"`
+	Results        map[string]string `json:"results,omitempty"`
+	Derived        *Derived          `json:"derived,omitempty"`
+	Markers        Markers           `json:"markers"`
+	Warnings       []Warning         `json:"warnings"`
+	Files          Files             `json:"files"`
+	LemVersion     string            `json:"lem_version"`
 }
 
 // Inference records the inference engine's parameters for the run: versions, the parameters the experiment set,
@@ -117,6 +120,12 @@ type Cooldown struct {
 	Message string  `json:"message,omitempty"`
 }
 
+// GPU roles.
+const (
+	RoleWorkload = "workload"
+	RoleObserved = "observed"
+)
+
 // Baseline is one GPU's idle power.
 type Baseline struct {
 	Start      time.Time `json:"start"`
@@ -141,6 +150,7 @@ type CounterRead struct {
 // GPU is one GPU's result.
 type GPU struct {
 	Index        int                `json:"index"`
+	Role         string             `json:"role"` // workload, or observed (idle neighbour, not in the totals)
 	UUID         string             `json:"uuid"`
 	Name         string             `json:"name"`
 	Baseline     *Baseline          `json:"baseline,omitempty"`

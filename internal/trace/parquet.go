@@ -382,68 +382,8 @@ func Read(r io.ReaderAt, size int64) (*Trace, error) {
 			t.Extra[kv.Key] = kv.Value
 		}
 	}
-	pr := parquet.NewGenericReader[row](pf)
-	defer pr.Close()
-	buf := make([]row, 4096)
-	for {
-		n, err := pr.Read(buf)
-		for _, rw := range buf[:n] {
-			if err := t.add(rw); err != nil {
-				return nil, err
-			}
-		}
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("reading rows: %w", err)
-		}
-	}
-	for _, s := range t.GPUs {
-		s.Sort()
+	if err := readRows(pf, t); err != nil { // sorts each GPU's series
+		return nil, err
 	}
 	return t, nil
-}
-
-func (t *Trace) add(r row) error {
-	g := int(r.GPU)
-	switch r.Kind {
-	case KindSample:
-		if r.PowerW == nil {
-			return fmt.Errorf("sample row at %s without power_w", r.Time)
-		}
-		s := t.Series(g)
-		s.Samples = append(s.Samples, PowerSample{Time: r.Time, PowerW: *r.PowerW})
-	case KindCounter:
-		if r.EnergyMJ == nil || *r.EnergyMJ < 0 {
-			return fmt.Errorf("counter row at %s without a valid energy_mj", r.Time)
-		}
-		c := CounterReading{Time: r.Time, EnergyMJ: uint64(*r.EnergyMJ)}
-		if r.ReadNS != nil {
-			c.ReadDuration = time.Duration(*r.ReadNS)
-		}
-		s := t.Series(g)
-		s.Counters = append(s.Counters, c)
-	case KindTelemetry:
-		tm := Telemetry{Time: r.Time, InstantPowerW: val(r.InstantPowerW), AveragePowerW: val(r.AveragePowerW),
-			TemperatureC: val(r.TemperatureC), SMClockHz: val(r.SMClockHz), MemClockHz: val(r.MemClockHz),
-			UtilGPU: val(r.UtilGPU), UtilMem: val(r.UtilMem), MemUsedBytes: val(r.MemUsedBytes),
-			PowerLimitW: val(r.PowerLimitW)}
-		if r.ClockReasons != nil {
-			tm.ClockReasons, tm.ClockReasonsValid = uint64(*r.ClockReasons), true
-		}
-		s := t.Series(g)
-		s.Telemetry = append(s.Telemetry, tm)
-	case KindEvent:
-		e := Event{Time: r.Time, GPU: g, Type: str(r.Event), RunID: str(r.RunID), Name: str(r.Name)}
-		if r.Attrs != nil {
-			if err := json.Unmarshal([]byte(*r.Attrs), &e.Attrs); err != nil {
-				return fmt.Errorf("event %q at %s: bad attrs: %w", e.Name, r.Time, err)
-			}
-		}
-		t.Events = append(t.Events, e)
-	default:
-		return fmt.Errorf("unknown row kind %q at %s", r.Kind, r.Time)
-	}
-	return nil
 }

@@ -67,6 +67,14 @@ const (
 	EventDeviceError  = "device_error"
 )
 
+// LabelWorkloadGPUs is the run label listing the GPU indices given to the workload (comma-separated); other GPUs
+// in the recording were only observed. Run labels appear on run_start events as attributes "label_<name>":
+// AttrWorkloadGPUs.
+const (
+	LabelWorkloadGPUs = "workload_gpus"
+	AttrWorkloadGPUs  = "label_" + LabelWorkloadGPUs
+)
+
 // NoGPU marks an event that belongs to no single GPU.
 const NoGPU = -1
 
@@ -89,9 +97,16 @@ type Series struct {
 
 // Sort puts every slice in time order (stable, so equal stamps keep their recorded order).
 func (s *Series) Sort() {
-	sort.SliceStable(s.Samples, func(i, j int) bool { return s.Samples[i].Time.Before(s.Samples[j].Time) })
-	sort.SliceStable(s.Counters, func(i, j int) bool { return s.Counters[i].Time.Before(s.Counters[j].Time) })
-	sort.SliceStable(s.Telemetry, func(i, j int) bool { return s.Telemetry[i].Time.Before(s.Telemetry[j].Time) })
+	// Recorded data is almost always in order already: check before sorting.
+	if !slices.IsSortedFunc(s.Samples, func(a, b PowerSample) int { return a.Time.Compare(b.Time) }) {
+		sort.SliceStable(s.Samples, func(i, j int) bool { return s.Samples[i].Time.Before(s.Samples[j].Time) })
+	}
+	if !slices.IsSortedFunc(s.Counters, func(a, b CounterReading) int { return a.Time.Compare(b.Time) }) {
+		sort.SliceStable(s.Counters, func(i, j int) bool { return s.Counters[i].Time.Before(s.Counters[j].Time) })
+	}
+	if !slices.IsSortedFunc(s.Telemetry, func(a, b Telemetry) int { return a.Time.Compare(b.Time) }) {
+		sort.SliceStable(s.Telemetry, func(i, j int) bool { return s.Telemetry[i].Time.Before(s.Telemetry[j].Time) })
+	}
 }
 
 // Trace is a whole recording: the environment, each GPU's series, and the events.
@@ -206,4 +221,22 @@ func Phases(events []Event, end time.Time) []Phase {
 		closeRun(run, end)
 	}
 	return out
+}
+
+// Window is the part of s in [t0, t1]: views of s's slices (found by binary search), not copies.
+func (s *Series) Window(t0, t1 time.Time) *Series {
+	return &Series{
+		Samples:   window(s.Samples, t0, t1, func(x PowerSample) time.Time { return x.Time }),
+		Counters:  window(s.Counters, t0, t1, func(x CounterReading) time.Time { return x.Time }),
+		Telemetry: window(s.Telemetry, t0, t1, func(x Telemetry) time.Time { return x.Time }),
+	}
+}
+
+func window[T any](xs []T, t0, t1 time.Time, at func(T) time.Time) []T {
+	lo := sort.Search(len(xs), func(i int) bool { return !at(xs[i]).Before(t0) })
+	hi := sort.Search(len(xs), func(i int) bool { return at(xs[i]).After(t1) })
+	if hi < lo {
+		hi = lo
+	}
+	return xs[lo:hi:hi]
 }

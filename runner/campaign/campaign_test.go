@@ -288,3 +288,38 @@ experiments:
 	b, _ := json.Marshal(st)
 	assert.Contains(t, string(b), `"backend_startups"`)
 }
+
+func TestExampleCampaignsPlan(t *testing.T) {
+	for file, runs := range map[string]int{"examples/hf/campaign.yaml": 9, "examples/vllm/campaign.yaml": 30} {
+		f, err := campaign.Load(filepath.Join(testutil.Root(), file))
+		require.NoError(t, err, file)
+		plan, _, err := f.Plan()
+		require.NoError(t, err, file)
+		assert.Len(t, plan, runs, file)
+	}
+	f, err := campaign.Load(filepath.Join(testutil.Root(), "examples/vllm/campaign.yaml"))
+	require.NoError(t, err)
+	_, cfgs, _ := f.Plan()
+	assert.Equal(t, map[string]any{"max_num_seqs": 8, "max_tokens": 128, "dtype": "bfloat16", "enforce_eager": false,
+		"gpu_memory_utilization": 0.9}, cfgs[0].Params, "a value that is one placeholder keeps the grid value's type")
+	assert.Equal(t, filepath.Join(testutil.Root(), "examples")+":/examples:ro", f.Experiments[0].Volumes[0])
+}
+
+func TestUnknownBackendParamNamesLineAndSuggestion(t *testing.T) {
+	cat := filepath.Join(testutil.Root(), "runner", "introspect", "testdata", "transformers-5.17.json")
+	path := write(t, `name: typo
+experiments:
+  - name: hf
+    command: [python3, generate.py]
+    backend: transformers
+    catalogue: `+cat+`
+    backend_params:
+      max_new_token: 128
+      do_sample: false
+`)
+	f, err := campaign.Load(path)
+	require.NoError(t, err)
+	_, err = campaign.Prepare(context.Background(), f, t.TempDir(), slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
+	require.Error(t, err)
+	assert.Equal(t, path+`:8: experiments.0.backend_params.max_new_token: unknown transformers parameter "max_new_token" (did you mean "max_new_tokens"?)`, err.Error())
+}

@@ -121,8 +121,9 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 	bc := ex.containers[name]
 	if bc == nil {
 		spec := ex.p.File.Backends[name]
-		d, err := runner.NewDocker(runner.DockerOptions{Image: spec.Image, Env: envList(spec.Env),
-			Name: fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs})
+		d, err := runner.NewDocker(runner.DockerOptions{Image: spec.Image, Entrypoint: spec.Entrypoint, Env: envList(spec.Env),
+			Volumes: spec.Volumes,
+			Name:    fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs})
 		if err != nil {
 			return nil, err
 		}
@@ -198,7 +199,8 @@ func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, c
 		env = append(env, "LEM_BACKEND_HOST="+bc.pc.Host())
 	}
 	if e.Image != "" {
-		d, err := runner.NewDocker(runner.DockerOptions{Image: e.Image, RequestGPUs: ex.opts.RequestGPUs})
+		d, err := runner.NewDocker(runner.DockerOptions{Image: e.Image, Entrypoint: e.Entrypoint, Volumes: e.Volumes,
+			RequestGPUs: ex.opts.RequestGPUs})
 		if err != nil {
 			return nil, nil, nil, err
 		}

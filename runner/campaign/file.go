@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -67,10 +68,12 @@ type File struct {
 
 // Persistent is a long-running backend container shared by the runs of the experiments that name it.
 type Persistent struct {
-	Image   string            `yaml:"image"`
-	Command []string          `yaml:"command"`
-	Env     map[string]string `yaml:"env"`
-	Health  struct {
+	Image      string            `yaml:"image"`
+	Entrypoint []string          `yaml:"entrypoint"`
+	Command    []string          `yaml:"command"`
+	Volumes    []string          `yaml:"volumes"` // SRC:DST[:ro]; a relative SRC is relative to the campaign file
+	Env        map[string]string `yaml:"env"`
+	Health     struct {
 		HTTP    string   `yaml:"http"` // "{host}" is the container's address
 		Command []string `yaml:"command"`
 		Timeout Duration `yaml:"timeout"`
@@ -85,6 +88,8 @@ type Persistent struct {
 type Experiment struct {
 	Name          string            `yaml:"name"`
 	Image         string            `yaml:"image"`
+	Entrypoint    []string          `yaml:"entrypoint"`
+	Volumes       []string          `yaml:"volumes"` // SRC:DST[:ro]; a relative SRC is relative to the campaign file
 	Command       []string          `yaml:"command"`
 	Env           map[string]string `yaml:"env"`
 	GPUs          []string          `yaml:"gpus"`
@@ -250,6 +255,7 @@ func (f *File) validate() error {
 		if p.Mode != "exec" && p.Mode != "client" {
 			bad(append(path, "mode"), "%q: want exec or client", p.Mode)
 		}
+		p.Volumes = f.volumes(append(path, "volumes"), p.Volumes, bad)
 		if p.Health.HTTP == "" && len(p.Health.Command) == 0 {
 			bad(append(path, "health"), "needs http (URL, {host} = container address) or command")
 		}
@@ -268,6 +274,10 @@ func (f *File) validate() error {
 			bad(append(path, "name"), "%q is used by another experiment", e.Name)
 		}
 		used[e.Name] = true
+		e.Volumes = f.volumes(append(path, "volumes"), e.Volumes, bad)
+		if len(e.Volumes) > 0 && e.Image == "" {
+			bad(append(path, "volumes"), "bind mounts need an image (the run is a container)")
+		}
 		if len(e.Command) == 0 && e.Image == "" {
 			bad(path, "needs a command or an image")
 		}
@@ -300,6 +310,26 @@ func (f *File) validate() error {
 		return errors.Join(errs...)
 	}
 	return nil
+}
+
+// volumes checks SRC:DST[:ro] mounts and makes relative sources relative to the campaign file.
+func (f *File) volumes(path []string, vs []string, bad func([]string, string, ...any)) []string {
+	out := make([]string, 0, len(vs))
+	for i, v := range vs {
+		parts := strings.Split(v, ":")
+		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || !strings.HasPrefix(parts[1], "/") ||
+			(len(parts) == 3 && parts[2] != "ro" && parts[2] != "rw") {
+			bad(append(path, strconv.Itoa(i)), "%q: want SRC:DST[:ro] with an absolute DST", v)
+			continue
+		}
+		if !filepath.IsAbs(parts[0]) {
+			if abs, err := filepath.Abs(filepath.Join(filepath.Dir(f.path), parts[0])); err == nil {
+				parts[0] = abs
+			}
+		}
+		out = append(out, strings.Join(parts, ":"))
+	}
+	return out
 }
 
 // Path is the file's path; Sum its SHA-256.
