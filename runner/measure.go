@@ -46,18 +46,27 @@ func (r *run) selected(index int) bool {
 }
 
 // cooldown waits until every GPU is at or below a temperature, or stable within ±1 °C over 10 s.
+// ParseCooldown reads a cool-down gate: "stable", or a temperature such as 45, 45C or 45°C.
+func ParseCooldown(s string) (*manifest.Cooldown, error) {
+	s = strings.TrimSpace(s)
+	if s == "stable" {
+		return &manifest.Cooldown{Mode: "stable"}, nil
+	}
+	t, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(s, "C"), "°"), 64)
+	if err != nil || t <= 0 || t > 110 {
+		return nil, fmt.Errorf("cool-down %q: want \"stable\" or a temperature such as 45C", s)
+	}
+	return &manifest.Cooldown{Mode: "temperature", TargetC: t}, nil
+}
+
 func (r *run) cooldown(ctx context.Context) error {
 	mode := strings.TrimSpace(r.opts.Cooldown)
 	if mode == "" {
 		return nil
 	}
-	cd := &manifest.Cooldown{Mode: "stable"}
-	if mode != "stable" {
-		t, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(mode, "C"), "°"), 64)
-		if err != nil {
-			return fmt.Errorf("--cooldown %q: want \"stable\" or a temperature such as 45C", mode)
-		}
-		cd.Mode, cd.TargetC = "temperature", t
+	cd, err := ParseCooldown(mode)
+	if err != nil {
+		return err
 	}
 	timeout := r.opts.CooldownTimeout
 	if timeout <= 0 {
@@ -258,7 +267,7 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 	m.Results = r.results
 	m.Markers = manifest.Markers{Parsed: r.parsed, Malformed: r.bad, HTTP: r.allMarkers - r.lineMarkers}
 	r.mu.Unlock()
-	hybrids := hybridsOf(t)
+	hybrids := energy.HybridsOf(t)
 
 	if dur > 0 && dur < 5*time.Second {
 		r.warn("short_window", nil, "the run lasted %.2f s (< 5 s): counter updates every ~100 ms and edges weigh heavily", dur.Seconds())
@@ -304,18 +313,6 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 		return nil, err
 	}
 	return &Result{Dir: r.dir, Manifest: m, ExitCode: exit}, nil
-}
-
-// hybridsOf prepares each GPU's hybrid once (the lag fit is the costly part); the run and its phases share them.
-func hybridsOf(t *trace.Trace) map[int]*energy.Hybrid {
-	out := map[int]*energy.Hybrid{}
-	for g, s := range t.GPUs {
-		lag := energy.EstimateLag(s.Counters, s.Samples)
-		if h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag); err == nil {
-			out[g] = h
-		}
-	}
-	return out
 }
 
 func (r *run) gpuEnergy(mg *manifest.GPU, s *trace.Series, h *energy.Hybrid, start, end time.Time) {

@@ -36,7 +36,7 @@ print(f"file: {os.path.getsize(out + '/big.parquet') / 1e6:.1f} MB, {md.num_rows
       f"{a['run_id'].nunique()} runs × {a['gpu'].nunique()} GPUs; {len(lem)} alternated repeats, medians")
 print("| tool | wall s | CPU s | peak RSS MB | samples/s end to end |")
 print("|---|---|---|---|---|")
-for name, rs in (("lem-analyze report -f csv (counter, 50 Hz, hybrid + lag fit, per phase, steady state)", lem),
+for name, rs in (("lem-analyze report -f csv (counter, 50 Hz, hybrid with lag fit, per phase)", lem),
                  ("pandas/pyarrow script (counter, 50 Hz, per phase)", pdr)):
     print(f"| {name} | {med(rs, 'wall_s'):.2f} | {med(rs, 'cpu_s'):.2f} | {med(rs, 'max_rss_mb'):.0f} | {samples / med(rs, 'wall_s') / 1e6:.1f} M |")
 print(f"\nlem faster by {med(pdr, 'wall_s') / med(lem, 'wall_s'):.1f}× end to end; rows compared {len(j)}; "

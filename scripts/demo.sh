@@ -60,6 +60,7 @@ lines = [l for l in body.splitlines() if l.startswith(("lem_run_result", "lem_ru
 print("lem demo: the exporter's view of the run (Prometheus metrics):")
 print("\n".join("  " + l for l in lines[:12]))
 PY
+sleep 2.5 # the exporter reads the counter every 2 s: let one read follow the run's end
 kill -TERM $exporter
 wait $exporter 2>/dev/null || true
 trap - EXIT

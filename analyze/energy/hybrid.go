@@ -2,6 +2,8 @@ package energy
 
 import (
 	"fmt"
+	"slices"
+	"sync"
 	"sort"
 	"time"
 
@@ -35,22 +37,61 @@ type HybridResult struct {
 // NewHybrid prepares hybrid integration over counter readings and samples (each in time order).
 func NewHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Duration) (*Hybrid, error) {
 	pts, resets := normalize(dedupe(cs))
+	return newHybrid(pts, resets, NewIntegral(ss), lag)
+}
+
+// FitHybrid estimates the counter's lag (EstimateLag) and prepares the hybrid with it, computing the samples'
+// running integral and the counter's distinct values once for both.
+func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagEstimate, error) {
+	pts, resets := normalize(dedupe(cs))
+	in := NewIntegral(ss)
+	lag := estimateLag(pts, in)
+	h, err := newHybrid(slices.Clone(pts), resets, in, lag.Lag)
+	return h, lag, err
+}
+
+// HybridsOf fits every GPU's hybrid of a trace, GPUs in parallel (the lag fit is the costly part); GPUs without
+// usable counter readings or samples are left out.
+func HybridsOf(t *trace.Trace) map[int]*Hybrid {
+	out := map[int]*Hybrid{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for g, s := range t.GPUs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if h, _, err := FitHybrid(s.Counters, s.Samples); err == nil {
+				mu.Lock()
+				out[g] = h
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybrid, error) {
 	if len(pts) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))
 	}
-	if len(ss) < 2 {
-		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(ss))
+	if len(in.ns) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
 	}
 	for i := range pts {
 		pts[i].t = pts[i].t.Add(-lag)
 	}
-	h := &Hybrid{pts: pts, in: NewIntegral(ss), Lag: lag, Resets: resets, gain: 1}
+	h := &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: 1}
 	var dE, dS float64
+	cur := in.Cursor()
+	prev := cur.At(pts[0].t)
 	for i := 1; i < len(pts); i++ {
+		at := cur.At(pts[i].t)
 		if h.in.Covers(pts[i-1].t) && h.in.Covers(pts[i].t) {
 			dE += pts[i].j - pts[i-1].j
-			dS += h.in.At(pts[i].t) - h.in.At(pts[i-1].t)
+			dS += at - prev
 		}
+		prev = at
 	}
 	if dE > 0 && dS > 0 {
 		h.gain = dE / dS
@@ -151,14 +192,20 @@ const minContrast = 3
 // energy over the same interval moved back by L (least squares, one gain for all intervals).
 func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate {
 	pts, _ := normalize(dedupe(cs))
-	in := NewIntegral(ss)
+	return estimateLag(pts, NewIntegral(ss))
+}
+
+func estimateLag(pts []point, in *Integral) LagEstimate {
 	// Intervals usable at every candidate lag, so all candidates are scored on the same data.
 	type iv struct {
 		a, b time.Time
 		dE   float64
 	}
-	var ivs []iv
-	for i := 1; i < len(pts); i++ {
+	// The lag is the device's; hours of counter intervals add cost, not information: fit an even spread of
+	// at most maxLagIntervals.
+	stride := max(1, (len(pts)-1)/maxLagIntervals)
+	ivs := make([]iv, 0, min(len(pts), maxLagIntervals+1))
+	for i := 1; i < len(pts); i += stride {
 		a, b := pts[i-1], pts[i]
 		if b.j < a.j || !in.Covers(a.t.Add(-MaxLag)) || !in.Covers(b.t.Add(-MinLag)) {
 			continue
@@ -167,15 +214,6 @@ func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate 
 	}
 	if len(ivs) < 10 {
 		return LagEstimate{Intervals: len(ivs)}
-	}
-	if len(ivs) > maxLagIntervals {
-		// The lag is the device's; hours of counter intervals add cost, not information: fit an even spread.
-		step := float64(len(ivs)) / maxLagIntervals
-		thin := make([]iv, 0, maxLagIntervals)
-		for x := 0.0; int(x) < len(ivs); x += step {
-			thin = append(thin, ivs[int(x)])
-		}
-		ivs = thin
 	}
 	best, worst := -1.0, 0.0
 	var bestLag time.Duration

@@ -51,12 +51,14 @@ func AveragePowerSeries(tel []trace.Telemetry) []trace.PowerSample {
 // ByPhase computes every method's energy for each phase on one GPU's series, and the lag the hybrid used.
 func ByPhase(gpuIndex int, s *trace.Series, phases []trace.Phase, opts Options) ([]PhaseEnergy, LagEstimate) {
 	var lag LagEstimate
+	var hyb *Hybrid
+	var herr error
 	if opts.Lag != nil {
 		lag = LagEstimate{Lag: *opts.Lag, OK: true}
+		hyb, herr = NewHybrid(s.Counters, s.Samples, lag.Lag)
 	} else {
-		lag = EstimateLag(s.Counters, s.Samples)
+		hyb, lag, herr = FitHybrid(s.Counters, s.Samples)
 	}
-	hyb, herr := NewHybrid(s.Counters, s.Samples, lag.Lag)
 	avg := AveragePowerSeries(s.Telemetry)
 	nan := math.NaN()
 	out := make([]PhaseEnergy, 0, len(phases))

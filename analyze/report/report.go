@@ -35,14 +35,9 @@ type Run struct {
 const maxPlotPoints = 1500
 
 func thin(ss []trace.PowerSample, t0, t1 time.Time) []trace.PowerSample {
-	var w []trace.PowerSample
-	for _, s := range ss {
-		if !s.Time.Before(t0) && !s.Time.After(t1) {
-			w = append(w, s)
-		}
-	}
+	w := (&trace.Series{Samples: ss}).Window(t0, t1).Samples
 	if len(w) <= maxPlotPoints {
-		return w
+		return slices.Clone(w)
 	}
 	step := float64(len(w)) / maxPlotPoints
 	out := make([]trace.PowerSample, 0, maxPlotPoints)
@@ -96,12 +91,18 @@ func fromTrace(r *Run) error {
 	if from.IsZero() {
 		from = m.Times.Start
 	}
+	detail(r, t, from)
+	return nil
+}
+
+// detail finds each GPU's steady state over the run and keeps its power from `from` on, thinned, for plots.
+func detail(r *Run, t *trace.Trace, from time.Time) {
+	m := r.Manifest
 	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	for g, s := range t.GPUs {
-		r.Steady[g] = energy.FindSteady(s.Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
+		r.Steady[g] = energy.FindSteady(s.Window(m.Times.Start, m.Times.End).Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
 		r.Power[g] = thin(s.Samples, from, m.Times.End)
 	}
-	return nil
 }
 
 // Problem is an input that could not be used; the others are still reported.
@@ -114,7 +115,8 @@ type Problem struct {
 // them. Unreadable manifests and duplicate run ids become problems naming the file.
 func Load(paths []string) ([]Run, []Problem) { return load(paths, true) }
 
-// LoadManifests is Load without reading the traces (no steady state, no plots): for audits and listings.
+// LoadManifests is Load without the run directories' traces and without steady state and plots for trace
+// inputs: for tables, audits and listings.
 func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false) }
 
 func load(paths []string, traces bool) ([]Run, []Problem) {
@@ -154,7 +156,7 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 			case filepath.Base(p) == manifest.FileName:
 				add(p)
 			case strings.HasSuffix(p, ".parquet"):
-				trs, err := FromTrace(p)
+				trs, err := fromTraceFile(p, traces)
 				if err != nil {
 					probs = append(probs, Problem{Path: p, Err: err.Error()})
 				}

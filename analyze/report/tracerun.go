@@ -1,6 +1,7 @@
 package report
 
 import (
+	"log/slog"
 	"math"
 	"path/filepath"
 	"runtime"
@@ -20,11 +21,17 @@ import (
 // pull): one per run marked in it (run_start/run_end events), or one spanning the whole trace when it marks
 // none. Energies come from the trace (counter difference, 50 Hz integral, hybrid; per phase); no idle baseline
 // is known, so adjusted energy equals raw and the run carries a no_baseline warning.
-func FromTrace(path string) ([]Run, error) {
-	t, err := trace.ReadFile(path)
+func FromTrace(path string) ([]Run, error) { return fromTraceFile(path, true) }
+
+// fromTraceFile reads the trace (without telemetry: the energy table needs none); detailed adds each run's
+// steady state and plot data.
+func fromTraceFile(path string, detailed bool) ([]Run, error) {
+	t0 := time.Now()
+	t, err := trace.ReadFileWith(path, trace.ReadOptions{SkipTelemetry: true})
 	if err != nil {
 		return nil, err
 	}
+	slog.Debug("trace read", "path", path, "took", time.Since(t0))
 	type span struct {
 		id, exp, status string
 		start, end      time.Time
@@ -92,23 +99,13 @@ func FromTrace(path string) ([]Run, error) {
 		spanList = []*span{{id: base, exp: base, status: manifest.StatusOK, start: first, end: last, results: map[string]string{}}}
 	}
 	allPhases := trace.Phases(t.Events, last)
-	// Each GPU's hybrid (the lag fit is the costly part) in parallel, then the runs in parallel.
-	hybrids := map[int]*energy.Hybrid{}
-	var mu sync.Mutex
+	// Each GPU's hybrid in parallel, then the runs in parallel.
+	t1 := time.Now()
+	hybrids := energy.HybridsOf(t)
+	slog.Debug("hybrids fitted", "took", time.Since(t1))
+	t1 = time.Now()
+	defer func() { slog.Debug("runs computed", "runs", len(spanList), "took", time.Since(t1)) }()
 	var wg sync.WaitGroup
-	for g, s := range t.GPUs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			lag := energy.EstimateLag(s.Counters, s.Samples)
-			if h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag); err == nil {
-				mu.Lock()
-				hybrids[g] = h
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
 	phasesOf := map[string][]trace.Phase{}
 	for _, p := range allPhases {
 		phasesOf[p.RunID] = append(phasesOf[p.RunID], p)
@@ -122,7 +119,7 @@ func FromTrace(path string) ([]Run, error) {
 			for i := range next {
 				sp := spanList[i]
 				runs[i] = traceRun(t, path, sp.id, sp.exp, sp.status, sp.start, sp.end, sp.results, sp.workload, phasesOf,
-					len(spanList) == 1 && sp.id == base, hybrids)
+					len(spanList) == 1 && sp.id == base, hybrids, detailed)
 			}
 		}()
 	}
@@ -136,7 +133,7 @@ func FromTrace(path string) ([]Run, error) {
 
 // traceRun computes one run of a trace; all marks every phase of the trace as the run's (a trace without runs).
 func traceRun(t *trace.Trace, path, id, exp, status string, start, end time.Time, results map[string]string,
-	workload map[int]bool, phasesOf map[string][]trace.Phase, all bool, hybrids map[int]*energy.Hybrid) Run {
+	workload map[int]bool, phasesOf map[string][]trace.Phase, all bool, hybrids map[int]*energy.Hybrid, detailed bool) Run {
 	sp := struct {
 		id, exp, status string
 		start, end      time.Time
@@ -239,11 +236,9 @@ func traceRun(t *trace.Trace, path, id, exp, status string, start, end time.Time
 				JPerOutputTokenAdj: m.Energy.AdjustedJ / tok, OutputTokensPerJ: tok / m.Energy.HybridJ,
 				OutputTokensPerJAdj: tok / m.Energy.AdjustedJ}
 		}
-		r := Run{Dir: path, Manifest: m, Uncertainty: budget(m), Steady: map[int]energy.Steady{}, Power: map[int][]trace.PowerSample{}}
-		for g, s := range t.GPUs {
-			win := s.Window(sp.start, sp.end).Samples
-			r.Steady[g] = energy.FindSteady(win, sp.start, sp.end, energy.SteadyOptions{})
-			r.Power[g] = thin(win, sp.start, sp.end)
+		r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
+		if detailed {
+			detail(&r, t, sp.start)
 		}
 		return r
 	}

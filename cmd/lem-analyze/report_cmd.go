@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 
@@ -11,43 +13,65 @@ import (
 )
 
 type reportCmd struct {
-	Paths     []string `arg:"" help:"Run directories, or directories holding them."`
+	Paths     []string `arg:"" help:"Run directories (or directories holding them), or lem traces (.parquet) whose marked runs are reported."`
 	Format    string   `short:"f" default:"md" enum:"md,html,json,csv" help:"Output format (${enum})."`
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals)."`
 	Out       string   `short:"o" help:"Write the report to this file instead of stdout."`
 }
 
 func (c *reportCmd) Run(log *slog.Logger) error {
-	runs, probs := report.Load(c.Paths)
+	slog.SetDefault(log)
+	load := report.Load
+	if c.Format == "csv" {
+		load = report.LoadManifests // the table needs no steady state or plots
+	}
+	runs, probs := load(c.Paths)
 	for _, p := range probs {
 		log.Warn("input skipped", "path", p.Path, "err", p.Err)
 	}
 	if len(runs) == 0 {
 		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
 	}
+	if c.Format == "csv" { // one row per run and GPU: no experiment statistics (their bootstrap is the costly part)
+		return c.write(func(w io.Writer) error { return report.CSV(w, runs) })
+	}
 	exps, err := report.Experiments(runs, c.Reference)
 	if err != nil {
 		return err
 	}
-	w := os.Stdout
+	return c.write(func(w io.Writer) error {
+		switch c.Format {
+		case "json":
+			return report.JSON(w, runs, exps, probs)
+		case "html":
+			return report.HTML(w, runs, exps, probs)
+		default:
+			return report.Markdown(w, runs, exps, probs)
+		}
+	})
+}
+
+// write sends the report to -o or stdout.
+func (c *reportCmd) write(render func(io.Writer) error) error {
+	w := bufio.NewWriterSize(os.Stdout, 1<<16)
+	var f *os.File
 	if c.Out != "" {
-		f, err := os.Create(c.Out)
-		if err != nil {
+		var err error
+		if f, err = os.Create(c.Out); err != nil {
 			return fmt.Errorf("report: %w", err)
 		}
-		defer f.Close()
-		w = f
+		w = bufio.NewWriterSize(f, 1<<16)
 	}
-	switch c.Format {
-	case "json":
-		return report.JSON(w, runs, exps, probs)
-	case "csv":
-		return report.CSV(w, runs)
-	case "html":
-		return report.HTML(w, runs, exps, probs)
-	default:
-		return report.Markdown(w, runs, exps, probs)
+	err := render(w)
+	if ferr := w.Flush(); err == nil {
+		err = ferr
 	}
+	if f != nil {
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	return err
 }
 
 type validateCmd struct {

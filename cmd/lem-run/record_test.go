@@ -74,9 +74,13 @@ func TestRecordBadInput(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			out, err := exec.Command(bin, tc.args...).CombinedOutput()
+			cmd := exec.Command(bin, tc.args...)
+			cmd.Dir = t.TempDir() // nothing may be left behind (the default --out is ./runs)
+			out, err := cmd.CombinedOutput()
 			require.Error(t, err)
 			assert.Contains(t, string(out), tc.want)
+			left, _ := os.ReadDir(cmd.Dir)
+			assert.Empty(t, left, "bad input creates no run directory")
 		})
 	}
 }
@@ -119,9 +123,13 @@ func TestRunBadInput(t *testing.T) {
 		"bad cooldown":  {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--cooldown", "warm", "--", "true"}, "--cooldown"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			out, err := exec.Command(bin, tc.args...).CombinedOutput()
+			cmd := exec.Command(bin, tc.args...)
+			cmd.Dir = t.TempDir() // nothing may be left behind (the default --out is ./runs)
+			out, err := cmd.CombinedOutput()
 			require.Error(t, err)
 			assert.Contains(t, string(out), tc.want)
+			left, _ := os.ReadDir(cmd.Dir)
+			assert.Empty(t, left, "bad input creates no run directory")
 		})
 	}
 }

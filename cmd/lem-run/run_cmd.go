@@ -56,6 +56,11 @@ func (c *runCmd) Run(log *slog.Logger) error {
 			return fmt.Errorf("--env %q: want KEY=VALUE", kv)
 		}
 	}
+	if c.Cooldown != "" {
+		if _, err := runner.ParseCooldown(c.Cooldown); err != nil {
+			return fmt.Errorf("--cooldown: %w", err)
+		}
+	}
 	for _, v := range c.Volume {
 		if parts := strings.Split(v, ":"); len(parts) < 2 || parts[0] == "" || parts[1] == "" {
 			return fmt.Errorf("--volume %q: want SRC:DST[:ro]", v)

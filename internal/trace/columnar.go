@@ -65,19 +65,34 @@ func dictStrings(d parquet.Dictionary) []string {
 }
 
 // readColumn decodes a column chunk of n rows.
-func readColumn(cc parquet.ColumnChunk, n int) (*column, error) {
-	c := &column{valid: make([]bool, n)}
+// grow returns xs resized to n, reusing its array when large enough.
+func grow[T any](xs []T, n int) []T {
+	if cap(xs) >= n {
+		return xs[:n]
+	}
+	return make([]T, n)
+}
+
+// readColumn decodes a column chunk of n rows into c (reusing its buffers: row groups are decoded by a few
+// workers, and fresh buffers per row group would churn gigabytes on large traces).
+func readColumn(cc parquet.ColumnChunk, n int, c *column) (*column, error) {
+	if c == nil {
+		c = &column{}
+	}
+	c.valid = grow(c.valid, n)
+	clear(c.valid)
 	kind := cc.Type().Kind()
 	switch kind {
 	case parquet.Int32, parquet.Int64:
-		c.i64 = make([]int64, n)
+		c.i64 = grow(c.i64, n)
 	case parquet.Double:
-		c.f64 = make([]float64, n)
+		c.f64 = grow(c.f64, n)
 		for i := range c.f64 {
 			c.f64[i] = math.NaN()
 		}
 	case parquet.ByteArray:
-		c.str = make([]string, n)
+		c.str = grow(c.str, n)
+		clear(c.str)
 	default:
 		return nil, fmt.Errorf("unexpected physical type %s", kind)
 	}
@@ -152,35 +167,129 @@ func readColumn(cc parquet.ColumnChunk, n int) (*column, error) {
 	return c, nil
 }
 
-// part is what one row group holds.
-type part struct {
-	gpus   map[int]*Series
-	events []Event
-}
-
 var columnNames = []string{"kind", "gpu", "time", "power_w", "energy_mj", "read_duration_ns", "instant_power_w",
 	"average_power_w", "temperature_c", "sm_clock_hz", "mem_clock_hz", "util_gpu_ratio", "util_mem_ratio",
 	"mem_used_bytes", "power_limit_w", "clock_event_reasons", "event", "run_id", "name", "attrs"}
 
-func readRowGroup(pf *parquet.File, rg parquet.RowGroup) (*part, error) {
-	n := int(rg.NumRows())
-	cols := map[string]*column{}
-	chunks := rg.ColumnChunks()
-	for _, name := range columnNames {
-		leaf, ok := pf.Schema().Lookup(name)
-		if !ok {
-			if name == "kind" || name == "gpu" || name == "time" {
-				return nil, fmt.Errorf("%w: column %q missing", ErrNotTrace, name)
-			}
-			continue // a column this file lacks is null throughout
+// telemetryColumns are used by telemetry rows only.
+var telemetryColumns = map[string]bool{"instant_power_w": true, "average_power_w": true, "temperature_c": true,
+	"sm_clock_hz": true, "mem_clock_hz": true, "util_gpu_ratio": true, "util_mem_ratio": true, "mem_used_bytes": true,
+	"power_limit_w": true, "clock_event_reasons": true}
+
+// Row kinds as small codes for the first pass.
+const (
+	codeSample = iota
+	codeCounter
+	codeTelemetry
+	codeEvent
+	nCodes = codeTelemetry + 1 // per-GPU series kinds
+)
+
+// rowGroup is a row group's first pass: each row's kind and GPU, and the rows per GPU and kind.
+type rowGroup struct {
+	rg     parquet.RowGroup
+	kinds  []uint8
+	gpus   []int32
+	counts map[int32]*[nCodes]int
+	off    map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
+	events []Event
+}
+
+// column decodes one column of rg into buf (reused; may be nil).
+func (pf *fileCols) column(rg parquet.RowGroup, name string, buf *column) (*column, error) {
+	leaf, ok := pf.f.Schema().Lookup(name)
+	if !ok {
+		if name == "kind" || name == "gpu" || name == "time" {
+			return nil, fmt.Errorf("%w: column %q missing", ErrNotTrace, name)
 		}
-		c, err := readColumn(chunks[leaf.ColumnIndex], n)
+		return nil, nil // a column this file lacks is null throughout
+	}
+	c, err := readColumn(rg.ColumnChunks()[leaf.ColumnIndex], int(rg.NumRows()), buf)
+	if err != nil {
+		return nil, fmt.Errorf("column %s: %w", name, err)
+	}
+	return c, nil
+}
+
+type fileCols struct {
+	f    *parquet.File
+	skip [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
+	bufs sync.Pool // map[string]*column decode buffers, one set per worker at a time
+}
+
+func (pf *fileCols) buffers() map[string]*column {
+	if b, ok := pf.bufs.Get().(map[string]*column); ok {
+		return b
+	}
+	return map[string]*column{}
+}
+
+// firstPass decodes the kind and GPU columns and counts the rows per GPU and kind.
+func (pf *fileCols) firstPass(r *rowGroup) error {
+	bufs := pf.buffers()
+	defer pf.bufs.Put(bufs)
+	kc, err := pf.column(r.rg, "kind", bufs["kind"])
+	if err != nil {
+		return err
+	}
+	bufs["kind"] = kc
+	gc, err := pf.column(r.rg, "gpu", bufs["gpu"])
+	if err != nil {
+		return err
+	}
+	bufs["gpu"] = gc
+	n := int(r.rg.NumRows())
+	r.kinds, r.gpus, r.counts = make([]uint8, n), make([]int32, n), map[int32]*[nCodes]int{}
+	for i := range n {
+		var k uint8
+		switch kc.str[i] {
+		case KindSample:
+			k = codeSample
+		case KindCounter:
+			k = codeCounter
+		case KindTelemetry:
+			k = codeTelemetry
+		case KindEvent:
+			k = codeEvent
+		default:
+			return fmt.Errorf("unknown row kind %q", kc.str[i])
+		}
+		g := int32(gc.i64[i])
+		r.kinds[i], r.gpus[i] = k, g
+		if k == codeEvent || pf.skip[k] {
+			continue
+		}
+		if g < 0 {
+			return fmt.Errorf("%s row with GPU index %d", kc.str[i], g)
+		}
+		c := r.counts[g]
+		if c == nil {
+			c = &[nCodes]int{}
+			r.counts[g] = c
+		}
+		c[k]++
+	}
+	return nil
+}
+
+// secondPass decodes the other columns and writes each row into its GPU's series at the row group's offsets.
+func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
+	bufs := pf.buffers()
+	defer pf.bufs.Put(bufs)
+	cols := map[string]*column{}
+	for _, name := range columnNames[2:] {
+		if pf.skip[codeTelemetry] && telemetryColumns[name] {
+			continue
+		}
+		c, err := pf.column(r.rg, name, bufs[name])
 		if err != nil {
-			return nil, fmt.Errorf("column %s: %w", name, err)
+			return err
+		}
+		if c != nil {
+			bufs[name] = c
 		}
 		cols[name] = c
 	}
-	// Column pointers resolved once: nil for a column the file lacks.
 	f := func(c *column, i int) float64 {
 		if c != nil {
 			return c.f64[i]
@@ -199,96 +308,73 @@ func readRowGroup(pf *parquet.File, rg parquet.RowGroup) (*part, error) {
 		}
 		return 0, false
 	}
-	p := &part{gpus: map[int]*Series{}}
+	times := cols["time"].i64
 	power, energyMJ, readNS := cols["power_w"], cols["energy_mj"], cols["read_duration_ns"]
 	inst, avg, temp, sm, mem := cols["instant_power_w"], cols["average_power_w"], cols["temperature_c"], cols["sm_clock_hz"], cols["mem_clock_hz"]
 	ug, um, used, limit, reasons := cols["util_gpu_ratio"], cols["util_mem_ratio"], cols["mem_used_bytes"], cols["power_limit_w"], cols["clock_event_reasons"]
 	evType, runID, evName, attrs := cols["event"], cols["run_id"], cols["name"], cols["attrs"]
-	series := func(g int) *Series {
-		sr := p.gpus[g]
-		if sr == nil {
-			sr = &Series{}
-			p.gpus[g] = sr
-		}
-		return sr
+	// Per-GPU cursors in small slices indexed by GPU (maps cost a lookup per row).
+	maxG := int32(0)
+	for g := range r.off {
+		maxG = max(maxG, g)
 	}
-	kinds, gpus, times := cols["kind"].str, cols["gpu"].i64, cols["time"].i64
-	// Size each GPU's slices once.
-	type counts struct{ s, c, t int }
-	per := map[int]*counts{}
-	for i := 0; i < n; i++ {
-		g := int(gpus[i])
-		c := per[g]
-		if c == nil {
-			c = &counts{}
-			per[g] = c
-		}
-		switch kinds[i] {
-		case KindSample:
-			c.s++
-		case KindCounter:
-			c.c++
-		case KindTelemetry:
-			c.t++
-		}
+	next := make([][nCodes]int, maxG+1)
+	dst := make([]*Series, maxG+1)
+	for g, o := range r.off {
+		next[g], dst[g] = *o, t.GPUs[int(g)]
 	}
-	for g, c := range per {
-		if c.s+c.c+c.t == 0 {
-			continue // events only
+	for i, k := range r.kinds {
+		if pf.skip[k] {
+			continue
 		}
-		p.gpus[g] = &Series{Samples: make([]PowerSample, 0, c.s), Counters: make([]CounterReading, 0, c.c),
-			Telemetry: make([]Telemetry, 0, c.t)}
-	}
-	for i := 0; i < n; i++ {
 		ts := time.Unix(0, times[i]).UTC()
-		g := int(gpus[i])
-		switch kinds[i] {
-		case KindSample:
+		g := r.gpus[i]
+		if k == codeEvent {
+			e := Event{Time: ts, GPU: int(g), Type: str(evType, i), RunID: str(runID, i), Name: str(evName, i)}
+			if a := str(attrs, i); a != "" {
+				if err := json.Unmarshal([]byte(a), &e.Attrs); err != nil {
+					return fmt.Errorf("event %q at %s: bad attrs: %w", e.Name, ts, err)
+				}
+			}
+			r.events = append(r.events, e)
+			continue
+		}
+		at := &next[g]
+		j := at[k]
+		at[k]++
+		s := dst[g]
+		switch k {
+		case codeSample:
 			pw := f(power, i)
 			if math.IsNaN(pw) {
-				return nil, fmt.Errorf("sample row at %s without power_w", ts)
+				return fmt.Errorf("sample row at %s without power_w", ts)
 			}
-			sr := series(g)
-			sr.Samples = append(sr.Samples, PowerSample{Time: ts, PowerW: pw})
-		case KindCounter:
+			s.Samples[j] = PowerSample{Time: ts, PowerW: pw}
+		case codeCounter:
 			e, ok := i64(energyMJ, i)
 			if !ok || e < 0 {
-				return nil, fmt.Errorf("counter row at %s without a valid energy_mj", ts)
+				return fmt.Errorf("counter row at %s without a valid energy_mj", ts)
 			}
 			c := CounterReading{Time: ts, EnergyMJ: uint64(e)}
 			if d, ok := i64(readNS, i); ok {
 				c.ReadDuration = time.Duration(d)
 			}
-			sr := series(g)
-			sr.Counters = append(sr.Counters, c)
-		case KindTelemetry:
+			s.Counters[j] = c
+		case codeTelemetry:
 			tm := Telemetry{Time: ts, InstantPowerW: f(inst, i), AveragePowerW: f(avg, i), TemperatureC: f(temp, i),
 				SMClockHz: f(sm, i), MemClockHz: f(mem, i), UtilGPU: f(ug, i), UtilMem: f(um, i), MemUsedBytes: f(used, i),
 				PowerLimitW: f(limit, i)}
-			if r, ok := i64(reasons, i); ok {
-				tm.ClockReasons, tm.ClockReasonsValid = uint64(r), true
+			if rr, ok := i64(reasons, i); ok {
+				tm.ClockReasons, tm.ClockReasonsValid = uint64(rr), true
 			}
-			sr := series(g)
-			sr.Telemetry = append(sr.Telemetry, tm)
-		case KindEvent:
-			e := Event{Time: ts, GPU: g, Type: str(evType, i), RunID: str(runID, i), Name: str(evName, i)}
-			if a := str(attrs, i); a != "" {
-				if err := json.Unmarshal([]byte(a), &e.Attrs); err != nil {
-					return nil, fmt.Errorf("event %q at %s: bad attrs: %w", e.Name, ts, err)
-				}
-			}
-			p.events = append(p.events, e)
-		default:
-			return nil, fmt.Errorf("unknown row kind %q at %s", kinds[i], ts)
+			s.Telemetry[j] = tm
 		}
 	}
-	return p, nil
+	return nil
 }
 
-// readRows decodes every row group (in parallel) and appends them to t in file order.
-func readRows(pf *parquet.File, t *Trace) error {
-	rgs := pf.RowGroups()
-	parts := make([]*part, len(rgs))
+// parallel runs fn for every row group on all cores.
+func parallel(rgs []*rowGroup, fn func(*rowGroup) error) error {
 	errs := make([]error, len(rgs))
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -297,7 +383,7 @@ func readRows(pf *parquet.File, t *Trace) error {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				parts[i], errs[i] = readRowGroup(pf, rgs[i])
+				errs[i] = fn(rgs[i])
 			}
 		}()
 	}
@@ -306,42 +392,53 @@ func readRows(pf *parquet.File, t *Trace) error {
 	}
 	close(next)
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	return errors.Join(errs...)
+}
+
+// readRows reads every row group in two parallel passes: kinds and GPUs first, so each GPU's slices are
+// allocated once at their final size; then every row straight into its place (no merge copies).
+func readRows(pf *parquet.File, t *Trace, opts ReadOptions) error {
+	fc := &fileCols{f: pf}
+	fc.skip[codeTelemetry] = opts.SkipTelemetry
+	var rgs []*rowGroup
+	for _, rg := range pf.RowGroups() {
+		rgs = append(rgs, &rowGroup{rg: rg})
+	}
+	if err := parallel(rgs, fc.firstPass); err != nil {
 		return fmt.Errorf("reading rows: %w", err)
 	}
-	// Concatenate each GPU's parts (in file order) in parallel, each slice sized once.
-	gpuSet := map[int]bool{}
-	for _, p := range parts {
-		for g := range p.gpus {
-			gpuSet[g] = true
+	total := map[int32]*[nCodes]int{}
+	for _, r := range rgs {
+		r.off = map[int32]*[nCodes]int{}
+		for g, c := range r.counts {
+			tot := total[g]
+			if tot == nil {
+				tot = &[nCodes]int{}
+				total[g] = tot
+			}
+			o := *tot
+			r.off[g] = &o
+			for k := range nCodes {
+				tot[k] += c[k]
+			}
 		}
-		t.Events = append(t.Events, p.events...)
 	}
-	for g := range gpuSet {
-		t.Series(g)
+	for g, tot := range total {
+		s := t.Series(int(g))
+		s.Samples = make([]PowerSample, tot[codeSample])
+		s.Counters = make([]CounterReading, tot[codeCounter])
+		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
 	}
-	for g, dst := range t.GPUs {
+	if err := parallel(rgs, func(r *rowGroup) error { return fc.secondPass(r, t) }); err != nil {
+		return fmt.Errorf("reading rows: %w", err)
+	}
+	for _, r := range rgs {
+		t.Events = append(t.Events, r.events...)
+	}
+	var wg sync.WaitGroup
+	for _, s := range t.GPUs {
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var ns, nc, nt int
-			for _, p := range parts {
-				if s := p.gpus[g]; s != nil {
-					ns, nc, nt = ns+len(s.Samples), nc+len(s.Counters), nt+len(s.Telemetry)
-				}
-			}
-			dst.Samples = make([]PowerSample, 0, ns)
-			dst.Counters = make([]CounterReading, 0, nc)
-			dst.Telemetry = make([]Telemetry, 0, nt)
-			for _, p := range parts {
-				if s := p.gpus[g]; s != nil {
-					dst.Samples = append(dst.Samples, s.Samples...)
-					dst.Counters = append(dst.Counters, s.Counters...)
-					dst.Telemetry = append(dst.Telemetry, s.Telemetry...)
-				}
-			}
-			dst.Sort()
-		}()
+		go func() { defer wg.Done(); s.Sort() }()
 	}
 	wg.Wait()
 	return nil

@@ -321,8 +321,17 @@ func WriteFile(path string, t *Trace) error {
 	return w.Close()
 }
 
+// ReadOptions select what a read decodes.
+type ReadOptions struct {
+	// SkipTelemetry leaves the telemetry rows out (energy computations need only samples, counters and events).
+	SkipTelemetry bool
+}
+
 // ReadFile reads a whole trace file.
-func ReadFile(path string) (*Trace, error) {
+func ReadFile(path string) (*Trace, error) { return ReadFileWith(path, ReadOptions{}) }
+
+// ReadFileWith reads a trace file with options.
+func ReadFileWith(path string, opts ReadOptions) (*Trace, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
@@ -332,7 +341,7 @@ func ReadFile(path string) (*Trace, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening trace: %w", err)
 	}
-	t, err := Read(f, st.Size())
+	t, err := read(f, st.Size(), opts)
 	if err != nil {
 		return nil, fmt.Errorf("reading trace %s: %w", path, err)
 	}
@@ -342,7 +351,9 @@ func ReadFile(path string) (*Trace, error) {
 var parquetMagic = []byte("PAR1")
 
 // Read reads a trace from r.
-func Read(r io.ReaderAt, size int64) (*Trace, error) {
+func Read(r io.ReaderAt, size int64) (*Trace, error) { return read(r, size, ReadOptions{}) }
+
+func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
 	if size < 12 {
 		return nil, fmt.Errorf("%w: %d bytes is too short for a Parquet file", ErrNotTrace, size)
 	}
@@ -382,7 +393,7 @@ func Read(r io.ReaderAt, size int64) (*Trace, error) {
 			t.Extra[kv.Key] = kv.Value
 		}
 	}
-	if err := readRows(pf, t); err != nil { // sorts each GPU's series
+	if err := readRows(pf, t, opts); err != nil { // sorts each GPU's series
 		return nil, err
 	}
 	return t, nil

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/lem-energy/lem/runner"
 )
 
 // Duration is a YAML duration ("30s", "5m").
@@ -239,9 +241,9 @@ func (f *File) validate() error {
 	if f.Baseline.Policy == "ttl" && f.Baseline.TTL <= 0 {
 		bad([]string{"baseline", "ttl"}, "policy ttl needs a ttl (e.g. 15m)")
 	}
-	if t := f.Cooldown.Target; t != "" && t != "stable" {
-		if _, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(t, "C"), "°"), 64); err != nil {
-			bad([]string{"cooldown", "target"}, "%q: want a temperature such as 45C, or stable", t)
+	if t := f.Cooldown.Target; t != "" {
+		if _, err := runner.ParseCooldown(t); err != nil {
+			bad([]string{"cooldown", "target"}, "%v", err)
 		}
 	}
 	for name, p := range f.Backends {

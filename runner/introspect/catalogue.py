@@ -132,6 +132,15 @@ def transformers_catalogue():
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
     ps = from_instance(GenerationConfig(), "generation_config", exclude={"transformers_version"})
+    # Recent versions leave most fields None and apply their own defaults when generate() runs: record those.
+    applied = getattr(GenerationConfig, "_get_default_generation_params", None)
+    applied = applied() if callable(applied) else {}
+    for p in ps:
+        if p["default"] is None and p["name"] in applied:
+            v = applied[p["name"]]
+            p["default"] = jsonable(v)
+            if not p["type"] and v is not None:
+                p["type"] = type_name(type(v))
     ps += [p for p in from_signature(GenerationMixin.generate, "generate") if p["name"] != "generation_config"]
     return "transformers", transformers.__version__, ps
 
