@@ -3,8 +3,8 @@ package energy
 import (
 	"fmt"
 	"slices"
-	"sync"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/internal/trace"

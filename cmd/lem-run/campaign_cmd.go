@@ -69,7 +69,7 @@ func (c *campaignCmd) Run(log *slog.Logger) error {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	st, err := campaign.Run(ctx, p, campaign.Options{OutDir: c.Out, Source: src, Devices: devs,
+	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs,
 		Sampler: c.SamplerFlags.Config(), ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token,
 		RequestGPUs: src.Environment().Source.Kind == "nvml", Stdout: os.Stdout,
 		Progress: campaign.NewProgress(os.Stderr, isTerminal(os.Stderr)), Log: log})

@@ -214,7 +214,7 @@ func (pf *fileCols) column(rg parquet.RowGroup, name string, buf *column) (*colu
 type fileCols struct {
 	f    *parquet.File
 	skip [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
-	bufs sync.Pool // map[string]*column decode buffers, one set per worker at a time
+	bufs sync.Pool        // map[string]*column decode buffers, one set per worker at a time
 }
 
 func (pf *fileCols) buffers() map[string]*column {

@@ -28,7 +28,6 @@ const StateFile = "campaign.json"
 
 // Options configure a campaign execution.
 type Options struct {
-	OutDir        string // default campaigns/NAME
 	Source        gpu.Source
 	Devices       []gpu.Device // every device lem may sample; experiments select among them
 	Sampler       sampler.Config
