@@ -400,14 +400,15 @@ func (w *execWorkload) Wait(ctx context.Context) (Exit, error) {
 	}
 }
 
-// Stop ends the exec'd process. The Engine API cannot signal an exec, so lem signals its host PID (same host,
+// Stop ends the exec'd process. The Engine API cannot signal an exec, so lem signals its host PID (local Engine,
 // enough privilege); failing that, the container is restarted, which ends every process in it.
 func (w *execWorkload) Stop(grace time.Duration) error {
 	ins, err := w.p.d.cli.ExecInspect(context.Background(), w.execID, client.ExecInspectOptions{})
 	if err == nil && !ins.Running {
 		return nil
 	}
-	if err == nil && ins.PID > 0 && syscall.Kill(ins.PID, syscall.SIGTERM) == nil {
+	local := strings.HasPrefix(w.p.d.cli.DaemonHost(), "unix://") // a remote Engine's PIDs are not ours to signal
+	if err == nil && local && ins.PID > 0 && syscall.Kill(ins.PID, syscall.SIGTERM) == nil {
 		select {
 		case <-w.done:
 			return nil

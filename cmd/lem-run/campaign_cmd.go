@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/cli"
@@ -56,6 +57,13 @@ func (c *campaignCmd) Run(log *slog.Logger) error {
 		}
 		return nil
 	}
+	baseline := campaign.DefaultBaseline
+	if f.Baseline.Duration != nil {
+		baseline = f.Baseline.Duration.D()
+	}
+	fmt.Fprintf(os.Stderr, "campaign %s: %d configurations × %d cycles = %d runs (%s), about %s; directory %s\n",
+		f.Name, len(p.Configs), f.Cycles, len(p.Plan), f.Structure,
+		f.Estimate(p.Plan, p.Configs, baseline).Round(time.Second), p.OutDir())
 	src, devs, err := c.SourceFlags.Open(log)
 	if err != nil {
 		return err

@@ -323,3 +323,74 @@ experiments:
 	require.Error(t, err)
 	assert.Equal(t, path+`:8: experiments.0.backend_params.max_new_token: unknown transformers parameter "max_new_token" (did you mean "max_new_tokens"?)`, err.Error())
 }
+
+// TestPersistentRunTimeout: a run inside a backend container that overruns its timeout is stopped (the exec'd
+// process, not the server), recorded as timeout, and the campaign reports itself incomplete.
+func TestPersistentRunTimeout(t *testing.T) {
+	testutil.Workload(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	path := write(t, `name: slow
+baseline: {duration: 500ms}
+backends:
+  server:
+    image: `+testutil.WorkloadImage+`
+    command: [-serve, ":8080", -load, 500ms]
+    health: {http: "http://{host}:8080/health", timeout: 30s}
+experiments:
+  - name: slow
+    backend_container: server
+    timeout: 1500ms
+    command: [/workload, -phases, "decode:20s"]
+  - name: quick
+    backend_container: server
+    command: [/workload, -phases, "decode:500ms"]
+`)
+	t0 := time.Now()
+	st, err, _ := run(t, context.Background(), path, out)
+	require.ErrorIs(t, err, campaign.ErrIncomplete)
+	assert.Less(t, time.Since(t0), 20*time.Second, "the overrunning run was stopped")
+	assert.Equal(t, "incomplete", st.Status)
+	require.Len(t, st.Runs, 2)
+	assert.Equal(t, manifest.StatusTime, st.Runs[0].Status)
+	assert.Equal(t, manifest.StatusOK, st.Runs[1].Status, "the server survived and served the next run")
+	assert.Len(t, st.Startups, 1)
+}
+
+// TestBackendContainerColdStartsAndClients: a health command instead of a URL, force_cold_start (every run starts
+// and measures the server afresh) and client mode (runs are plain processes told the server's address).
+func TestBackendContainerColdStartsAndClients(t *testing.T) {
+	wl := testutil.Workload(t, true)
+	out := filepath.Join(t.TempDir(), "out")
+	path := write(t, `name: cold
+cycles: 2
+baseline: {policy: ttl, ttl: 10m, duration: 500ms}
+backends:
+  server:
+    image: `+testutil.WorkloadImage+`
+    command: [-serve, ":8080", -load, 1s]
+    health: {command: [/workload, -phases, "check:1ms"], timeout: 30s}
+    mode: client
+    force_cold_start: true
+experiments:
+  - name: client
+    backend_container: server
+    command: [`+wl+`, -phases, "decode:1s"]
+`)
+	st, err, _ := run(t, context.Background(), path, out)
+	require.NoError(t, err)
+	require.Len(t, st.Runs, 2)
+	require.Len(t, st.Startups, 2, "force_cold_start: one measured start-up per run")
+	assert.NotEqual(t, st.Startups[0].RunID, st.Startups[1].RunID)
+	for _, s := range st.Startups {
+		assert.Equal(t, manifest.StatusOK, s.Status)
+	}
+	for _, r := range st.Runs {
+		require.Equal(t, manifest.StatusOK, r.Status, r.Error)
+		m, err := manifest.Read(filepath.Join(out, r.RunID))
+		require.NoError(t, err)
+		assert.Equal(t, "process", m.Backend, "client mode: the run is its own process")
+		logs, err := os.ReadFile(filepath.Join(out, r.RunID, manifest.StdoutFile))
+		require.NoError(t, err)
+		assert.Regexp(t, `backend host: \d+\.\d+\.\d+\.\d+`, string(logs))
+	}
+}

@@ -54,6 +54,9 @@ func main() {
 		return
 	}
 	fmt.Println("workload starting; gpus:", os.Getenv("CUDA_VISIBLE_DEVICES"), "run:", os.Getenv("LEM_RUN_ID"))
+	if h := os.Getenv("LEM_BACKEND_HOST"); h != "" {
+		fmt.Println("backend host:", h)
+	}
 	fmt.Fprintln(os.Stderr, "a line on stderr")
 	fmt.Println("LEM_PHASE bad name with spaces")
 	for _, p := range strings.Split(*phases, ",") {
