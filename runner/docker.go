@@ -155,30 +155,35 @@ type dockerWorkload struct {
 	inspectd bool
 }
 
-// follow demultiplexes the log stream into stamped lines.
+// follow demultiplexes the log stream into lines stamped with the runtime's timestamps.
 func (w *dockerWorkload) follow(logs io.ReadCloser) {
 	defer close(w.logsDone)
 	defer close(w.lines)
 	defer logs.Close()
+	demux(logs, w.lines, parseLogLine)
+}
+
+// demux splits the Engine's multiplexed stdout/stderr stream into lines, each made by stamp, until it ends.
+func demux(r io.Reader, lines chan<- Line, stamp func(text string, stderr bool) Line) {
 	outR, outW := io.Pipe()
 	errR, errW := io.Pipe()
 	var wg sync.WaitGroup
+	scan := func(r io.Reader, stderr bool) {
+		defer wg.Done()
+		sc := bufio.NewScanner(r)
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			lines <- stamp(sc.Text(), stderr)
+		}
+		io.Copy(io.Discard, r)
+	}
 	wg.Add(2)
-	go func() { defer wg.Done(); w.scan(outR, false) }()
-	go func() { defer wg.Done(); w.scan(errR, true) }()
-	_, err := stdcopy.StdCopy(outW, errW, logs)
+	go scan(outR, false)
+	go scan(errR, true)
+	_, err := stdcopy.StdCopy(outW, errW, r)
 	outW.CloseWithError(err)
 	errW.CloseWithError(err)
 	wg.Wait()
-}
-
-func (w *dockerWorkload) scan(r io.Reader, stderr bool) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		w.lines <- parseLogLine(sc.Text(), stderr)
-	}
-	io.Copy(io.Discard, r)
 }
 
 // parseLogLine splits the Engine's "RFC3339Nano text" log line.

@@ -2,7 +2,6 @@ package runner
 
 import (
 	"archive/tar"
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -351,29 +350,12 @@ type execWorkload struct {
 	started         time.Time
 }
 
+// follow reads the exec's output (no runtime timestamps on an attach stream: lines are stamped when read).
 func (w *execWorkload) follow(r io.Reader, closeConn func() error) {
 	defer close(w.done)
 	defer close(w.lines)
 	defer closeConn()
-	outR, outW := io.Pipe()
-	errR, errW := io.Pipe()
-	var wg sync.WaitGroup
-	scan := func(r io.Reader, stderr bool) {
-		defer wg.Done()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64*1024), 1024*1024)
-		for sc.Scan() {
-			w.lines <- Line{Time: time.Now(), Stderr: stderr, Text: sc.Text()}
-		}
-		io.Copy(io.Discard, r)
-	}
-	wg.Add(2)
-	go scan(outR, false)
-	go scan(errR, true)
-	_, err := stdcopy.StdCopy(outW, errW, r)
-	outW.CloseWithError(err)
-	errW.CloseWithError(err)
-	wg.Wait()
+	demux(r, w.lines, func(text string, stderr bool) Line { return Line{Time: time.Now(), Stderr: stderr, Text: text} })
 }
 
 func (w *execWorkload) Lines() <-chan Line { return w.lines }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 
@@ -67,7 +68,7 @@ func Audit(runs []Run) ([]AuditExperiment, []Problem) {
 			}
 			p := &a.Params[i]
 			b, _ := json.Marshal(e.Value)
-			if v := string(b); !contains(p.Values, v) {
+			if v := string(b); !slices.Contains(p.Values, v) {
 				p.Values = append(p.Values, v)
 			}
 			p.Explicit = p.Explicit || e.Explicit
@@ -93,15 +94,6 @@ func Audit(runs []Run) ([]AuditExperiment, []Problem) {
 		out = append(out, *a)
 	}
 	return out, probs
-}
-
-func contains(xs []string, x string) bool {
-	for _, v := range xs {
-		if v == x {
-			return true
-		}
-	}
-	return false
 }
 
 // AuditMarkdown renders the audit: coverage per experiment, then the explicit and energy-relevant parameters

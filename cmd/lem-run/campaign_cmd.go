@@ -46,24 +46,16 @@ func (c *campaignCmd) Run(log *slog.Logger) error {
 		return err
 	}
 	if c.DryRun {
-		baseline := campaign.DefaultBaseline
-		if f.Baseline.Duration != nil {
-			baseline = f.Baseline.Duration.D()
-		}
-		f.PrintPlan(os.Stdout, p.Plan, p.Configs, baseline)
+		f.PrintPlan(os.Stdout, p.Plan, p.Configs)
 		for e, cat := range p.Catalogues {
 			fmt.Printf("experiment %s: backend %s %s (%d parameters; %d set explicitly)\n", e.Name, cat.Backend,
 				cat.Version, len(cat.Parameters), len(e.BackendParams))
 		}
 		return nil
 	}
-	baseline := campaign.DefaultBaseline
-	if f.Baseline.Duration != nil {
-		baseline = f.Baseline.Duration.D()
-	}
 	fmt.Fprintf(os.Stderr, "campaign %s: %d configurations × %d cycles = %d runs (%s), about %s; directory %s\n",
 		f.Name, len(p.Configs), f.Cycles, len(p.Plan), f.Structure,
-		f.Estimate(p.Plan, p.Configs, baseline).Round(time.Second), p.OutDir())
+		f.Estimate(p.Plan, p.Configs).Round(time.Second), p.OutDir())
 	src, devs, err := c.SourceFlags.Open(log)
 	if err != nil {
 		return err

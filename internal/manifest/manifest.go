@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/meta"
 )
 
@@ -240,25 +241,7 @@ func Write(dir string, m *Manifest) error {
 	if err != nil {
 		return fmt.Errorf("encoding manifest: %w", err)
 	}
-	tmp, err := os.CreateTemp(dir, ".manifest.*.tmp")
-	if err != nil {
-		return fmt.Errorf("writing manifest: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, FileName))
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := fileutil.WriteAtomic(filepath.Join(dir, FileName), append(b, '\n')); err != nil {
 		return fmt.Errorf("writing manifest in %s: %w", dir, err)
 	}
 	return nil

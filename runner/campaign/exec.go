@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -75,15 +76,12 @@ func (ex *executor) env(c *Config, cycle int) []string {
 // runOptions are lem-run's options for one run of the campaign.
 func (ex *executor) runOptions(runID, experiment string, cycle int) runner.Options {
 	f := ex.p.File
-	o := runner.Options{Experiment: experiment, RunID: runID, OutDir: ex.p.out, Baseline: DefaultBaseline,
+	o := runner.Options{Experiment: experiment, RunID: runID, OutDir: ex.p.out, Baseline: f.BaselineDuration(),
 		Cooldown: f.Cooldown.Target, CooldownTimeout: f.Cooldown.Timeout.D(), Timeout: f.Timeout.D(),
 		Sampler: ex.opts.Sampler, ExporterURL: ex.opts.ExporterURL, ExporterToken: ex.opts.ExporterToken,
 		Campaign: f.Name, Cycle: cycle, Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard}
 	if o.CooldownTimeout == 0 {
 		o.CooldownTimeout = 5 * time.Minute
-	}
-	if f.Baseline.Duration != nil {
-		o.Baseline = f.Baseline.Duration.D()
 	}
 	state := filepath.Join(ex.p.out, ".state")
 	switch f.Baseline.Policy {
@@ -145,7 +143,7 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 		return nil, err
 	}
 	o := ex.runOptions(id, label, cycle)
-	o.Command = spec0(bc.spec.Command)
+	o.Command = slices.Clone(bc.spec.Command)
 	ex.opts.Log.Info("starting backend container (start-up measured)", "backend", name, "run", id)
 	res, err := runner.Run(ctx, o, ex.opts.Source, devs, bc.pc.StartupBackend(), ex.opts.Log)
 	rs := RunState{Position: 0, Cycle: cycle, Experiment: label, RunID: id, Attempts: 1, Status: manifest.StatusError}
@@ -165,8 +163,6 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 	}
 	return bc, nil
 }
-
-func spec0(cmd []string) []string { return append([]string{}, cmd...) }
 
 func absPath(p string) string {
 	if a, err := filepath.Abs(p); err == nil {

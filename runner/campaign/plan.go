@@ -181,11 +181,20 @@ func (f *File) Plan() ([]Planned, []*Config, error) {
 // DefaultBaseline is the idle baseline measured before a run unless the file says otherwise.
 const DefaultBaseline = 30 * time.Second
 
+// BaselineDuration is the idle baseline each measured baseline lasts.
+func (f *File) BaselineDuration() time.Duration {
+	if f.Baseline.Duration != nil {
+		return f.Baseline.Duration.D()
+	}
+	return DefaultBaseline
+}
+
 // defaultExpected is assumed for a run whose experiment gives no expected_duration.
 const defaultExpected = time.Minute
 
 // Estimate is the plan's expected duration: baselines, runs, gaps and warm-ups.
-func (f *File) Estimate(plan []Planned, cfgs []*Config, baseline time.Duration) time.Duration {
+func (f *File) Estimate(plan []Planned, cfgs []*Config) time.Duration {
+	baseline := f.BaselineDuration()
 	var d time.Duration
 	for i, p := range plan {
 		exp := p.Config.Exp.Expected.D()
@@ -216,7 +225,7 @@ func (f *File) Estimate(plan []Planned, cfgs []*Config, baseline time.Duration) 
 }
 
 // PrintPlan writes the ordered plan and its estimated duration.
-func (f *File) PrintPlan(w io.Writer, plan []Planned, cfgs []*Config, baseline time.Duration) {
+func (f *File) PrintPlan(w io.Writer, plan []Planned, cfgs []*Config) {
 	fmt.Fprintf(w, "campaign %s: %d configurations × %d cycles = %d runs (%s), %d warm-up run(s) per configuration\n",
 		f.Name, len(cfgs), f.Cycles, len(plan), f.Structure, f.WarmupRuns)
 	for _, p := range plan {
@@ -228,5 +237,5 @@ func (f *File) PrintPlan(w io.Writer, plan []Planned, cfgs []*Config, baseline t
 			assumed = fmt.Sprintf(" (assuming %s per run where expected_duration is not given)", defaultExpected)
 		}
 	}
-	fmt.Fprintf(w, "estimated duration: %s%s\n", f.Estimate(plan, cfgs, baseline).Round(time.Second), assumed)
+	fmt.Fprintf(w, "estimated duration: %s%s\n", f.Estimate(plan, cfgs).Round(time.Second), assumed)
 }

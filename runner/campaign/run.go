@@ -9,13 +9,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/report"
+	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/sampler"
@@ -111,7 +113,7 @@ func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepa
 			continue
 		}
 		p.Catalogues[e], p.catFiles[e.Name] = cat, file
-		for _, k := range sortedKeys(e.BackendParams) {
+		for _, k := range slices.Sorted(maps.Keys(e.BackendParams)) {
 			if _, err := cat.Lookup(k); err != nil {
 				errs = append(errs, f.errAt(append(path, "backend_params", k), "%v", err))
 			}
@@ -130,15 +132,6 @@ func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepa
 		}
 	}
 	return p, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // catalogue loads the experiment's catalogue file, or reuses the one captured for this backend and environment
@@ -199,22 +192,7 @@ func writeState(dir string, s *State) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, ".campaign.*.tmp")
-	if err != nil {
-		return fmt.Errorf("writing campaign state: %w", err)
-	}
-	_, err = tmp.Write(append(b, '\n'))
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), filepath.Join(dir, StateFile))
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
+	if err := fileutil.WriteAtomic(filepath.Join(dir, StateFile), append(b, '\n')); err != nil {
 		return fmt.Errorf("writing campaign state in %s: %w", dir, err)
 	}
 	return nil

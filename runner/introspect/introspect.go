@@ -10,13 +10,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"slices"
-	"sort"
 	"strings"
 	"time"
 
+	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/manifest"
 )
 
@@ -138,11 +139,7 @@ func (c *Catalogue) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("writing catalogue: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := fileutil.WriteAtomic(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("writing catalogue: %w", err)
 	}
 	return nil
@@ -208,7 +205,7 @@ func distance(a, b string) int {
 // Check reports every parameter name in params the catalogue does not know, one error each.
 func (c *Catalogue) Check(params map[string]any) error {
 	var errs []error
-	for _, k := range sortedKeys(params) {
+	for _, k := range slices.Sorted(maps.Keys(params)) {
 		if _, err := c.Lookup(k); err != nil {
 			errs = append(errs, err)
 		}
@@ -236,15 +233,6 @@ func (c *Catalogue) Effective(params map[string]any) (*manifest.Inference, error
 		inf.Effective = append(inf.Effective, e)
 	}
 	return inf, nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // energyRelevant are name fragments of parameters known to change energy per token: batching, lengths, numeric
