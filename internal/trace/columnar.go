@@ -14,7 +14,9 @@ import (
 )
 
 // The reader decodes each row group column by column straight from the pages' typed buffers (no per-row
-// reflection), row groups in parallel: ingest runs at tens of millions of samples per second.
+// reflection), row groups in parallel, in two passes: kinds and GPUs first, so each GPU's slices are allocated
+// once at their final size; then every row straight into its place. Ingest runs at tens of millions of samples
+// per second.
 
 // column is one decoded column chunk: dense per row, with validity for optional columns.
 type column struct {
@@ -211,6 +213,7 @@ func (pf *fileCols) column(rg parquet.RowGroup, name string, buf *column) (*colu
 	return c, nil
 }
 
+// fileCols reads one file's row groups.
 type fileCols struct {
 	f    *parquet.File
 	skip [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
