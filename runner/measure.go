@@ -293,18 +293,7 @@ func (r *run) finish(t *trace.Trace, baselines map[int]*manifest.Baseline, exit 
 		} else {
 			mg.Energy.AdjustedJ = mg.Energy.HybridJ
 		}
-		total := &m.Energy
-		if mg.Role == manifest.RoleObserved {
-			if m.ObservedEnergy == nil {
-				m.ObservedEnergy = &manifest.Energy{}
-			}
-			total = m.ObservedEnergy
-		}
-		total.CounterJ += mg.Energy.CounterJ
-		total.HybridJ += mg.Energy.HybridJ
-		total.SampledJ += mg.Energy.SampledJ
-		total.AdjustedJ += mg.Energy.AdjustedJ
-		total.AdjustedClamped = total.AdjustedClamped || mg.Energy.AdjustedClamped
+		m.AddGPUEnergy(*mg)
 		r.gpuWarnings(mg, s, t.Events, start, end)
 	}
 	r.phases(hybrids, run.Phases, baselines, end)

@@ -192,18 +192,7 @@ func traceRun(t *trace.Trace, path string, sp *span, phasesOf map[string][]trace
 		}
 		c := analyze.CaptureQuality(g, win, runEvents)
 		mg.Capture = manifest.Capture{Samples: c.Samples, Gaps: c.Gaps, DrainGaps: c.DrainGaps}
-		m.GPUs = append(m.GPUs, mg)
-		total := &m.Energy
-		if mg.Role == manifest.RoleObserved {
-			if m.ObservedEnergy == nil {
-				m.ObservedEnergy = &manifest.Energy{}
-			}
-			total = m.ObservedEnergy
-		}
-		total.CounterJ += mg.Energy.CounterJ
-		total.SampledJ += mg.Energy.SampledJ
-		total.HybridJ += mg.Energy.HybridJ
-		total.AdjustedJ += mg.Energy.AdjustedJ
+		m.AddGPU(mg)
 		if mg.Role == manifest.RoleObserved {
 			continue // observed GPUs are not in the workload's phases
 		}

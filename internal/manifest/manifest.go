@@ -176,6 +176,34 @@ type Energy struct {
 	AdjustedClamped bool    `json:"adjusted_clamped,omitempty"`
 }
 
+// Add adds o to e; a clamped adjustment stays flagged.
+func (e *Energy) Add(o Energy) {
+	e.CounterJ += o.CounterJ
+	e.HybridJ += o.HybridJ
+	e.SampledJ += o.SampledJ
+	e.AdjustedJ += o.AdjustedJ
+	e.AdjustedClamped = e.AdjustedClamped || o.AdjustedClamped
+}
+
+// AddGPU appends a GPU's result and adds its energy to the total of its role: Energy for the workload's GPUs,
+// ObservedEnergy (created on first use) for observed ones.
+func (m *Manifest) AddGPU(g GPU) {
+	m.GPUs = append(m.GPUs, g)
+	m.AddGPUEnergy(g)
+}
+
+// AddGPUEnergy adds a GPU's energy to the total of its role (see AddGPU).
+func (m *Manifest) AddGPUEnergy(g GPU) {
+	total := &m.Energy
+	if g.Role == RoleObserved {
+		if m.ObservedEnergy == nil {
+			m.ObservedEnergy = &Energy{}
+		}
+		total = m.ObservedEnergy
+	}
+	total.Add(g.Energy)
+}
+
 // Capture is the power-sample capture quality over the run.
 type Capture struct {
 	Samples   int `json:"samples"`
