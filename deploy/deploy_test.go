@@ -49,7 +49,7 @@ func TestDockerfileShape(t *testing.T) {
 	assert.Len(t, regexp.MustCompile(`(?m)^FROM `).FindAllString(df, -1), 2, "multi-stage")
 	assert.Regexp(t, `(?m)^USER lem$`, df, "runs as non-root")
 	assert.Contains(t, df, `ENTRYPOINT ["/usr/bin/lem-exporter"]`)
-	assert.Contains(t, df, "EXPOSE 9400")
+	assert.Contains(t, df, "EXPOSE 9636")
 	assert.Contains(t, df, "--gpus all", "documents the GPU run")
 	// Every COPY source exists in the repository.
 	for _, m := range regexp.MustCompile(`(?m)^COPY (?:--from=\S+ )?(\S+)`).FindAllStringSubmatch(df, -1) {
@@ -163,7 +163,7 @@ func TestKubernetesManifests(t *testing.T) {
 	assert.Equal(t, "/healthz", get(c, "livenessProbe", "httpGet", "path"))
 	port := get(c, "ports").([]any)[0].(obj)
 	assert.Equal(t, "metrics", port["name"])
-	assert.Equal(t, 9400, port["containerPort"])
+	assert.Equal(t, 9636, port["containerPort"])
 
 	svc := k["Service"]
 	for key, v := range get(svc, "spec", "selector").(obj) {

@@ -13,7 +13,7 @@ for d in "$WL" ../shared/workloads gpu-inputs/workloads; do
 done
 export PYTHONUNBUFFERED=1
 cputime() { awk '{print ($14+$15)/'"$(getconf CLK_TCK)"'}' "/proc/$1/stat"; }
-PORT=19400
+PORT=19636
 
 "$BIN/lem-exporter" --web.listen-address 127.0.0.1:$PORT --gpus 0 2> "$OUT/exporter.log" &
 EXP=$!

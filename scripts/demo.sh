@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 out=${DEMO_OUT:-/tmp/lem-demo}
-port=${DEMO_PORT:-19400}
+port=${DEMO_PORT:-19636}
 rm -rf "$out"
 mkdir -p "$out"
 t0=$(date +%s.%N)

@@ -21,7 +21,7 @@ import (
 type serveCmd struct {
 	cli.SourceFlags
 	cli.SamplerFlags
-	ListenAddress []string `name:"web.listen-address" default:":9400" help:"Addresses to listen on (repeatable)."`
+	ListenAddress []string `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
 	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
 	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
 	MaxRequests   int      `name:"web.max-requests" default:"40" help:"Concurrent scrapes served at most (0: no limit)."`
