@@ -1,14 +1,11 @@
 package dashboards_test
 
 import (
-	"context"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -67,17 +64,9 @@ func substitute(q string) string {
 func TestQueriesReturnData(t *testing.T) {
 	src, err := gpu.OpenReplay(testutil.TracePath("h100-gpuload"), gpu.ReplayOptions{}) // recorded over NVML: full metadata
 	require.NoError(t, err)
-	defer src.Close()
-	e, err := exporter.New(src, nil, exporter.Options{}, nil)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); e.Run(ctx) }()
-	srv := httptest.NewServer(e.Handler())
-	defer func() { srv.Close(); cancel(); wg.Wait() }()
+	srv := testutil.StartExporter(t, src, exporter.Options{})
 	prom := testutil.StartPrometheus(t, fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: lem\n    static_configs:\n      - targets: [%q]\n",
-		srv.Listener.Addr().String()))
+		srv.Addr))
 
 	post := func(path, body string) {
 		resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader(body))

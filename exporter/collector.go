@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/sampler"
 )
@@ -25,7 +26,7 @@ func desc(name, help string, extra ...string) *prometheus.Desc {
 type Collector struct {
 	s    *sampler.Sampler
 	env  meta.Environment
-	runs *Runs
+	runs *marker.Store
 
 	energy, sampled, power, temp, smClock, memClock, util, memUtil, memUsed, memTotal, powerLimit *prometheus.Desc
 	reasonActive, reasonSeconds, info, up                                                         *prometheus.Desc
@@ -37,7 +38,7 @@ type Collector struct {
 var _ prometheus.Collector = (*Collector)(nil)
 
 // NewCollector builds the descriptors once.
-func NewCollector(s *sampler.Sampler, runs *Runs) *Collector {
+func NewCollector(s *sampler.Sampler, runs *marker.Store) *Collector {
 	run := []string{"run_id", "experiment"}
 	return &Collector{
 		s: s, env: s.Environment(), runs: runs,

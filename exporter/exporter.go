@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -15,7 +14,9 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/sampler"
 )
 
@@ -24,19 +25,18 @@ type Options struct {
 	Sampler             sampler.Config
 	MetricsPath         string
 	MarkerToken         string        // empty: marker writes from loopback only
-	MaxActiveRuns       int           // cap on concurrent runs
-	RunGrace            time.Duration // ended runs stay visible (value 0) this long
+	Markers             marker.Limits // bounds of the marker store
 	MaxRequestsInFlight int
-	Record              *DirOptions         // nil: no recorder
-	RemoteWrite         *RemoteWriteOptions // nil: no stream
+	Record              *recorder.DirOptions // nil: no recorder
+	RemoteWrite         *RemoteWriteOptions  // nil: no stream
 }
 
 // Exporter wires the sampler to the collector, the HTTP APIs, the recorder and the remote-write stream.
 type Exporter struct {
 	s       *sampler.Sampler
-	runs    *Runs
+	runs    *marker.Store
 	handler http.Handler
-	rec     *DirRecorder
+	rec     *recorder.Dir
 	rw      *RemoteWriter
 	log     *slog.Logger
 	opts    Options
@@ -50,12 +50,6 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 	if opts.MetricsPath == "" {
 		opts.MetricsPath = "/metrics"
 	}
-	if opts.MaxActiveRuns <= 0 {
-		opts.MaxActiveRuns = 64
-	}
-	if opts.RunGrace <= 0 {
-		opts.RunGrace = 5 * time.Minute
-	}
 	if opts.MaxRequestsInFlight <= 0 {
 		opts.MaxRequestsInFlight = 40
 	}
@@ -64,7 +58,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		return nil, err
 	}
 	e := &Exporter{s: s, log: log, opts: opts}
-	e.runs = NewRuns(s.Clock(), opts.MaxActiveRuns, opts.RunGrace, s.Emit)
+	e.runs = marker.NewStore(s.Clock().Now, opts.Markers, s.Emit)
 
 	gpuReg := prometheus.NewRegistry()
 	gpuReg.MustRegister(NewCollector(s, e.runs))
@@ -72,7 +66,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 	selfReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if opts.Record != nil {
-		if e.rec, err = StartDir(s, *opts.Record, log); err != nil {
+		if e.rec, err = recorder.StartDir(s, *opts.Record, log); err != nil {
 			return nil, err
 		}
 	}
@@ -91,7 +85,8 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
-	NewAPI(e.runs, s, opts.MarkerToken, log).Register(mux)
+	marker.NewHandler(e.runs, opts.MarkerToken, log).Register(mux)
+	NewAPI(e.runs, s, log).Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "lem-exporter",
@@ -119,7 +114,7 @@ func (e *Exporter) Handler() http.Handler { return e.handler }
 func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
 
 // Runs is the marker store.
-func (e *Exporter) Runs() *Runs { return e.runs }
+func (e *Exporter) Runs() *marker.Store { return e.runs }
 
 // Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
 func (e *Exporter) Run(ctx context.Context) error {

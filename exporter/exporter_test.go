@@ -23,6 +23,7 @@ import (
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/gpu/gputest"
+	"github.com/lem-energy/lem/internal/marker"
 	lemtest "github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -148,7 +149,7 @@ func TestMetricsAreLintCleanAndCorrect(t *testing.T) {
 }
 
 func TestMarkerAPI(t *testing.T) {
-	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MaxActiveRuns: 2, RunGrace: 300 * time.Millisecond})
+	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{MaxActive: 2, Grace: 300 * time.Millisecond}})
 	u := r.srv.URL + "/api/v1/runs"
 	cases := []struct {
 		name, path, body string
@@ -158,7 +159,7 @@ func TestMarkerAPI(t *testing.T) {
 		{"start", "", `{"run_id":"a","experiment":"e1"}`, 201, ""},
 		{"duplicate", "", `{"run_id":"a","experiment":"e1"}`, 409, "already exists"},
 		{"no experiment", "", `{"run_id":"b"}`, 400, "experiment"},
-		{"bad id", "", `{"run_id":"-x y","experiment":"e"}`, 400, "run_id"},
+		{"bad id", "", `{"run_id":"-x y","experiment":"e"}`, 400, "run id"},
 		{"unknown field", "", `{"run":"a","experiment":"e"}`, 400, "unknown field"},
 		{"bad label", "", `{"experiment":"e","labels":{"1x":"v"}}`, 400, "label"},
 		{"generated id", "", `{"experiment":"e2"}`, 201, ""},

@@ -15,6 +15,7 @@ import (
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/marker"
 	lemtest "github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -37,7 +38,7 @@ func TestPrometheusScrapesEnergyAndMarkers(t *testing.T) {
 		t.Skip("runs Prometheus for 13 s")
 	}
 	src := replay(t, "h200-llm", gpu.ReplayOptions{})
-	r, _ := start(t, src, exporter.Options{RunGrace: time.Minute})
+	r, _ := start(t, src, exporter.Options{Markers: marker.Limits{Grace: time.Minute}})
 	prom := lemtest.StartPrometheus(t, scrapeConfig(r.srv.Listener.Addr().String()))
 
 	time.Sleep(2 * time.Second)

@@ -1,64 +1,131 @@
-// Package runner brackets experiments with baselines and exact energy-counter reads and follows the workload's
-// own phase markers.
 package runner
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
-	"regexp"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/trace"
+	"github.com/lem-energy/lem/runner/backend"
 )
 
-// Marker line prefixes a workload prints on stdout.
-const (
-	PhasePrefix  = "LEM_PHASE"
-	ResultPrefix = "LEM_RESULT"
-	// ProbeMarkPrefix is the "MARK <name> <unix ns> [k=v …]" form of the recorded workloads, which carry their
-	// own timestamps.
-	ProbeMarkPrefix = "MARK"
-)
+// markerHoster is implemented by backends whose workloads reach the marker server on a particular address.
+type markerHoster interface {
+	MarkerHost(ctx context.Context) (string, error)
+}
 
-var (
-	nameRE = regexp.MustCompile(`^[A-Za-z0-9_.:/-]{1,64}$`)
-	keyRE  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.]{0,63}$`)
-)
-
-// ParseMarker parses one line of workload output. ok is false for ordinary output. A line that starts like a
-// marker but is malformed returns ok true and an error: it is passed through and counted, never fatal.
-// now stamps markers that carry no time of their own.
-func ParseMarker(line string, now time.Time) (evs []trace.Event, ok bool, err error) {
-	f := strings.Fields(line)
-	if len(f) == 0 {
-		return nil, false, nil
+// follow passes the workload's output through to the terminal and the log files, byte for byte, and turns whole
+// stdout lines that are markers into phase and result markers, stamped with the line's own time. A marker the
+// store rejects is counted and becomes a manifest warning: never a run that says ok with phases missing.
+func (r *run) follow(wl backend.Workload, stdout, stderr io.Writer) {
+	midLine := [2]bool{} // a long line's chunks: only a whole line can be a marker
+	for l := range wl.Lines() {
+		term, file, s := r.opts.Stdout, stdout, 0
+		if l.Stderr {
+			term, file, s = r.opts.Stderr, stderr, 1
+		}
+		l.WriteTo(term)
+		l.WriteTo(file)
+		whole := !l.Partial && !midLine[s]
+		midLine[s] = l.Partial
+		if l.Stderr || !whole {
+			continue
+		}
+		r.line(l.Text, l.Time)
 	}
-	switch f[0] {
-	case PhasePrefix:
-		if len(f) != 2 || !nameRE.MatchString(f[1]) {
-			return nil, true, fmt.Errorf("malformed phase marker %q: want %q with a name of 1-64 letters, digits or _.:/-",
-				line, PhasePrefix+" <name>")
+}
+
+// line handles one whole line of the workload's stdout.
+func (r *run) line(text string, at time.Time) {
+	evs, ok, err := marker.ParseLine(text, at)
+	if !ok {
+		return
+	}
+	if err != nil {
+		r.mu.Lock()
+		r.markers.Malformed++
+		r.mu.Unlock()
+		r.log.Warn("malformed marker passed through", "err", err)
+		return
+	}
+	r.mu.Lock()
+	r.markers.Parsed++
+	r.mu.Unlock()
+	for _, ev := range evs {
+		var err error
+		switch ev.Type {
+		case trace.EventPhase:
+			_, err = r.store.Phase(r.opts.RunID, ev.Name, ev.Time)
+		case trace.EventPhaseEnd:
+			_, err = r.store.EndPhase(r.opts.RunID, ev.Time)
+		case trace.EventResult:
+			_, err = r.store.Result(r.opts.RunID, ev.Attrs, ev.Time)
+		default:
+			continue
 		}
-		return []trace.Event{{Time: now, GPU: trace.NoGPU, Type: trace.EventPhase, Name: f[1]}}, true, nil
-	case ResultPrefix:
-		if len(f) < 2 {
-			return nil, true, fmt.Errorf("malformed result marker %q: want %q", line, ResultPrefix+" key=value …")
-		}
-		attrs := map[string]string{}
-		for _, kv := range f[1:] {
-			k, v, found := strings.Cut(kv, "=")
-			if !found || !keyRE.MatchString(k) || v == "" {
-				return nil, true, fmt.Errorf("malformed result marker %q: %q is not key=value", line, kv)
-			}
-			attrs[k] = v
-		}
-		return []trace.Event{{Time: now, GPU: trace.NoGPU, Type: trace.EventResult, Attrs: attrs}}, true, nil
-	case ProbeMarkPrefix:
-		evs, err := trace.ParseProbeMarks(line)
 		if err != nil {
-			return nil, true, fmt.Errorf("malformed mark: %w", err)
+			r.mu.Lock()
+			r.markers.Rejected++
+			r.mu.Unlock()
+			r.log.Warn("marker rejected", "line", text, "err", err)
 		}
-		return evs, true, nil
 	}
-	return nil, false, nil
+}
+
+// serveMarkers serves the marker API for LEM_MARKER_URL on an address the workload reaches, with a fresh token.
+func (r *run) serveMarkers(ctx context.Context) (*http.Server, string, string, error) {
+	host := "127.0.0.1"
+	if mh, ok := r.be.(markerHoster); ok {
+		h, err := mh.MarkerHost(ctx)
+		if err != nil {
+			return nil, "", "", err
+		}
+		host = h
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		return nil, "", "", fmt.Errorf("marker server on %s: %w", host, err)
+	}
+	var b [16]byte
+	rand.Read(b[:])
+	token := hex.EncodeToString(b[:])
+	mux := http.NewServeMux()
+	marker.NewHandler(r.store, token, r.log).Register(mux)
+	srv := &http.Server{Handler: r.countHTTP(mux), ReadHeaderTimeout: 5 * time.Second}
+	go srv.Serve(ln)
+	u := fmt.Sprintf("http://%s/api/v1/runs/%s", ln.Addr().String(), url.PathEscape(r.opts.RunID))
+	return srv, u, token, nil
+}
+
+// countHTTP counts the phase and result markers the workload posted successfully over HTTP.
+func (r *run) countHTTP(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		h.ServeHTTP(sw, req)
+		p := req.URL.Path
+		if req.Method == http.MethodPost && sw.code < 300 &&
+			(strings.HasSuffix(p, "/phase") || strings.HasSuffix(p, "/phase/end") || strings.HasSuffix(p, "/result")) {
+			r.mu.Lock()
+			r.markers.HTTP++
+			r.mu.Unlock()
+		}
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
 }

@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"log/slog"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/runner/backend"
 )
 
 const testImage = testutil.WorkloadImage
@@ -44,12 +43,12 @@ func baseOpts(t *testing.T, cmd ...string) runner.Options {
 		Stdout: &out, Stderr: &out, Progress: &out, StopGrace: 2 * time.Second}
 }
 
-func docker(t *testing.T, extra ...func(*runner.DockerOptions)) *runner.Docker {
-	o := runner.DockerOptions{Image: testImage}
+func docker(t *testing.T, extra ...func(*backend.DockerOptions)) *backend.Docker {
+	o := backend.DockerOptions{Image: testImage}
 	for _, f := range extra {
 		f(&o)
 	}
-	d, err := runner.NewDocker(o)
+	d, err := backend.NewDocker(o)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
 	return d
@@ -72,7 +71,7 @@ func recordingEnergy(t *testing.T, m *manifest.Manifest, start, end time.Time) f
 	require.NoError(t, err)
 	s := rec.GPUs[0]
 	off := time.Duration(m.Environment.Source.ReplayOffsetNS)
-	lag := energy.EstimateLag(s.Counters, s.Samples)
+	_, lag, _ := energy.FitHybrid(s.Counters, s.Samples)
 	h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag)
 	require.NoError(t, err)
 	r, err := h.Energy(start.Add(-off), end.Add(-off))
@@ -105,18 +104,18 @@ func TestContainerRunAgainstReplay(t *testing.T) {
 	assert.Equal(t, 1, m.Markers.Malformed)
 	assert.Equal(t, 1, m.Markers.HTTP)
 	require.NotNil(t, m.Derived)
-	assert.InDelta(t, m.Energy.HybridJ/128, m.Derived.JPerOutputToken, 1e-9)
+	assert.InDelta(t, float64(m.Energy.HybridJ)/128, float64(m.Derived.JPerOutputToken), 1e-9)
 
 	// Energies equal the energy math on the replayed recording for the same instants.
 	g := m.GPUs[0]
 	require.NotNil(t, g.Baseline)
 	assert.InDelta(t, 78, g.Baseline.MedianW, 5, "idle H200")
-	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), g.Energy.HybridJ, 0.005, "total")
+	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), float64(g.Energy.HybridJ), 0.005, "total")
 	for _, p := range m.Phases {
-		assert.InEpsilon(t, recordingEnergy(t, m, p.Start, p.End), p.GPUs[0].HybridJ, 0.005, p.Name)
+		assert.InEpsilon(t, recordingEnergy(t, m, p.Start, p.End), float64(p.GPUs[0].HybridJ), 0.005, p.Name)
 	}
 	require.NotNil(t, g.CounterStart)
-	assert.InEpsilon(t, g.Energy.HybridJ, g.Energy.CounterJ, 0.05, "bracket reads vs hybrid")
+	assert.InEpsilon(t, float64(g.Energy.HybridJ), float64(g.Energy.CounterJ), 0.05, "bracket reads vs hybrid")
 
 	logs, err := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
 	require.NoError(t, err)
@@ -162,7 +161,7 @@ func TestContainerExitCodeAndMissingImage(t *testing.T) {
 
 	opts := baseOpts(t)
 	_, err = runner.Run(context.Background(), opts, replay(t), nil,
-		docker(t, func(o *runner.DockerOptions) { o.Image = "lem-no-such-image:never" }), slog.Default())
+		docker(t, func(o *backend.DockerOptions) { o.Image = "lem-no-such-image:never" }), slog.Default())
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "lem-no-such-image:never is not present locally")
 	assert.Contains(t, err.Error(), "--pull")
@@ -173,7 +172,7 @@ func TestContainerExitCodeAndMissingImage(t *testing.T) {
 func TestProcessMode(t *testing.T) {
 	wl := build(t, false)
 	opts := baseOpts(t, wl, "-phases", "prefill:1s,decode:1500ms", "-tokens", "64", "-exit", "5")
-	res, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	m := res.Manifest
 	assert.Equal(t, manifest.StatusFail, m.Status)
@@ -181,7 +180,7 @@ func TestProcessMode(t *testing.T) {
 	assert.Equal(t, "process", m.Backend)
 	require.Len(t, m.Phases, 2)
 	assert.Equal(t, "64", m.Results["output_tokens"])
-	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), m.Energy.HybridJ, 0.005)
+	assert.InEpsilon(t, recordingEnergy(t, m, m.Times.Start, m.Times.End), float64(m.Energy.HybridJ), 0.005)
 	logs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
 	assert.Contains(t, string(logs), "gpus: 0", "CUDA_VISIBLE_DEVICES set to the selected GPUs")
 	_, err = os.Stat(filepath.Join(res.Dir, manifest.ResultsDir, "out.json"))
@@ -197,11 +196,11 @@ func TestBaselineReuse(t *testing.T) {
 	wl := build(t, false)
 	opts := baseOpts(t, wl, "-phases", "a:100ms")
 	opts.BaselineTTL = time.Hour
-	first, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	first, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	require.False(t, first.Manifest.GPUs[0].Baseline.Reused)
 	begin := time.Now()
-	second, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	second, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	b := second.Manifest.GPUs[0].Baseline
 	assert.True(t, b.Reused)
@@ -215,21 +214,14 @@ func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
 	// A lem-exporter to mirror the markers to.
 	expSrc, err := gpu.OpenReplay(testutil.TracePath("h200-shape"), gpu.ReplayOptions{})
 	require.NoError(t, err)
-	exp, err := exporter.New(expSrc, nil, exporter.Options{MarkerToken: "tok"}, slog.Default())
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); exp.Run(ctx) }()
-	srv := httptest.NewServer(exp.Handler())
-	defer func() { srv.Close(); cancel(); wg.Wait(); expSrc.Close() }()
+	exp := testutil.StartExporter(t, expSrc, exporter.Options{MarkerToken: "tok"})
 
 	opts := baseOpts(t, wl, "-phases", "prefill:300ms,decode:60s")
 	opts.Timeout = 3 * time.Second
 	opts.Cooldown, opts.CooldownTimeout = "10C", 1500*time.Millisecond // an idle H200 is ~33 °C: never reached
-	opts.ExporterURL, opts.ExporterToken = srv.URL, "tok"
+	opts.ExporterURL, opts.ExporterToken = exp.URL, "tok"
 	opts.RunID = "mirrored"
-	res, err := runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	m := res.Manifest
 	assert.Equal(t, manifest.StatusTime, m.Status)
@@ -261,7 +253,7 @@ func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
 	// A reachable temperature passes the gate at once.
 	opts = baseOpts(t, wl, "-phases", "a:100ms")
 	opts.Cooldown = "90"
-	res, err = runner.Run(context.Background(), opts, replay(t), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	res, err = runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	assert.True(t, res.Manifest.Cooldown.Reached)
 	assert.Less(t, res.Manifest.Cooldown.WaitedS, 2.0)
@@ -286,7 +278,7 @@ func TestObservedGPUs(t *testing.T) {
 
 	opts := baseOpts(t, wl, "-phases", "prefill:1s,decode:2s", "-tokens", "100")
 	opts.WorkloadGPUs = []int{1}
-	res, err := runner.Run(context.Background(), opts, r, r.Devices(), &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
+	res, err := runner.Run(context.Background(), opts, r, r.Devices(), &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
 	m := res.Manifest
 	require.Len(t, m.GPUs, 2)
@@ -304,13 +296,13 @@ func TestObservedGPUs(t *testing.T) {
 	assert.Equal(t, work.Energy.HybridJ, m.Energy.HybridJ, "totals hold the workload GPU only")
 	require.NotNil(t, m.ObservedEnergy)
 	assert.Equal(t, obs.Energy.HybridJ, m.ObservedEnergy.HybridJ)
-	assert.Greater(t, obs.Energy.HybridJ, 0.0)
-	assert.InEpsilon(t, m.Energy.HybridJ, m.ObservedEnergy.HybridJ, 0.02, "both GPUs replay the same recording")
+	assert.Greater(t, float64(obs.Energy.HybridJ), 0.0)
+	assert.InEpsilon(t, float64(m.Energy.HybridJ), float64(m.ObservedEnergy.HybridJ), 0.02, "both GPUs replay the same recording")
 	for _, p := range m.Phases {
 		require.Len(t, p.GPUs, 1)
 		assert.Equal(t, 1, p.GPUs[0].Index)
 	}
-	assert.InDelta(t, m.Energy.HybridJ/100, m.Derived.JPerOutputToken, 1e-9)
+	assert.InDelta(t, float64(m.Energy.HybridJ)/100, float64(m.Derived.JPerOutputToken), 1e-9)
 	logs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
 	assert.Contains(t, string(logs), "gpus: 1 ", "only the workload GPU is visible to the workload")
 	var sum bytes.Buffer
@@ -318,17 +310,17 @@ func TestObservedGPUs(t *testing.T) {
 	assert.Contains(t, sum.String(), "0 (observed)")
 
 	// The run's own trace says which GPUs were the workload's: the analyzer reports the same split from it.
-	runs, err := report.FromTrace(filepath.Join(res.Dir, manifest.TraceFile))
-	require.NoError(t, err)
+	runs, probs := report.Load([]string{filepath.Join(res.Dir, manifest.TraceFile)})
+	require.Empty(t, probs)
 	var found bool
 	for _, r := range runs {
 		if r.Manifest.RunID != m.RunID {
 			continue
 		}
 		found = true
-		assert.InEpsilon(t, m.Energy.HybridJ, r.Manifest.Energy.HybridJ, 0.01)
+		assert.InEpsilon(t, float64(m.Energy.HybridJ), float64(r.Manifest.Energy.HybridJ), 0.01)
 		require.NotNil(t, r.Manifest.ObservedEnergy)
-		assert.InEpsilon(t, m.ObservedEnergy.HybridJ, r.Manifest.ObservedEnergy.HybridJ, 0.01)
+		assert.InEpsilon(t, float64(m.ObservedEnergy.HybridJ), float64(r.Manifest.ObservedEnergy.HybridJ), 0.01)
 	}
 	assert.True(t, found, "run %s in its trace", m.RunID)
 }

@@ -8,6 +8,17 @@ import (
 	"github.com/lem-energy/lem/internal/manifest"
 )
 
+// J formats a measured value with one decimal, or "—" when it was not measured.
+func J(n manifest.Num) string { return Fmt(n, 1) }
+
+// Fmt formats a measured value with prec decimals, or "—" when it was not measured.
+func Fmt(n manifest.Num, prec int) string {
+	if !n.Valid() {
+		return "—"
+	}
+	return fmt.Sprintf("%.*f", prec, float64(n))
+}
+
 // WriteSummary prints the run's table: raw and idle-adjusted energy per GPU and per phase, J per token, warnings.
 func WriteSummary(w io.Writer, dir string, m *manifest.Manifest) error {
 	fmt.Fprintf(w, "\nlem-run %s — %s, %s, %.2f s", m.RunID, m.Experiment, m.Status, m.Times.DurationS)
@@ -15,10 +26,13 @@ func WriteSummary(w io.Writer, dir string, m *manifest.Manifest) error {
 		fmt.Fprintf(w, ", exit %d", *m.ExitCode)
 	}
 	fmt.Fprintf(w, "\n")
+	if m.Error != "" {
+		fmt.Fprintf(w, "error: %s\n", m.Error)
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "GPU\tidle W\tcounter J\thybrid J\tadjusted J\tmean W\tpeak W\tsamples\t")
 	for _, g := range m.GPUs {
-		idle := "-"
+		idle := "—"
 		if g.Baseline != nil {
 			idle = fmt.Sprintf("%.1f", g.Baseline.MedianW)
 		}
@@ -26,33 +40,33 @@ func WriteSummary(w io.Writer, dir string, m *manifest.Manifest) error {
 		if g.Role == manifest.RoleObserved {
 			label += " (observed)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t\n", label, idle, g.Energy.CounterJ, g.Energy.HybridJ,
-			g.Energy.AdjustedJ, g.MeanPowerW, g.PeakPowerW, g.Capture.Samples)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", label, idle, J(g.Energy.CounterJ), J(g.Energy.HybridJ),
+			J(g.Energy.AdjustedJ), J(g.MeanPowerW), J(g.PeakPowerW), g.Capture.Samples)
 	}
 	if len(m.GPUs) > 1 {
-		fmt.Fprintf(tw, "workload\t\t%.1f\t%.1f\t%.1f\t\t\t\t\n", m.Energy.CounterJ, m.Energy.HybridJ, m.Energy.AdjustedJ)
+		fmt.Fprintf(tw, "workload\t\t%s\t%s\t%s\t\t\t\t\n", J(m.Energy.CounterJ), J(m.Energy.HybridJ), J(m.Energy.AdjustedJ))
 	}
 	if o := m.ObservedEnergy; o != nil {
-		fmt.Fprintf(tw, "observed\t\t%.1f\t%.1f\t%.1f\t\t\t\t\n", o.CounterJ, o.HybridJ, o.AdjustedJ)
+		fmt.Fprintf(tw, "observed\t\t%s\t%s\t%s\t\t\t\t\n", J(o.CounterJ), J(o.HybridJ), J(o.AdjustedJ))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
 	if len(m.Phases) > 0 {
-		// A phase that recurs (prefill, decode per batch) is shown once, summed; the manifest keeps each.
+		// A phase that recurs (prefill, decode per batch) is one row, summed; the trace keeps each occurrence.
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "phase\ttimes\tseconds\thybrid J\tadjusted J\t")
-		for _, a := range m.PhaseTotals() {
-			fmt.Fprintf(tw, "%s\t%d\t%.3f\t%.1f\t%.1f\t\n", a.Name, a.Count, a.DurationS, a.HybridJ, a.AdjustedJ)
+		for _, p := range m.Phases {
+			fmt.Fprintf(tw, "%s\t%d\t%.3f\t%s\t%s\t\n", p.Name, p.Count, p.DurationS, J(p.Energy.HybridJ), J(p.Energy.AdjustedJ))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
 		}
 	}
-	if d := m.Derived; d != nil && d.OutputTokens > 0 {
-		fmt.Fprintf(w, "\n%.0f output tokens: %.4f J/token raw, %.4f J/token adjusted (%.2f tokens/J raw)\n",
-			d.OutputTokens, d.JPerOutputToken, d.JPerOutputTokenAdj, d.OutputTokensPerJ)
+	if d := m.Derived; d != nil && d.OutputTokens.Valid() {
+		fmt.Fprintf(w, "\n%.0f output tokens: %s J/token raw, %s J/token adjusted (%s tokens/J raw)\n",
+			float64(d.OutputTokens), Fmt(d.JPerOutputToken, 4), Fmt(d.JPerOutputTokenAdj, 4), Fmt(d.OutputTokensPerJ, 2))
 	}
 	for _, wn := range m.Warnings {
 		fmt.Fprintf(w, "warning [%s]: %s\n", wn.Code, wn.Message)

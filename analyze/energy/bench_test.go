@@ -60,7 +60,7 @@ func BenchmarkEstimateLagHour(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		est := energy.EstimateLag(cs, ss)
+		_, est, _ := energy.FitHybrid(cs, ss)
 		if !est.OK || est.Lag != 80*time.Millisecond {
 			b.Fatalf("lag %v ok %v", est.Lag, est.OK)
 		}

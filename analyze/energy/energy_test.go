@@ -209,7 +209,7 @@ func TestLagNotResolvableOnFlatPower(t *testing.T) {
 			cs = append(cs, trace.CounterReading{Time: at(ms), EnergyMJ: uint64(ms * 100)})
 		}
 	}
-	est := energy.EstimateLag(cs, ss)
+	_, est, _ := energy.FitHybrid(cs, ss)
 	assert.False(t, est.OK)
 	assert.Zero(t, est.Lag)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/internal/trace"
@@ -40,7 +39,7 @@ func NewHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Durat
 	return newHybrid(pts, resets, NewIntegral(ss), lag)
 }
 
-// FitHybrid estimates the counter's lag (EstimateLag) and prepares the hybrid with it, computing the samples'
+// FitHybrid estimates the counter's lag (the lag that best aligns counter increments with the samples) and prepares the hybrid with it, computing the samples'
 // running integral and the counter's distinct values once for both.
 func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagEstimate, error) {
 	pts, resets := normalize(dedupe(cs))
@@ -48,27 +47,6 @@ func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagE
 	lag := estimateLag(pts, in)
 	h, err := newHybrid(slices.Clone(pts), resets, in, lag.Lag)
 	return h, lag, err
-}
-
-// HybridsOf fits every GPU's hybrid of a trace, GPUs in parallel (the lag fit is the costly part); GPUs without
-// usable counter readings or samples are left out.
-func HybridsOf(t *trace.Trace) map[int]*Hybrid {
-	out := map[int]*Hybrid{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for g, s := range t.GPUs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if h, _, err := FitHybrid(s.Counters, s.Samples); err == nil {
-				mu.Lock()
-				out[g] = h
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return out
 }
 
 func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybrid, error) {
@@ -110,9 +88,6 @@ func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 	}
 	return out
 }
-
-// Gain is the counter's joules per sampled joule over the data: the two sensors' relative calibration.
-func (h *Hybrid) Gain() float64 { return h.gain }
 
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
 func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
@@ -188,13 +163,8 @@ const maxLagIntervals = 5000
 // 10–22 on H100/H200 recordings; idle power's small wobble gave up to ~2 with meaningless lags.
 const minContrast = 3
 
-// EstimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the samples'
-// energy over the same interval moved back by L (least squares, one gain for all intervals).
-func EstimateLag(cs []trace.CounterReading, ss []trace.PowerSample) LagEstimate {
-	pts, _ := normalize(dedupe(cs))
-	return estimateLag(pts, NewIntegral(ss))
-}
-
+// estimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the
+// samples' energy over the same interval moved back by L (least squares, one gain for all intervals).
 func estimateLag(pts []point, in *Integral) LagEstimate {
 	// Intervals usable at every candidate lag, so all candidates are scored on the same data.
 	type iv struct {

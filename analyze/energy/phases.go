@@ -33,7 +33,7 @@ func (p PhaseEnergy) Duration() time.Duration { return p.End.Sub(p.Start) }
 
 // Options tune ByPhase.
 type Options struct {
-	// Lag is the counter lag for the hybrid; nil estimates it from the data (EstimateLag).
+	// Lag is the counter lag for the hybrid; nil estimates it from the data (FitHybrid).
 	Lag *time.Duration
 }
 

@@ -3,15 +3,10 @@ package pull_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,90 +17,8 @@ import (
 
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/pull"
-	"github.com/lem-energy/lem/exporter"
-	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/testutil"
-	"github.com/lem-energy/lem/internal/trace"
-	"github.com/lem-energy/lem/runner"
 )
-
-// A replaying lem-exporter streams to and is scraped by a real Prometheus while lem-run measures a run on the same
-// (replayed) GPU and mirrors its markers to the exporter. pull then finds the run from the markers, gets every
-// stored sample, and the energy computed from the pulled data matches the run's manifest.
-func TestPullMatchesManifest(t *testing.T) {
-	start := time.Now()
-	open := func() *gpu.ReplaySource {
-		r, err := gpu.OpenReplay(testutil.TracePath("h200-llm"), gpu.ReplayOptions{Start: start})
-		require.NoError(t, err)
-		t.Cleanup(func() { r.Close() })
-		return r
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	prom := testutil.StartPrometheus(t, fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: lem\n    static_configs:\n      - targets: [%q]\n", addr),
-		"--web.enable-remote-write-receiver")
-	exp, err := exporter.New(open(), nil, exporter.Options{RemoteWrite: &exporter.RemoteWriteOptions{
-		URL: prom.URL + "/api/v1/write", Instance: addr}}, slog.Default())
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); exp.Run(ctx) }()
-	srv := &http.Server{Handler: exp.Handler()}
-	go srv.Serve(ln)
-	stopExporter := func() { srv.Close(); cancel(); wg.Wait() }
-	defer stopExporter()
-
-	time.Sleep(2 * time.Second)
-	opts := runner.Options{Experiment: "pulled", OutDir: t.TempDir(), Baseline: time.Second, Tail: time.Second,
-		BaselineCache: filepath.Join(t.TempDir(), "b.json"), ExporterURL: "http://" + addr,
-		Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard, Command: []string{"sh", "-c",
-			"echo LEM_PHASE prefill; sleep 1.5; echo LEM_PHASE decode; sleep 3; echo LEM_RESULT output_tokens=64"}}
-	res, err := runner.Run(context.Background(), opts, open(), nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
-	require.NoError(t, err)
-	m := res.Manifest
-	time.Sleep(2 * time.Second)
-	stopExporter() // the stream's last batch is sent
-
-	cl, err := pull.New(pull.Options{URL: prom.URL, Chunk: 7 * time.Second})
-	require.NoError(t, err)
-	runs, err := cl.FindRuns(context.Background(), start.Add(-time.Minute), time.Now())
-	require.NoError(t, err)
-	require.Len(t, runs, 1)
-	r := runs[0]
-	assert.Equal(t, m.RunID, r.RunID)
-	assert.Equal(t, addr, r.Instance)
-	assert.WithinDuration(t, m.Times.Start, r.Start, 100*time.Millisecond)
-	assert.WithinDuration(t, m.Times.End, r.End, 100*time.Millisecond)
-
-	from, to := r.Start.Add(-5*time.Second).Truncate(time.Millisecond), r.End.Add(5*time.Second).Truncate(time.Millisecond)
-	tr, err := cl.Trace(context.Background(), r.Instance, from, to, &r)
-	require.NoError(t, err)
-	s := tr.GPUs[0]
-	require.NotNil(t, s)
-	count := prom.Query(fmt.Sprintf(`count_over_time(lem_gpu_power_watts{job="lem_stream",source="sample"}[%dms] @ %.3f)`,
-		to.Sub(from).Milliseconds(), float64(to.UnixMilli())/1000))
-	require.Len(t, count, 1)
-	assert.Equal(t, int(count[0].Value), len(s.Samples), "every stored sample pulled")
-	assert.Greater(t, len(s.Samples), 400, "the 50 Hz stream, not 1 s scrapes")
-
-	lag := energy.EstimateLag(s.Counters, s.Samples)
-	h, err := energy.NewHybrid(s.Counters, s.Samples, lag.Lag)
-	require.NoError(t, err)
-	got, err := h.Energy(m.Times.Start, m.Times.End)
-	require.NoError(t, err)
-	t.Logf("pulled: %.2f J, manifest: %.2f J over %.2f s", got.Joules, m.Energy.HybridJ, m.Times.DurationS)
-	assert.InEpsilon(t, m.Energy.HybridJ, got.Joules, 0.005)
-
-	_, end := tr.Span()
-	phases := trace.Phases(tr.Events, end)
-	var names []string
-	for _, p := range phases {
-		names = append(names, p.Name)
-	}
-	assert.Equal(t, []string{"prefill", "decode"}, names)
-}
 
 func TestPullErrorsNameTheServer(t *testing.T) {
 	cl, err := pull.New(pull.Options{URL: "http://127.0.0.1:1", Retries: 1, Timeout: time.Second})

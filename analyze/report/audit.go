@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/lem-energy/lem/runner/introspect"
+	"github.com/lem-energy/lem/internal/catalogue"
 )
 
 // AuditParam is one backend parameter across an experiment's runs.
@@ -64,7 +64,7 @@ func Audit(runs []Run) ([]AuditExperiment, []Problem) {
 			if !ok {
 				i = len(a.Params)
 				idx[m.Experiment][key] = i
-				a.Params = append(a.Params, AuditParam{Name: e.Name, Group: e.Group, EnergyRelevant: introspect.EnergyRelevant(e.Name)})
+				a.Params = append(a.Params, AuditParam{Name: e.Name, Group: e.Group, EnergyRelevant: catalogue.EnergyRelevant(e.Name)})
 			}
 			p := &a.Params[i]
 			b, _ := json.Marshal(e.Value)

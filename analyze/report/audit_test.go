@@ -9,15 +9,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lem-energy/lem/analyze/report"
+	"github.com/lem-energy/lem/internal/catalogue"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
-	"github.com/lem-energy/lem/runner/introspect"
 )
 
 // TestAuditOnTransformersCatalogue audits runs whose effective parameters come from the transformers 5.17
 // catalogue captured on an H200 host.
 func TestAuditOnTransformersCatalogue(t *testing.T) {
-	cat, err := introspect.Load(filepath.Join(testutil.Root(), "runner", "introspect", "testdata", "transformers-5.17.json"))
+	cat, err := catalogue.Load(filepath.Join(testutil.Root(), "runner", "introspect", "testdata", "transformers-5.17.json"))
 	require.NoError(t, err)
 	var runs []report.Run
 	for i, tokens := range []int{128, 256} {

@@ -183,7 +183,7 @@ func barsSVG(exps []Experiment) template.HTML {
 
 var funcs = template.FuncMap{
 	"ci":  ci,
-	"num": num,
+	"num": numAny,
 	"svg": powerSVG,
 	"ratio": func(r *stats.Ratio) string {
 		if r == nil {

@@ -15,11 +15,26 @@ import (
 	"github.com/lem-energy/lem/internal/manifest"
 )
 
-func num(v float64, prec int) string {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
+// num formats a value with prec decimals, or "–" when it was not measured (NaN or null).
+func num[T ~float64](v T, prec int) string {
+	f := float64(v)
+	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return "–"
 	}
-	return strconv.FormatFloat(v, 'f', prec, 64)
+	return strconv.FormatFloat(f, 'f', prec, 64)
+}
+
+// numAny is num for templates, which pass float64 and manifest.Num alike.
+func numAny(v any, prec int) string {
+	switch x := v.(type) {
+	case float64:
+		return num(x, prec)
+	case manifest.Num:
+		return num(x, prec)
+	case int:
+		return num(float64(x), prec)
+	}
+	return "–"
 }
 
 func ci(s stats.Summary, prec int) string {
@@ -43,17 +58,20 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, r := range runs {
 		m := r.Manifest
-		var jt, jta, tpj float64 = math.NaN(), math.NaN(), math.NaN()
-		if d := m.Derived; d != nil && d.OutputTokens > 0 {
+		jt, jta, tpj := manifest.Null, manifest.Null, manifest.Null
+		if d := m.Derived; d != nil {
 			jt, jta, tpj = d.JPerOutputToken, d.JPerOutputTokenAdj, d.OutputTokensPerJ
 		}
-		var mean, peak float64
+		var mean manifest.Num
+		peak := manifest.Null
 		for _, g := range m.GPUs {
 			if g.Role == manifest.RoleObserved {
 				continue
 			}
 			mean += g.MeanPowerW
-			peak = math.Max(peak, g.PeakPowerW)
+			if g.PeakPowerW.Valid() && (!peak.Valid() || g.PeakPowerW > peak) {
+				peak = g.PeakPowerW
+			}
 		}
 		codes := make([]string, 0, len(m.Warnings))
 		for _, wn := range m.Warnings {
@@ -81,9 +99,9 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 	}
 	fmt.Fprintln(w, "\n## Phases\n\n| run | phase | times | s | energy J | adjusted J |\n|---|---|---|---|---|---|")
 	for _, r := range runs {
-		for _, a := range r.Manifest.PhaseTotals() {
+		for _, a := range r.Manifest.Phases {
 			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s |\n", r.Manifest.RunID, a.Name, a.Count, num(a.DurationS, 3),
-				num(a.HybridJ, 1), num(a.AdjustedJ, 1))
+				num(a.Energy.HybridJ, 1), num(a.Energy.AdjustedJ, 1))
 		}
 	}
 	fmt.Fprint(w, "\n## Experiments (runs with status ok; mean [95 % t interval])\n\n")
@@ -170,7 +188,7 @@ func CSV(w io.Writer, runs []Run) error {
 	sort.SliceStable(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
 	for _, r := range runs {
 		m := r.Manifest
-		var tok, jt, jta float64 = math.NaN(), math.NaN(), math.NaN()
+		tok, jt, jta := manifest.Null, manifest.Null, manifest.Null
 		if d := m.Derived; d != nil {
 			tok, jt, jta = d.OutputTokens, d.JPerOutputToken, d.JPerOutputTokenAdj
 		}

@@ -65,13 +65,13 @@ const SensorGain = 0.05
 
 // budget computes a run's uncertainty from its manifest.
 func budget(m *manifest.Manifest) Uncertainty {
-	u := Uncertainty{SensorGainJ: SensorGain * m.Energy.HybridJ}
+	u := Uncertainty{SensorGainJ: SensorGain * m.Energy.HybridJ.Or(0)}
 	period := energy.DefaultSamplePeriod.Seconds()
 	for _, g := range m.GPUs {
 		if g.Role == manifest.RoleObserved {
 			continue // not in the result
 		}
-		u.BoundaryJ += 2 * period * g.MeanPowerW
+		u.BoundaryJ += 2 * period * g.MeanPowerW.Or(0)
 		if g.Baseline != nil {
 			u.BaselineJ += g.Baseline.IQRW * m.Times.DurationS
 		}
@@ -145,6 +145,20 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 		}
 		runs = append(runs, r)
 	}
+	addTrace := func(p string) {
+		trs, err := fromTraceFile(p, traces)
+		if err != nil {
+			probs = append(probs, Problem{Path: p, Err: err.Error()})
+		}
+		for _, r := range trs {
+			if first, dup := seen[r.Manifest.RunID]; dup {
+				probs = append(probs, Problem{Path: p, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", r.Manifest.RunID, first)})
+				continue
+			}
+			seen[r.Manifest.RunID] = p
+			runs = append(runs, r)
+		}
+	}
 	for _, p := range paths {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -156,38 +170,40 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 			case filepath.Base(p) == manifest.FileName:
 				add(p)
 			case strings.HasSuffix(p, ".parquet"):
-				trs, err := fromTraceFile(p, traces)
-				if err != nil {
-					probs = append(probs, Problem{Path: p, Err: err.Error()})
-				}
-				for _, r := range trs {
-					if first, dup := seen[r.Manifest.RunID]; dup {
-						probs = append(probs, Problem{Path: p, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", r.Manifest.RunID, first)})
-						continue
-					}
-					seen[r.Manifest.RunID] = p
-					runs = append(runs, r)
-				}
+				addTrace(p)
 			default:
 				probs = append(probs, Problem{Path: p, Err: "not a run directory, manifest.json or lem trace (.parquet)"})
 			}
 			continue
 		}
-		found := 0
+		// Run directories (a manifest.json) and, elsewhere, lem traces (a recording directory): a run
+		// directory's own trace and hidden segments are not separate inputs.
+		var manifests, tracesFound []string
 		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
 			if err != nil {
 				return err
 			}
-			if !d.IsDir() && d.Name() == manifest.FileName {
-				found++
-				add(path)
+			switch {
+			case d.IsDir():
+			case d.Name() == manifest.FileName:
+				manifests = append(manifests, path)
+			case strings.HasSuffix(d.Name(), ".parquet") && !strings.HasPrefix(d.Name(), "."):
+				tracesFound = append(tracesFound, path)
 			}
 			return nil
 		})
+		for _, m := range manifests {
+			add(m)
+		}
+		for _, tp := range tracesFound {
+			if _, err := os.Stat(filepath.Join(filepath.Dir(tp), manifest.FileName)); err != nil {
+				addTrace(tp)
+			}
+		}
 		if err != nil {
 			probs = append(probs, Problem{Path: p, Err: err.Error()})
-		} else if found == 0 {
-			probs = append(probs, Problem{Path: p, Err: "no manifest.json found (not a lem-run output directory?)"})
+		} else if len(manifests)+len(tracesFound) == 0 {
+			probs = append(probs, Problem{Path: p, Err: "no manifest.json or lem trace found (not a lem-run output or recording directory?)"})
 		}
 	}
 	sort.Slice(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
@@ -259,12 +275,13 @@ func phaseStats(ms []*manifest.Manifest) []PhaseStats {
 		return nil
 	}
 	var out []PhaseStats
-	for _, first := range ms[0].PhaseTotals() {
+	for _, first := range ms[0].Phases {
 		var d, e, a []float64
 		for _, m := range ms {
-			for _, p := range m.PhaseTotals() {
+			for _, p := range m.Phases {
 				if p.Name == first.Name {
-					d, e, a = append(d, p.DurationS), append(e, p.HybridJ), append(a, p.AdjustedJ)
+					d = append(d, p.DurationS)
+					e, a = appendValid(e, p.Energy.HybridJ), appendValid(a, p.Energy.AdjustedJ)
 				}
 			}
 		}
@@ -306,11 +323,11 @@ func Experiments(runs []Run, reference string) ([]Experiment, error) {
 		for _, m := range ms {
 			e.IncludedRunIDs = append(e.IncludedRunIDs, m.RunID)
 			d = append(d, m.Times.DurationS)
-			en = append(en, m.Energy.HybridJ)
-			adj = append(adj, m.Energy.AdjustedJ)
-			if m.Derived != nil && m.Derived.OutputTokens > 0 {
-				jt = append(jt, m.Derived.JPerOutputToken)
-				jta = append(jta, m.Derived.JPerOutputTokenAdj)
+			en = appendValid(en, m.Energy.HybridJ)
+			adj = appendValid(adj, m.Energy.AdjustedJ)
+			if m.Derived != nil {
+				jt = appendValid(jt, m.Derived.JPerOutputToken)
+				jta = appendValid(jta, m.Derived.JPerOutputTokenAdj)
 			}
 		}
 		e.DurationS, e.EnergyJ, e.AdjustedJ = stats.Summarize(d), stats.Summarize(en), stats.Summarize(adj)
@@ -342,4 +359,12 @@ func Experiments(runs []Run, reference string) ([]Experiment, error) {
 		}
 	}
 	return out, nil
+}
+
+// appendValid appends v to xs when it was measured: unmeasured values stay out of statistics.
+func appendValid(xs []float64, v manifest.Num) []float64 {
+	if v.Valid() {
+		return append(xs, float64(v))
+	}
+	return xs
 }

@@ -2,15 +2,14 @@ package report_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/csv"
 	"encoding/json"
+	"fmt"
 	"image/png"
-	"io"
-	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -18,31 +17,62 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lem-energy/lem/analyze/account"
+	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/report"
-	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
-	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
-// runs makes real run directories: lem-run in process mode against the replayed H200 LLM recording.
+// runs makes run directories from windows of the real H200 LLM recording's idle stretch, as lem-run writes them:
+// a baseline over the second before each run, the run's markers as events, the trace and the accounted manifest.
 func runs(t *testing.T, dir string, exps map[string]int) {
 	t.Helper()
-	for exp, cycles := range exps {
-		for c := 0; c < cycles; c++ {
-			src, err := gpu.OpenReplay(testutil.TracePath("h200-llm"), gpu.ReplayOptions{})
-			require.NoError(t, err)
-			opts := runner.Options{Experiment: exp, OutDir: dir, Baseline: 500 * time.Millisecond, Tail: time.Second,
-				BaselineCache: filepath.Join(t.TempDir(), "b.json"), Cycle: c + 1, Stdout: io.Discard, Stderr: io.Discard,
-				Progress: io.Discard, Command: []string{"sh", "-c",
-					"echo LEM_PHASE prefill; sleep 0.5; echo LEM_PHASE decode; sleep 3; echo LEM_RESULT output_tokens=100 requests=2"}}
-			res, err := runner.Run(context.Background(), opts, src, nil, &runner.Process{Clock: gpu.WallClock{}}, slog.Default())
-			require.NoError(t, err)
-			require.Equal(t, manifest.StatusOK, res.Manifest.Status)
-			require.Equal(t, manifest.Markers{Parsed: 3}, res.Manifest.Markers, "two phases and one two-key result line, nothing posted")
-			src.Close()
+	rec, err := trace.ReadFile(testutil.TracePath("h200-llm"))
+	require.NoError(t, err)
+	first := rec.GPUs[0].Samples[0].Time
+	names := make([]string, 0, len(exps))
+	for e := range exps {
+		names = append(names, e)
+	}
+	sort.Strings(names)
+	slot := 0
+	for _, exp := range names {
+		for c := 0; c < exps[exp]; c++ {
+			start := first.Add(time.Duration(2+5*slot) * time.Second)
+			slot++
+			id := fmt.Sprintf("%s-c%d", exp, c+1)
+			runDir(t, filepath.Join(dir, id), rec, id, exp, c+1, start)
 		}
 	}
+}
+
+func runDir(t *testing.T, dir string, rec *trace.Trace, id, exp string, cycle int, start time.Time) {
+	t.Helper()
+	end := start.Add(4 * time.Second)
+	s := rec.GPUs[0]
+	b, err := energy.ComputeBaseline(s.Samples, s.Telemetry, start.Add(-time.Second), start)
+	require.NoError(t, err)
+	mb := &manifest.Baseline{Start: b.Start, End: b.End, MedianW: b.MedianW, P25W: b.P25W, P75W: b.P75W, IQRW: b.IQRW(), Samples: b.N}
+	tr := trace.New(rec.Env)
+	*tr.Series(0) = *s.Window(start.Add(-2*time.Second), end.Add(2*time.Second))
+	ev := func(at time.Duration, typ, name string, attrs map[string]string) {
+		tr.Events = append(tr.Events, trace.Event{Time: start.Add(at), GPU: trace.NoGPU, Type: typ, RunID: id, Name: name, Attrs: attrs})
+	}
+	ev(0, trace.EventRunStart, exp, nil)
+	ev(0, trace.EventPhase, "prefill", nil)
+	ev(500*time.Millisecond, trace.EventPhase, "decode", nil)
+	ev(3500*time.Millisecond, trace.EventResult, "", map[string]string{"output_tokens": "100", "requests": "2"})
+	ev(4*time.Second, trace.EventRunEnd, exp, map[string]string{"status": "ok"})
+	require.NoError(t, os.MkdirAll(dir, 0o755))
+	require.NoError(t, trace.WriteFile(filepath.Join(dir, manifest.TraceFile), tr))
+	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: id, Experiment: exp, Cycle: cycle,
+		Status: manifest.StatusOK, Backend: "process", Environment: rec.Env, Markers: manifest.Markers{Parsed: 3},
+		Files: manifest.Files{Trace: manifest.TraceFile}}
+	m.Times.BaselineStart, m.Times.BaselineEnd = b.Start, b.End
+	account.Fill(m, account.Input{Trace: tr, RunID: id, Start: start, End: end, Baselines: map[int]*manifest.Baseline{0: mb}})
+	require.NoError(t, manifest.Write(dir, m))
 }
 
 func TestReportOnReplayedRuns(t *testing.T) {
@@ -66,7 +96,7 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	joined := strings.Join(paths, "\n")
 	assert.Contains(t, joined, filepath.Join(bad, "manifest.json"))
 	assert.Contains(t, joined, `schema version "0"`)
-	assert.Contains(t, joined, "no manifest.json found")
+	assert.Contains(t, joined, "no manifest.json or lem trace found")
 	assert.Contains(t, joined, "/nonexistent/runs")
 	assert.Contains(t, joined, "duplicate run", "the same directory given twice")
 
@@ -89,8 +119,8 @@ func TestReportOnReplayedRuns(t *testing.T) {
 
 	for _, r := range loaded {
 		u := r.Uncertainty
-		assert.InDelta(t, 0.05*r.Manifest.Energy.HybridJ, u.SensorGainJ, 1e-9)
-		assert.InDelta(t, 2*0.02*r.Manifest.GPUs[0].MeanPowerW, u.BoundaryJ, 1e-9)
+		assert.InDelta(t, 0.05*float64(r.Manifest.Energy.HybridJ), u.SensorGainJ, 1e-9)
+		assert.InDelta(t, 2*0.02*float64(r.Manifest.GPUs[0].MeanPowerW), u.BoundaryJ, 1e-9)
 		assert.InDelta(t, r.Manifest.GPUs[0].Baseline.IQRW*r.Manifest.Times.DurationS, u.BaselineJ, 1e-9)
 		require.Contains(t, r.Steady, 0)
 		assert.True(t, r.Steady[0].Found, "idle replayed power is steady")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -10,7 +11,7 @@ import (
 
 type importProbeCmd struct {
 	Dir         string  `arg:"" type:"existingdir" help:"Directory with counters.csv, power_samples.csv and marks.txt."`
-	Out         string  `short:"o" required:"" help:"Trace file to write (.parquet)."`
+	Out         string  `short:"o" required:"" env:"LEM_TRACE" help:"Trace file to write (.parquet)."`
 	GPU         int     `default:"0" help:"GPU index to file the data under."`
 	Name        string  `help:"GPU model name of the recording."`
 	UUID        string  `help:"GPU UUID of the recording."`
@@ -19,7 +20,7 @@ type importProbeCmd struct {
 	PowerLimitW float64 `name:"power-limit" help:"Enforced power limit of the recording, watts."`
 }
 
-func (c *importProbeCmd) Run(log *slog.Logger) error {
+func (c *importProbeCmd) Run(ctx context.Context, log *slog.Logger) error {
 	env := meta.Environment{
 		Source: meta.Source{Kind: "probe-csv", Path: c.Dir},
 		Driver: meta.Driver{DriverVersion: c.Driver, NVMLVersion: c.NVML},

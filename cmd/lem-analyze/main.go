@@ -2,11 +2,10 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
-
-	"github.com/alecthomas/kong"
 
 	"github.com/lem-energy/lem/internal/cli"
 )
@@ -21,7 +20,6 @@ type app struct {
 	Audit       auditCmd       `cmd:"" help:"Backend-parameter coverage: every parameter's effective value, explicit vs defaulted, energy-relevant ones highlighted."`
 	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`
 	Synth       synthCmd       `cmd:"" hidden:"" help:"Tile a real recording into a large trace (benchmarks)."`
-	Version     cli.VersionCmd `cmd:"" help:"Print the version."`
 }
 
 func main() {
@@ -30,18 +28,20 @@ func main() {
 		debug.SetGCPercent(400)
 	}
 	var a app
-	ctx := kong.Parse(&a, kong.Name("lem-analyze"),
-		kong.Description("Baseline-subtracted GPU energy per experiment, phase and token."),
-		kong.UsageOnError(), kong.DefaultEnvars("LEM"))
-	if a.CPUProfile != "" {
-		f, err := os.Create(a.CPUProfile)
-		ctx.FatalIfErrorf(err)
-		ctx.FatalIfErrorf(pprof.StartCPUProfile(f))
-		err = ctx.Run(a.Globals.Logger(os.Stderr))
-		pprof.StopCPUProfile()
-		f.Close()
-		ctx.FatalIfErrorf(err)
-		return
-	}
-	ctx.FatalIfErrorf(ctx.Run(a.Globals.Logger(os.Stderr)))
+	os.Exit(cli.Main(&a, &a.Globals, "lem-analyze", "Baseline-subtracted GPU energy per experiment, phase and token.", nil,
+		func(run func() error) error {
+			if a.CPUProfile == "" {
+				return run()
+			}
+			f, err := os.Create(a.CPUProfile)
+			if err != nil {
+				return fmt.Errorf("--cpu-profile: %w", err)
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return fmt.Errorf("--cpu-profile: %w", err)
+			}
+			defer pprof.StopCPUProfile()
+			return run()
+		}))
 }

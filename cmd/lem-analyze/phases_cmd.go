@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,7 +19,7 @@ type phasesCmd struct {
 	Marks string         `type:"existingfile" help:"Probe marks file (MARK <name> <unix ns> …) to take phases from instead of the trace's events."`
 }
 
-func (c *phasesCmd) Run(log *slog.Logger) error {
+func (c *phasesCmd) Run(ctx context.Context, log *slog.Logger) error {
 	var errs []error
 	for _, f := range c.Files {
 		// One bad file is reported and the others still analysed.

@@ -29,10 +29,10 @@ type pullCmd struct {
 	Instance   string        `help:"Pull this instance's series over the window instead of runs (any exporter, incl. dcgm-exporter)."`
 	DCGM       bool          `name:"dcgm" help:"Read dcgm-exporter's DCGM_FI_DEV_POWER_USAGE and DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION."`
 	Chunk      time.Duration `default:"10m" help:"Range-selector window per query."`
-	Out        string        `short:"o" default:"pulled" help:"Directory for the pulled traces."`
+	Out        string        `short:"o" default:"pulled" env:"LEM_PULL_DIR" help:"Directory for the pulled traces."`
 }
 
-func (c *pullCmd) Run(log *slog.Logger) error {
+func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	to := c.To
 	if to.IsZero() {
 		to = time.Now()
@@ -59,7 +59,6 @@ func (c *pullCmd) Run(log *slog.Logger) error {
 	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return fmt.Errorf("--out: %w", err)
 	}
-	ctx := context.Background()
 	write := func(name string, t *trace.Trace) error {
 		p := filepath.Join(c.Out, name+".parquet")
 		if err := trace.WriteFile(p, t); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,10 +17,10 @@ type reportCmd struct {
 	Paths     []string `arg:"" help:"Run directories (or directories holding them), or lem traces (.parquet) whose marked runs are reported."`
 	Format    string   `short:"f" default:"md" enum:"md,html,json,csv" help:"Output format (${enum})."`
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals)."`
-	Out       string   `short:"o" help:"Write the report to this file instead of stdout."`
+	Out       string   `short:"o" env:"LEM_REPORT_FILE" help:"Write the report to this file instead of stdout."`
 }
 
-func (c *reportCmd) Run(log *slog.Logger) error {
+func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
 	load := report.Load
 	if c.Format == "csv" {
@@ -81,7 +82,7 @@ type validateCmd struct {
 // errInvalid makes validate exit non-zero for pipelines.
 var errInvalid = errors.New("runs fail the quality rules")
 
-func (c *validateCmd) Run(log *slog.Logger) error {
+func (c *validateCmd) Run(ctx context.Context, log *slog.Logger) error {
 	runs, probs := report.Load(c.Paths)
 	bad := len(probs)
 	for _, p := range probs {
@@ -113,7 +114,7 @@ type auditCmd struct {
 	Format string   `short:"f" default:"md" enum:"md,json" help:"Output format: md or json."`
 }
 
-func (c *auditCmd) Run(log *slog.Logger) error {
+func (c *auditCmd) Run(ctx context.Context, log *slog.Logger) error {
 	runs, probs := report.LoadManifests(c.Paths)
 	exps, aprobs := report.Audit(runs)
 	probs = append(probs, aprobs...)

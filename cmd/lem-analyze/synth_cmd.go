@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 
@@ -15,7 +16,7 @@ type synthCmd struct {
 	Output string `short:"o" required:"" help:"Output trace."`
 }
 
-func (c *synthCmd) Run(log *slog.Logger) error {
+func (c *synthCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if c.Copies < 1 || c.GPUs < 1 {
 		return fmt.Errorf("--copies and --gpus must be at least 1")
 	}

@@ -4,22 +4,27 @@ package main
 
 import (
 	"os"
-
-	"github.com/alecthomas/kong"
+	"strconv"
 
 	"github.com/lem-energy/lem/internal/cli"
+	"github.com/lem-energy/lem/internal/marker"
+	"github.com/lem-energy/lem/internal/recorder"
 )
 
 type app struct {
 	cli.Globals
-	Serve   serveCmd       `cmd:"" default:"withargs" help:"Sample the GPUs and serve metrics (the default)."`
-	Version cli.VersionCmd `cmd:"" help:"Print the version."`
+	Serve serveCmd `cmd:"" default:"withargs" help:"Sample the GPUs and serve metrics (the default)."`
 }
 
 func main() {
 	var a app
-	ctx := kong.Parse(&a, kong.Name("lem-exporter"),
-		kong.Description("Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers."),
-		kong.UsageOnError(), kong.DefaultEnvars("LEM"), kong.Vars(cli.SamplerVars("2s", "1s")))
-	ctx.FatalIfErrorf(ctx.Run(a.Globals.Logger(os.Stderr)))
+	vars := cli.SamplerVars("2s", "1s")
+	vars["max_active_runs"] = strconv.Itoa(marker.DefaultMaxActive)
+	vars["max_ended_runs"] = strconv.Itoa(marker.DefaultMaxEnded)
+	vars["run_grace"] = marker.DefaultGrace.String()
+	vars["max_phase_names"] = strconv.Itoa(marker.DefaultMaxPhaseNames)
+	vars["max_result_keys"] = strconv.Itoa(marker.DefaultMaxResultKeys)
+	vars["record_flush"] = recorder.DefaultFlushEvery.String()
+	os.Exit(cli.Main(&a, &a.Globals, "lem-exporter",
+		"Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers.", vars, nil))
 }

@@ -5,17 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
-	"os"
-	"os/signal"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/cli"
+	"github.com/lem-energy/lem/internal/marker"
+	"github.com/lem-energy/lem/internal/recorder"
 )
 
 type serveCmd struct {
@@ -27,11 +26,15 @@ type serveCmd struct {
 	MaxRequests   int      `name:"web.max-requests" default:"40" help:"Concurrent scrapes served at most (0: no limit)."`
 
 	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
-	MaxRuns         int           `name:"markers.max-active-runs" default:"64" help:"Cap on concurrently active runs."`
-	RunGrace        time.Duration `name:"markers.grace" default:"5m" help:"How long ended runs and phases stay in /metrics with value 0."`
+	MaxRuns         int           `name:"markers.max-active-runs" default:"${max_active_runs}" help:"Cap on concurrently active runs."`
+	MaxEnded        int           `name:"markers.max-ended-runs" default:"${max_ended_runs}" help:"Cap on ended runs kept (in /metrics with value 0) during their grace period; the oldest go first."`
+	RunGrace        time.Duration `name:"markers.grace" default:"${run_grace}" help:"How long ended runs and phases stay in /metrics with value 0."`
+	MaxPhaseNames   int           `name:"markers.max-phase-names" default:"${max_phase_names}" help:"Cap on distinct phase names per run."`
+	MaxResultKeys   int           `name:"markers.max-result-keys" default:"${max_result_keys}" help:"Cap on distinct result keys per run."`
+	MaxRunAge       time.Duration `name:"markers.max-run-age" default:"168h" help:"End active runs older than this as expired (0: never); runs lem-run mirrors also hold a lease it renews."`
 
 	RecordDir      string        `name:"record.dir" help:"Write the full-rate data to Parquet files in this directory."`
-	RecordFlush    time.Duration `name:"record.flush-interval" default:"10s" help:"Close a segment this often (a crash loses at most this much)."`
+	RecordFlush    time.Duration `name:"record.flush-interval" default:"${record_flush}" help:"Close a segment this often: a crash loses at most this much plus the drain interval."`
 	RecordRotate   time.Duration `name:"record.rotate" default:"1h" help:"Start a new file this often."`
 	RecordMaxSize  int64         `name:"record.max-size" help:"Start a new file once the current one reaches this many bytes (0: no limit)."`
 	RecordMaxAge   time.Duration `name:"record.max-age" help:"Delete files older than this (0: keep)."`
@@ -45,25 +48,43 @@ type serveCmd struct {
 	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
 }
 
-func (c *serveCmd) Run(log *slog.Logger) error {
-	src, devs, err := c.SourceFlags.Open(log)
+func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if c.WebConfigFile != "" {
+		if err := web.Validate(c.WebConfigFile); err != nil {
+			return fmt.Errorf("--web.config.file: %v%w", err, cli.Usage)
+		}
+	}
+	token, err := cli.ReadSecret("--markers.token-file", c.MarkerTokenFile)
 	if err != nil {
 		return err
 	}
-	defer src.Close()
-	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MaxActiveRuns: c.MaxRuns,
-		RunGrace: c.RunGrace, MaxRequestsInFlight: c.MaxRequests}
-	if c.MarkerTokenFile != "" {
-		b, err := os.ReadFile(c.MarkerTokenFile)
+	// Bind first: a taken port is an error before anything starts (dcgm-exporter's 9400 is the usual clash).
+	listeners := make([]net.Listener, 0, len(c.ListenAddress))
+	for _, addr := range c.ListenAddress {
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			return fmt.Errorf("--markers.token-file: %w", err)
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("--web.listen-address %s: %v (another exporter on this port? choose another with --web.listen-address)%w",
+				addr, err, cli.Usage)
 		}
-		if opts.MarkerToken = strings.TrimSpace(string(b)); opts.MarkerToken == "" {
-			return fmt.Errorf("--markers.token-file %s is empty", c.MarkerTokenFile)
-		}
+		listeners = append(listeners, ln)
 	}
+	src, devs, err := c.SourceFlags.Open(log)
+	if err != nil {
+		for _, l := range listeners {
+			l.Close()
+		}
+		return err
+	}
+	defer src.Close()
+	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: token,
+		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
+			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
+		MaxRequestsInFlight: c.MaxRequests}
 	if c.RecordDir != "" {
-		opts.Record = &exporter.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
+		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
 	}
 	if c.RemoteWriteURL != "" {
@@ -72,11 +93,11 @@ func (c *serveCmd) Run(log *slog.Logger) error {
 	}
 	exp, err := exporter.New(src, devs, opts, log)
 	if err != nil {
+		for _, l := range listeners {
+			l.Close()
+		}
 		return err
 	}
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- exp.Run(runCtx) }()
@@ -84,7 +105,7 @@ func (c *serveCmd) Run(log *slog.Logger) error {
 	srv := &http.Server{Handler: exp.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() {
-		serveErr <- web.ListenAndServe(srv, &web.FlagConfig{WebListenAddresses: &c.ListenAddress,
+		serveErr <- web.ServeMultiple(listeners, srv, &web.FlagConfig{WebListenAddresses: &c.ListenAddress,
 			WebConfigFile: &c.WebConfigFile}, log)
 	}()
 	log.Info("lem-exporter started", "listen", c.ListenAddress, "gpus", len(exp.Sampler().Devices()),

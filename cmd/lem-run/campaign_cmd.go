@@ -2,21 +2,16 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/cli"
 	"github.com/lem-energy/lem/runner"
 	"github.com/lem-energy/lem/runner/campaign"
-	"github.com/lem-energy/lem/runner/introspect"
 )
 
 type campaignCmd struct {
@@ -29,18 +24,11 @@ type campaignCmd struct {
 	ExporterToken string `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
 }
 
-func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-func (c *campaignCmd) Run(log *slog.Logger) error {
+func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	f, err := campaign.Load(c.File)
 	if err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	p, err := campaign.Prepare(ctx, f, c.Out, log)
 	if err != nil {
 		return err
@@ -61,18 +49,14 @@ func (c *campaignCmd) Run(log *slog.Logger) error {
 		return err
 	}
 	defer src.Close()
-	token := ""
-	if c.ExporterToken != "" {
-		b, err := os.ReadFile(c.ExporterToken)
-		if err != nil {
-			return fmt.Errorf("--exporter-token-file: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
+	token, err := cli.ReadSecret("--exporter-token-file", c.ExporterToken)
+	if err != nil {
+		return err
 	}
 	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs,
-		Sampler: c.SamplerFlags.Config(), ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token,
+		Sampler: c.SamplerFlags.Config(), ExporterURL: c.Exporter, ExporterToken: token,
 		RequestGPUs: src.Environment().Source.Kind == "nvml", Stdout: os.Stdout,
-		Progress: campaign.NewProgress(os.Stderr, isTerminal(os.Stderr)), Log: log})
+		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log})
 	if st != nil {
 		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)
 		report.ExperimentTable(os.Stdout, st.Experiments)
@@ -84,43 +68,4 @@ func (c *campaignCmd) Run(log *slog.Logger) error {
 		return &cli.ExitError{Code: 1, Err: fmt.Errorf("some runs did not end ok (see %s); run the campaign again to redo them", campaign.StateFile)}
 	}
 	return err
-}
-
-type introspectCmd struct {
-	Backend string   `required:"" enum:"transformers,vllm,tensorrt-llm,python" help:"Inference backend: transformers, vllm, tensorrt-llm, or python (any module:attr given with --target)."`
-	Image   string   `help:"Introspect inside this image (Docker); without it, with --python on this host."`
-	Python  string   `default:"python3" help:"Python interpreter (in the image, or on this host)."`
-	Target  []string `help:"module:attr to catalogue (backend python; repeatable)."`
-	Output  string   `short:"o" help:"Write the catalogue to this file (default: stdout)."`
-}
-
-func (c *introspectCmd) Run(log *slog.Logger) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	var ex introspect.Executor = introspect.Process{Python: c.Python}
-	if c.Image != "" {
-		d, err := runner.NewDocker(runner.DockerOptions{Image: c.Image})
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		if err := d.Preflight(ctx); err != nil {
-			return err
-		}
-		ex = d
-	}
-	cat, err := introspect.Capture(ctx, ex, c.Python, c.Backend, c.Target)
-	if err != nil {
-		return err
-	}
-	if c.Output != "" {
-		if err := cat.Save(c.Output); err != nil {
-			return err
-		}
-		fmt.Fprintf(os.Stderr, "%s %s: %d parameters → %s\n", cat.Backend, cat.Version, len(cat.Parameters), c.Output)
-		return nil
-	}
-	enc := json.NewEncoder(os.Stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(cat)
 }

@@ -34,7 +34,7 @@ func TestRecordAroundCommand(t *testing.T) {
 	require.True(t, errors.As(err, &ee), "want an exit error, got %v; stderr:\n%s", err, stderr.String())
 	assert.Equal(t, 3, ee.ExitCode(), "the command's exit code propagates")
 	assert.Contains(t, stdout.String(), "not a marker", "output passed through")
-	assert.Contains(t, stderr.String(), "marker ignored", "a malformed marker is reported, not fatal")
+	assert.Contains(t, stderr.String(), "malformed marker passed through", "a malformed marker is reported, not fatal")
 	assert.Contains(t, stdout.String(), "prefill")
 
 	tr, err := trace.ReadFile(out)

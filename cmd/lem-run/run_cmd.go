@@ -7,15 +7,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/lem-energy/lem/internal/cli"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/runner/backend"
 )
 
 type runCmd struct {
@@ -28,43 +28,65 @@ type runCmd struct {
 	Keep            bool          `help:"Keep the container after the run."`
 	Pull            bool          `help:"Pull the image if it is missing (otherwise a missing image is an error)."`
 	Experiment      string        `required:"" help:"Experiment name (groups runs for the analyzer)."`
-	RunID           string        `name:"run-id" help:"Run id (default: experiment, time and a random suffix)."`
-	Out             string        `default:"runs" help:"Directory for run directories."`
-	Baseline        time.Duration `default:"30s" help:"Idle baseline measured before the run (0 disables)."`
+	RunID           string        `name:"run-id" help:"Run id: 1-64 letters, digits or _.:- (default: experiment, time and a random suffix)."`
+	Out             string        `default:"runs" env:"LEM_RUNS_DIR" help:"Directory for run directories."`
+	Baseline        time.Duration `default:"${baseline}" help:"Idle baseline measured before the run (0 disables)."`
 	BaselineTTL     time.Duration `name:"baseline-ttl" help:"Reuse a per-GPU baseline younger than this instead of measuring again."`
 	BaselineCache   string        `name:"baseline-cache" help:"File of cached baselines (default: the user cache directory)."`
 	Cooldown        string        `help:"Before the baseline, wait until the GPUs are at or below a temperature (e.g. 45C) or 'stable' (±1 °C over 10 s)."`
-	CooldownTimeout time.Duration `name:"cooldown-timeout" default:"5m" help:"Give up waiting for the cool-down after this long (recorded)."`
+	CooldownTimeout time.Duration `name:"cooldown-timeout" default:"${cooldown_timeout}" help:"Give up waiting for the cool-down after this long (recorded)."`
 	Timeout         time.Duration `help:"Stop the workload after this long."`
-	StopGrace       time.Duration `name:"stop-grace" default:"10s" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
-	Exporter        string        `help:"Also post run and phase markers to this lem-exporter URL."`
-	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
+	StopGrace       time.Duration `name:"stop-grace" default:"${stop_grace}" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
+	Exporter        string        `help:"Also post run and phase markers to this lem-exporter URL (user:password@ for basic auth)."`
+	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Marker token file for --exporter."`
 	Observe         []string      `sep:"," help:"Also sample these GPUs (indices, UUIDs or all) without giving them to the workload; their energy is reported apart, never in the run's totals."`
 	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
 	Command         []string      `arg:"" optional:"" passthrough:"" help:"The workload command (after --)."`
 }
 
-func (c *runCmd) Run(log *slog.Logger) error {
+// check rejects bad input before anything is opened or measured.
+func (c *runCmd) check() error {
 	if len(c.Command) > 0 && c.Command[0] == "--" {
 		c.Command = c.Command[1:]
 	}
 	if len(c.Command) == 0 && c.Image == "" {
-		return errors.New("nothing to run: give a command after --, or --image")
+		return fmt.Errorf("nothing to run: give a command after --, or --image%w", cli.Usage)
+	}
+	if c.RunID != "" {
+		if err := marker.ValidRunID(c.RunID); err != nil {
+			return fmt.Errorf("--run-id: %v%w", err, cli.Usage)
+		}
 	}
 	for _, kv := range c.Env {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
-			return fmt.Errorf("--env %q: want KEY=VALUE", kv)
+			return fmt.Errorf("--env %q: want KEY=VALUE%w", kv, cli.Usage)
 		}
 	}
 	if c.Cooldown != "" {
 		if _, err := runner.ParseCooldown(c.Cooldown); err != nil {
-			return fmt.Errorf("--cooldown: %w", err)
+			return fmt.Errorf("--cooldown: %v%w", err, cli.Usage)
 		}
 	}
 	for _, v := range c.Volume {
 		if parts := strings.Split(v, ":"); len(parts) < 2 || parts[0] == "" || parts[1] == "" {
-			return fmt.Errorf("--volume %q: want SRC:DST[:ro]", v)
+			return fmt.Errorf("--volume %q: want SRC:DST[:ro]%w", v, cli.Usage)
 		}
+	}
+	if c.Exporter != "" {
+		if _, err := marker.NewClient(c.Exporter, ""); err != nil {
+			return fmt.Errorf("--exporter: %v%w", err, cli.Usage)
+		}
+	}
+	return nil
+}
+
+func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if err := c.check(); err != nil {
+		return err
+	}
+	token, err := cli.ReadSecret("--exporter-token-file", c.ExporterToken)
+	if err != nil {
+		return err
 	}
 	src, devs, err := c.SourceFlags.Open(log)
 	if err != nil {
@@ -75,7 +97,7 @@ func (c *runCmd) Run(log *slog.Logger) error {
 	if len(c.Observe) > 0 {
 		obs, err := gpu.Select(src.Devices(), c.Observe)
 		if err != nil {
-			return fmt.Errorf("--observe: %w", err)
+			return fmt.Errorf("--observe: %v%w", err, cli.Usage)
 		}
 		for _, d := range devs {
 			workloadGPUs = append(workloadGPUs, d.Info().Index)
@@ -86,10 +108,9 @@ func (c *runCmd) Run(log *slog.Logger) error {
 			}
 		}
 	}
-
-	var be runner.Backend
+	var be backend.Backend
 	if c.Image != "" {
-		d, err := runner.NewDocker(runner.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name,
+		d, err := backend.NewDocker(backend.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name,
 			Keep: c.Keep, Pull: c.Pull, RequestGPUs: src.Environment().Source.Kind == "nvml"})
 		if err != nil {
 			return err
@@ -97,18 +118,8 @@ func (c *runCmd) Run(log *slog.Logger) error {
 		defer d.Close()
 		be = d
 	} else {
-		be = &runner.Process{Clock: src.Clock()}
+		be = &backend.Process{Clock: src.Clock()}
 	}
-	token := ""
-	if c.ExporterToken != "" {
-		b, err := os.ReadFile(c.ExporterToken)
-		if err != nil {
-			return fmt.Errorf("--exporter-token-file: %w", err)
-		}
-		token = strings.TrimSpace(string(b))
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	summary := os.Stdout
 	if c.JSON {
 		summary = os.Stderr
@@ -116,7 +127,8 @@ func (c *runCmd) Run(log *slog.Logger) error {
 	opts := runner.Options{Experiment: c.Experiment, RunID: c.RunID, OutDir: c.Out, Command: c.Command,
 		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, Cooldown: c.Cooldown,
 		CooldownTimeout: c.CooldownTimeout, Timeout: c.Timeout, StopGrace: c.StopGrace, Sampler: c.SamplerFlags.Config(),
-		ExporterURL: strings.TrimRight(c.Exporter, "/"), ExporterToken: token, Stdout: summary, WorkloadGPUs: workloadGPUs}
+		ExporterURL: c.Exporter, ExporterToken: token, Stdout: summary, WorkloadGPUs: workloadGPUs,
+		ProgressTTY: cli.IsTerminal(os.Stderr)}
 	if c.Image == "" {
 		opts.Env = c.Env // containers get --env through the backend
 	}
@@ -133,9 +145,11 @@ func (c *runCmd) Run(log *slog.Logger) error {
 		enc.Encode(res.Manifest)
 	}
 	if res.ExitCode != 0 {
-		return &cli.ExitError{Code: res.ExitCode, Err: errors.Join(err, fmt.Errorf("run %s: %s", res.Manifest.RunID, res.Manifest.Status))}
+		why := res.Manifest.Status
+		if res.Manifest.Error != "" {
+			why += ": " + res.Manifest.Error
+		}
+		return &cli.ExitError{Code: res.ExitCode, Err: errors.Join(err, fmt.Errorf("run %s %s (%s)", res.Manifest.RunID, why, res.Dir))}
 	}
 	return err
 }
-
-var _ gpu.Source = (*gpu.ReplaySource)(nil)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/alecthomas/kong"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/sampler"
 )
@@ -53,16 +54,17 @@ func (f SourceFlags) Open(log *slog.Logger) (gpu.Source, []gpu.Device, error) {
 // SamplerVars are the cadence defaults of a command (kong variables used by SamplerFlags). The runner reads
 // telemetry at 10 Hz and the counter every second for the one experiment it brackets; the always-on exporter
 // reads both less often to stay near 0.5 % of a core per GPU (each counter read costs 3-4 ms of CPU).
-func SamplerVars(counter, telemetry string) map[string]string {
-	return map[string]string{"counter_interval": counter, "telemetry_interval": telemetry}
+func SamplerVars(counter, telemetry string) kong.Vars {
+	return kong.Vars{"counter_interval": counter, "telemetry_interval": telemetry,
+		"drain_interval": sampler.DefaultDrainInterval.String(), "ring_span": sampler.DefaultRingSpan.String()}
 }
 
 // SamplerFlags set the sampler's cadence.
 type SamplerFlags struct {
 	CounterInterval   time.Duration `name:"counter-interval" default:"${counter_interval}" help:"Energy-counter read interval (each read costs 3-4 ms of CPU)."`
-	DrainInterval     time.Duration `name:"drain-interval" default:"1s" help:"Power-sample buffer drain interval (must stay well inside the ~2.4 s buffer)."`
+	DrainInterval     time.Duration `name:"drain-interval" default:"${drain_interval}" help:"Power-sample buffer drain interval (must stay well inside the ~2.4 s buffer)."`
 	TelemetryInterval time.Duration `name:"telemetry-interval" default:"${telemetry_interval}" help:"Telemetry (temperature, clocks, utilization) interval."`
-	RingSpan          time.Duration `name:"ring-span" default:"10m" help:"Recent data kept in memory per GPU."`
+	RingSpan          time.Duration `name:"ring-span" default:"${ring_span}" help:"Recent data kept in memory per GPU."`
 }
 
 // Config returns the sampler configuration.

@@ -67,16 +67,7 @@ func NewReplay(t *trace.Trace, path string, opts ReplayOptions) (*ReplaySource, 
 	}
 	// Play the span every GPU has both samples and counter for; samples before it still come out of the
 	// emulated driver buffer at start, as they would on a real GPU.
-	var t0, t1 time.Time
-	for i, g := range t.GPUIndices() {
-		a, b := t.GPUs[g].Common()
-		if i == 0 || a.After(t0) {
-			t0 = a
-		}
-		if i == 0 || b.Before(t1) {
-			t1 = b
-		}
-	}
+	t0, t1 := t.Common()
 	if t0.IsZero() || !t1.After(t0) {
 		return nil, fmt.Errorf("replay %s: the trace holds no power samples or counter readings", path)
 	}

@@ -13,8 +13,10 @@ import (
 	"github.com/lem-energy/lem/internal/meta"
 )
 
-// SchemaVersion is the manifest layout version.
-const SchemaVersion = "1"
+// SchemaVersion is the manifest layout version. Version 2: unmeasured values are null (never 0), phases are
+// summed per name (each occurrence stays in the trace), the counter lag and energy method are recorded per GPU.
+// Read also accepts version 1.
+const SchemaVersion = "2"
 
 // File names inside a run directory.
 const (
@@ -28,6 +30,10 @@ const (
 	StatusIntr  = "interrupted"
 	StatusTime  = "timeout"
 	StatusError = "error"
+	// StatusRunning marks a provisional manifest written while the run is in progress; a run directory still
+	// saying running after its runner is gone crashed.
+	StatusRunning = "running"
+	StatusCrashed = "crashed"
 )
 
 // Manifest describes one run.
@@ -138,8 +144,10 @@ type Baseline struct {
 	Samples    int       `json:"samples"`
 	TempStartC *float64  `json:"temp_start_c,omitempty"`
 	TempEndC   *float64  `json:"temp_end_c,omitempty"`
-	Reused     bool      `json:"reused"`
-	AgeS       float64   `json:"age_s,omitempty"`
+	// UtilMean is the GPU's mean utilization (0-1) over the window: above a few percent it was not idle.
+	UtilMean *float64 `json:"util_mean,omitempty"`
+	Reused   bool     `json:"reused"`
+	AgeS     float64  `json:"age_s,omitempty"`
 }
 
 // CounterRead is one bracketing read of the energy counter.
@@ -150,58 +158,57 @@ type CounterRead struct {
 
 // GPU is one GPU's result.
 type GPU struct {
-	Index        int                `json:"index"`
-	Role         string             `json:"role"` // workload, or observed (idle neighbour, not in the totals)
-	UUID         string             `json:"uuid"`
-	Name         string             `json:"name"`
-	Baseline     *Baseline          `json:"baseline,omitempty"`
-	CounterStart *CounterRead       `json:"counter_start,omitempty"`
-	CounterEnd   *CounterRead       `json:"counter_end,omitempty"`
-	Energy       Energy             `json:"energy"`
-	MeanPowerW   float64            `json:"mean_power_w"`
-	PeakPowerW   float64            `json:"peak_power_w"`
-	TempStartC   *float64           `json:"temp_start_c,omitempty"`
-	TempEndC     *float64           `json:"temp_end_c,omitempty"`
-	ThrottleS    map[string]float64 `json:"throttle_s,omitempty"`
-	Capture      Capture            `json:"capture"`
+	Index        int          `json:"index"`
+	Role         string       `json:"role"` // workload, or observed (idle neighbour, not in the totals)
+	UUID         string       `json:"uuid"`
+	Name         string       `json:"name"`
+	Baseline     *Baseline    `json:"baseline,omitempty"`
+	CounterStart *CounterRead `json:"counter_start,omitempty"`
+	CounterEnd   *CounterRead `json:"counter_end,omitempty"`
+	Energy       Energy       `json:"energy"`
+	// Method is how Energy.HybridJ was obtained: hybrid, samples (no usable counter) or counter (no samples).
+	Method     string             `json:"energy_method,omitempty"`
+	Lag        *Lag               `json:"counter_lag,omitempty"`
+	MeanPowerW Num                `json:"mean_power_w"`
+	PeakPowerW Num                `json:"peak_power_w"`
+	TempStartC *float64           `json:"temp_start_c,omitempty"`
+	TempEndC   *float64           `json:"temp_end_c,omitempty"`
+	ThrottleS  map[string]float64 `json:"throttle_s,omitempty"`
+	Capture    Capture            `json:"capture"`
 }
 
-// Energy by method, in joules. CounterJ is the exact counter difference between the bracketing reads; HybridJ
-// covers exactly the workload's run (counter total, 50 Hz shape); AdjustedJ is HybridJ minus idle power.
+// Lag is the counter lag the hybrid used on one GPU, as estimated from the trace.
+type Lag struct {
+	MS        float64 `json:"ms"`
+	Resolved  bool    `json:"resolved"` // false: flat power, the lag could not be told; the hybrid used 0
+	Contrast  float64 `json:"contrast"`
+	Intervals int     `json:"intervals"`
+}
+
+// Energy by method, in joules; null where not measured. CounterJ is the counter difference over the run (the
+// bracketing reads where lem-run made them); HybridJ covers exactly the run (counter total, 50 Hz shape) and is
+// the raw energy reported; AdjustedJ is HybridJ minus idle power over the same time, null without a baseline.
 type Energy struct {
-	CounterJ        float64 `json:"counter_j"`
-	HybridJ         float64 `json:"hybrid_j"`
-	SampledJ        float64 `json:"sampled_j"`
-	AdjustedJ       float64 `json:"adjusted_j"`
-	AdjustedClamped bool    `json:"adjusted_clamped,omitempty"`
+	CounterJ        Num  `json:"counter_j"`
+	HybridJ         Num  `json:"hybrid_j"`
+	SampledJ        Num  `json:"sampled_j"`
+	AdjustedJ       Num  `json:"adjusted_j"`
+	AdjustedClamped bool `json:"adjusted_clamped,omitempty"`
 }
 
-// Add adds o to e; a clamped adjustment stays flagged.
-func (e *Energy) Add(o Energy) {
+// Unmeasured is an Energy with every value null.
+func Unmeasured() Energy {
+	return Energy{CounterJ: Null, HybridJ: Null, SampledJ: Null, AdjustedJ: Null}
+}
+
+// Sum adds o to e: a total is measured only where every part was (null + x = null); a clamped adjustment stays
+// flagged.
+func (e *Energy) Sum(o Energy) {
 	e.CounterJ += o.CounterJ
 	e.HybridJ += o.HybridJ
 	e.SampledJ += o.SampledJ
 	e.AdjustedJ += o.AdjustedJ
 	e.AdjustedClamped = e.AdjustedClamped || o.AdjustedClamped
-}
-
-// AddGPU appends a GPU's result and adds its energy to the total of its role: Energy for the workload's GPUs,
-// ObservedEnergy (created on first use) for observed ones.
-func (m *Manifest) AddGPU(g GPU) {
-	m.GPUs = append(m.GPUs, g)
-	m.AddGPUEnergy(g)
-}
-
-// AddGPUEnergy adds a GPU's energy to the total of its role (see AddGPU).
-func (m *Manifest) AddGPUEnergy(g GPU) {
-	total := &m.Energy
-	if g.Role == RoleObserved {
-		if m.ObservedEnergy == nil {
-			m.ObservedEnergy = &Energy{}
-		}
-		total = m.ObservedEnergy
-	}
-	total.Add(g.Energy)
 }
 
 // Capture is the power-sample capture quality over the run.
@@ -212,39 +219,45 @@ type Capture struct {
 	Overruns  int `json:"overruns"`
 }
 
-// Phase is one workload phase.
+// Phase is one workload phase name, every occurrence summed (a phase that recurs, such as prefill and decode per
+// batch, appears once; the trace keeps each occurrence). Start is the first occurrence's start, End the last one's
+// end.
 type Phase struct {
 	Name      string     `json:"name"`
+	Count     int        `json:"count"`
 	Start     time.Time  `json:"start"`
 	End       time.Time  `json:"end"`
 	DurationS float64    `json:"duration_s"`
 	GPUs      []PhaseGPU `json:"gpus"`
-	Energy    Energy     `json:"energy"` // summed over GPUs
+	Energy    Energy     `json:"energy"` // summed over the workload's GPUs
 }
 
 // PhaseGPU is one GPU's energy in a phase.
 type PhaseGPU struct {
-	Index     int     `json:"index"`
-	HybridJ   float64 `json:"hybrid_j"`
-	AdjustedJ float64 `json:"adjusted_j"`
+	Index           int  `json:"index"`
+	HybridJ         Num  `json:"hybrid_j"`
+	AdjustedJ       Num  `json:"adjusted_j"`
+	AdjustedClamped bool `json:"adjusted_clamped,omitempty"`
 }
 
-// Derived are per-unit figures from the workload's results.
+// Derived are per-unit figures from the workload's results; null where the count or the energy is missing.
 type Derived struct {
-	OutputTokens        float64 `json:"output_tokens,omitempty"`
-	Requests            float64 `json:"requests,omitempty"`
-	JPerOutputToken     float64 `json:"j_per_output_token,omitempty"`
-	JPerOutputTokenAdj  float64 `json:"j_per_output_token_adjusted,omitempty"`
-	OutputTokensPerJ    float64 `json:"output_tokens_per_j,omitempty"`
-	OutputTokensPerJAdj float64 `json:"output_tokens_per_j_adjusted,omitempty"`
-	JPerRequest         float64 `json:"j_per_request,omitempty"`
-	JPerRequestAdj      float64 `json:"j_per_request_adjusted,omitempty"`
+	OutputTokens        Num `json:"output_tokens"`
+	Requests            Num `json:"requests"`
+	JPerOutputToken     Num `json:"j_per_output_token"`
+	JPerOutputTokenAdj  Num `json:"j_per_output_token_adjusted"`
+	OutputTokensPerJ    Num `json:"output_tokens_per_j"`
+	OutputTokensPerJAdj Num `json:"output_tokens_per_j_adjusted"`
+	JPerRequest         Num `json:"j_per_request"`
+	JPerRequestAdj      Num `json:"j_per_request_adjusted"`
 }
 
-// Markers counts the workload's marker lines.
+// Markers counts the workload's markers: lines parsed, lines that looked like markers but were malformed,
+// markers the store rejected (limits, ended run), and markers that came over HTTP.
 type Markers struct {
 	Parsed    int `json:"parsed"`
 	Malformed int `json:"malformed"`
+	Rejected  int `json:"rejected"`
 	HTTP      int `json:"http"`
 }
 
@@ -288,36 +301,49 @@ func Read(path string) (*Manifest, error) {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest %s: %w", path, err)
 	}
-	if m.SchemaVersion != SchemaVersion {
-		return nil, fmt.Errorf("manifest %s: schema version %q, this lem reads %q", path, m.SchemaVersion, SchemaVersion)
+	switch m.SchemaVersion {
+	case SchemaVersion:
+	case "1":
+		upgradeV1(&m)
+	default:
+		return nil, fmt.Errorf("manifest %s: schema version %q, this lem reads %q and \"1\"", path, m.SchemaVersion, SchemaVersion)
 	}
 	return &m, nil
 }
 
-// PhaseTotal sums the occurrences of one phase name (prefill, decode once per batch).
-type PhaseTotal struct {
-	Name      string
-	Count     int
-	DurationS float64
-	HybridJ   float64
-	AdjustedJ float64
-}
-
-// PhaseTotals sums the phases by name, in order of first appearance.
-func (m *Manifest) PhaseTotals() []PhaseTotal {
-	var out []PhaseTotal
+// upgradeV1 turns a version-1 manifest into the current layout: one entry per phase name.
+func upgradeV1(m *Manifest) {
+	var out []Phase
 	at := map[string]int{}
 	for _, p := range m.Phases {
 		i, ok := at[p.Name]
 		if !ok {
 			i = len(out)
 			at[p.Name] = i
-			out = append(out, PhaseTotal{Name: p.Name})
+			q := p
+			q.Count, q.GPUs = 0, nil
+			q.DurationS, q.Energy = 0, Energy{}
+			out = append(out, q)
 		}
-		out[i].Count++
-		out[i].DurationS += p.DurationS
-		out[i].HybridJ += p.Energy.HybridJ
-		out[i].AdjustedJ += p.Energy.AdjustedJ
+		o := &out[i]
+		o.Count++
+		o.End = p.End
+		o.DurationS += p.DurationS
+		o.Energy.Sum(p.Energy)
+		for _, g := range p.GPUs {
+			found := false
+			for j := range o.GPUs {
+				if o.GPUs[j].Index == g.Index {
+					o.GPUs[j].HybridJ += g.HybridJ
+					o.GPUs[j].AdjustedJ += g.AdjustedJ
+					found = true
+				}
+			}
+			if !found {
+				o.GPUs = append(o.GPUs, g)
+			}
+		}
 	}
-	return out
+	m.Phases = out
+	m.SchemaVersion = SchemaVersion
 }

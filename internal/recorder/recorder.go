@@ -1,10 +1,13 @@
-// Package recorder subscribes to a sampler and keeps everything it delivers: in memory, in a Parquet trace file,
-// or both. The exporter's recorder, the runner's run trace and `lem-run record` are all this.
+// Package recorder subscribes to a sampler and keeps everything it delivers: in memory, in a crash-safe trace
+// file of closed segments, or both. The exporter's recording directory, the runner's run trace and
+// `lem-run record` are all this.
 package recorder
 
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/lem-energy/lem/internal/sampler"
@@ -15,52 +18,77 @@ import (
 // second, so this holds minutes of backlog before anything is dropped.
 const QueueSize = 8192
 
-// Recorder consumes one subscription.
-type Recorder struct {
-	sub        *sampler.Subscription
-	w          *trace.Writer
-	mem        *trace.Trace
-	flushEvery time.Duration
-	done       chan struct{}
-	err        error
-}
+// DefaultFlushEvery is how often a recording closes its current segment: a crash loses at most this much (plus
+// the sampler's drain interval, the age of the newest samples it has not yet delivered).
+const DefaultFlushEvery = 5 * time.Second
 
 // Options choose where records go.
 type Options struct {
-	// Writer, if set, receives every record; it is flushed every FlushEvery (default 10 s) so a crash loses at
-	// most that much, and closed by Stop.
-	Writer     *trace.Writer
+	// Path, if set, is the trace file (.parquet) to write. Records go into segments beside it, each closed every
+	// FlushEvery; Stop merges them into Path. A crash leaves the closed segments (ReadSegments reads them).
+	Path       string
 	FlushEvery time.Duration
+	// Metadata is written into every segment's key-value metadata.
+	Metadata map[string]string
 	// Memory keeps an in-memory trace, returned by Stop.
 	Memory bool
 }
 
+// Recorder consumes one subscription.
+type Recorder struct {
+	sub  *sampler.Subscription
+	seg  *segmentWriter
+	mem  *trace.Trace
+	done chan struct{}
+	err  error
+}
+
 // Start subscribes to s and records until Stop.
-func Start(s *sampler.Sampler, opts Options) *Recorder {
+func Start(s *sampler.Sampler, opts Options) (*Recorder, error) {
 	if opts.FlushEvery <= 0 {
-		opts.FlushEvery = 10 * time.Second
+		opts.FlushEvery = DefaultFlushEvery
 	}
-	r := &Recorder{sub: s.Subscribe("recorder", QueueSize), w: opts.Writer, flushEvery: opts.FlushEvery,
-		done: make(chan struct{})}
+	r := &Recorder{done: make(chan struct{})}
+	if opts.Path != "" {
+		name := strings.TrimSuffix(filepath.Base(opts.Path), ".parquet")
+		w, err := newSegmentWriter(filepath.Dir(opts.Path), name, s.Environment(), opts.Metadata, opts.FlushEvery)
+		if err != nil {
+			return nil, err
+		}
+		r.seg = w
+	}
 	if opts.Memory {
 		r.mem = trace.New(s.Environment())
 	}
-	go r.run()
-	return r
+	r.sub = s.Subscribe("recorder", QueueSize)
+	go r.run(tickEvery(opts.FlushEvery))
+	return r, nil
 }
 
-func (r *Recorder) run() {
+// tickEvery is how often a recording checks its segment's age: often enough that a segment closes within its
+// flush interval.
+func tickEvery(flush time.Duration) time.Duration { return min(flush/10, time.Second) }
+
+func (r *Recorder) run(tick time.Duration) {
 	defer close(r.done)
-	lastFlush := time.Now()
-	for rec := range r.sub.C() {
-		if err := r.record(rec); err != nil && r.err == nil {
-			r.err = err // keep consuming: the in-memory copy stays complete
-		}
-		if r.w != nil && time.Since(lastFlush) >= r.flushEvery {
-			if err := r.w.Flush(); err != nil && r.err == nil {
-				r.err = err
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case rec, ok := <-r.sub.C():
+			if !ok {
+				return
 			}
-			lastFlush = time.Now()
+			if err := r.record(rec); err != nil && r.err == nil {
+				r.err = err // keep consuming: the in-memory copy stays complete
+			}
+		case now := <-t.C:
+			if r.seg != nil {
+				// Close early by one tick, so no segment stays open longer than the flush interval.
+				if err := r.seg.tick(now.Add(tick)); err != nil && r.err == nil {
+					r.err = err
+				}
+			}
 		}
 	}
 }
@@ -81,10 +109,10 @@ func (r *Recorder) record(rec sampler.Record) error {
 			r.mem.Events = append(r.mem.Events, rec.Event)
 		}
 	}
-	if r.w == nil {
+	if r.seg == nil {
 		return nil
 	}
-	return Write(r.w, rec)
+	return r.seg.write(rec, time.Now())
 }
 
 // Write appends one sampler record to a trace file.
@@ -102,11 +130,8 @@ func Write(w *trace.Writer, rec sampler.Record) error {
 	return nil
 }
 
-// Dropped is how many records the recorder's queue dropped.
-func (r *Recorder) Dropped() uint64 { return r.sub.Dropped() }
-
-// Stop unsubscribes, records what is still queued, closes the file and returns the in-memory trace (nil without
-// Memory). The sampler should have stopped first so its final drain is included.
+// Stop unsubscribes, records what is still queued, merges the trace file and returns the in-memory trace (nil
+// without Memory). The sampler should have stopped first so its final drain is included.
 func (r *Recorder) Stop() (*trace.Trace, error) {
 	r.sub.Close()
 	<-r.done
@@ -114,12 +139,9 @@ func (r *Recorder) Stop() (*trace.Trace, error) {
 	if d := r.sub.Dropped(); d > 0 {
 		err = errors.Join(err, fmt.Errorf("recorder dropped %d records (queue full)", d))
 	}
-	if r.w != nil {
-		if err != nil {
-			r.w.SetMetadata("lem.recorder_error", err.Error())
-		}
-		if cerr := r.w.Close(); cerr != nil {
-			err = errors.Join(err, cerr)
+	if r.seg != nil {
+		if ferr := r.seg.finish(); ferr != nil {
+			err = errors.Join(err, ferr)
 		}
 	}
 	if r.mem != nil {

@@ -24,11 +24,10 @@ type CallStats struct {
 	Last         time.Duration
 }
 
-// Where a gap lay, in the "where" attribute of gap events: inside one drained batch (the driver produced no
-// sample) or between two drains (lem may have lost samples).
+// Where a gap lay (trace.GapInBatch, trace.GapAtDrain), in the "where" attribute of gap events.
 const (
-	GapInBatch = "in_batch"
-	GapAtDrain = "at_drain"
+	GapInBatch = trace.GapInBatch
+	GapAtDrain = trace.GapAtDrain
 )
 
 // Device call names in Stats.Calls.

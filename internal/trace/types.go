@@ -65,6 +65,15 @@ const (
 	EventGap          = "gap"
 	EventOverrun      = "overrun"
 	EventDeviceError  = "device_error"
+	// EventBaseline carries one GPU's idle baseline measured for a run (attributes in the marker package).
+	EventBaseline = "baseline"
+)
+
+// Where a gap lay, in the "where" attribute of gap events: inside one drained batch (the driver produced no
+// sample) or between two drains (samples may have been lost).
+const (
+	GapInBatch = "in_batch"
+	GapAtDrain = "at_drain"
 )
 
 // LabelWorkloadGPUs is the run label listing the GPU indices given to the workload (comma-separated); other GPUs
@@ -161,6 +170,20 @@ func (t *Trace) Span() (first, last time.Time) {
 		if n := len(s.Counters); n > 0 {
 			upd(s.Counters[0].Time)
 			upd(s.Counters[n-1].Time)
+		}
+	}
+	return first, last
+}
+
+// Common returns the span in which every GPU has both samples and counter readings (see Series.Common).
+func (t *Trace) Common() (first, last time.Time) {
+	for i, g := range t.GPUIndices() {
+		f, l := t.GPUs[g].Common()
+		if i == 0 || f.After(first) {
+			first = f
+		}
+		if i == 0 || l.Before(last) {
+			last = l
 		}
 	}
 	return first, last

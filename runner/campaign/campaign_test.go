@@ -169,7 +169,7 @@ experiments:
 	var sum float64
 	for _, id := range e.IncludedRunIDs {
 		m, _ := manifest.Read(filepath.Join(out, id))
-		sum += m.Derived.JPerOutputToken
+		sum += float64(m.Derived.JPerOutputToken)
 	}
 	assert.InDelta(t, sum/2, e.JPerToken.Mean, 1e-9)
 	assert.False(t, e.JPerToken.CILow > e.JPerToken.Mean || e.JPerToken.CIHigh < e.JPerToken.Mean)

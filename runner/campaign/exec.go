@@ -18,6 +18,7 @@ import (
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/runner/backend"
 )
 
 var lookPath = exec.LookPath
@@ -33,8 +34,8 @@ type executor struct {
 type backendContainer struct {
 	name   string
 	spec   *Persistent
-	d      *runner.Docker
-	pc     *runner.Persistent
+	d      *backend.Docker
+	pc     *backend.Persistent
 	starts int
 	failed error
 }
@@ -119,13 +120,13 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 	bc := ex.containers[name]
 	if bc == nil {
 		spec := ex.p.File.Backends[name]
-		d, err := runner.NewDocker(runner.DockerOptions{Image: spec.Image, Entrypoint: spec.Entrypoint, Env: envList(spec.Env),
+		d, err := backend.NewDocker(backend.DockerOptions{Image: spec.Image, Entrypoint: spec.Entrypoint, Env: envList(spec.Env),
 			Volumes: spec.Volumes,
 			Name:    fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs})
 		if err != nil {
 			return nil, err
 		}
-		bc = &backendContainer{name: name, spec: spec, d: d, pc: d.NewPersistent(runner.PersistentOptions{
+		bc = &backendContainer{name: name, spec: spec, d: d, pc: d.NewPersistent(backend.PersistentOptions{
 			Command: spec.Command, HealthURL: spec.Health.HTTP, HealthCommand: spec.Health.Command,
 			HealthTimeout: spec.Health.Timeout.D(), ResultsHost: filepath.Join(absPath(ex.p.out), ".backends", name)})}
 		ex.containers[name] = bc
@@ -182,7 +183,7 @@ func (ex *executor) closeContainers() {
 }
 
 // backend is the runner backend for one run of c, and what to release after it.
-func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, cycle int, env []string) (runner.Backend, []string, func(), error) {
+func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, cycle int, env []string) (backend.Backend, []string, func(), error) {
 	e := c.Exp
 	if e.Container != "" {
 		bc, err := ex.container(ctx, e.Container, devs, cycle)
@@ -195,14 +196,14 @@ func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, c
 		env = append(env, "LEM_BACKEND_HOST="+bc.pc.Host())
 	}
 	if e.Image != "" {
-		d, err := runner.NewDocker(runner.DockerOptions{Image: e.Image, Entrypoint: e.Entrypoint, Volumes: e.Volumes,
+		d, err := backend.NewDocker(backend.DockerOptions{Image: e.Image, Entrypoint: e.Entrypoint, Volumes: e.Volumes,
 			RequestGPUs: ex.opts.RequestGPUs})
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		return d, env, func() { d.Close() }, nil
 	}
-	return &runner.Process{Clock: ex.opts.Source.Clock()}, env, func() {}, nil
+	return &backend.Process{Clock: ex.opts.Source.Clock()}, env, func() {}, nil
 }
 
 // run measures one planned run. Failed runs are recorded and the campaign goes on; only an interrupt stops it.
@@ -281,7 +282,7 @@ func (ex *executor) warmups(ctx context.Context, remaining map[*Config]bool) err
 				uuids, idx = append(uuids, d.Info().UUID), append(idx, d.Info().Index)
 			}
 			ex.opts.Progress.Note("warm-up %s (%d of %d, not measured)", c.Name, k, n)
-			code, err := runner.Execute(ctx, be, runner.Spec{RunID: id, Command: c.Command, Env: env, GPUs: uuids,
+			code, err := backend.Execute(ctx, be, backend.Spec{RunID: id, Command: c.Command, Env: env, GPUs: uuids,
 				GPUIndices: idx, ResultsDir: filepath.Join(absPath(dir), manifest.ResultsDir)}, log, 10*time.Second)
 			log.Close()
 			release()

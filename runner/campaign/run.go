@@ -17,11 +17,12 @@ import (
 	"time"
 
 	"github.com/lem-energy/lem/analyze/report"
+	"github.com/lem-energy/lem/internal/catalogue"
 	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/sampler"
-	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/runner/backend"
 	"github.com/lem-energy/lem/runner/introspect"
 )
 
@@ -76,7 +77,7 @@ type Prepared struct {
 	File       *File
 	Plan       []Planned
 	Configs    []*Config
-	Catalogues map[*Experiment]*introspect.Catalogue
+	Catalogues map[*Experiment]*catalogue.Catalogue
 	catFiles   map[string]string
 	out        string
 	params     map[*Config]*manifest.Inference
@@ -99,7 +100,7 @@ func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepa
 	if err != nil {
 		return nil, err
 	}
-	p := &Prepared{File: f, Plan: plan, Configs: cfgs, Catalogues: map[*Experiment]*introspect.Catalogue{},
+	p := &Prepared{File: f, Plan: plan, Configs: cfgs, Catalogues: map[*Experiment]*catalogue.Catalogue{},
 		catFiles: map[string]string{}, out: outDir(f, out), params: map[*Config]*manifest.Inference{}}
 	var errs []error
 	for _, e := range f.Experiments {
@@ -137,13 +138,13 @@ func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepa
 // catalogue loads the experiment's catalogue file, or reuses the one captured for this backend and environment
 // in the campaign directory, or captures it (inside the image — the backend container's for exec runs — or with
 // the experiment's interpreter).
-func (p *Prepared) catalogue(ctx context.Context, e *Experiment, log *slog.Logger) (*introspect.Catalogue, string, error) {
+func (p *Prepared) catalogue(ctx context.Context, e *Experiment, log *slog.Logger) (*catalogue.Catalogue, string, error) {
 	if e.Catalogue != "" {
 		path := e.Catalogue
 		if !filepath.IsAbs(path) {
 			path = filepath.Join(filepath.Dir(p.File.path), path)
 		}
-		c, err := introspect.Load(path)
+		c, err := catalogue.Load(path)
 		return c, path, err
 	}
 	python := e.Python
@@ -157,7 +158,7 @@ func (p *Prepared) catalogue(ctx context.Context, e *Experiment, log *slog.Logge
 	var ex introspect.Executor = introspect.Process{Python: python}
 	key := "process:" + python
 	if image != "" {
-		d, err := runner.NewDocker(runner.DockerOptions{Image: image})
+		d, err := backend.NewDocker(backend.DockerOptions{Image: image})
 		if err != nil {
 			return nil, "", err
 		}
@@ -172,7 +173,7 @@ func (p *Prepared) catalogue(ctx context.Context, e *Experiment, log *slog.Logge
 	key += ":" + e.Backend + ":" + strings.Join(e.BackendTarget, ",")
 	h := sha256.Sum256([]byte(key))
 	file := filepath.Join(p.out, "catalogues", e.Backend+"-"+hex.EncodeToString(h[:6])+".json")
-	if c, err := introspect.Load(file); err == nil {
+	if c, err := catalogue.Load(file); err == nil {
 		return c, file, nil
 	}
 	log.Info("capturing backend catalogue", "backend", e.Backend, "environment", ex.Source())

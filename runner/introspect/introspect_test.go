@@ -16,8 +16,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lem-energy/lem/internal/catalogue"
 	"github.com/lem-energy/lem/internal/testutil"
-	"github.com/lem-energy/lem/runner"
+	"github.com/lem-energy/lem/runner/backend"
 	"github.com/lem-energy/lem/runner/introspect"
 )
 
@@ -30,7 +31,7 @@ func needPython(t *testing.T) {
 	}
 }
 
-func param(t *testing.T, c *introspect.Catalogue, name string) introspect.Param {
+func param(t *testing.T, c *catalogue.Catalogue, name string) catalogue.Param {
 	t.Helper()
 	p, err := c.Lookup(name)
 	require.NoError(t, err)
@@ -132,7 +133,7 @@ func pythonImage(t *testing.T) string {
 
 func TestCaptureInContainer(t *testing.T) {
 	image := pythonImage(t)
-	d, err := runner.NewDocker(runner.DockerOptions{Image: image})
+	d, err := backend.NewDocker(backend.DockerOptions{Image: image})
 	require.NoError(t, err)
 	defer d.Close()
 	require.NoError(t, d.Preflight(context.Background()))
@@ -150,7 +151,7 @@ func TestCaptureInContainer(t *testing.T) {
 }
 
 func TestTransformersCatalogueAudit(t *testing.T) {
-	c, err := introspect.Load(filepath.Join("testdata", "transformers-5.17.json"))
+	c, err := catalogue.Load(filepath.Join("testdata", "transformers-5.17.json"))
 	require.NoError(t, err)
 	assert.Equal(t, "transformers", c.Backend)
 	assert.True(t, strings.HasPrefix(c.Version, "5.17"), c.Version)
@@ -182,7 +183,7 @@ func TestTransformersCatalogueAudit(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 2, explicit)
-	assert.True(t, introspect.EnergyRelevant("max_new_tokens"))
-	assert.True(t, introspect.EnergyRelevant("cache_implementation"))
-	assert.False(t, introspect.EnergyRelevant("output_scores"))
+	assert.True(t, catalogue.EnergyRelevant("max_new_tokens"))
+	assert.True(t, catalogue.EnergyRelevant("cache_implementation"))
+	assert.False(t, catalogue.EnergyRelevant("output_scores"))
 }

@@ -1,8 +1,7 @@
-package runner
+package backend
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"time"
 
@@ -22,11 +21,24 @@ type Spec struct {
 }
 
 // Line is one line of workload output, stamped with the time it was written where the backend knows it (the
-// container runtime's log timestamps) or read (process mode).
+// container runtime's log timestamps) or read (process mode). A line longer than MaxChunk comes in chunks, each
+// but the last Partial; only whole lines can be markers.
 type Line struct {
-	Time   time.Time
-	Stderr bool
-	Text   string
+	Time    time.Time
+	Stderr  bool
+	Text    string
+	Partial bool
+}
+
+// WriteTo writes the line to w as the workload wrote it: its text, and the newline unless it is partial.
+func (l Line) WriteTo(w io.Writer) (int64, error) {
+	n, err := io.WriteString(w, l.Text)
+	if err == nil && !l.Partial {
+		var m int
+		m, err = io.WriteString(w, "\n")
+		n += m
+	}
+	return int64(n), err
 }
 
 // Exit is how the workload ended.
@@ -73,7 +85,7 @@ func Execute(ctx context.Context, be Backend, spec Spec, log io.Writer, grace ti
 	go func() {
 		defer close(drained)
 		for l := range wl.Lines() {
-			fmt.Fprintln(log, l.Text)
+			l.WriteTo(log)
 		}
 	}()
 	ex, err := wl.Wait(ctx)

@@ -1,7 +1,6 @@
-package runner
+package backend
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -28,18 +27,26 @@ var _ Backend = (*Process)(nil)
 // Name is "process".
 func (p *Process) Name() string { return "process" }
 
-// Preflight checks the command exists.
+// Preflight checks nothing: the command is checked by Check before anything is measured.
 func (p *Process) Preflight(context.Context) error { return nil }
+
+// Check says whether the command can be started: it names a program on PATH (or a path to one).
+func (p *Process) Check(command []string) error {
+	if len(command) == 0 {
+		return errors.New("no command to run")
+	}
+	if _, err := exec.LookPath(command[0]); err != nil {
+		return fmt.Errorf("command %q: %w", command[0], err)
+	}
+	return nil
+}
 
 // Start starts the command with CUDA_VISIBLE_DEVICES set to the selected GPUs.
 func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
-	if len(spec.Command) == 0 {
-		return nil, errors.New("no command to run")
+	if err := p.Check(spec.Command); err != nil {
+		return nil, err
 	}
-	path, err := exec.LookPath(spec.Command[0])
-	if err != nil {
-		return nil, fmt.Errorf("command %q: %w", spec.Command[0], err)
-	}
+	path, _ := exec.LookPath(spec.Command[0])
 	cmd := exec.Command(path, spec.Command[1:]...)
 	idx := make([]string, len(spec.GPUIndices))
 	for i, g := range spec.GPUIndices {
@@ -47,7 +54,8 @@ func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
 	}
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+strings.Join(idx, ","), "LEM_RESULTS_DIR="+spec.ResultsDir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so a stop reaches every process the command started; and killed if lem-run dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -78,14 +86,15 @@ type procWorkload struct {
 
 func (w *procWorkload) read(r io.Reader, stderr bool) {
 	defer w.wg.Done()
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		w.lines <- Line{Time: w.clock.Now(), Stderr: stderr, Text: sc.Text()}
-	}
+	splitLines(r, func(text []byte, partial bool) {
+		w.lines <- Line{Time: w.clock.Now(), Stderr: stderr, Text: string(text), Partial: partial}
+	})
 }
 
 func (w *procWorkload) Lines() <-chan Line { return w.lines }
+
+// PGID is the workload's process group.
+func (w *procWorkload) PGID() int { return w.cmd.Process.Pid }
 
 func (w *procWorkload) Wait(ctx context.Context) (Exit, error) {
 	w.wg.Wait() // output first: Wait closes the pipes

@@ -1,4 +1,4 @@
-package runner
+package backend
 
 import (
 	"archive/tar"
@@ -355,7 +355,7 @@ func (w *execWorkload) follow(r io.Reader, closeConn func() error) {
 	defer close(w.done)
 	defer close(w.lines)
 	defer closeConn()
-	demux(r, w.lines, func(text string, stderr bool) Line { return Line{Time: time.Now(), Stderr: stderr, Text: text} })
+	demux(r, w.lines, false, time.Now)
 }
 
 func (w *execWorkload) Lines() <-chan Line { return w.lines }

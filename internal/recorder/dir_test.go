@@ -1,4 +1,4 @@
-package exporter_test
+package recorder_test
 
 import (
 	"context"
@@ -11,19 +11,21 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/sampler"
+	lemtest "github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
 func TestDirRecorderRotatesBySizeAndRetains(t *testing.T) {
-	src := replay(t, "h200-shape", gpu.ReplayOptions{Speed: 4})
+	src, err := gpu.OpenReplay(lemtest.TracePath("h200-shape"), gpu.ReplayOptions{Speed: 4})
+	require.NoError(t, err)
 	defer src.Close()
 	s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 100 * time.Millisecond}, nil)
 	require.NoError(t, err)
 	dir := t.TempDir()
-	rec, err := exporter.StartDir(s, exporter.DirOptions{Dir: dir, FlushEvery: 200 * time.Millisecond,
+	rec, err := recorder.StartDir(s, recorder.DirOptions{Dir: dir, FlushEvery: 200 * time.Millisecond,
 		MaxBytes: 1, MaxFiles: 2, RotateEvery: time.Hour}, slog.Default())
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

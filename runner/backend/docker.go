@@ -1,17 +1,16 @@
-package runner
+package backend
 
 import (
-	"bufio"
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
-	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
-	"github.com/moby/moby/api/pkg/stdcopy"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 
@@ -160,40 +159,90 @@ func (w *dockerWorkload) follow(logs io.ReadCloser) {
 	defer close(w.logsDone)
 	defer close(w.lines)
 	defer logs.Close()
-	demux(logs, w.lines, parseLogLine)
+	demux(logs, w.lines, true, time.Now)
 }
 
-// demux splits the Engine's multiplexed stdout/stderr stream into lines, each made by stamp, until it ends.
-func demux(r io.Reader, lines chan<- Line, stamp func(text string, stderr bool) Line) {
-	outR, outW := io.Pipe()
-	errR, errW := io.Pipe()
-	var wg sync.WaitGroup
-	scan := func(r io.Reader, stderr bool) {
-		defer wg.Done()
-		sc := bufio.NewScanner(r)
-		sc.Buffer(make([]byte, 64*1024), 1024*1024)
-		for sc.Scan() {
-			lines <- stamp(sc.Text(), stderr)
+// demux splits the Engine's multiplexed log stream into lines until it ends. Each frame of the stream is one log
+// message, prefixed by stamp's timestamp when the logs were asked for with timestamps (stamp nil: stamped by now).
+// The Engine splits lines longer than 16 KB into several messages, only the last ending in a newline: the
+// continuations are joined to their line (their timestamps dropped), and lines longer than MaxChunk are passed on
+// in chunks.
+func demux(r io.Reader, lines chan<- Line, timestamps bool, now func() time.Time) error {
+	type stream struct {
+		buf []byte
+		at  time.Time // the line's first message's timestamp
+	}
+	var streams [3]stream
+	hdr := make([]byte, 8)
+	var payload []byte
+	flush := func(st *stream, stderr, partial bool) {
+		lines <- Line{Time: st.at, Stderr: stderr, Text: string(st.buf), Partial: partial}
+		st.buf = st.buf[:0]
+	}
+	for {
+		if _, err := io.ReadFull(r, hdr); err != nil {
+			for i := 1; i <= 2; i++ {
+				if len(streams[i].buf) > 0 {
+					flush(&streams[i], i == 2, false)
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("container log stream: %w", err)
 		}
-		io.Copy(io.Discard, r)
+		kind, size := hdr[0], binary.BigEndian.Uint32(hdr[4:])
+		if kind != 1 && kind != 2 {
+			io.CopyN(io.Discard, r, int64(size)) // stdin echo or an unknown stream: not output
+			continue
+		}
+		if cap(payload) < int(size) {
+			payload = make([]byte, size)
+		}
+		payload = payload[:size]
+		if _, err := io.ReadFull(r, payload); err != nil {
+			for i := 1; i <= 2; i++ {
+				if len(streams[i].buf) > 0 {
+					flush(&streams[i], i == 2, false)
+				}
+			}
+			return fmt.Errorf("container log stream: %w", err)
+		}
+		st, stderr := &streams[kind], kind == 2
+		msg, at := payload, time.Time{}
+		if timestamps {
+			if ts, rest, ok := bytes.Cut(msg, []byte(" ")); ok {
+				if t, err := time.Parse(time.RFC3339Nano, string(ts)); err == nil {
+					msg, at = rest, t
+				}
+			}
+		}
+		if at.IsZero() {
+			at = now()
+		}
+		for len(msg) > 0 {
+			if len(st.buf) == 0 {
+				st.at = at
+			}
+			i := bytes.IndexByte(msg, '\n')
+			if i < 0 {
+				st.buf = append(st.buf, msg...)
+				msg = nil
+			} else {
+				st.buf = append(st.buf, msg[:i]...)
+				msg = msg[i+1:]
+			}
+			for len(st.buf) > MaxChunk {
+				rest := append([]byte(nil), st.buf[MaxChunk:]...)
+				st.buf = st.buf[:MaxChunk]
+				flush(st, stderr, true)
+				st.buf = append(st.buf, rest...)
+			}
+			if i >= 0 {
+				flush(st, stderr, false)
+			}
+		}
 	}
-	wg.Add(2)
-	go scan(outR, false)
-	go scan(errR, true)
-	_, err := stdcopy.StdCopy(outW, errW, r)
-	outW.CloseWithError(err)
-	errW.CloseWithError(err)
-	wg.Wait()
-}
-
-// parseLogLine splits the Engine's "RFC3339Nano text" log line.
-func parseLogLine(s string, stderr bool) Line {
-	ts, text, ok := strings.Cut(s, " ")
-	t, err := time.Parse(time.RFC3339Nano, ts)
-	if !ok || err != nil {
-		return Line{Time: time.Now(), Stderr: stderr, Text: s}
-	}
-	return Line{Time: t, Stderr: stderr, Text: text}
 }
 
 func (w *dockerWorkload) Lines() <-chan Line { return w.lines }

@@ -1,0 +1,167 @@
+package recorder
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/sampler"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// SegmentPrefix starts the names of a trace's closed segments: ".seg-<name>-<seq>.parquet" beside the trace
+// "<name>.parquet" they become. A crash (even kill -9) loses only the segment being written; the closed ones are
+// complete Parquet files that ReadSegments and MergeSegments put together.
+const SegmentPrefix = ".seg-"
+
+// segmentGlob matches the segments of the trace named name in dir.
+func segmentGlob(dir, name string) string {
+	return filepath.Join(dir, SegmentPrefix+name+"-*.parquet")
+}
+
+// Segments lists the closed segments of trace name in dir, in order.
+func Segments(dir, name string) ([]string, error) {
+	m, err := filepath.Glob(segmentGlob(dir, name))
+	sort.Strings(m) // sequence numbers are zero-padded
+	return m, err
+}
+
+// ReadSegments reads the closed segments of trace name in dir as one trace (nil, nil when there are none).
+// Unreadable segments are skipped and reported in the error; the others are still returned.
+func ReadSegments(dir, name string) (*trace.Trace, error) {
+	segs, err := Segments(dir, name)
+	if err != nil || len(segs) == 0 {
+		return nil, err
+	}
+	var all *trace.Trace
+	var errs []error
+	for _, p := range segs {
+		t, err := trace.ReadFile(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if all == nil {
+			all = t
+			continue
+		}
+		for g, s := range t.GPUs {
+			dst := all.Series(g)
+			dst.Samples = append(dst.Samples, s.Samples...)
+			dst.Counters = append(dst.Counters, s.Counters...)
+			dst.Telemetry = append(dst.Telemetry, s.Telemetry...)
+		}
+		all.Events = append(all.Events, t.Events...)
+	}
+	if all != nil {
+		for _, s := range all.GPUs {
+			s.Sort()
+		}
+	}
+	return all, errors.Join(errs...)
+}
+
+// MergeSegments joins the closed segments of trace name in dir into dir/name.parquet and deletes them. When the
+// final file already exists (a crash between writing it and deleting the segments), the segments are only
+// deleted. Unreadable segments are kept aside as ".bad".
+func MergeSegments(dir, name string) error {
+	segs, err := Segments(dir, name)
+	if err != nil || len(segs) == 0 {
+		return err
+	}
+	final := filepath.Join(dir, name+".parquet")
+	if _, err := trace.ReadFile(final); err != nil {
+		all, rerr := ReadSegments(dir, name)
+		if rerr != nil {
+			for _, p := range segs {
+				if _, err := trace.ReadFile(p); err != nil {
+					os.Rename(p, p+".bad")
+				}
+			}
+		}
+		if all != nil {
+			if err := trace.WriteFile(final, all); err != nil {
+				return fmt.Errorf("merging %s: %w", final, err)
+			}
+		}
+	}
+	for _, p := range segs {
+		os.Remove(p)
+	}
+	return nil
+}
+
+// segmentWriter writes sampler records into closed segments of one trace, closing the current segment every
+// flushEvery.
+type segmentWriter struct {
+	dir, name  string
+	env        meta.Environment
+	meta       map[string]string
+	flushEvery time.Duration
+	seq        int
+	cur        *trace.Writer
+	curAt      time.Time
+	bytes      int64 // closed segments' size
+}
+
+func newSegmentWriter(dir, name string, env meta.Environment, md map[string]string, flushEvery time.Duration) (*segmentWriter, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("trace directory: %w", err)
+	}
+	// Continue numbering after segments already there (a recording resumed after a crash appends).
+	seq := 0
+	if segs, _ := Segments(dir, name); len(segs) > 0 {
+		var n int
+		last := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(segs[len(segs)-1]), SegmentPrefix+name+"-"), ".parquet")
+		if _, err := fmt.Sscanf(last, "%d", &n); err == nil {
+			seq = n + 1
+		}
+	}
+	return &segmentWriter{dir: dir, name: name, env: env, meta: md, flushEvery: flushEvery, seq: seq}, nil
+}
+
+func (w *segmentWriter) write(rec sampler.Record, now time.Time) error {
+	if w.cur == nil {
+		p := filepath.Join(w.dir, fmt.Sprintf("%s%s-%06d.parquet", SegmentPrefix, w.name, w.seq))
+		tw, err := trace.Create(p, w.env)
+		if err != nil {
+			return err
+		}
+		for k, v := range w.meta {
+			tw.SetMetadata(k, v)
+		}
+		w.cur, w.curAt = tw, now
+		w.seq++
+	}
+	return Write(w.cur, rec)
+}
+
+// tick closes the current segment once it is flushEvery old.
+func (w *segmentWriter) tick(now time.Time) error {
+	if w.cur != nil && now.Sub(w.curAt) >= w.flushEvery {
+		return w.closeSegment()
+	}
+	return nil
+}
+
+func (w *segmentWriter) closeSegment() error {
+	if w.cur == nil {
+		return nil
+	}
+	err := w.cur.Close()
+	if st, serr := os.Stat(w.cur.Path()); serr == nil {
+		w.bytes += st.Size()
+	}
+	w.cur = nil
+	return err
+}
+
+// finish closes the current segment and merges all into the final trace.
+func (w *segmentWriter) finish() error {
+	return errors.Join(w.closeSegment(), MergeSegments(w.dir, w.name))
+}
