@@ -23,9 +23,9 @@ func desc(name, help string, extra ...string) *prometheus.Desc {
 // Collector turns sampler state and markers into metrics at scrape time. It makes no NVML call: scrapes only read
 // what the sampler's goroutines already have, so a scrape never waits on a GPU and never disturbs sampling.
 type Collector struct {
-	s    *sampler.Sampler
+	s    samplerState
 	env  meta.Environment
-	runs *Runs
+	runs runLister
 
 	energy, sampled, power, temp, smClock, memClock, util, memUtil, memUsed, memTotal, powerLimit *prometheus.Desc
 	reasonActive, reasonSeconds, info, up                                                         *prometheus.Desc
@@ -36,8 +36,23 @@ type Collector struct {
 
 var _ prometheus.Collector = (*Collector)(nil)
 
+// samplerState is the part of the sampler a scrape reads.
+type samplerState interface {
+	Environment() meta.Environment
+	Stats(gpu int) (sampler.Stats, bool)
+	Subscriptions() map[string]uint64
+}
+
+// runLister lists the runs to expose.
+type runLister interface{ Snapshot() []Run }
+
+var (
+	_ samplerState = (*sampler.Sampler)(nil)
+	_ runLister    = (*Runs)(nil)
+)
+
 // NewCollector builds the descriptors once.
-func NewCollector(s *sampler.Sampler, runs *Runs) *Collector {
+func NewCollector(s samplerState, runs runLister) *Collector {
 	run := []string{"run_id", "experiment"}
 	return &Collector{
 		s: s, env: s.Environment(), runs: runs,
