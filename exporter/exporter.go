@@ -61,9 +61,9 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 	e.runs = marker.NewStore(s.Clock().Now, opts.Markers, s.Emit)
 
 	gpuReg := prometheus.NewRegistry()
-	gpuReg.MustRegister(NewCollector(s, e.runs))
+	gpuReg.MustRegister(NewGPUCollector(s), NewRunsCollector(e.runs))
 	selfReg := prometheus.NewRegistry() // the process's own health, apart from the GPU metrics
-	selfReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	selfReg.MustRegister(NewSelfCollector(s), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if opts.Record != nil {
 		if e.rec, err = recorder.StartDir(s, *opts.Record, log); err != nil {
