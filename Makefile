@@ -35,10 +35,15 @@ demo:
 bench:
 	scripts/bench.sh
 
+# Packages deadcode judges: the product's, not the test helpers (internal/testutil, gputest) nor the test-only e2e.
+DEADCODE_PKGS := ^github.com/lem-energy/lem/((analyze|cmd|dashboards|deploy|exporter|runner)(/.*)?|internal/(catalogue|cli|fileutil|gpu|manifest|marker|meta|recorder|sampler|trace))$$
+
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	@out=$$($(GO) tool deadcode -filter '$(DEADCODE_PKGS)' ./...); \
+	  if [ -n "$$out" ]; then echo "unreachable code (remove it, or use it):"; echo "$$out"; exit 1; fi
 
 # Real-GPU checks in one go (capture completeness, gaps, counter latency, per-phase energy by method).
 gpu-check: build

@@ -74,13 +74,13 @@ func TestOneRunFourWays(t *testing.T) {
 		brackets[g.Index] = account.Bracket{Start: g.CounterStart, End: g.CounterEnd}
 	}
 	account.Fill(b, account.Input{Trace: tr, RunID: a.RunID, Start: a.Times.Start, End: a.Times.End, Brackets: brackets})
-	same(t, "run directory", a, b, 1e-9, 1e-9)
+	same(t, "run directory", a, b, 1e-9, 1e-9, 0)
 
 	// C: the exporter's own recording (its own counter reads; the same driver samples).
 	recRuns, probs := report.Load([]string{recDir})
 	require.Empty(t, probs)
 	c := find(t, recRuns, a.RunID)
-	same(t, "exporter recording", a, c, 1e-9, 0.01)
+	same(t, "exporter recording", a, c, 1e-9, 0.01, 0)
 
 	// D: a Prometheus pull (the 50 Hz stream at millisecond resolution, the exporter's counter, the run's markers).
 	cl, err := pull.New(pull.Options{URL: prom.URL, Chunk: 7 * time.Second})
@@ -95,7 +95,7 @@ func TestOneRunFourWays(t *testing.T) {
 	pulled, probs := report.Load([]string{path})
 	require.Empty(t, probs)
 	d := find(t, pulled, a.RunID)
-	same(t, "Prometheus pull", a, d, 1e-4, 0.01)
+	same(t, "Prometheus pull", a, d, 1e-4, 0.01, 1)
 }
 
 func find(t *testing.T, runs []report.Run, id string) *manifest.Manifest {
@@ -110,8 +110,9 @@ func find(t *testing.T, runs []report.Run, id string) *manifest.Manifest {
 }
 
 // same compares two accountings of one run: the samples' energy within sampleTol (relative), counter and hybrid
-// energies within counterTol, phases, results, derived figures and the data's warnings.
-func same(t *testing.T, path string, want, got *manifest.Manifest, sampleTol, counterTol float64) {
+// energies within counterTol, the samples counted within countTol (a millisecond stamp can fall across an edge),
+// phases, results, derived figures and the data's warnings.
+func same(t *testing.T, path string, want, got *manifest.Manifest, sampleTol, counterTol float64, countTol int) {
 	t.Helper()
 	near := func(what string, w, g manifest.Num, tol float64) {
 		t.Helper()
@@ -124,6 +125,11 @@ func same(t *testing.T, path string, want, got *manifest.Manifest, sampleTol, co
 	}
 	assert.InDelta(t, want.Times.DurationS, got.Times.DurationS, 1e-3, path)
 	require.Len(t, got.GPUs, len(want.GPUs), path)
+	rel := func(g, w manifest.Num) float64 { return float64(g/w - 1) }
+	t.Logf("%-18s hybrid %.4f J (%+.2e), samples %.4f J (%+.2e), counter %.4f J (%+.2e), adjusted %.4f J",
+		path, float64(got.Energy.HybridJ), rel(got.Energy.HybridJ, want.Energy.HybridJ), float64(got.Energy.SampledJ),
+		rel(got.Energy.SampledJ, want.Energy.SampledJ), float64(got.Energy.CounterJ), rel(got.Energy.CounterJ, want.Energy.CounterJ),
+		float64(got.Energy.AdjustedJ))
 	for i, wg := range want.GPUs {
 		gg := got.GPUs[i]
 		what := fmt.Sprintf("GPU %d", wg.Index)
@@ -133,7 +139,7 @@ func same(t *testing.T, path string, want, got *manifest.Manifest, sampleTol, co
 		near(what+" adjusted", wg.Energy.AdjustedJ, gg.Energy.AdjustedJ, counterTol*float64(wg.Energy.HybridJ/wg.Energy.AdjustedJ))
 		require.NotNil(t, gg.Baseline, "%s: %s baseline carried with the run", path, what)
 		assert.Equal(t, wg.Baseline.MedianW, gg.Baseline.MedianW, path)
-		assert.Equal(t, wg.Capture.Samples, gg.Capture.Samples, "%s: %s samples in the run", path, what)
+		assert.InDelta(t, wg.Capture.Samples, gg.Capture.Samples, float64(countTol), "%s: %s samples in the run", path, what)
 	}
 	require.Len(t, got.Phases, len(want.Phases), path)
 	for i, wp := range want.Phases {
@@ -147,8 +153,15 @@ func same(t *testing.T, path string, want, got *manifest.Manifest, sampleTol, co
 	require.NotNil(t, got.Derived, path)
 	assert.Equal(t, want.Derived.OutputTokens, got.Derived.OutputTokens, path)
 	near("J/token", want.Derived.JPerOutputToken, got.Derived.JPerOutputToken, counterTol)
-	assert.Equal(t, codes(want), codes(got), "%s: the data's warnings", path)
+	if path == "run directory" {
+		assert.Equal(t, codes(want), codes(got), "%s: the data's warnings", path)
+		return
+	}
+	// Each sampler drains its own driver buffer: a drain late on a loaded host is that capture's own finding.
+	assert.Equal(t, slices.DeleteFunc(codes(want), isCapture), slices.DeleteFunc(codes(got), isCapture), "%s: the data's warnings", path)
 }
+
+func isCapture(code string) bool { return code == "capture_gaps" }
 
 // codes lists the warnings the accounting finds in the data (not the runner's own: pre-flight, cool-down, …).
 func codes(m *manifest.Manifest) []string {

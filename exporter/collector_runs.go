@@ -1,10 +1,14 @@
 package exporter
 
 import (
+	"maps"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/lem-energy/lem/internal/marker"
+	"github.com/lem-energy/lem/internal/trace"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -78,16 +82,113 @@ var runMetrics = []metric[*marker.Run]{
 			}
 			return out
 		}},
+	{name: "lem_run_phase_end_timestamp_seconds", typ: prometheus.GaugeValue, labels: []string{"phase"},
+		help: "End time of the phase's latest occurrence, once it ended (shown for the grace period).",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, p := range r.Phases {
+				if !p.End.IsZero() {
+					out = append(out, value{v: unixSeconds(p.End), labels: []string{p.Name}})
+				}
+			}
+			return out
+		}},
+	// The workload's GPUs (the run's workload_gpus label): dashboards and pulls sum these, not the whole host.
+	{name: "lem_run_gpu_active", typ: prometheus.GaugeValue, labels: []string{"gpu"},
+		help: "1 while the run is active on this GPU (one of the workload's); 0 for the grace period after it ended.",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range runGPUs(r) {
+				out = append(out, value{v: active(r.End), labels: []string{g}})
+			}
+			return out
+		}},
+	// The idle baseline lem-run measured for each GPU: adjusted energy from Prometheus needs it.
+	{name: "lem_run_baseline_watts", typ: prometheus.GaugeValue, labels: []string{"gpu", "stat"},
+		help: "Idle power of the run's baseline per GPU, watts: stat=median (subtracted), p25, p75.",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range baselineGPUs(r) {
+				b, gs := r.Baselines[g], strconv.Itoa(g)
+				out = append(out, value{v: b.MedianW, labels: []string{gs, "median"}},
+					value{v: b.P25W, labels: []string{gs, "p25"}}, value{v: b.P75W, labels: []string{gs, "p75"}})
+			}
+			return out
+		}},
+	{name: "lem_run_baseline_window_timestamp_seconds", typ: prometheus.GaugeValue, labels: []string{"gpu", "edge"},
+		help: "Start and end of the run's baseline window per GPU (edge=start|end).",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range baselineGPUs(r) {
+				b, gs := r.Baselines[g], strconv.Itoa(g)
+				out = append(out, value{v: unixSeconds(b.Start), labels: []string{gs, "start"}},
+					value{v: unixSeconds(b.End), labels: []string{gs, "end"}})
+			}
+			return out
+		}},
+	{name: "lem_run_baseline_samples", typ: prometheus.GaugeValue, labels: []string{"gpu"},
+		help: "Power samples the run's baseline rests on, per GPU.",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range baselineGPUs(r) {
+				out = append(out, value{v: float64(r.Baselines[g].Samples), labels: []string{strconv.Itoa(g)}})
+			}
+			return out
+		}},
+	{name: "lem_run_baseline_temperature_celsius", typ: prometheus.GaugeValue, labels: []string{"gpu", "edge"},
+		help: "GPU temperature at the start and end of the run's baseline window (edge=start|end).",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range baselineGPUs(r) {
+				b, gs := r.Baselines[g], strconv.Itoa(g)
+				if b.TempStartC != nil {
+					out = append(out, value{v: *b.TempStartC, labels: []string{gs, "start"}})
+				}
+				if b.TempEndC != nil {
+					out = append(out, value{v: *b.TempEndC, labels: []string{gs, "end"}})
+				}
+			}
+			return out
+		}},
+	{name: "lem_run_baseline_utilization_ratio", typ: prometheus.GaugeValue, labels: []string{"gpu"},
+		help: "Mean GPU utilization during the run's baseline, 0 to 1 (idle is near 0).",
+		values: func(r *marker.Run) []value {
+			var out []value
+			for _, g := range baselineGPUs(r) {
+				if u := r.Baselines[g].UtilMean; u != nil {
+					out = append(out, value{v: *u, labels: []string{strconv.Itoa(g)}})
+				}
+			}
+			return out
+		}},
 	// Results are strings on the wire; only numbers become samples (a model name has no value to plot).
 	{name: "lem_run_result", typ: prometheus.GaugeValue, labels: []string{"key"},
 		help: "Numeric results the run reported (output_tokens, requests, ...), by key.",
 		values: func(r *marker.Run) []value {
 			var out []value
-			for k, v := range r.Results {
-				if f, err := strconv.ParseFloat(v, 64); err == nil {
+			for _, k := range slices.Sorted(maps.Keys(r.Results)) {
+				if f, ok := marker.Number(r.Results[k]); ok {
 					out = append(out, value{v: f, labels: []string{k}})
 				}
 			}
 			return out
 		}},
+}
+
+// runGPUs lists the run's workload GPUs from its workload_gpus label (none without one).
+func runGPUs(r *marker.Run) []string {
+	var out []string
+	for _, f := range strings.Split(r.Labels[trace.LabelWorkloadGPUs], ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			if _, err := strconv.Atoi(f); err == nil {
+				out = append(out, f)
+			}
+		}
+	}
+	return out
+}
+
+// baselineGPUs lists the GPUs with a baseline, ascending.
+func baselineGPUs(r *marker.Run) []int {
+	return slices.Sorted(maps.Keys(r.Baselines))
 }

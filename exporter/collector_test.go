@@ -22,6 +22,7 @@ import (
 
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/sampler"
@@ -149,7 +150,7 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 	}
 
 	// A real sampler, never started, holds the consumer queues: one queue of one record takes the first marker
-	// event; the six after it are dropped.
+	// event; the seven after it are dropped.
 	s, err := sampler.New(h200, nil, sampler.Config{}, nil)
 	require.NoError(t, err)
 	s.Subscribe("recorder", 1)
@@ -162,7 +163,12 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 	require.NoError(t, err)
 	_, err = runs.End("warm-0", "ok", sec(-9))
 	require.NoError(t, err)
-	_, err = runs.Start(marker.StartReq{RunID: "r1", Experiment: "llama-bs8", Labels: map[string]string{"batch": "8"}, At: sec(-7)})
+	_, err = runs.Start(marker.StartReq{RunID: "r1", Experiment: "llama-bs8",
+		Labels: map[string]string{"batch": "8", trace.LabelWorkloadGPUs: "0"}, At: sec(-7)})
+	require.NoError(t, err)
+	t33, t34, util := 33.0, 34.0, 0.0
+	_, err = runs.Baseline("r1", 0, manifest.Baseline{Start: sec(-37), End: sec(-7), MedianW: 120.5, P25W: 120.1,
+		P75W: 121.0, Samples: 1500, TempStartC: &t33, TempEndC: &t34, UtilMean: &util})
 	require.NoError(t, err)
 	_, err = runs.Phase("r1", "prefill", sec(-6))
 	require.NoError(t, err)
@@ -286,9 +292,12 @@ func TestExpositionGolden(t *testing.T) {
 	assert.Equal(t, 1.0, series(t, mfs, "lem_gpu_up", gpu0).GetGauge().GetValue())
 	gpu1 := map[string]string{"gpu": "1", "uuid": "GPU-425d1a57-5d7d-2dba-6409-9ac8f02cdd13"}
 	assert.Equal(t, 0.0, series(t, mfs, "lem_gpu_up", gpu1).GetGauge().GetValue())
-	assert.Equal(t, 6.0, series(t, mfs, "lem_exporter_consumer_dropped_total", map[string]string{"consumer": "recorder"}).
-		GetCounter().GetValue(), "seven marker events into a queue of one")
-	assert.Len(t, mfs, 34, "metric families")
+	assert.Equal(t, 7.0, series(t, mfs, "lem_exporter_consumer_dropped_total", map[string]string{"consumer": "recorder"}).
+		GetCounter().GetValue(), "eight marker events into a queue of one")
+	r1gpu0 := map[string]string{"run_id": "r1", "experiment": "llama-bs8", "gpu": "0"}
+	assert.Equal(t, 120.5, series(t, mfs, "lem_run_baseline_watts", with(r1gpu0, "stat", "median")).GetGauge().GetValue())
+	assert.Equal(t, 1.0, series(t, mfs, "lem_run_gpu_active", r1gpu0).GetGauge().GetValue())
+	assert.Len(t, mfs, 41, "metric families")
 
 	for _, c := range cs {
 		problems, err := testutil.CollectAndLint(c)
@@ -409,8 +418,8 @@ func gather(t *testing.T, c prometheus.Collector) map[string]*dto.MetricFamily {
 // recording held; promtool accepts the whole scrape. It waits for the sampler's first records on a
 // subscription, not on the clock.
 func TestMetricsHandlerServesTheGoldenFamilies(t *testing.T) {
-	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{Grace: time.Minute}})
-	sub := r.e.Sampler().Subscribe("test", 4096)
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{Grace: time.Minute}})
+	sub := r.Sampler().Subscribe("test", 4096)
 	defer sub.Close()
 	seen := map[sampler.Kind]bool{}
 	timeout := time.After(10 * time.Second)
@@ -424,13 +433,15 @@ func TestMetricsHandlerServesTheGoldenFamilies(t *testing.T) {
 	}
 	for _, p := range [][2]string{
 		{"", `{"run_id":"r0","experiment":"warm-up"}`}, {"/r0/phase", `{"name":"load"}`}, {"/r0/end", `{}`},
-		{"", `{"run_id":"r1","experiment":"llama-bs8"}`}, {"/r1/phase", `{"name":"prefill"}`}, {"/r1/result", `{"output_tokens":128}`},
+		{"", `{"run_id":"r1","experiment":"llama-bs8","labels":{"workload_gpus":"0"}}`}, {"/r1/phase", `{"name":"prefill"}`},
+		{"/r1/result", `{"output_tokens":128}`},
+		{"/r1/baseline", `{"gpu":0,"baseline":{"start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:00:30Z","median_w":78,"p25_w":77,"p75_w":79,"samples":1500,"temp_start_c":33,"temp_end_c":33,"util_mean":0}}`},
 	} {
-		code, out := post(t, r.srv.URL+"/api/v1/runs"+p[0], p[1])
+		code, out := post(t, r.URL+"/api/v1/runs"+p[0], p[1])
 		require.Less(t, code, 300, "%s %s: %v", p[0], p[1], out)
 	}
 
-	code, body := get(t, r.srv.URL+"/metrics")
+	code, body := get(t, r.URL+"/metrics")
 	require.Equal(t, 200, code)
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	live, err := parser.TextToMetricFamilies(strings.NewReader(body))

@@ -113,9 +113,6 @@ func (e *Exporter) Handler() http.Handler { return e.handler }
 // Sampler is the exporter's sampler.
 func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
 
-// Runs is the marker store.
-func (e *Exporter) Runs() *marker.Store { return e.runs }
-
 // Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
 func (e *Exporter) Run(ctx context.Context) error {
 	var wg sync.WaitGroup

@@ -2,13 +2,11 @@ package exporter_test
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,33 +28,10 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"), goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"))
 }
 
-type running struct {
-	e   *exporter.Exporter
-	srv *httptest.Server
-	src gpu.Source
-}
-
-// start runs an exporter over src on a loopback port until the test ends (or stop is called).
-func start(t *testing.T, src gpu.Source, opts exporter.Options) (*running, func()) {
+// start runs an exporter over src on a loopback port until the test ends (or Stop is called).
+func start(t *testing.T, src gpu.Source, opts exporter.Options) *lemtest.Exporter {
 	t.Helper()
-	e, err := exporter.New(src, nil, opts, nil)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); e.Run(ctx) }()
-	srv := httptest.NewServer(e.Handler())
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			srv.Close()
-			cancel()
-			wg.Wait()
-			src.Close()
-		})
-	}
-	t.Cleanup(stop)
-	return &running{e: e, srv: srv, src: src}, stop
+	return lemtest.StartExporter(t, src, opts)
 }
 
 func replay(t *testing.T, name string, opts gpu.ReplayOptions) *gpu.ReplaySource {
@@ -86,8 +61,8 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestMarkerAPI(t *testing.T) {
-	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{MaxActive: 2, Grace: 300 * time.Millisecond}})
-	u := r.srv.URL + "/api/v1/runs"
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{MaxActive: 2, Grace: 300 * time.Millisecond}})
+	u := r.URL + "/api/v1/runs"
 	cases := []struct {
 		name, path, body string
 		code             int
@@ -117,30 +92,30 @@ func TestMarkerAPI(t *testing.T) {
 			assert.Contains(t, out["error"], tc.errPart, tc.name)
 		}
 	}
-	run, ok := r.e.Runs().Get("a")
+	run, ok := r.Run(t, "a")
 	require.True(t, ok)
 	assert.Equal(t, "128", run.Results["output_tokens"])
 	assert.Equal(t, "ok", run.Status)
-	_, body := get(t, r.srv.URL+"/metrics")
+	_, body := get(t, r.URL+"/metrics")
 	assert.Contains(t, body, `lem_run_active{experiment="e1",run_id="a"} 0`, "ended: 0 during the grace period")
 	assert.Contains(t, body, `lem_run_phase_active{experiment="e1",phase="decode",run_id="a"} 0`)
 	time.Sleep(400 * time.Millisecond)
-	_, body = get(t, r.srv.URL+"/metrics")
+	_, body = get(t, r.URL+"/metrics")
 	assert.NotContains(t, body, `run_id="a"`, "gone after the grace period")
 	_, list := get(t, u)
 	assert.Contains(t, list, `"experiment":"e2"`)
 }
 
 func TestMarkerWritesNeedLoopbackOrToken(t *testing.T) {
-	open, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	open := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
 	req := httptest.NewRequest("POST", "/api/v1/runs", strings.NewReader(`{"experiment":"e"}`))
 	req.RemoteAddr = "192.0.2.7:5555"
 	rec := httptest.NewRecorder()
-	open.e.Handler().ServeHTTP(rec, req)
+	open.Handler().ServeHTTP(rec, req)
 	assert.Equal(t, 403, rec.Code)
 	assert.Contains(t, rec.Body.String(), "--markers.token-file")
 
-	locked, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MarkerToken: "s3cret"})
+	locked := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MarkerToken: "s3cret"})
 	for _, tc := range []struct {
 		auth string
 		code int
@@ -151,19 +126,19 @@ func TestMarkerWritesNeedLoopbackOrToken(t *testing.T) {
 			req.Header.Set("Authorization", tc.auth)
 		}
 		rec := httptest.NewRecorder()
-		locked.e.Handler().ServeHTTP(rec, req)
+		locked.Handler().ServeHTTP(rec, req)
 		assert.Equal(t, tc.code, rec.Code, tc.auth)
 	}
 	// Reads stay open.
-	code, _ := get(t, locked.srv.URL+"/api/v1/runs")
+	code, _ := get(t, locked.URL+"/api/v1/runs")
 	assert.Equal(t, 200, code)
 }
 
 func TestSamplesAPIAndReadiness(t *testing.T) {
-	r, _ := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		code, _ := get(t, r.srv.URL+"/readyz")
+		code, _ := get(t, r.URL+"/readyz")
 		if code == 200 {
 			break
 		}
@@ -172,7 +147,7 @@ func TestSamplesAPIAndReadiness(t *testing.T) {
 	}
 	now := time.Now()
 	from := now.Add(-2 * time.Second).Format(time.RFC3339Nano)
-	code, body := get(t, r.srv.URL+"/api/v1/samples?gpu=0&start="+from+"&end="+now.Format(time.RFC3339Nano))
+	code, body := get(t, r.URL+"/api/v1/samples?gpu=0&start="+from+"&end="+now.Format(time.RFC3339Nano))
 	require.Equal(t, 200, code)
 	lines := strings.Split(strings.TrimSpace(body), "\n")
 	var samples int
@@ -181,12 +156,12 @@ func TestSamplesAPIAndReadiness(t *testing.T) {
 			samples++
 		}
 	}
-	win, err := r.e.Sampler().Window(0, now.Add(-2*time.Second), now)
+	win, err := r.Sampler().Window(0, now.Add(-2*time.Second), now)
 	require.NoError(t, err)
 	assert.Equal(t, len(win.Samples), samples)
 	assert.Greater(t, samples, 20)
 
-	resp, err := http.Get(r.srv.URL + "/api/v1/samples?gpu=0&format=parquet&start=" + from + "&end=" + now.Format(time.RFC3339Nano))
+	resp, err := http.Get(r.URL + "/api/v1/samples?gpu=0&format=parquet&start=" + from + "&end=" + now.Format(time.RFC3339Nano))
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -196,7 +171,7 @@ func TestSamplesAPIAndReadiness(t *testing.T) {
 
 	for q, part := range map[string]string{"gpu=x&start=1&end=2": "gpu", "gpu=0&end=2": "start", "gpu=0&start=5&end=2": "before start",
 		"gpu=9&start=1&end=2": "GPU 9", "gpu=0&start=1&end=2&format=csv": "format"} {
-		code, body := get(t, r.srv.URL+"/api/v1/samples?"+q)
+		code, body := get(t, r.URL+"/api/v1/samples?"+q)
 		assert.GreaterOrEqual(t, code, 400, q)
 		assert.Contains(t, body, part, q)
 	}
@@ -206,15 +181,15 @@ func TestSamplesAPIAndReadiness(t *testing.T) {
 func TestLostGPUKeepsOthersServed(t *testing.T) {
 	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}, &gputest.Fault{LostAfter: 2}), nil)
 	require.NoError(t, err)
-	r, _ := start(t, src, exporter.Options{})
+	r := start(t, src, exporter.Options{})
 	time.Sleep(1500 * time.Millisecond)
-	code, body := get(t, r.srv.URL+"/metrics")
+	code, body := get(t, r.URL+"/metrics")
 	require.Equal(t, 200, code)
 	assert.Contains(t, body, `lem_gpu_up{gpu="0",uuid="GPU-aaaa"} 1`)
 	assert.Contains(t, body, `lem_gpu_up{gpu="1",uuid="GPU-bbbb"} 0`)
 	assert.Contains(t, body, `lem_gpu_power_watts{gpu="0",source="sample",uuid="GPU-aaaa"} 100`)
 	assert.Regexp(t, `lem_exporter_nvml_errors_total\{call="power_samples",gpu="1",uuid="GPU-bbbb"\} [1-9]`, body)
-	code, ready := get(t, r.srv.URL+"/readyz")
+	code, ready := get(t, r.URL+"/readyz")
 	assert.Equal(t, 503, code)
 	assert.Contains(t, ready, "GPU 1 is lost")
 }

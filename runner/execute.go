@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -51,12 +53,17 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 		now := r.clock.Now()
 		return r.finish(t, now, now, baselines, nil, ExitInterrupted)
 	}
-	// failed ends a run that could not start its workload: the manifest says why.
-	failed := func(err error, start time.Time, brackets map[int]account.Bracket) (*Result, error) {
+	l, err := r.launch(ctx, baselines)
+	if l != nil {
+		defer l.close()
+	}
+	if err != nil {
+		// The workload never started: the manifest says why.
 		end := r.clock.Now()
-		if start.IsZero() {
-			start = end
-		} else {
+		start := end
+		var brackets map[int]account.Bracket
+		if l != nil && !l.start.IsZero() {
+			start, brackets = l.start, l.brackets
 			r.store.End(r.opts.RunID, manifest.StatusError, end)
 		}
 		t := finishSampling()
@@ -64,18 +71,54 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 		res, ferr := r.finish(t, start, end, baselines, brackets, 1)
 		return res, errors.Join(err, ferr)
 	}
+	stopProvisional := r.keepProvisional()
+	out := r.await(ctx, l.wl, l.stdout, l.stderr, l.start)
+	stopProvisional()
+	for g, c := range out.endReads {
+		b := l.brackets[g]
+		b.End = &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}
+		l.brackets[g] = b
+	}
+	if err := l.wl.Cleanup(r.m); err != nil {
+		r.warn("cleanup_failed", nil, "%v", err)
+	}
+	sleepClock(r.clock, r.opts.Tail) // let the last samples and a drain cover the end
+	t := finishSampling()
+	return r.finish(t, l.start, out.end, baselines, l.brackets, r.settle(out))
+}
+
+// launched is a workload started between its bracketing reads, with what serves it.
+type launched struct {
+	srv            *http.Server
+	stdout, stderr *os.File
+	start          time.Time // zero until the start bracket is read
+	brackets       map[int]account.Bracket
+	wl             backend.Workload
+}
+
+func (l *launched) close() {
+	if l.srv != nil {
+		l.srv.Close()
+	}
+	if l.stdout != nil {
+		l.stdout.Close()
+		l.stderr.Close()
+	}
+}
+
+// launch serves the markers, opens the logs, reads the start bracket, starts the run's markers (with its GPUs
+// and baselines, so a trace, a recording or a pull of it has what the accounting needs) and starts the workload.
+// On error the returned launch (if any) still holds what must be closed and how far it got.
+func (r *run) launch(ctx context.Context, baselines map[int]*manifest.Baseline) (*launched, error) {
+	l := &launched{brackets: map[int]account.Bracket{}}
 	srv, markerURL, token, err := r.serveMarkers(ctx)
 	if err != nil {
-		return failed(err, time.Time{}, nil)
+		return l, err
 	}
-	defer srv.Close()
-	stdout, stderr, err := r.openLogs()
-	if err != nil {
-		return failed(err, time.Time{}, nil)
+	l.srv = srv
+	if l.stdout, l.stderr, err = r.openLogs(); err != nil {
+		return l, err
 	}
-	defer stdout.Close()
-	defer stderr.Close()
-
 	var uuids []string
 	idx := r.workloadGPUs()
 	for _, g := range idx {
@@ -90,79 +133,77 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 
 	// Bracket: counter reads on every GPU immediately before the start.
 	startReads := r.readAll()
-	start := latest(startReads, r.clock.Now())
-	r.m.Times.Start = start
-	brackets := map[int]account.Bracket{}
+	l.start = latest(startReads, r.clock.Now())
+	r.m.Times.Start = l.start
 	for g, c := range startReads {
-		brackets[g] = account.Bracket{Start: &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}}
+		l.brackets[g] = account.Bracket{Start: &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}}
 	}
-	// The run marker names the workload's GPUs, and carries the baselines: a trace, an exporter's recording or
-	// a Prometheus pull of this run then has what the accounting needs.
 	if _, err := r.store.Start(marker.StartReq{RunID: r.opts.RunID, Experiment: r.opts.Experiment,
-		Labels: map[string]string{trace.LabelWorkloadGPUs: marker.FormatGPUs(idx)}, At: start}); err != nil {
-		return nil, fmt.Errorf("marker store: %w", err)
+		Labels: map[string]string{trace.LabelWorkloadGPUs: marker.FormatGPUs(idx)}, At: l.start}); err != nil {
+		l.start = time.Time{}
+		return l, fmt.Errorf("marker store: %w", err)
 	}
 	for g, b := range baselines {
 		if _, err := r.store.Baseline(r.opts.RunID, g, *b); err != nil {
 			r.log.Warn("baseline not recorded with the run", "gpu", g, "err", err)
 		}
 	}
-	r.setGPUs(baselines, brackets)
+	r.setGPUs(baselines, l.brackets)
 	if err := r.writeManifest(); err != nil {
 		r.log.Warn("provisional manifest", "err", err)
 	}
+	l.wl, err = r.be.Start(ctx, spec)
+	return l, err
+}
 
-	wl, err := r.be.Start(ctx, spec)
-	if err != nil {
-		return failed(err, start, brackets)
-	}
-	stopProvisional := r.keepProvisional()
+// outcome is how a workload ended and the end bracket after it.
+type outcome struct {
+	status   string
+	ex       backend.Exit
+	err      error
+	end      time.Time
+	endReads map[int]trace.CounterReading
+}
+
+// await follows the workload's output until it has exited (stopping it on interrupt or timeout), ends its last
+// phase when it exited (what follows until the end bracket is the tail, in no phase), reads the end bracket and
+// ends the run's markers.
+func (r *run) await(ctx context.Context, wl backend.Workload, stdout, stderr io.Writer, start time.Time) outcome {
 	followed := make(chan struct{})
 	go func() { defer close(followed); r.follow(wl, stdout, stderr) }()
-
-	status, ex, waitErr := r.wait(ctx, wl)
+	var out outcome
+	out.status, out.ex, out.err = r.wait(ctx, wl)
 	<-followed
-	stopProvisional()
-	// The last phase ends when the workload does; what follows until the end bracket is the tail, in no phase.
-	if !ex.FinishedAt.IsZero() && ex.FinishedAt.After(start) {
+	if fin := out.ex.FinishedAt; !fin.IsZero() && fin.After(start) {
 		if run, ok := r.store.Get(r.opts.RunID); ok && run.Phase != "" {
-			r.store.EndPhase(r.opts.RunID, ex.FinishedAt)
+			r.store.EndPhase(r.opts.RunID, fin)
 		}
 	}
-	endReads := r.readAll()
-	end := latest(endReads, r.clock.Now())
-	for g, c := range endReads {
-		b := brackets[g]
-		b.End = &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}
-		brackets[g] = b
-	}
-	if _, err := r.store.End(r.opts.RunID, status, end); err != nil {
+	out.endReads = r.readAll()
+	out.end = latest(out.endReads, r.clock.Now())
+	if _, err := r.store.End(r.opts.RunID, out.status, out.end); err != nil {
 		r.log.Error("marker store", "err", err)
 	}
-	if err := wl.Cleanup(r.m); err != nil {
-		r.warn("cleanup_failed", nil, "%v", err)
-	}
-	sleepClock(r.clock, r.opts.Tail) // let the last samples and a drain cover the end
-	t := finishSampling()
+	return out
+}
 
-	r.m.Status = status
-	if waitErr != nil {
-		r.m.Error = waitErr.Error()
+// settle records how the workload ended in the manifest and returns lem-run's exit code for it.
+func (r *run) settle(out outcome) int {
+	r.m.Status = out.status
+	if out.err != nil {
+		r.m.Error = out.err.Error()
 	}
-	if status == manifest.StatusOK || status == manifest.StatusFail {
-		code := ex.Code
-		r.m.ExitCode = &code
-	}
-	exit := ex.Code
-	switch status {
+	switch out.status {
 	case manifest.StatusIntr:
-		exit = ExitInterrupted
+		return ExitInterrupted
 	case manifest.StatusTime:
-		exit = ExitTimeout
+		return ExitTimeout
 	case manifest.StatusError:
-		exit = 1
+		return 1
 	}
-	return r.finish(t, start, end, baselines, brackets, exit)
+	code := out.ex.Code
+	r.m.ExitCode = &code
+	return code
 }
 
 // startSampling starts the sampler and the recorder of the trace at path (the run's id in its metadata); the

@@ -118,33 +118,9 @@ func (r *run) recordCommand(ctx context.Context, opts RecordOptions) (exit int, 
 		r.store.End(r.opts.RunID, manifest.StatusError, end)
 		return 1, start, end
 	}
-	followed := make(chan struct{})
-	go func() { defer close(followed); r.follow(wl, io.Discard, io.Discard) }()
-	status, ex, werr := r.wait(ctx, wl)
-	<-followed
-	if !ex.FinishedAt.IsZero() {
-		if run, ok := r.store.Get(r.opts.RunID); ok && run.Phase != "" {
-			r.store.EndPhase(r.opts.RunID, ex.FinishedAt)
-		}
-	}
+	out := r.await(ctx, wl, io.Discard, io.Discard, start)
 	if opts.Tail > 0 && ctx.Err() == nil {
-		sleepClock(r.clock, opts.Tail)
+		sleepClock(r.clock, opts.Tail) // the recording goes on a little after the run, so samples cover its end
 	}
-	end = latest(r.readAll(), r.clock.Now())
-	r.store.End(r.opts.RunID, status, end)
-	r.m.Status = status
-	if werr != nil {
-		r.m.Error = werr.Error()
-	}
-	switch status {
-	case manifest.StatusIntr:
-		return ExitInterrupted, start, end
-	case manifest.StatusTime:
-		return ExitTimeout, start, end
-	case manifest.StatusError:
-		return 1, start, end
-	}
-	code := ex.Code
-	r.m.ExitCode = &code
-	return code, start, end
+	return r.settle(out), start, out.end
 }

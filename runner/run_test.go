@@ -238,10 +238,10 @@ func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
 	assert.Contains(t, codes, "cooldown_timeout")
 
 	require.Eventually(t, func() bool {
-		r, ok := exp.Runs().Get("mirrored")
+		r, ok := exp.Run(t, "mirrored")
 		return ok && !r.End.IsZero()
 	}, 5*time.Second, 50*time.Millisecond, "run mirrored to the exporter")
-	r, _ := exp.Runs().Get("mirrored")
+	r, _ := exp.Run(t, "mirrored")
 	assert.Equal(t, "test-exp", r.Experiment)
 	var names []string
 	for _, p := range r.Phases {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"sort"
 	"strconv"
@@ -19,6 +20,9 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -212,13 +216,6 @@ func (c *Client) selectors(instance string) (power, energy string) {
 // (if given) as events. lem's full-rate remote-write stream is preferred to scraped values where both exist.
 func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time, run *RunInfo) (*trace.Trace, error) {
 	tr := trace.New(meta.Environment{Source: meta.Source{Kind: "prometheus", Path: c.opts.URL}})
-	gpuOf := func(m model.Metric) int {
-		g, err := strconv.Atoi(string(m["gpu"]))
-		if err != nil {
-			return 0
-		}
-		return g
-	}
 	psel, esel := c.selectors(instance)
 	power, err := c.Raw(ctx, psel, from, to)
 	if err != nil {
@@ -235,7 +232,7 @@ func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time,
 	}
 	seen := map[int]bool{}
 	for _, s := range power {
-		g := gpuOf(s.Metric)
+		g := gpuLabel(s.Metric)
 		ser := tr.Series(g)
 		for _, p := range s.Values {
 			ser.Samples = append(ser.Samples, trace.PowerSample{Time: p.Timestamp.Time(), PowerW: float64(p.Value)})
@@ -243,7 +240,7 @@ func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time,
 		c.device(tr, g, s.Metric, seen)
 	}
 	for _, s := range energy {
-		g := gpuOf(s.Metric)
+		g := gpuLabel(s.Metric)
 		ser := tr.Series(g)
 		for _, p := range s.Values {
 			mj := float64(p.Value) * 1000 // lem: joules
@@ -257,15 +254,167 @@ func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time,
 	for _, s := range tr.GPUs {
 		s.Sort()
 	}
+	if !c.opts.DCGM {
+		if err := c.telemetry(ctx, tr, instance, from, to); err != nil {
+			return nil, err
+		}
+	}
 	if run != nil && !c.opts.DCGM {
 		evs, err := c.phases(ctx, *run, from, to)
 		if err != nil {
 			return nil, err
 		}
-		tr.Events = evs
+		more, workload, err := c.runEvents(ctx, *run, from, to)
+		if err != nil {
+			return nil, err
+		}
+		for i := range evs {
+			if evs[i].Type == trace.EventRunStart && workload != "" {
+				evs[i].Attrs = map[string]string{trace.AttrWorkloadGPUs: workload}
+			}
+		}
+		tr.Events = append(evs, more...)
+		sort.SliceStable(tr.Events, func(i, j int) bool { return tr.Events[i].Time.Before(tr.Events[j].Time) })
 		tr.Extra["lem.run_id"] = run.RunID
 	}
 	return tr, nil
+}
+
+// telemetry pulls the scraped temperature and clock-event reasons into the trace's telemetry, so the accounting's
+// temperature and throttling findings hold for pulled runs too.
+func (c *Client) telemetry(ctx context.Context, tr *trace.Trace, instance string, from, to time.Time) error {
+	temps, err := c.Raw(ctx, fmt.Sprintf(`lem_gpu_temperature_celsius{instance=%q}`, instance), from, to)
+	if err != nil {
+		return err
+	}
+	reasons, err := c.Raw(ctx, fmt.Sprintf(`lem_gpu_clock_event_reason_active{instance=%q}`, instance), from, to)
+	if err != nil {
+		return err
+	}
+	bits := map[string]uint64{}
+	for _, r := range gpu.ClockReasons {
+		bits[r.Name] = r.Bit
+	}
+	type key struct {
+		g  int
+		ms int64
+	}
+	snaps := map[key]*trace.Telemetry{}
+	at := func(g int, p model.SamplePair) *trace.Telemetry {
+		k := key{g, int64(p.Timestamp)}
+		if snaps[k] == nil {
+			tm := trace.NewTelemetry(p.Timestamp.Time())
+			tm.ClockReasonsValid = false
+			snaps[k] = &tm
+		}
+		return snaps[k]
+	}
+	for _, s := range temps {
+		g := gpuLabel(s.Metric)
+		for _, p := range s.Values {
+			at(g, p).TemperatureC = float64(p.Value)
+		}
+	}
+	for _, s := range reasons {
+		g, bit := gpuLabel(s.Metric), bits[string(s.Metric["reason"])]
+		for _, p := range s.Values {
+			tm := at(g, p)
+			tm.ClockReasonsValid = true
+			if p.Value == 1 {
+				tm.ClockReasons |= bit
+			}
+		}
+	}
+	for k, tm := range snaps {
+		if s := tr.GPUs[k.g]; s != nil {
+			s.Telemetry = append(s.Telemetry, *tm)
+		}
+	}
+	for _, s := range tr.GPUs {
+		s.Sort()
+	}
+	return nil
+}
+
+// latest returns, per series of selector, its last value in [from, to].
+func (c *Client) latest(ctx context.Context, selector string, from, to time.Time) ([]*model.Sample, error) {
+	v, err := c.query(ctx, fmt.Sprintf(`last_over_time(%s[%dms])`, selector, to.Sub(from).Milliseconds()+1), to)
+	if err != nil {
+		return nil, err
+	}
+	vec, ok := v.(model.Vector)
+	if !ok {
+		return nil, fmt.Errorf("query of %s returned %s, not a vector", selector, v.Type())
+	}
+	return vec, nil
+}
+
+// runEvents rebuilds what the run carried besides its phases from the run's series: its results (their final
+// values), its baselines, and which GPUs were the workload's (the workload_gpus label value; "" when not known).
+func (c *Client) runEvents(ctx context.Context, run RunInfo, from, to time.Time) (evs []trace.Event, workload string, err error) {
+	sel := func(metric string) string {
+		return fmt.Sprintf(`%s{run_id=%q,instance=%q}`, metric, run.RunID, run.Instance)
+	}
+	results, err := c.latest(ctx, sel("lem_run_result"), from, to)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(results) > 0 {
+		attrs := map[string]string{}
+		for _, r := range results {
+			attrs[string(r.Metric["key"])] = strconv.FormatFloat(float64(r.Value), 'g', -1, 64)
+		}
+		evs = append(evs, trace.Event{Time: run.End, GPU: trace.NoGPU, Type: trace.EventResult, RunID: run.RunID, Attrs: attrs})
+	}
+	// Baselines: one event per GPU, from the baseline series' last values.
+	type part struct{ metric, label string }
+	vals := map[int]map[string]float64{}
+	for _, p := range []part{{"lem_run_baseline_watts", "stat"}, {"lem_run_baseline_window_timestamp_seconds", "edge"},
+		{"lem_run_baseline_samples", ""}, {"lem_run_baseline_temperature_celsius", "edge"}, {"lem_run_baseline_utilization_ratio", ""}} {
+		vec, err := c.latest(ctx, sel(p.metric), from, to)
+		if err != nil {
+			return nil, "", err
+		}
+		for _, v := range vec {
+			g := gpuLabel(v.Metric)
+			if vals[g] == nil {
+				vals[g] = map[string]float64{}
+			}
+			vals[g][p.metric+"/"+string(v.Metric[model.LabelName(p.label)])] = float64(v.Value)
+		}
+	}
+	for g, v := range vals {
+		ns := func(k string) time.Time { return time.Unix(0, int64(v[k]*1e9)).UTC() }
+		opt := func(k string) *float64 {
+			if x, ok := v[k]; ok {
+				return &x
+			}
+			return nil
+		}
+		b := manifest.Baseline{Start: ns("lem_run_baseline_window_timestamp_seconds/start"),
+			End:     ns("lem_run_baseline_window_timestamp_seconds/end"),
+			MedianW: v["lem_run_baseline_watts/median"], P25W: v["lem_run_baseline_watts/p25"], P75W: v["lem_run_baseline_watts/p75"],
+			Samples:    int(v["lem_run_baseline_samples/"]),
+			TempStartC: opt("lem_run_baseline_temperature_celsius/start"), TempEndC: opt("lem_run_baseline_temperature_celsius/end"),
+			UtilMean: opt("lem_run_baseline_utilization_ratio/")}
+		b.IQRW = b.P75W - b.P25W
+		ev := marker.BaselineEvent(g, b)
+		ev.Time, ev.RunID = run.Start, run.RunID
+		evs = append(evs, ev)
+	}
+	gpus, err := c.latest(ctx, sel("lem_run_gpu_active"), from, to)
+	if err != nil {
+		return nil, "", err
+	}
+	if len(gpus) > 0 {
+		var idx []int
+		for _, v := range gpus {
+			idx = append(idx, gpuLabel(v.Metric))
+		}
+		sort.Ints(idx)
+		workload = marker.FormatGPUs(idx)
+	}
+	return evs, workload, nil
 }
 
 func (c *Client) device(tr *trace.Trace, g int, m model.Metric, seen map[int]bool) {
@@ -304,27 +453,53 @@ func preferStream(ss []*model.SampleStream) []*model.SampleStream {
 	return out
 }
 
-// phases rebuilds the run's phase events from lem_run_phase_start_timestamp_seconds (exact starts).
+// phases rebuilds the run's phase events from lem_run_phase_start_timestamp_seconds (exact starts) and
+// lem_run_phase_end_timestamp_seconds (exact ends of phases ended on their own, not by the next one).
 func (c *Client) phases(ctx context.Context, run RunInfo, from, to time.Time) ([]trace.Event, error) {
-	streams, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_start_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
+	starts, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_start_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
+	if err != nil {
+		return nil, err
+	}
+	ends, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_end_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
 	if err != nil {
 		return nil, err
 	}
 	evs := []trace.Event{{Time: run.Start, GPU: trace.NoGPU, Type: trace.EventRunStart, RunID: run.RunID, Name: run.Experiment}}
-	starts := map[string]bool{}
-	for _, s := range streams {
+	seen := map[string]bool{}
+	at := map[int64]bool{}
+	for _, s := range starts {
 		for _, p := range s.Values {
-			ns := int64(float64(p.Value) * 1e9)
+			ns := int64(math.Round(float64(p.Value) * 1e9))
 			key := string(s.Metric["phase"]) + "@" + strconv.FormatInt(ns, 10)
-			if starts[key] {
+			if seen[key] {
 				continue
 			}
-			starts[key] = true
+			seen[key], at[ns] = true, true
 			evs = append(evs, trace.Event{Time: time.Unix(0, ns), GPU: trace.NoGPU, Type: trace.EventPhase, RunID: run.RunID,
+				Name: string(s.Metric["phase"])})
+		}
+	}
+	for _, s := range ends {
+		for _, p := range s.Values {
+			ns := int64(math.Round(float64(p.Value) * 1e9))
+			if at[ns] || ns >= run.End.UnixNano() {
+				continue // ended by the next phase or the run's end: nothing to add
+			}
+			at[ns] = true
+			evs = append(evs, trace.Event{Time: time.Unix(0, ns), GPU: trace.NoGPU, Type: trace.EventPhaseEnd, RunID: run.RunID,
 				Name: string(s.Metric["phase"])})
 		}
 	}
 	evs = append(evs, trace.Event{Time: run.End, GPU: trace.NoGPU, Type: trace.EventRunEnd, RunID: run.RunID, Name: run.Experiment})
 	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
 	return evs, nil
+}
+
+// gpuLabel reads a series' gpu label (0 when absent: single-GPU exporters of other kinds).
+func gpuLabel(m model.Metric) int {
+	g, err := strconv.Atoi(string(m["gpu"]))
+	if err != nil {
+		return 0
+	}
+	return g
 }

@@ -176,38 +176,42 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 			}
 			continue
 		}
-		// Run directories (a manifest.json) and, elsewhere, lem traces (a recording directory): a run
-		// directory's own trace and hidden segments are not separate inputs.
-		var manifests, tracesFound []string
-		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			switch {
-			case d.IsDir():
-			case d.Name() == manifest.FileName:
-				manifests = append(manifests, path)
-			case strings.HasSuffix(d.Name(), ".parquet") && !strings.HasPrefix(d.Name(), "."):
-				tracesFound = append(tracesFound, path)
-			}
-			return nil
-		})
+		manifests, found, err := walk(p)
 		for _, m := range manifests {
 			add(m)
 		}
-		for _, tp := range tracesFound {
-			if _, err := os.Stat(filepath.Join(filepath.Dir(tp), manifest.FileName)); err != nil {
-				addTrace(tp)
-			}
+		for _, tp := range found {
+			addTrace(tp)
 		}
 		if err != nil {
 			probs = append(probs, Problem{Path: p, Err: err.Error()})
-		} else if len(manifests)+len(tracesFound) == 0 {
+		} else if len(manifests)+len(found) == 0 {
 			probs = append(probs, Problem{Path: p, Err: "no manifest.json or lem trace found (not a lem-run output or recording directory?)"})
 		}
 	}
 	sort.Slice(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
 	return runs, probs
+}
+
+// walk finds run directories' manifests under dir and, elsewhere, lem traces (a recording directory): a run
+// directory's own trace and hidden segments are not separate inputs.
+func walk(dir string) (manifests, traces []string, err error) {
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+		case d.Name() == manifest.FileName:
+			manifests = append(manifests, path)
+		case strings.HasSuffix(d.Name(), ".parquet") && !strings.HasPrefix(d.Name(), "."):
+			if _, err := os.Stat(filepath.Join(filepath.Dir(path), manifest.FileName)); err != nil {
+				traces = append(traces, path)
+			}
+		}
+		return nil
+	})
+	return manifests, traces, err
 }
 
 // Rule is a quality rule of validate.

@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -73,62 +71,4 @@ func (c *reportCmd) write(render func(io.Writer) error) error {
 		}
 	}
 	return err
-}
-
-type validateCmd struct {
-	Paths []string `arg:"" help:"Run directories, or directories holding them."`
-}
-
-// errInvalid makes validate exit non-zero for pipelines.
-var errInvalid = errors.New("runs fail the quality rules")
-
-func (c *validateCmd) Run(ctx context.Context, log *slog.Logger) error {
-	runs, probs := report.Load(c.Paths)
-	bad := len(probs)
-	for _, p := range probs {
-		fmt.Printf("ERROR %s: %s\n", p.Path, p.Err)
-	}
-	for _, r := range runs {
-		v := report.Violations(r.Manifest)
-		if len(v) == 0 {
-			fmt.Printf("ok    %s (%s)\n", r.Manifest.RunID, r.Manifest.Experiment)
-			continue
-		}
-		bad++
-		for _, s := range v {
-			fmt.Printf("FAIL  %s (%s): %s\n", r.Manifest.RunID, r.Manifest.Experiment, s)
-		}
-	}
-	if len(runs) == 0 && len(probs) == 0 {
-		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
-	}
-	if bad > 0 {
-		return fmt.Errorf("%w: %d of %d inputs", errInvalid, bad, len(runs)+len(probs))
-	}
-	return nil
-}
-
-type auditCmd struct {
-	Paths  []string `arg:"" help:"Run directories or campaign directories."`
-	All    bool     `help:"List every parameter, not only the explicit and energy-relevant ones."`
-	Format string   `short:"f" default:"md" enum:"md,json" help:"Output format: md or json."`
-}
-
-func (c *auditCmd) Run(ctx context.Context, log *slog.Logger) error {
-	runs, probs := report.LoadManifests(c.Paths)
-	exps, aprobs := report.Audit(runs)
-	probs = append(probs, aprobs...)
-	if c.Format == "json" {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(map[string]any{"experiments": exps, "problems": probs}); err != nil {
-			return err
-		}
-	} else {
-		report.AuditMarkdown(os.Stdout, exps, probs, c.All)
-	}
-	if len(exps) == 0 {
-		return fmt.Errorf("no runs with recorded backend parameters in %v", c.Paths)
-	}
-	return nil
 }

@@ -2,14 +2,17 @@ package testutil
 
 import (
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"testing"
 
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/marker"
 )
 
 // Exporter is a lem-exporter over a source, serving on a loopback port, for tests.
@@ -66,3 +69,21 @@ func StartExporterOn(t testing.TB, ln net.Listener, src gpu.Source, opts exporte
 
 // Stop stops serving and sampling, flushing the recorder and the remote-write stream.
 func (x *Exporter) Stop() { x.stop() }
+
+// Run fetches one run from the exporter's marker API (GET /api/v1/runs/{id}); ok is false when it has none.
+func (x *Exporter) Run(t testing.TB, id string) (marker.Run, bool) {
+	t.Helper()
+	resp, err := http.Get(x.URL + "/api/v1/runs/" + url.PathEscape(id))
+	if err != nil {
+		t.Fatalf("GET run %s: %v", id, err)
+	}
+	defer resp.Body.Close()
+	var r marker.Run
+	if resp.StatusCode != http.StatusOK {
+		return r, false
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		t.Fatalf("decoding run %s: %v", id, err)
+	}
+	return r, true
+}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/lem-energy/lem/analyze/report"
+)
+
+type validateCmd struct {
+	Paths []string `arg:"" help:"Run directories, or directories holding them."`
+}
+
+// errInvalid makes validate exit non-zero for pipelines.
+var errInvalid = errors.New("runs fail the quality rules")
+
+func (c *validateCmd) Run(ctx context.Context, log *slog.Logger) error {
+	runs, probs := report.Load(c.Paths)
+	bad := len(probs)
+	for _, p := range probs {
+		fmt.Printf("ERROR %s: %s\n", p.Path, p.Err)
+	}
+	for _, r := range runs {
+		v := report.Violations(r.Manifest)
+		if len(v) == 0 {
+			fmt.Printf("ok    %s (%s)\n", r.Manifest.RunID, r.Manifest.Experiment)
+			continue
+		}
+		bad++
+		for _, s := range v {
+			fmt.Printf("FAIL  %s (%s): %s\n", r.Manifest.RunID, r.Manifest.Experiment, s)
+		}
+	}
+	if len(runs) == 0 && len(probs) == 0 {
+		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
+	}
+	if bad > 0 {
+		return fmt.Errorf("%w: %d of %d inputs", errInvalid, bad, len(runs)+len(probs))
+	}
+	return nil
+}
