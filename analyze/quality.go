@@ -51,7 +51,7 @@ func CaptureQuality(g int, s *trace.Series, events []trace.Event) Capture {
 		}
 	}
 	for _, e := range events {
-		if e.GPU == g && (e.Type == trace.EventGap || e.Type == trace.EventOverrun) && e.Attrs["where"] != "in_batch" {
+		if e.GPU == g && (e.Type == trace.EventGap || e.Type == trace.EventOverrun) && e.Attrs["where"] != trace.GapInBatch {
 			c.DrainGaps++
 		}
 	}

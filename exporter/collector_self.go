@@ -5,6 +5,7 @@ import (
 
 	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/sampler"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 // samplerSelf is what the self collector reads: the sampled GPUs' capture accounting and the consumer queues.
@@ -55,8 +56,8 @@ var selfMetrics = []metric[*gpuView]{
 	{name: "lem_exporter_sample_gaps_total", typ: prometheus.CounterValue, labels: []string{"where"},
 		help: "Intervals between captured samples over twice the sample period, by where they fell (in_batch: the driver's own; at_drain: possibly lost by the exporter).",
 		values: func(g *gpuView) []value {
-			return []value{{v: float64(g.st.Gaps - g.st.DrainGaps), labels: []string{sampler.GapInBatch}},
-				{v: float64(g.st.DrainGaps), labels: []string{sampler.GapAtDrain}}}
+			return []value{{v: float64(g.st.Gaps - g.st.DrainGaps), labels: []string{trace.GapInBatch}},
+				{v: float64(g.st.DrainGaps), labels: []string{trace.GapAtDrain}}}
 		}},
 	{name: "lem_exporter_samples_missed_total", typ: prometheus.CounterValue,
 		help:   "Samples the gaps should have held.",

@@ -20,13 +20,16 @@ import (
 	"github.com/lem-energy/lem/internal/sampler"
 )
 
+// DefaultMaxRequestsInFlight is lem-exporter's cap on concurrent scrapes (node_exporter's default).
+const DefaultMaxRequestsInFlight = 40
+
 // Options configure an Exporter.
 type Options struct {
 	Sampler             sampler.Config
 	MetricsPath         string
-	MarkerToken         string        // empty: marker writes from loopback only
-	Markers             marker.Limits // bounds of the marker store
-	MaxRequestsInFlight int
+	MarkerToken         string               // empty: marker writes from loopback only
+	Markers             marker.Limits        // bounds of the marker store
+	MaxRequestsInFlight int                  // concurrent scrapes served at most (0: no limit)
 	Record              *recorder.DirOptions // nil: no recorder
 	RemoteWrite         *RemoteWriteOptions  // nil: no stream
 }
@@ -49,9 +52,6 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 	}
 	if opts.MetricsPath == "" {
 		opts.MetricsPath = "/metrics"
-	}
-	if opts.MaxRequestsInFlight <= 0 {
-		opts.MaxRequestsInFlight = 40
 	}
 	s, err := sampler.New(src, devs, opts.Sampler, log)
 	if err != nil {

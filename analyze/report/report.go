@@ -229,6 +229,7 @@ var Rules = []Rule{
 	{"no counter reset", []string{"counter_reset"}},
 	{"no throttling", []string{"throttling"}},
 	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift"}},
+	{"every marker accepted", []string{"marker_rejected"}},
 }
 
 // Violations lists the rules a run breaks, with the manifest's messages.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/cli"
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/recorder"
@@ -25,6 +26,7 @@ func main() {
 	vars["max_phase_names"] = strconv.Itoa(marker.DefaultMaxPhaseNames)
 	vars["max_result_keys"] = strconv.Itoa(marker.DefaultMaxResultKeys)
 	vars["record_flush"] = recorder.DefaultFlushEvery.String()
+	vars["max_requests"] = strconv.Itoa(exporter.DefaultMaxRequestsInFlight)
 	os.Exit(cli.Main(&a, &a.Globals, "lem-exporter",
 		"Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers.", vars, nil))
 }

@@ -23,7 +23,7 @@ type serveCmd struct {
 	ListenAddress []string `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
 	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
 	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
-	MaxRequests   int      `name:"web.max-requests" default:"40" help:"Concurrent scrapes served at most (0: no limit)."`
+	MaxRequests   int      `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
 
 	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
 	MaxRuns         int           `name:"markers.max-active-runs" default:"${max_active_runs}" help:"Cap on concurrently active runs."`

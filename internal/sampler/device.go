@@ -24,12 +24,6 @@ type CallStats struct {
 	Last         time.Duration
 }
 
-// Where a gap lay (trace.GapInBatch, trace.GapAtDrain), in the "where" attribute of gap events.
-const (
-	GapInBatch = trace.GapInBatch
-	GapAtDrain = trace.GapAtDrain
-)
-
 // Device call names in Stats.Calls.
 const (
 	CallEnergy    = "energy"
@@ -351,10 +345,10 @@ func (d *device) drain() {
 				d.st.Gaps++
 				d.st.GapTime += gap - period
 				d.st.MissedSamples += uint64((gap+period/2)/period) - 1
-				typ, where := trace.EventGap, GapInBatch
+				typ, where := trace.EventGap, trace.GapInBatch
 				if i == 0 {
 					d.st.DrainGaps++
-					where = GapAtDrain
+					where = trace.GapAtDrain
 					if late {
 						d.st.Overruns++
 						typ = trace.EventOverrun
@@ -378,7 +372,7 @@ func (d *device) drain() {
 	d.mu.Unlock()
 	for _, ev := range events {
 		lvl := slog.LevelWarn
-		if ev.Attrs["where"] == GapInBatch { // the driver's own hiccup, seen ~1 in 250 samples under load
+		if ev.Attrs["where"] == trace.GapInBatch { // the driver's own hiccup, seen ~1 in 250 samples under load
 			lvl = slog.LevelDebug
 		}
 		d.s.log.Log(context.Background(), lvl, "power-sample gap", "gpu", d.idx, "type", ev.Type, "where", ev.Attrs["where"],

@@ -81,9 +81,6 @@ func (ex *executor) runOptions(runID, experiment string, cycle int) runner.Optio
 		Cooldown: f.Cooldown.Target, CooldownTimeout: f.Cooldown.Timeout.D(), Timeout: f.Timeout.D(),
 		Sampler: ex.opts.Sampler, ExporterURL: ex.opts.ExporterURL, ExporterToken: ex.opts.ExporterToken,
 		Campaign: f.Name, Cycle: cycle, Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard}
-	if o.CooldownTimeout == 0 {
-		o.CooldownTimeout = 5 * time.Minute
-	}
 	state := filepath.Join(ex.p.out, ".state")
 	switch f.Baseline.Policy {
 	case "per_run":

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/lem-energy/lem/runner"
 )
 
 // Config is one concrete configuration: an experiment with one combination of its grid's values.
@@ -178,15 +180,12 @@ func (f *File) Plan() ([]Planned, []*Config, error) {
 	return plan, cfgs, nil
 }
 
-// DefaultBaseline is the idle baseline measured before a run unless the file says otherwise.
-const DefaultBaseline = 30 * time.Second
-
 // BaselineDuration is the idle baseline each measured baseline lasts.
 func (f *File) BaselineDuration() time.Duration {
 	if f.Baseline.Duration != nil {
 		return f.Baseline.Duration.D()
 	}
-	return DefaultBaseline
+	return runner.DefaultBaseline
 }
 
 // defaultExpected is assumed for a run whose experiment gives no expected_duration.
