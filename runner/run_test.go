@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 	"github.com/lem-energy/lem/runner"
@@ -323,4 +325,33 @@ func TestObservedGPUs(t *testing.T) {
 		assert.InEpsilon(t, float64(m.ObservedEnergy.HybridJ), float64(r.Manifest.ObservedEnergy.HybridJ), 0.01)
 	}
 	assert.True(t, found, "run %s in its trace", m.RunID)
+}
+
+// A workload whose markers the store refuses (more phase names than a run may have, and a long line without a
+// newline in the middle of the output) still runs to the end with its output passed through byte for byte, and
+// the run says so: the rejected markers are counted, the manifest warns, and validate fails it.
+func TestRejectedMarkersFailValidation(t *testing.T) {
+	opts := baseOpts(t, "sh", "-c", `i=0; while [ $i -lt 300 ]; do echo "LEM_PHASE p$i"; i=$((i+1)); done
+head -c 3000000 /dev/zero | tr '\0' 'x'; printf '\r'; echo; echo LEM_RESULT output_tokens=7`)
+	var out bytes.Buffer
+	opts.Stdout = &out
+	opts.Baseline = 0
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	assert.Equal(t, manifest.StatusOK, m.Status)
+	assert.Equal(t, 301, m.Markers.Parsed)
+	assert.Equal(t, 300-marker.DefaultMaxPhaseNames, m.Markers.Rejected)
+	assert.Len(t, m.Phases, marker.DefaultMaxPhaseNames)
+	assert.Equal(t, "7", m.Results["output_tokens"], "the result after the 3 MB line arrived")
+	assert.Contains(t, strings.Join(report.Violations(m), "\n"), "every marker accepted: 44 marker(s) were rejected")
+	var codes []string
+	for _, w := range m.Warnings {
+		codes = append(codes, w.Code)
+	}
+	assert.Contains(t, codes, "marker_rejected")
+	assert.Contains(t, out.String(), strings.Repeat("x", 3000000)+"\r\n", "the long line passed through whole")
+	logged, err := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
+	require.NoError(t, err)
+	assert.Equal(t, out.Len(), len(logged), "the log holds what the terminal got")
 }

@@ -121,13 +121,22 @@ func TestRunBadInput(t *testing.T) {
 		"no command":    {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x"}, "nothing to run"},
 		"bad env":       {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "-e", "NOEQUALS", "--", "true"}, "KEY=VALUE"},
 		"bad cooldown":  {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--cooldown", "warm", "--", "true"}, "--cooldown"},
+		"bad run id":    {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--run-id", "my run", "--", "true"}, `--run-id: invalid: run id "my run"`},
+		"no such command": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--", "nosuchcmd-lem"},
+			`command "nosuchcmd-lem": exec: "nosuchcmd-lem": executable file not found`},
+		"unknown GPU": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--gpus", "7", "--", "true"}, `GPU "7": no such device`},
+		"bad exporter URL": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter", "ftp://h", "--", "true"},
+			"--exporter"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)
 			cmd.Dir = t.TempDir() // nothing may be left behind (the default --out is ./runs)
 			out, err := cmd.CombinedOutput()
-			require.Error(t, err)
+			var ee *exec.ExitError
+			require.True(t, errors.As(err, &ee), "exit error expected: %v\n%s", err, out)
+			assert.Contains(t, []int{2, 80}, ee.ExitCode(), "bad input: exit 2 (kong's own usage errors: 80)\n%s", out)
 			assert.Contains(t, string(out), tc.want)
+			assert.NotContains(t, string(out), "measuring idle baseline", "refused before the baseline")
 			left, _ := os.ReadDir(cmd.Dir)
 			assert.Empty(t, left, "bad input creates no run directory")
 		})

@@ -24,16 +24,16 @@ func (f SourceFlags) Open(log *slog.Logger) (gpu.Source, []gpu.Device, error) {
 	var src gpu.Source
 	if f.Replay != "" {
 		if f.Speed <= 0 {
-			return nil, nil, fmt.Errorf("--speed %g: must be positive", f.Speed)
+			return nil, nil, fmt.Errorf("--speed %g: must be positive%w", f.Speed, Usage)
 		}
 		if f.From < 0 {
-			return nil, nil, fmt.Errorf("--replay-from %s: must not be negative", f.From)
+			return nil, nil, fmt.Errorf("--replay-from %s: must not be negative%w", f.From, Usage)
 		}
 		// Starting "From" into the recording is starting the replay that long ago (in replay time).
 		start := time.Now().Add(-time.Duration(float64(f.From) / f.Speed))
 		r, err := gpu.OpenReplay(f.Replay, gpu.ReplayOptions{Speed: f.Speed, Loop: f.Loop, Start: start})
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fmt.Errorf("--replay: %w%w", err, Usage)
 		}
 		src = r
 	} else {
@@ -46,7 +46,7 @@ func (f SourceFlags) Open(log *slog.Logger) (gpu.Source, []gpu.Device, error) {
 	devs, err := gpu.Select(src.Devices(), f.GPUs)
 	if err != nil {
 		src.Close()
-		return nil, nil, fmt.Errorf("--gpus: %w", err)
+		return nil, nil, fmt.Errorf("--gpus: %w%w", err, Usage)
 	}
 	return src, devs, nil
 }
