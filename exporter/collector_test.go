@@ -40,7 +40,7 @@ const goldenPath = "testdata/exposition.prom"
 type recordedState struct {
 	env   meta.Environment
 	stats map[int]sampler.Stats
-	subs  *sampler.Sampler
+	drops map[string]uint64 // consumer queue drops
 }
 
 func (r *recordedState) Environment() meta.Environment { return r.env }
@@ -50,7 +50,7 @@ func (r *recordedState) Stats(g int) (sampler.Stats, bool) {
 	return st, ok
 }
 
-func (r *recordedState) Subscriptions() map[string]uint64 { return r.subs.Subscriptions() }
+func (r *recordedState) Subscriptions() map[string]uint64 { return r.drops }
 
 // recordedStats accounts the recorded series s up to at as the sampler does: every counter reading read once
 // (timed by its recorded read duration), every sample drained (once a second, 0.3 ms a drain), every telemetry
@@ -149,11 +149,9 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 		st1.Calls[call] = cs
 	}
 
-	// A real sampler, never started, holds the consumer queues: one queue of one record takes the first marker
-	// event; the seven after it are dropped.
+	// A real sampler, never started, receives the marker events; the consumers' drop counts are fixed state.
 	s, err := sampler.New(h200, nil, sampler.Config{}, nil)
 	require.NoError(t, err)
-	s.Subscribe("recorder", 1)
 	clock := &gpu.ScaledClock{Origin: at, Start: at} // stopped clock: Speed 0
 	runs := marker.NewStore(clock.Now, marker.Limits{MaxActive: 8, Grace: time.Minute}, s.Emit)
 	sec := func(n int) time.Time { return at.Add(time.Duration(n) * time.Second) }
@@ -179,7 +177,7 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 	require.NoError(t, err)
 
 	return goldenFixture{
-		state: &recordedState{env: env, subs: s,
+		state: &recordedState{env: env, drops: map[string]uint64{"recorder": 7},
 			stats: map[int]sampler.Stats{0: recordedStats(0, rec200.GPUs[0], at), 1: st1}},
 		runs: runs,
 		at:   at,
@@ -293,7 +291,7 @@ func TestExpositionGolden(t *testing.T) {
 	gpu1 := map[string]string{"gpu": "1", "uuid": "GPU-425d1a57-5d7d-2dba-6409-9ac8f02cdd13"}
 	assert.Equal(t, 0.0, series(t, mfs, "lem_gpu_up", gpu1).GetGauge().GetValue())
 	assert.Equal(t, 7.0, series(t, mfs, "lem_exporter_consumer_dropped_total", map[string]string{"consumer": "recorder"}).
-		GetCounter().GetValue(), "eight marker events into a queue of one")
+		GetCounter().GetValue(), "the fixture's drops")
 	r1gpu0 := map[string]string{"run_id": "r1", "experiment": "llama-bs8", "gpu": "0"}
 	assert.Equal(t, 120.5, series(t, mfs, "lem_run_baseline_watts", with(r1gpu0, "stat", "median")).GetGauge().GetValue())
 	assert.Equal(t, 1.0, series(t, mfs, "lem_run_gpu_active", r1gpu0).GetGauge().GetValue())
@@ -321,10 +319,10 @@ func TestExpositionGolden(t *testing.T) {
 func TestFailedGPUChangesOnlyItsOwnSeries(t *testing.T) {
 	f := newGoldenFixture(t)
 	healthy := f.state.stats[0]
-	alone := &recordedState{env: f.state.env, subs: f.state.subs, stats: map[int]sampler.Stats{0: healthy}}
+	alone := &recordedState{env: f.state.env, drops: f.state.drops, stats: map[int]sampler.Stats{0: healthy}}
 	alone.env.Devices = alone.env.Devices[:1]
 
-	broken := &recordedState{env: f.state.env, subs: f.state.subs, stats: map[int]sampler.Stats{0: healthy}}
+	broken := &recordedState{env: f.state.env, drops: f.state.drops, stats: map[int]sampler.Stats{0: healthy}}
 	broken.env.Devices = append(append([]meta.Device{}, f.state.env.Devices...), meta.Device{Index: 2, UUID: "GPU-no-state"})
 	// GPU 1 was lost before any call answered; its telemetry, had it come, would have been all unsupported.
 	broken.stats[1] = sampler.Stats{GPU: 1, Lost: true, HasTelemetry: true, LatestTelem: trace.NewTelemetry(f.at),

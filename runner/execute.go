@@ -126,7 +126,7 @@ func (r *run) launch(ctx context.Context, baselines map[int]*manifest.Baseline) 
 		uuids = append(uuids, d.UUID)
 	}
 	spec := backend.Spec{RunID: r.opts.RunID, Command: r.opts.Command, GPUs: uuids, GPUIndices: idx,
-		ResultsDir: filepath.Join(r.dir, manifest.ResultsDir), MarkerURL: markerURL,
+		ResultsDir: filepath.Join(r.dir, manifest.ResultsDir), RunDir: r.dir, MarkerURL: markerURL,
 		Env: append(append([]string{}, r.opts.Env...), "LEM_RUN_ID="+r.opts.RunID, "LEM_MARKER_URL="+markerURL,
 			"LEM_MARKER_TOKEN="+token, "LEM_EXPERIMENT="+r.opts.Experiment),
 		Labels: map[string]string{"lem.run_id": r.opts.RunID, "lem.experiment": r.opts.Experiment}}

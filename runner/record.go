@@ -29,6 +29,7 @@ type RecordOptions struct {
 	StopGrace time.Duration
 	Stdout    io.Writer
 	Stderr    io.Writer
+	Watchdog  backend.Watchdog // stops the command if lem-run dies
 }
 
 // RecordResult is a finished recording: the trace, and with a command the run accounted by the one accounting
@@ -45,7 +46,7 @@ type RecordResult struct {
 func Record(ctx context.Context, opts RecordOptions, src gpu.Source, devs []gpu.Device, log *slog.Logger) (*RecordResult, error) {
 	ro := Options{Experiment: "record", Stdout: opts.Stdout, Stderr: opts.Stderr, StopGrace: opts.StopGrace}
 	ro.defaults()
-	be := &backend.Process{Clock: src.Clock()}
+	be := &backend.Process{Clock: src.Clock(), Watchdog: opts.Watchdog}
 	if len(opts.Command) > 0 {
 		if err := be.Check(opts.Command); err != nil {
 			return nil, usage("%v", err)

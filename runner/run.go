@@ -187,6 +187,7 @@ func Run(ctx context.Context, opts Options, src gpu.Source, devs []gpu.Device, b
 		m: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: opts.RunID, Experiment: opts.Experiment,
 			Campaign: opts.Campaign, Cycle: opts.Cycle, Position: opts.Position, Variables: opts.Variables,
 			Inference: opts.Inference, Backend: be.Name(), Command: opts.Command, Status: manifest.StatusRunning,
+			Runner:      ptr(meta.Self()),
 			Environment: smp.Environment(), LemVersion: meta.LemVersion(), Warnings: []manifest.Warning{},
 			Files: manifest.Files{Trace: manifest.TraceFile, Stdout: manifest.StdoutFile, Stderr: manifest.StderrFile,
 				Results: manifest.ResultsDir}}}
@@ -256,3 +257,5 @@ func (r *run) writeManifest() error {
 }
 
 func sleepClock(c gpu.Clock, d time.Duration) { <-c.After(d) }
+
+func ptr[T any](v T) *T { return &v }

@@ -3,6 +3,7 @@ package runner_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -354,4 +355,54 @@ head -c 3000000 /dev/zero | tr '\0' 'x'; printf '\r'; echo; echo LEM_RESULT outp
 	logged, err := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
 	require.NoError(t, err)
 	assert.Equal(t, out.Len(), len(logged), "the log holds what the terminal got")
+}
+
+// Concurrent result posts from the workload (four goroutines at once) and a 2 MB stderr line without a newline:
+// the run ends ok, every post counted, the output drained. (Once, shared result maps crashed lem-run here; run
+// with -race.)
+func TestConcurrentResultsAndLongStderrLine(t *testing.T) {
+	wl := build(t, false)
+	opts := baseOpts(t, wl, "-phases", "a:200ms", "-concurrent-results", "50", "-stderr-line", "2000000")
+	var errOut bytes.Buffer
+	opts.Stderr = &errOut
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	require.Equal(t, manifest.StatusOK, m.Status, m.Error)
+	for k := range 4 {
+		assert.Equal(t, "50", m.Results[fmt.Sprintf("k%d", k)], "every post of goroutine %d counted once", k)
+	}
+	assert.Equal(t, 200, m.Markers.HTTP)
+	assert.Contains(t, errOut.String(), strings.Repeat("#", 1999999)+"\r", "the stderr line passed through whole")
+}
+
+// 100,000 phase markers from a fraction of a second of work: each costs the same small amount (the store keeps
+// one entry per name, the manifest sums them, the trace keeps each), the run lasts about as long as the
+// workload, and the manifest stays small.
+func TestManyMarkersStayCheap(t *testing.T) {
+	opts := baseOpts(t, "awk", `BEGIN { for (i = 0; i < 100000; i++) print "LEM_PHASE p" i % 2 }`)
+	opts.Baseline = 0
+	begin := time.Now()
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	t.Logf("100k markers: run %.2f s, lem-run %.2f s", m.Times.DurationS, time.Since(begin).Seconds())
+	require.Equal(t, manifest.StatusOK, m.Status)
+	assert.Equal(t, 100000, m.Markers.Parsed)
+	require.Len(t, m.Phases, 2)
+	assert.Equal(t, 50000, m.Phases[0].Count)
+	assert.Equal(t, 50000, m.Phases[1].Count)
+	assert.Less(t, m.Times.DurationS, 10.0, "the workload prints for a fraction of a second (once: 154 s)")
+	st, err := os.Stat(filepath.Join(res.Dir, manifest.FileName))
+	require.NoError(t, err)
+	assert.Less(t, st.Size(), int64(30_000), "the manifest sums repeated phases (once: 48 MB)")
+	tr, err := trace.ReadFile(filepath.Join(res.Dir, manifest.TraceFile))
+	require.NoError(t, err)
+	var n int
+	for _, e := range tr.Events {
+		if e.Type == trace.EventPhase {
+			n++
+		}
+	}
+	assert.Equal(t, 100000, n, "the trace keeps every occurrence")
 }

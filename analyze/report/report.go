@@ -82,7 +82,7 @@ func budget(m *manifest.Manifest) Uncertainty {
 
 // fromTrace finds each GPU's steady state in the run's trace and keeps its power for plots.
 func fromTrace(r *Run) error {
-	t, err := trace.ReadFile(filepath.Join(r.Dir, manifest.TraceFile))
+	t, err := runTrace(r.Dir)
 	if err != nil {
 		return err
 	}
@@ -134,6 +134,11 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 			return
 		}
 		seen[m.RunID] = path
+		if Unfinished(m) {
+			if err := Recover(filepath.Dir(path), m); err != nil {
+				probs = append(probs, Problem{Path: filepath.Dir(path), Err: "unfinished run, energy so far unknown: " + err.Error()})
+			}
+		}
 		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
 		if !traces {
 			runs = append(runs, r)
@@ -161,6 +166,10 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 	}
 	for _, p := range paths {
 		st, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) && strings.HasSuffix(p, ".parquet") {
+			addTrace(p) // perhaps the closed segments of a recording whose writer died
+			continue
+		}
 		if err != nil {
 			probs = append(probs, Problem{Path: p, Err: err.Error()})
 			continue

@@ -1,7 +1,9 @@
 package report
 
 import (
+	"errors"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -10,6 +12,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -81,7 +84,14 @@ func Spans(t *trace.Trace, name string) []Span {
 func fromTraceFile(path string, detailed bool) ([]Run, error) {
 	t0 := time.Now()
 	t, err := trace.ReadFile(path)
-	if err != nil {
+	if errors.Is(err, os.ErrNotExist) {
+		// A recording whose writer died before merging it: its closed segments.
+		var serr error
+		if t, serr = recorder.ReadSegments(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".parquet")); t != nil {
+			err = serr
+		}
+	}
+	if t == nil {
 		return nil, err
 	}
 	slog.Debug("trace read", "path", path, "took", time.Since(t0))

@@ -55,7 +55,7 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs,
 		Sampler: c.SamplerFlags.Config(), ExporterURL: c.Exporter, ExporterToken: token,
-		RequestGPUs: src.Environment().Source.Kind == "nvml", Stdout: os.Stdout,
+		RequestGPUs: src.Environment().Source.Kind == "nvml", Watchdog: watchdog(0), Stdout: os.Stdout,
 		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log})
 	if st != nil {
 		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)

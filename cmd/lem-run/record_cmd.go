@@ -34,7 +34,7 @@ func (c *recordCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	defer src.Close()
 	res, err := runner.Record(ctx, runner.RecordOptions{Out: c.Out, Duration: c.Duration, Tail: c.Tail, Command: c.Command,
-		Sampler: c.SamplerFlags.Config()}, src, devs, log)
+		Sampler: c.SamplerFlags.Config(), Watchdog: watchdog(0)}, src, devs, log)
 	if res == nil {
 		return err
 	}

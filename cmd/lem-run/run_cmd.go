@@ -111,14 +111,14 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 	var be backend.Backend
 	if c.Image != "" {
 		d, err := backend.NewDocker(backend.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name,
-			Keep: c.Keep, Pull: c.Pull, RequestGPUs: src.Environment().Source.Kind == "nvml"})
+			Keep: c.Keep, Pull: c.Pull, RequestGPUs: src.Environment().Source.Kind == "nvml", Watchdog: watchdog(c.StopGrace)})
 		if err != nil {
 			return err
 		}
 		defer d.Close()
 		be = d
 	} else {
-		be = &backend.Process{Clock: src.Clock()}
+		be = &backend.Process{Clock: src.Clock(), Watchdog: watchdog(c.StopGrace)}
 	}
 	summary := os.Stdout
 	if c.JSON {

@@ -47,17 +47,19 @@ type Manifest struct {
 	Variables     map[string]string `json:"variables,omitempty"` // the campaign grid's values for this run
 	Inference     *Inference        `json:"inference_backend,omitempty"`
 	Status        string            `json:"status"`
-	ExitCode      *int              `json:"exit_code,omitempty"`
-	Error         string            `json:"error,omitempty"`
-	Backend       string            `json:"backend"` // process or docker
-	Command       []string          `json:"command"`
-	Image         *Image            `json:"image,omitempty"`
-	Container     *Container        `json:"container,omitempty"`
-	Environment   meta.Environment  `json:"environment"`
-	Times         Times             `json:"times"`
-	Cooldown      *Cooldown         `json:"cooldown,omitempty"`
-	GPUs          []GPU             `json:"gpus"`
-	Energy        Energy            `json:"energy"`
+	// Runner is the lem-run process measuring the run: a manifest still "running" whose runner is gone crashed.
+	Runner      *meta.Process    `json:"runner,omitempty"`
+	ExitCode    *int             `json:"exit_code,omitempty"`
+	Error       string           `json:"error,omitempty"`
+	Backend     string           `json:"backend"` // process or docker
+	Command     []string         `json:"command"`
+	Image       *Image           `json:"image,omitempty"`
+	Container   *Container       `json:"container,omitempty"`
+	Environment meta.Environment `json:"environment"`
+	Times       Times            `json:"times"`
+	Cooldown    *Cooldown        `json:"cooldown,omitempty"`
+	GPUs        []GPU            `json:"gpus"`
+	Energy      Energy           `json:"energy"`
 	// ObservedEnergy is the energy of GPUs sampled alongside but not given to the workload (--observe): reported
 	// apart, never added to Energy.
 	ObservedEnergy *Energy           `json:"observed_energy,omitempty"`

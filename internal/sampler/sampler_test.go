@@ -186,6 +186,11 @@ func TestSlowSubscriberNeverBlocks(t *testing.T) {
 	fast.Close()
 	stuck.Close()
 	<-done
+	var late int
+	for range stuck.C() { // a consumer reads until its queue closes: the record queued and the one pending
+		late++
+	}
+	assert.Equal(t, 2, late)
 	assert.Greater(t, stuck.Dropped(), uint64(10), "the stuck queue drops and counts")
 	assert.Zero(t, fast.Dropped())
 	assert.Greater(t, got, 60, "the other consumer got everything")

@@ -16,6 +16,7 @@ type Spec struct {
 	GPUs       []string // UUIDs of the GPUs the workload gets
 	GPUIndices []int
 	ResultsDir string // host directory the workload writes its own outputs to (LEM_RESULTS_DIR)
+	RunDir     string // the run directory (its watchdog marks it crashed if lem-run dies)
 	MarkerURL  string // LEM_MARKER_URL as seen from the workload
 	Labels     map[string]string
 }

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/meta"
 )
 
 // ContainerResultsDir is where the run directory's results/ is mounted inside the container.
@@ -31,6 +34,8 @@ type DockerOptions struct {
 	Pull       bool
 	// RequestGPUs asks the NVIDIA runtime for the selected GPUs (off when replaying on a host without GPUs).
 	RequestGPUs bool
+	// Watchdog stops the container if lem-run dies (see Watchdog).
+	Watchdog Watchdog
 }
 
 // Docker runs the workload in a container through the Docker Engine API.
@@ -60,11 +65,15 @@ func (d *Docker) Name() string { return "docker" }
 // Close releases the client.
 func (d *Docker) Close() error { return d.cli.Close() }
 
-// Preflight checks the Engine answers and the image is present (pulling it only with --pull).
+// Preflight checks the Engine answers and the image is present (pulling it only with --pull), and stops
+// containers an earlier lem-run left behind when it died.
 func (d *Docker) Preflight(ctx context.Context) error {
 	if _, err := d.cli.Ping(ctx, client.PingOptions{NegotiateAPIVersion: true}); err != nil {
 		return fmt.Errorf("Docker Engine not reachable at %s: %w (is dockerd running, and may this user use its socket?)",
 			d.cli.DaemonHost(), err)
+	}
+	if err := d.ReapOrphans(ctx); err != nil {
+		return err
 	}
 	img, err := d.cli.ImageInspect(ctx, d.opts.Image)
 	if cerrdefs.IsNotFound(err) && d.opts.Pull {
@@ -113,7 +122,7 @@ func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
 	cfg := &container.Config{
 		Image:  d.opts.Image,
 		Env:    append(append([]string{}, d.opts.Env...), append(spec.Env, "LEM_RESULTS_DIR="+ContainerResultsDir)...),
-		Labels: spec.Labels,
+		Labels: runnerLabels(spec),
 	}
 	if len(spec.Command) > 0 {
 		cfg.Cmd = spec.Command
@@ -142,6 +151,10 @@ func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
 		return nil, fmt.Errorf("following container logs: %w", err)
 	}
 	go w.follow(logs)
+	if w.guard, err = d.opts.Watchdog.watch(spec.RunDir, containerArgs(created.ID)...); err != nil {
+		w.Stop(time.Second)
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -150,6 +163,7 @@ type dockerWorkload struct {
 	id       string
 	lines    chan Line
 	logsDone chan struct{}
+	guard    *guard
 	info     container.InspectResponse
 	inspectd bool
 }
@@ -284,6 +298,7 @@ func (w *dockerWorkload) Stop(grace time.Duration) error {
 }
 
 func (w *dockerWorkload) Cleanup(m *manifest.Manifest) error {
+	w.guard.release()
 	img := w.d.image
 	m.Image = &img
 	c := &manifest.Container{ID: w.id, Kept: w.d.opts.Keep}
@@ -301,6 +316,54 @@ func (w *dockerWorkload) Cleanup(m *manifest.Manifest) error {
 	}
 	if _, err := w.d.cli.ContainerRemove(context.Background(), w.id, client.ContainerRemoveOptions{Force: true}); err != nil {
 		return fmt.Errorf("removing container %.12s: %w", w.id, err)
+	}
+	return nil
+}
+
+// Labels on every container lem starts: the run, and the lem-run process and run directory it belongs to, so
+// the next lem-run finds containers whose runner died.
+const (
+	LabelRunID  = "lem.run_id"
+	LabelRunner = "lem.runner"
+	LabelRunDir = "lem.run_dir"
+)
+
+// runnerLabels adds lem's own labels to the spec's.
+func runnerLabels(spec Spec) map[string]string {
+	l := map[string]string{LabelRunner: meta.Self().String()}
+	for k, v := range spec.Labels {
+		l[k] = v
+	}
+	if spec.RunDir != "" {
+		l[LabelRunDir] = spec.RunDir
+	}
+	return l
+}
+
+// ReapOrphans stops and removes the containers lem started whose lem-run is gone (killed before it could), and
+// marks their run directories crashed. Containers of a lem-run still alive, or of another host, are left alone.
+func (d *Docker) ReapOrphans(ctx context.Context) error {
+	res, err := d.cli.ContainerList(ctx, client.ContainerListOptions{All: true,
+		Filters: make(client.Filters).Add("label", LabelRunner)})
+	if err != nil {
+		return fmt.Errorf("listing lem's containers: %w", err)
+	}
+	for _, c := range res.Items {
+		p, err := meta.ParseProcess(c.Labels[LabelRunner])
+		if err != nil || !p.Gone() {
+			continue
+		}
+		slog.Warn("stopping a container whose lem-run died", "container", c.ID[:12], "names", c.Names,
+			"run_id", c.Labels[LabelRunID], "runner", c.Labels[LabelRunner])
+		secs := 10
+		d.cli.ContainerStop(ctx, c.ID, client.ContainerStopOptions{Timeout: &secs})
+		if _, err := d.cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true}); err != nil && !cerrdefs.IsNotFound(err) {
+			return fmt.Errorf("removing container %.12s left by a dead lem-run: %w", c.ID, err)
+		}
+		if err := MarkCrashed(c.Labels[LabelRunDir], "lem-run died while the workload ran; a later lem-run stopped its container"); err != nil &&
+			!errors.Is(err, os.ErrNotExist) {
+			slog.Warn("run directory of an orphaned container not marked crashed", "dir", c.Labels[LabelRunDir], "err", err)
+		}
 	}
 	return nil
 }

@@ -79,11 +79,12 @@ type PersistentOptions struct {
 // Persistent is a backend container started once for many runs. Its start-up (model load) is measured as a run
 // of its own through StartupBackend; the runs go through ExecBackend.
 type Persistent struct {
-	d    *Docker
-	opts PersistentOptions
-	mu   sync.Mutex
-	id   string
-	host string
+	d     *Docker
+	opts  PersistentOptions
+	mu    sync.Mutex
+	id    string
+	host  string
+	guard *guard // stops the container if lem-run dies while it runs
 }
 
 // NewPersistent prepares a persistent container of d's image; nothing starts until a run of StartupBackend.
@@ -103,9 +104,10 @@ func (p *Persistent) ID() string { p.mu.Lock(); defer p.mu.Unlock(); return p.id
 // Remove stops and removes the container, if one runs.
 func (p *Persistent) Remove(grace time.Duration) error {
 	p.mu.Lock()
-	id := p.id
-	p.id = ""
+	id, g := p.id, p.guard
+	p.id, p.guard = "", nil
 	p.mu.Unlock()
+	g.release()
 	if id == "" {
 		return nil
 	}
@@ -174,7 +176,7 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 	}
 	d := p.d
 	cfg := &container.Config{Image: d.opts.Image, Env: append(append([]string{}, d.opts.Env...), spec.Env...),
-		Labels: spec.Labels}
+		Labels: runnerLabels(spec)}
 	if len(p.opts.Command) > 0 {
 		cfg.Cmd = p.opts.Command
 	}
@@ -203,6 +205,14 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 		p.Remove(0)
 		return nil, fmt.Errorf("starting backend container: %w", err)
 	}
+	g, err := d.opts.Watchdog.watch(spec.RunDir, containerArgs(created.ID)...)
+	if err != nil {
+		p.Remove(0)
+		return nil, err
+	}
+	p.mu.Lock()
+	p.guard = g
+	p.mu.Unlock()
 	ins, err := d.cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err != nil {
 		p.Remove(0)

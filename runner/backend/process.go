@@ -20,6 +20,8 @@ import (
 // Process runs the workload as a child process in its own process group (HPC hosts without Docker).
 type Process struct {
 	Clock gpu.Clock
+	// Watchdog stops the workload's whole process group if lem-run dies (see Watchdog).
+	Watchdog Watchdog
 }
 
 var _ Backend = (*Process)(nil)
@@ -69,6 +71,11 @@ func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
 		return nil, fmt.Errorf("starting %q: %w", spec.Command[0], err)
 	}
 	w.started = p.Clock.Now()
+	if w.guard, err = p.Watchdog.watch(spec.RunDir, pgidArgs(cmd.Process.Pid)...); err != nil {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		return nil, err
+	}
 	w.wg.Add(2)
 	go w.read(stdout, false)
 	go w.read(stderr, true)
@@ -82,6 +89,7 @@ type procWorkload struct {
 	lines   chan Line
 	wg      sync.WaitGroup
 	started time.Time
+	guard   *guard
 }
 
 func (w *procWorkload) read(r io.Reader, stderr bool) {
@@ -99,6 +107,7 @@ func (w *procWorkload) PGID() int { return w.cmd.Process.Pid }
 func (w *procWorkload) Wait(ctx context.Context) (Exit, error) {
 	w.wg.Wait() // output first: Wait closes the pipes
 	err := w.cmd.Wait()
+	w.guard.release()
 	ex := Exit{StartedAt: w.started, FinishedAt: w.clock.Now()}
 	var ee *exec.ExitError
 	switch {

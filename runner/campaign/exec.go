@@ -119,7 +119,7 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 		spec := ex.p.File.Backends[name]
 		d, err := backend.NewDocker(backend.DockerOptions{Image: spec.Image, Entrypoint: spec.Entrypoint, Env: envList(spec.Env),
 			Volumes: spec.Volumes,
-			Name:    fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs})
+			Name:    fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs, Watchdog: ex.opts.Watchdog})
 		if err != nil {
 			return nil, err
 		}
@@ -194,13 +194,13 @@ func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, c
 	}
 	if e.Image != "" {
 		d, err := backend.NewDocker(backend.DockerOptions{Image: e.Image, Entrypoint: e.Entrypoint, Volumes: e.Volumes,
-			RequestGPUs: ex.opts.RequestGPUs})
+			RequestGPUs: ex.opts.RequestGPUs, Watchdog: ex.opts.Watchdog})
 		if err != nil {
 			return nil, nil, nil, err
 		}
 		return d, env, func() { d.Close() }, nil
 	}
-	return &backend.Process{Clock: ex.opts.Source.Clock()}, env, func() {}, nil
+	return &backend.Process{Clock: ex.opts.Source.Clock(), Watchdog: ex.opts.Watchdog}, env, func() {}, nil
 }
 
 // run measures one planned run. Failed runs are recorded and the campaign goes on; only an interrupt stops it.

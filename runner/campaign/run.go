@@ -36,7 +36,8 @@ type Options struct {
 	Sampler       sampler.Config
 	ExporterURL   string
 	ExporterToken string
-	RequestGPUs   bool // ask the NVIDIA runtime for GPUs (real NVML)
+	RequestGPUs   bool             // ask the NVIDIA runtime for GPUs (real NVML)
+	Watchdog      backend.Watchdog // stops workloads and backend containers if lem-run dies
 	Stdout        io.Writer
 	Progress      *Progress
 	Log           *slog.Logger

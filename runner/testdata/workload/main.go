@@ -12,6 +12,8 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -38,6 +40,8 @@ func main() {
 	tokens := flag.Int("tokens", 128, "output tokens to report")
 	httpResult := flag.Bool("http-result", false, "also post requests=1 to LEM_MARKER_URL")
 	exit := flag.Int("exit", 0, "exit code")
+	concurrent := flag.Int("concurrent-results", 0, "post this many results from each of 4 goroutines at once (key k0..k3, value 1 each)")
+	stderrLine := flag.Int("stderr-line", 0, "write a line of this many bytes, without a newline, to stderr (a progress bar)")
 	serve := flag.String("serve", "", "act as a persistent backend server: after -load, answer /health on this address until SIGTERM")
 	load := flag.Duration("load", time.Second, "model-load time before /health answers (with -serve)")
 	flag.Parse()
@@ -68,6 +72,31 @@ func main() {
 		}
 		fmt.Println("LEM_PHASE " + name)
 		time.Sleep(dur)
+	}
+	if *stderrLine > 0 {
+		bar := bytes.Repeat([]byte("#"), *stderrLine)
+		bar[len(bar)-1] = '\r'
+		os.Stderr.Write(bar)
+	}
+	if *concurrent > 0 {
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range *concurrent {
+					if err := post("/result", fmt.Sprintf(`{"k%d": 1}`, g)); err != nil {
+						failed.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if failed.Load() > 0 {
+			fmt.Fprintln(os.Stderr, failed.Load(), "concurrent result posts failed")
+			os.Exit(5)
+		}
 	}
 	fmt.Printf("LEM_RESULT output_tokens=%d\n", *tokens)
 	if *httpResult {
