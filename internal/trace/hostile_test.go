@@ -3,10 +3,12 @@ package trace
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -234,7 +236,7 @@ func TestCraftedFooterRefused(t *testing.T) {
 			return b
 		}(), "footer length 4294967280 does not fit in a file of"},
 		{"list count", withFooter(append([]byte{0x49, 0xfc}, binary.AppendUvarint(nil, math.MaxInt32)...)),
-			"file metadata at byte 7: declares 2147483647 elements or bytes with 0 bytes left"},
+			"file metadata at byte 7: truncated: declares 2147483647 elements or bytes with 0 bytes left"},
 		{"string length", withFooter(append([]byte{0x68}, binary.AppendUvarint(nil, 1<<40)...)),
 			"declares 1099511627776 elements or bytes"},
 		{"empty structs", withFooter(manyEmpty), "would decode into about"},
@@ -269,6 +271,25 @@ func TestReadMemoryBound(t *testing.T) {
 		assert.LessOrEqual(t, alloc, allocLimit(int64(len(b)), decompressed), p)
 		t.Logf("%s: %d bytes, %d decompressed, %d allocated", filepath.Base(p), len(b), decompressed, alloc)
 	}
+}
+
+// TestLongPageHeaders: page headers carry the column's min and max; long strings make a header longer than the
+// first read of it, which is then read again whole.
+func TestLongPageHeaders(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "long.parquet")
+	w, err := Create(p, meta.Environment{})
+	require.NoError(t, err)
+	long := strings.Repeat("x", 10000)
+	require.NoError(t, w.WriteSamples(0, []PowerSample{{Time: t0, PowerW: 1}}))
+	for i := range 3 {
+		require.NoError(t, w.WriteEvent(Event{Time: t0, GPU: NoGPU, Type: EventRunStart, RunID: fmt.Sprint("r", i),
+			Name: long[:1000*(i+1)], Attrs: map[string]string{"label_note": long[:2000*(i+1)]}}))
+	}
+	require.NoError(t, w.Close())
+	tr, err := ReadFile(p)
+	require.NoError(t, err)
+	require.Len(t, tr.Events, 3)
+	assert.Len(t, tr.Events[2].Attrs["label_note"], 6000)
 }
 
 func TestWriterRefusesWhatTheReaderWould(t *testing.T) {

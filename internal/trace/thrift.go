@@ -82,14 +82,15 @@ func (r *thriftReader) int32() (int32, error) {
 	return int32(v), nil
 }
 
-// length reads a count of things that each take at least one byte, so it cannot exceed the bytes left.
+// length reads a count of things that each take at least one byte, so it cannot exceed the bytes left (errShort:
+// a page header read in part is read again whole).
 func (r *thriftReader) length() (int, error) {
 	n, err := r.uvarint()
 	if err != nil {
 		return 0, err
 	}
 	if n > uint64(len(r.b)-r.off) {
-		return 0, fmt.Errorf("declares %d elements or bytes with %d bytes left", n, len(r.b)-r.off)
+		return 0, fmt.Errorf("%w: declares %d elements or bytes with %d bytes left", errShort, n, len(r.b)-r.off)
 	}
 	return int(n), nil
 }
