@@ -6,7 +6,7 @@ BIN   := bin
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-short services demo bench lint gpu-check clean
+.PHONY: all build test test-short services demo bench lint gpu-check clean fuzz fuzz-short
 
 all: build
 
@@ -15,7 +15,7 @@ build:
 
 # Every test, with the services the tests need (Docker Engine, Prometheus) installed and started: a test that
 # needs a missing service fails instead of skipping.
-test: services lint
+test: services lint fuzz-short
 	LEM_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 15m ./...
 
 # Quick feedback while editing: no services, long replays skipped.
@@ -24,6 +24,19 @@ test-short:
 
 services:
 	scripts/services.sh
+
+# Every Go fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME each, seeded from its testdata/fuzz corpus;
+# an input that fails is written there. fuzz-short is the quick pass make test runs.
+FUZZTIME ?= 60s
+fuzz:
+	@set -e; for file in $$(git grep -l --untracked '^func Fuzz' -- '*_test.go'); do \
+	  for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
+	    echo "fuzz: $$target in ./$$(dirname $$file) for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./$$(dirname $$file); \
+	  done; done
+
+fuzz-short:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
 
 # On a host with an NVIDIA GPU: records the GPUs around a known-shape load and prints per-phase energy.
 # Elsewhere: replays a recorded real H200 trace through the same sampler and prints the same tables.

@@ -1,11 +1,12 @@
 package exporter_test
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -165,7 +166,9 @@ func TestSamplesAPIAndReadiness(t *testing.T) {
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	tr, err := trace.Read(bytes.NewReader(b), int64(len(b)))
+	path := filepath.Join(t.TempDir(), "samples.parquet")
+	require.NoError(t, os.WriteFile(path, b, 0o644))
+	tr, err := trace.ReadFile(path)
 	require.NoError(t, err)
 	assert.Equal(t, len(win.Samples), len(tr.GPUs[0].Samples))
 

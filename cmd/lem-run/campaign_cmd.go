@@ -22,6 +22,7 @@ type campaignCmd struct {
 	DryRun        bool   `name:"dry-run" help:"Validate, print the ordered plan and its estimated duration, run nothing."`
 	Exporter      string `help:"Also post run and phase markers to this lem-exporter URL."`
 	ExporterToken string `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
+	Force         bool   `help:"Resume even though the campaign file changed since the campaign started (runs already ok under the new plan's ids are kept)."`
 }
 
 func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -56,7 +57,7 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs,
 		Sampler: c.SamplerFlags.Config(), ExporterURL: c.Exporter, ExporterToken: token,
 		RequestGPUs: src.Environment().Source.Kind == "nvml", Watchdog: watchdog(0), Stdout: os.Stdout,
-		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log})
+		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log, Force: c.Force})
 	if st != nil {
 		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)
 		report.ExperimentTable(os.Stdout, st.Experiments)

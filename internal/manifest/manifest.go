@@ -4,13 +4,20 @@ package manifest
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 // SchemaVersion is the manifest layout version. Version 2: unmeasured values are null (never 0), phases are
@@ -290,27 +297,106 @@ func Write(dir string, m *Manifest) error {
 	return nil
 }
 
-// Read loads dir/manifest.json (or the given file) and checks its version.
+// MaxSize bounds a manifest file: the largest ones, with a backend's whole parameter catalogue, take about a
+// megabyte.
+const MaxSize = 64 << 20
+
+// Read loads dir/manifest.json (or the given file) and checks it (see Parse).
 func Read(path string) (*Manifest, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
 		path = filepath.Join(path, FileName)
 	}
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading manifest: %w", err)
 	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading manifest: %w", err)
+	}
+	if len(b) > MaxSize {
+		return nil, fmt.Errorf("manifest %s: larger than %d bytes", path, MaxSize)
+	}
+	return Parse(path, b)
+}
+
+// Parse decodes a manifest and checks its version and what readers rely on: a run id usable as a directory
+// name, a known status, GPU indices in range and each listed once, intervals that do not end before they start.
+// name is the file the bytes came from, for errors.
+func Parse(name string, b []byte) (*Manifest, error) {
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("manifest %s: %w", path, err)
+		return nil, fmt.Errorf("manifest %s: %w", name, err)
 	}
 	switch m.SchemaVersion {
 	case SchemaVersion:
 	case "1":
 		upgradeV1(&m)
 	default:
-		return nil, fmt.Errorf("manifest %s: schema version %q, this lem reads %q and \"1\"", path, m.SchemaVersion, SchemaVersion)
+		return nil, fmt.Errorf("manifest %s: schema version %q, this lem reads %q and \"1\"", name, m.SchemaVersion, SchemaVersion)
+	}
+	if err := m.check(); err != nil {
+		return nil, fmt.Errorf("manifest %s: %w", name, err)
 	}
 	return &m, nil
+}
+
+var statuses = []string{StatusOK, StatusFail, StatusIntr, StatusTime, StatusError, StatusRunning, StatusCrashed}
+
+func (m *Manifest) check() error {
+	switch {
+	case m.RunID == "":
+		return errors.New("run_id: missing")
+	case len(m.RunID) > 255 || m.RunID == "." || m.RunID == ".." || strings.ContainsFunc(m.RunID, func(r rune) bool {
+		return r == '/' || r == '\\' || unicode.IsControl(r) || r == utf8.RuneError
+	}):
+		return fmt.Errorf("run_id: %q is not usable as a directory name", m.RunID)
+	case !slices.Contains(statuses, m.Status):
+		return fmt.Errorf("status: %q, want one of %s", m.Status, strings.Join(statuses, ", "))
+	case m.Cycle < 0 || m.Position < 0:
+		return fmt.Errorf("cycle %d, position %d: negative", m.Cycle, m.Position)
+	}
+	if err := interval("times", m.Times.Start, m.Times.End); err != nil {
+		return err
+	}
+	if err := interval("times.baseline", m.Times.BaselineStart, m.Times.BaselineEnd); err != nil {
+		return err
+	}
+	if m.Times.DurationS < 0 {
+		return fmt.Errorf("times.duration_s: %g is negative", m.Times.DurationS)
+	}
+	seen := map[int]bool{}
+	for i, g := range m.GPUs {
+		switch {
+		case g.Index < 0 || g.Index > trace.MaxGPU:
+			return fmt.Errorf("gpus[%d].index: %d outside 0..%d", i, g.Index, trace.MaxGPU)
+		case seen[g.Index]:
+			return fmt.Errorf("gpus[%d].index: GPU %d listed twice", i, g.Index)
+		case g.Role != "" && g.Role != RoleWorkload && g.Role != RoleObserved:
+			return fmt.Errorf("gpus[%d].role: %q, want %s or %s", i, g.Role, RoleWorkload, RoleObserved)
+		}
+		seen[g.Index] = true
+	}
+	for i, p := range m.Phases {
+		if err := interval(fmt.Sprintf("phases[%d]", i), p.Start, p.End); err != nil {
+			return err
+		}
+		for j, g := range p.GPUs {
+			if g.Index < 0 || g.Index > trace.MaxGPU {
+				return fmt.Errorf("phases[%d].gpus[%d].index: %d outside 0..%d", i, j, g.Index, trace.MaxGPU)
+			}
+		}
+	}
+	return nil
+}
+
+// interval checks that an interval whose ends are both given does not end before it starts.
+func interval(field string, start, end time.Time) error {
+	if !start.IsZero() && !end.IsZero() && end.Before(start) {
+		return fmt.Errorf("%s: ends (%s) before it starts (%s)", field, end.Format(time.RFC3339Nano), start.Format(time.RFC3339Nano))
+	}
+	return nil
 }
 
 // upgradeV1 turns a version-1 manifest into the current layout: one entry per phase name.

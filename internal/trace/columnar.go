@@ -77,7 +77,8 @@ func grow[T any](xs []T, n int) []T {
 
 // readColumn decodes a column chunk of n rows into c (reusing its buffers: row groups are decoded by a few
 // workers, and fresh buffers per row group would churn gigabytes on large traces).
-func readColumn(cc parquet.ColumnChunk, n int, c *column) (*column, error) {
+func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error) {
+	defer recoverLibrary(&err)
 	if c == nil {
 		c = &column{}
 	}
@@ -189,16 +190,24 @@ const (
 
 // rowGroup is a row group's first pass: each row's kind and GPU, and the rows per GPU and kind.
 type rowGroup struct {
+	index  int
 	rg     parquet.RowGroup
 	kinds  []uint8
 	gpus   []int32
 	counts map[int32]*[nCodes]int
 	off    map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
 	events []Event
+	// expanded is the decompressed size of the columns read, as the pages declare and their compression confirms.
+	expanded int64
 }
 
-// column decodes one column of rg into buf (reused; may be nil).
-func (pf *fileCols) column(rg parquet.RowGroup, name string, buf *column) (*column, error) {
+// errorf is an error naming the row group and column.
+func (r *rowGroup) errorf(column, format string, a ...any) error {
+	return fmt.Errorf("row group %d, column %s: %w", r.index, column, fmt.Errorf(format, a...))
+}
+
+// column decodes one column of r into buf (reused; may be nil).
+func (pf *fileCols) column(r *rowGroup, name string, buf *column) (*column, error) {
 	leaf, ok := pf.f.Schema().Lookup(name)
 	if !ok {
 		if name == "kind" || name == "gpu" || name == "time" {
@@ -206,18 +215,62 @@ func (pf *fileCols) column(rg parquet.RowGroup, name string, buf *column) (*colu
 		}
 		return nil, nil // a column this file lacks is null throughout
 	}
-	c, err := readColumn(rg.ColumnChunks()[leaf.ColumnIndex], int(rg.NumRows()), buf)
+	c, err := readColumn(r.rg.ColumnChunks()[leaf.ColumnIndex], int(r.rg.NumRows()), buf)
 	if err != nil {
-		return nil, fmt.Errorf("column %s: %w", name, err)
+		return nil, fmt.Errorf("row group %d, column %s: %w", r.index, name, err)
 	}
 	return c, nil
 }
 
 // fileCols reads one file's row groups.
 type fileCols struct {
-	f    *parquet.File
-	skip [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
-	bufs sync.Pool        // map[string]*column decode buffers, one set per worker at a time
+	f       *parquet.File
+	r       io.ReaderAt
+	dataEnd int64            // where the column data ends and the footer begins
+	skip    [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
+	bufs    sync.Pool        // map[string]*column decode buffers, one set per worker at a time
+	scans   sync.Pool        // *chunkScan
+}
+
+// wanted lists the columns a read decodes.
+func (pf *fileCols) wanted() []string {
+	var out []string
+	for _, name := range columnNames {
+		if !(pf.skip[codeTelemetry] && telemetryColumns[name]) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// scan checks the page headers of every column chunk the read decodes before anything is decoded (see
+// chunkScan), and the row count against the decompressed size.
+func (pf *fileCols) scan(r *rowGroup) error {
+	s, _ := pf.scans.Get().(*chunkScan)
+	if s == nil {
+		s = &chunkScan{r: pf.r, dataEnd: pf.dataEnd}
+	}
+	defer pf.scans.Put(s)
+	rows := r.rg.NumRows()
+	if rows < 0 {
+		return fmt.Errorf("row group %d: %d rows", r.index, rows)
+	}
+	chunks := pf.f.Metadata().RowGroups[r.index].Columns
+	for _, name := range pf.wanted() {
+		leaf, ok := pf.f.Schema().Lookup(name)
+		if !ok {
+			continue
+		}
+		n, err := s.scan(chunks[leaf.ColumnIndex], rows, leaf.MaxDefinitionLevel > 0)
+		if err != nil {
+			return fmt.Errorf("row group %d, column %s: %w", r.index, name, err)
+		}
+		r.expanded += n
+	}
+	if rows > r.expanded/minBytesPerRow {
+		return fmt.Errorf("row group %d: %d rows in %d decompressed bytes", r.index, rows, r.expanded)
+	}
+	return nil
 }
 
 func (pf *fileCols) buffers() map[string]*column {
@@ -231,12 +284,12 @@ func (pf *fileCols) buffers() map[string]*column {
 func (pf *fileCols) firstPass(r *rowGroup) error {
 	bufs := pf.buffers()
 	defer pf.bufs.Put(bufs)
-	kc, err := pf.column(r.rg, "kind", bufs["kind"])
+	kc, err := pf.column(r, "kind", bufs["kind"])
 	if err != nil {
 		return err
 	}
 	bufs["kind"] = kc
-	gc, err := pf.column(r.rg, "gpu", bufs["gpu"])
+	gc, err := pf.column(r, "gpu", bufs["gpu"])
 	if err != nil {
 		return err
 	}
@@ -255,15 +308,18 @@ func (pf *fileCols) firstPass(r *rowGroup) error {
 		case KindEvent:
 			k = codeEvent
 		default:
-			return fmt.Errorf("unknown row kind %q", kc.str[i])
+			return r.errorf("kind", "row %d: unknown row kind %q", i, kc.str[i])
+		}
+		if !gc.valid[i] {
+			return r.errorf("gpu", "row %d: null", i)
+		}
+		if err := checkGPU(int(gc.i64[i]), k == codeEvent); err != nil {
+			return r.errorf("gpu", "row %d (%s): %v", i, kc.str[i], err)
 		}
 		g := int32(gc.i64[i])
 		r.kinds[i], r.gpus[i] = k, g
 		if k == codeEvent || pf.skip[k] {
 			continue
-		}
-		if g < 0 {
-			return fmt.Errorf("%s row with GPU index %d", kc.str[i], g)
 		}
 		c := r.counts[g]
 		if c == nil {
@@ -280,11 +336,8 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	bufs := pf.buffers()
 	defer pf.bufs.Put(bufs)
 	cols := map[string]*column{}
-	for _, name := range columnNames[2:] {
-		if pf.skip[codeTelemetry] && telemetryColumns[name] {
-			continue
-		}
-		c, err := pf.column(r.rg, name, bufs[name])
+	for _, name := range pf.wanted()[2:] {
+		c, err := pf.column(r, name, bufs[name])
 		if err != nil {
 			return err
 		}
@@ -316,19 +369,24 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	inst, avg, temp, sm, mem := cols["instant_power_w"], cols["average_power_w"], cols["temperature_c"], cols["sm_clock_hz"], cols["mem_clock_hz"]
 	ug, um, used, limit, reasons := cols["util_gpu_ratio"], cols["util_mem_ratio"], cols["mem_used_bytes"], cols["power_limit_w"], cols["clock_event_reasons"]
 	evType, runID, evName, attrs := cols["event"], cols["run_id"], cols["name"], cols["attrs"]
-	// Per-GPU cursors in small slices indexed by GPU (maps cost a lookup per row).
-	maxG := int32(0)
-	for g := range r.off {
-		maxG = max(maxG, g)
-	}
-	next := make([][nCodes]int, maxG+1)
-	dst := make([]*Series, maxG+1)
+	// Per-GPU cursors in small slices, one per GPU present (maps cost a lookup per row).
+	var slot [MaxGPU + 1]uint16
+	next := make([][nCodes]int, 0, len(r.off))
+	dst := make([]*Series, 0, len(r.off))
 	for g, o := range r.off {
-		next[g], dst[g] = *o, t.GPUs[int(g)]
+		slot[g] = uint16(len(next))
+		next, dst = append(next, *o), append(dst, t.GPUs[int(g)])
 	}
+	timeCol := cols["time"]
 	for i, k := range r.kinds {
 		if pf.skip[k] {
 			continue
+		}
+		if !timeCol.valid[i] {
+			return r.errorf("time", "row %d: null", i)
+		}
+		if times[i] < 0 || times[i] >= maxTimeNS {
+			return r.errorf("time", "row %d: %v", i, checkTime(time.Unix(0, times[i])))
 		}
 		ts := time.Unix(0, times[i]).UTC()
 		g := r.gpus[i]
@@ -336,27 +394,27 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 			e := Event{Time: ts, GPU: int(g), Type: str(evType, i), RunID: str(runID, i), Name: str(evName, i)}
 			if a := str(attrs, i); a != "" {
 				if err := json.Unmarshal([]byte(a), &e.Attrs); err != nil {
-					return fmt.Errorf("event %q at %s: bad attrs: %w", e.Name, ts, err)
+					return r.errorf("attrs", "row %d: event %q at %s: %v", i, e.Name, ts, err)
 				}
 			}
 			r.events = append(r.events, e)
 			continue
 		}
-		at := &next[g]
+		at := &next[slot[g]]
 		j := at[k]
 		at[k]++
-		s := dst[g]
+		s := dst[slot[g]]
 		switch k {
 		case codeSample:
 			pw := f(power, i)
-			if math.IsNaN(pw) {
-				return fmt.Errorf("sample row at %s without power_w", ts)
+			if math.IsNaN(pw) || math.IsInf(pw, 0) {
+				return r.errorf("power_w", "row %d: sample at %s without a finite power", i, ts)
 			}
 			s.Samples[j] = PowerSample{Time: ts, PowerW: pw}
 		case codeCounter:
 			e, ok := i64(energyMJ, i)
 			if !ok || e < 0 {
-				return fmt.Errorf("counter row at %s without a valid energy_mj", ts)
+				return r.errorf("energy_mj", "row %d: counter at %s without a valid energy", i, ts)
 			}
 			c := CounterReading{Time: ts, EnergyMJ: uint64(e)}
 			if d, ok := i64(readNS, i); ok {
@@ -376,7 +434,7 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	return nil
 }
 
-// parallel runs fn for every row group on all cores.
+// parallel runs fn for every row group on all cores and returns the first row group's error.
 func parallel(rgs []*rowGroup, fn func(*rowGroup) error) error {
 	errs := make([]error, len(rgs))
 	next := make(chan int)
@@ -395,20 +453,36 @@ func parallel(rgs []*rowGroup, fn func(*rowGroup) error) error {
 	}
 	close(next)
 	wg.Wait()
-	return errors.Join(errs...)
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readRows reads every row group in two parallel passes: kinds and GPUs first, so each GPU's slices are
 // allocated once at their final size; then every row straight into its place (no merge copies).
-func readRows(pf *parquet.File, t *Trace, opts ReadOptions) error {
-	fc := &fileCols{f: pf}
+func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, opts ReadOptions) error {
+	fc := &fileCols{f: pf, r: r, dataEnd: dataEnd}
 	fc.skip[codeTelemetry] = opts.SkipTelemetry
 	var rgs []*rowGroup
-	for _, rg := range pf.RowGroups() {
-		rgs = append(rgs, &rowGroup{rg: rg})
+	for i, rg := range pf.RowGroups() {
+		rgs = append(rgs, &rowGroup{index: i, rg: rg})
+	}
+	// Every declared size is checked before the first allocation it drives.
+	if err := parallel(rgs, fc.scan); err != nil {
+		return err
+	}
+	var expanded int64
+	for _, r := range rgs {
+		expanded += r.expanded
+	}
+	if expanded > maxExpansion*size {
+		return fmt.Errorf("%w: %d bytes decompress to %d, more than %d times", ErrNotTrace, size, expanded, maxExpansion)
 	}
 	if err := parallel(rgs, fc.firstPass); err != nil {
-		return fmt.Errorf("reading rows: %w", err)
+		return err
 	}
 	total := map[int32]*[nCodes]int{}
 	for _, r := range rgs {
@@ -433,7 +507,7 @@ func readRows(pf *parquet.File, t *Trace, opts ReadOptions) error {
 		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
 	}
 	if err := parallel(rgs, func(r *rowGroup) error { return fc.secondPass(r, t) }); err != nil {
-		return fmt.Errorf("reading rows: %w", err)
+		return err
 	}
 	for _, r := range rgs {
 		t.Events = append(t.Events, r.events...)

@@ -69,25 +69,11 @@ func opt(v float64) *float64 {
 	return &v
 }
 
-func val(p *float64) float64 {
-	if p == nil {
-		return math.NaN()
-	}
-	return *p
-}
-
 func optStr(s string) *string {
 	if s == "" {
 		return nil
 	}
 	return &s
-}
-
-func str(p *string) string {
-	if p == nil {
-		return ""
-	}
-	return *p
 }
 
 func sampleRow(gpu int, s PowerSample) row {
@@ -198,9 +184,16 @@ func (w *Writer) add(rows ...row) error {
 	return nil
 }
 
-// WriteSamples appends power samples of GPU gpu.
+// WriteSamples appends power samples of GPU gpu. A GPU index or a time the reader would refuse is an error (see
+// MaxGPU, checkTime), and the rows before it are kept.
 func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
+	if err := checkGPU(gpu, false); err != nil {
+		return fmt.Errorf("trace %s: samples: %w", w.final, err)
+	}
 	for _, s := range ss {
+		if err := checkTime(s.Time); err != nil {
+			return fmt.Errorf("trace %s: sample of GPU %d: %w", w.final, gpu, err)
+		}
 		if err := w.add(sampleRow(gpu, s)); err != nil {
 			return err
 		}
@@ -209,13 +202,26 @@ func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
 }
 
 // WriteCounter appends a counter reading of GPU gpu.
-func (w *Writer) WriteCounter(gpu int, c CounterReading) error { return w.add(counterRow(gpu, c)) }
+func (w *Writer) WriteCounter(gpu int, c CounterReading) error {
+	if err := checkRow(gpu, false, c.Time); err != nil {
+		return fmt.Errorf("trace %s: counter reading: %w", w.final, err)
+	}
+	return w.add(counterRow(gpu, c))
+}
 
 // WriteTelemetry appends a telemetry snapshot of GPU gpu.
-func (w *Writer) WriteTelemetry(gpu int, t Telemetry) error { return w.add(telemetryRow(gpu, t)) }
+func (w *Writer) WriteTelemetry(gpu int, t Telemetry) error {
+	if err := checkRow(gpu, false, t.Time); err != nil {
+		return fmt.Errorf("trace %s: telemetry: %w", w.final, err)
+	}
+	return w.add(telemetryRow(gpu, t))
+}
 
 // WriteEvent appends an event.
 func (w *Writer) WriteEvent(e Event) error {
+	if err := checkRow(e.GPU, true, e.Time); err != nil {
+		return fmt.Errorf("trace %s: %s event: %w", w.final, e.Type, err)
+	}
 	r, err := eventRow(e)
 	if err != nil {
 		return err
@@ -350,9 +356,6 @@ func ReadFileWith(path string, opts ReadOptions) (*Trace, error) {
 
 var parquetMagic = []byte("PAR1")
 
-// Read reads a trace from r.
-func Read(r io.ReaderAt, size int64) (*Trace, error) { return read(r, size, ReadOptions{}) }
-
 func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
 	if size < 12 {
 		return nil, fmt.Errorf("%w: %d bytes is too short for a Parquet file", ErrNotTrace, size)
@@ -370,7 +373,12 @@ func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
 	if !bytes.Equal(tail[:], parquetMagic) {
 		return nil, fmt.Errorf("%w: Parquet footer missing (truncated or still being written)", ErrNotTrace)
 	}
-	pf, err := parquet.OpenFile(r, size)
+	footer, err := readFooter(r, size)
+	if err != nil {
+		return nil, err
+	}
+	// Page and column indexes and bloom filters are not used; not reading them leaves less to trust.
+	pf, err := openFile(r, size)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotTrace, err)
 	}
@@ -393,7 +401,7 @@ func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
 			t.Extra[kv.Key] = kv.Value
 		}
 	}
-	if err := readRows(pf, t, opts); err != nil { // sorts each GPU's series
+	if err := readRows(pf, r, size, size-8-footer, t, opts); err != nil { // sorts each GPU's series
 		return nil, err
 	}
 	return t, nil

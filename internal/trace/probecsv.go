@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,9 +21,40 @@ import (
 // marks.txt lines are "MARK <name> <unix ns> [key=value …]". A name "X-start" starts phase X, "X-end" ends it
 // (its key=values become a result event), "end" ends the open phase, any other name starts a phase of that name.
 func ImportProbeDir(dir string, gpu int, env meta.Environment) (*Trace, error) {
+	if err := checkGPU(gpu, false); err != nil {
+		return nil, fmt.Errorf("importing %s: %w", dir, err)
+	}
+	open := func(name string) (*os.File, error) {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("reading recording: %w", err)
+		}
+		return f, nil
+	}
+	counters, err := open("counters.csv")
+	if err != nil {
+		return nil, err
+	}
+	defer counters.Close()
+	samples, err := open("power_samples.csv")
+	if err != nil {
+		return nil, err
+	}
+	defer samples.Close()
+	marks := filepath.Join(dir, "marks.txt")
+	b, err := os.ReadFile(marks)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("reading %s: %w", marks, err)
+	}
+	return importProbe(gpu, env, counters, samples, b, marks)
+}
+
+// importProbe reads a probe recording from counters.csv and power_samples.csv (named by their readers) and the
+// content of marks.txt (named marksName; nil if there is none).
+func importProbe(gpu int, env meta.Environment, counters, samples named, marks []byte, marksName string) (*Trace, error) {
 	t := New(env)
 	s := t.Series(gpu)
-	if err := readCSV(filepath.Join(dir, "counters.csv"), []string{"t_ns", "energy_mj"}, func(c cols) error {
+	if err := readCSV(counters, []string{"t_ns", "energy_mj"}, func(c cols) error {
 		ts, err := c.ns("t_ns")
 		if err != nil {
 			return err
@@ -31,8 +63,14 @@ func ImportProbeDir(dir string, gpu int, env meta.Environment) (*Trace, error) {
 		if err != nil {
 			return err
 		}
+		if e < 0 {
+			return c.errorf("energy_mj", "%d is negative", e)
+		}
 		cr := CounterReading{Time: ts, EnergyMJ: uint64(e)}
 		if us, err := c.int("energy_read_us"); err == nil {
+			if us < 0 || us > int64(time.Hour/time.Microsecond) {
+				return c.errorf("energy_read_us", "%d µs is not a read duration", us)
+			}
 			cr.ReadDuration = time.Duration(us) * time.Microsecond
 		}
 		s.Counters = append(s.Counters, cr)
@@ -57,7 +95,7 @@ func ImportProbeDir(dir string, gpu int, env meta.Environment) (*Trace, error) {
 		return nil, err
 	}
 	var last time.Time
-	if err := readCSV(filepath.Join(dir, "power_samples.csv"), []string{"ts_us", "power_mw"}, func(c cols) error {
+	if err := readCSV(samples, []string{"ts_us", "power_mw"}, func(c cols) error {
 		us, err := c.int("ts_us")
 		if err != nil {
 			return err
@@ -65,6 +103,12 @@ func ImportProbeDir(dir string, gpu int, env meta.Environment) (*Trace, error) {
 		mw, err := c.int("power_mw")
 		if err != nil {
 			return err
+		}
+		if mw < 0 {
+			return c.errorf("power_mw", "%d is negative", mw)
+		}
+		if us < 0 || us >= maxTimeNS/1000 {
+			return c.errorf("ts_us", "%d: time outside 1970..2200", us)
 		}
 		ts := time.UnixMicro(us)
 		if !ts.After(last) { // overlapping drains repeat samples; keep each once
@@ -76,15 +120,12 @@ func ImportProbeDir(dir string, gpu int, env meta.Environment) (*Trace, error) {
 	}); err != nil {
 		return nil, err
 	}
-	marks := filepath.Join(dir, "marks.txt")
-	if b, err := os.ReadFile(marks); err == nil {
-		evs, err := ParseProbeMarks(string(b))
+	if marks != nil {
+		evs, err := ParseProbeMarks(string(marks))
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", marks, err)
+			return nil, fmt.Errorf("%s: %w", marksName, err)
 		}
 		t.Events = append(t.Events, evs...)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("reading %s: %w", marks, err)
 	}
 	s.Sort()
 	return t, nil
@@ -104,6 +145,9 @@ func ParseProbeMarks(text string) ([]Event, error) {
 		ns, err := strconv.ParseInt(f[2], 10, 64)
 		if err != nil {
 			return nil, fmt.Errorf("line %d: bad timestamp %q", n+1, f[2])
+		}
+		if err := checkTime(time.Unix(0, ns)); err != nil {
+			return nil, fmt.Errorf("line %d: timestamp %d: %w", n+1, ns, err)
 		}
 		attrs := map[string]string{}
 		for _, kv := range f[3:] {
@@ -152,6 +196,10 @@ func (c cols) get(name string) (string, bool) {
 	return c.rec[i], true
 }
 
+func (c cols) errorf(name, format string, a ...any) error {
+	return fmt.Errorf("%s:%d: column %s: %s", c.file, c.line, name, fmt.Sprintf(format, a...))
+}
+
 func (c cols) int(name string) (int64, error) {
 	s, ok := c.get(name)
 	if !ok {
@@ -159,36 +207,47 @@ func (c cols) int(name string) (int64, error) {
 	}
 	v, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s:%d: column %s: %q is not an integer", c.file, c.line, name, s)
+		return 0, c.errorf(name, "%q is not an integer", s)
 	}
 	return v, nil
 }
 
+// ns reads a time in Unix nanoseconds.
 func (c cols) ns(name string) (time.Time, error) {
 	v, err := c.int(name)
-	return time.Unix(0, v), err
+	if err != nil {
+		return time.Time{}, err
+	}
+	t := time.Unix(0, v)
+	if err := checkTime(t); err != nil {
+		return t, c.errorf(name, "%d: %v", v, err)
+	}
+	return t, nil
 }
 
-// scaled returns the column times k, or NaN where it is missing or unparsable.
+// scaled returns the column times k, or NaN where it is missing, unparsable or not finite.
 func (c cols) scaled(name string, k float64) float64 {
 	s, ok := c.get(name)
 	if !ok {
 		return nan
 	}
 	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
+	if err != nil || math.IsInf(v*k, 0) || math.IsNaN(v) {
 		return nan
 	}
 	return v * k
 }
 
-func readCSV(path string, required []string, fn func(cols) error) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("reading recording: %w", err)
-	}
-	defer f.Close()
+// named is a CSV source with the name its errors give.
+type named interface {
+	io.Reader
+	Name() string
+}
+
+func readCSV(f named, required []string, fn func(cols) error) error {
+	path := f.Name()
 	r := csv.NewReader(f)
+	r.ReuseRecord = true
 	head, err := r.Read()
 	if err != nil {
 		return fmt.Errorf("%s: reading header: %w", path, err)
@@ -199,10 +258,10 @@ func readCSV(path string, required []string, fn func(cols) error) error {
 	}
 	for _, req := range required {
 		if _, ok := idx[req]; !ok {
-			return fmt.Errorf("%s: missing column %q (header %v)", path, req, head)
+			return fmt.Errorf("%s: missing column %q (header %q)", path, req, head)
 		}
 	}
-	for line := 2; ; line++ {
+	for {
 		rec, err := r.Read()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -210,6 +269,7 @@ func readCSV(path string, required []string, fn func(cols) error) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
+		line, _ := r.FieldPos(0)
 		if err := fn(cols{idx: idx, rec: rec, file: path, line: line}); err != nil {
 			return err
 		}

@@ -145,7 +145,7 @@ experiments:
 	require.Len(t, st.Runs, 4)
 	assert.Contains(t, progress, "campaign: run 4/4 w-200 (cycle 2): ok")
 	assert.Contains(t, progress, "warm-up w-100 (1 of 1, not measured)")
-	assert.FileExists(t, filepath.Join(out, ".warmup", "warmup-w-100-1", "output.log"))
+	assert.FileExists(t, filepath.Join(out, ".warmup", "warmup-proc-w-100-1", "output.log"))
 	reused := 0
 	for i, r := range st.Runs {
 		assert.Equal(t, manifest.StatusOK, r.Status)

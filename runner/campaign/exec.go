@@ -260,7 +260,7 @@ func (ex *executor) warmups(ctx context.Context, remaining map[*Config]bool) err
 			return err
 		}
 		for k := 1; k <= n; k++ {
-			id := fmt.Sprintf("warmup-%s-%d", c.Name, k)
+			id := fmt.Sprintf("warmup-%s-%d", c.ID, k) // the id: a configuration name may hold a path
 			dir := filepath.Join(ex.p.out, ".warmup", id)
 			if err := os.MkdirAll(filepath.Join(dir, manifest.ResultsDir), 0o755); err != nil {
 				return err

@@ -6,8 +6,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -34,6 +37,9 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// MarshalYAML writes Go duration syntax (the campaign state's copy of the file reads like the file).
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
 // D is the time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
@@ -43,7 +49,7 @@ type File struct {
 	Cycles     int      `yaml:"cycles"`
 	Structure  string   `yaml:"structure"` // interleaved (default), shuffled, grouped
 	Seed       *uint64  `yaml:"seed"`      // for shuffled
-	MaxRuns    int      `yaml:"max_runs"`  // refuse plans larger than this (default 500)
+	MaxRuns    int      `yaml:"max_runs"`  // refuse plans larger than this (default 500, at most MaxPlanRuns)
 	WarmupRuns int      `yaml:"warmup_runs"`
 	GPUs       []string `yaml:"gpus"`
 	Timeout    Duration `yaml:"timeout"` // per run
@@ -110,16 +116,40 @@ type Experiment struct {
 
 var unknownField = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
 
+// Limits on a campaign file.
+const (
+	// MaxPlanRuns is the largest max_runs a file may set: a plan is expanded in memory before it runs.
+	MaxPlanRuns = 100_000
+	// maxFileSize bounds the campaign file itself.
+	maxFileSize = 16 << 20
+)
+
 // Load reads and validates a campaign file. Errors name the file, line and key.
 func Load(path string) (*File, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("campaign file: %w", err)
+	}
+	if st.Size() > maxFileSize {
+		return nil, fmt.Errorf("campaign file %s: %d bytes, more than %d", path, st.Size(), maxFileSize)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("campaign file: %w", err)
 	}
+	return Parse(path, b)
+}
+
+// Parse validates the content b of the campaign file at path (relative volumes and catalogues are relative to
+// it).
+func Parse(path string, b []byte) (*File, error) {
 	f := &File{path: path}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("%s: empty campaign file", path)
+		}
 		return nil, fileError(path, err)
 	}
 	var root yaml.Node
@@ -164,7 +194,39 @@ func fileError(path string, err error) error {
 	return fmt.Errorf("%s: %w", path, err)
 }
 
-// line finds the line of a key path (mapping keys and sequence indexes) in the file.
+// node finds the value at a key path (mapping keys and sequence indexes) in the file; nil where there is none.
+func (f *File) node(path ...string) *yaml.Node {
+	n := f.root
+	if n != nil && n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
+		n = n.Content[0]
+	}
+	for _, p := range path {
+		n, _ = child(n, p)
+	}
+	return n
+}
+
+// child is the value under key p of a mapping or sequence node, and the line of its key.
+func child(n *yaml.Node, p string) (*yaml.Node, int) {
+	if n == nil {
+		return nil, 0
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == p {
+				return n.Content[i+1], n.Content[i].Line
+			}
+		}
+	case yaml.SequenceNode:
+		if i, err := strconv.Atoi(p); err == nil && i >= 0 && i < len(n.Content) {
+			return n.Content[i], n.Content[i].Line
+		}
+	}
+	return nil, 0
+}
+
+// line finds the line of a key path (mapping keys and sequence indexes) in the file: the deepest part found.
 func (f *File) line(path ...string) int {
 	n := f.root
 	if n != nil && n.Kind == yaml.DocumentNode && len(n.Content) > 0 {
@@ -172,24 +234,11 @@ func (f *File) line(path ...string) int {
 	}
 	line := 1
 	for _, p := range path {
-		if n == nil {
+		next, l := child(n, p)
+		if next == nil {
 			break
 		}
-		var next *yaml.Node
-		switch n.Kind {
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(n.Content); i += 2 {
-				if n.Content[i].Value == p {
-					line, next = n.Content[i].Line, n.Content[i+1]
-				}
-			}
-		case yaml.SequenceNode:
-			if i, err := strconv.Atoi(p); err == nil && i < len(n.Content) {
-				next = n.Content[i]
-				line = next.Line
-			}
-		}
-		n = next
+		n, line = next, l
 	}
 	return line
 }
@@ -214,10 +263,10 @@ func (f *File) validate() error {
 	} else if !varName.MatchString(strings.ReplaceAll(f.Name, "-", "_")) {
 		bad([]string{"name"}, "%q: use letters, digits, - and _", f.Name)
 	}
-	if f.Cycles == 0 {
+	if f.Cycles == 0 && f.node("cycles") == nil {
 		f.Cycles = 1
 	}
-	if f.Cycles < 0 {
+	if f.Cycles < 1 {
 		bad([]string{"cycles"}, "%d: must be at least 1", f.Cycles)
 	}
 	if f.Structure == "" {
@@ -226,8 +275,11 @@ func (f *File) validate() error {
 	if !slices.Contains(structures, f.Structure) {
 		bad([]string{"structure"}, "%q: want one of %s", f.Structure, strings.Join(structures, ", "))
 	}
-	if f.MaxRuns == 0 {
+	if f.MaxRuns == 0 && f.node("max_runs") == nil {
 		f.MaxRuns = 500
+	}
+	if f.MaxRuns < 1 || f.MaxRuns > MaxPlanRuns {
+		bad([]string{"max_runs"}, "%d: must be 1 to %d", f.MaxRuns, MaxPlanRuns)
 	}
 	if f.WarmupRuns < 0 {
 		bad([]string{"warmup_runs"}, "%d: must not be negative", f.WarmupRuns)
@@ -246,8 +298,12 @@ func (f *File) validate() error {
 			bad([]string{"cooldown", "target"}, "%v", err)
 		}
 	}
-	for name, p := range f.Backends {
-		path := []string{"backends", name}
+	for _, name := range slices.Sorted(maps.Keys(f.Backends)) {
+		p, path := f.Backends[name], []string{"backends", name}
+		if p == nil {
+			bad(path, "empty: a backend needs an image and a health check")
+			continue
+		}
 		if p.Image == "" {
 			bad(append(path, "image"), "required: the backend container's image")
 		}
@@ -267,8 +323,12 @@ func (f *File) validate() error {
 	}
 	used := map[string]bool{}
 	for i, e := range f.Experiments {
-		e.index = i
 		path := []string{"experiments", strconv.Itoa(i)}
+		if e == nil {
+			bad(path, "empty entry")
+			continue
+		}
+		e.index = i
 		if e.Name == "" {
 			bad(append(path, "name"), "required")
 		}
@@ -284,12 +344,13 @@ func (f *File) validate() error {
 			bad(path, "needs a command or an image")
 		}
 		if e.Container != "" {
-			p, ok := f.Backends[e.Container]
-			if !ok {
+			switch p, ok := f.Backends[e.Container]; {
+			case !ok:
 				bad(append(path, "backend_container"), "%q is not declared under backends", e.Container)
-			} else if p.Mode == "exec" && len(e.Command) == 0 {
+			case p == nil: // reported under backends
+			case p.Mode == "exec" && len(e.Command) == 0:
 				bad(append(path, "command"), "required: it is executed inside backend container %q", e.Container)
-			} else if p.Mode == "exec" && e.Image != "" {
+			case p.Mode == "exec" && e.Image != "":
 				bad(append(path, "image"), "runs execute inside backend container %q; drop image or use mode: client", e.Container)
 			}
 		}
@@ -299,19 +360,58 @@ func (f *File) validate() error {
 		if len(e.BackendParams) > 0 && e.Backend == "" {
 			bad(append(path, "backend_params"), "given without backend (which catalogue to check them against?)")
 		}
-		for k, vs := range e.Vary {
+		for _, k := range slices.Sorted(maps.Keys(e.Vary)) {
+			vs := e.Vary[k]
 			if !varName.MatchString(k) {
 				bad(append(path, "vary", k), "not a variable name (letters, digits, _)")
 			}
 			if len(vs) == 0 {
 				bad(append(path, "vary", k), "empty list")
 			}
+			for j, v := range vs {
+				switch v.(type) {
+				case map[string]any, []any, map[any]any:
+					bad(append(path, "vary", k, strconv.Itoa(j)), "a list or mapping; grid values are strings, numbers or booleans")
+				}
+			}
 		}
+		f.placeholders(e, path, bad)
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	return nil
+}
+
+// placeholder is a {var} in a name, command, env value or backend parameter; ${VAR} is shell syntax.
+var placeholder = regexp.MustCompile(`\$?\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// placeholders reports every {name} of e that is not one of its vary variables, naming the key and line.
+func (f *File) placeholders(e *Experiment, path []string, bad func([]string, string, ...any)) {
+	check := func(key []string, s string) {
+		for _, m := range placeholder.FindAllStringSubmatch(s, -1) {
+			if _, ok := e.Vary[m[1]]; ok || strings.HasPrefix(m[0], "$") {
+				continue // a variable, or a shell expansion the grid does not touch
+			}
+			vars := "it has no vary"
+			if len(e.Vary) > 0 {
+				vars = "vary has " + strings.Join(slices.Sorted(maps.Keys(e.Vary)), ", ")
+			}
+			bad(key, "placeholder {%s} is not a vary variable (%s)", m[1], vars)
+		}
+	}
+	check(append(slices.Clone(path), "name"), e.Name)
+	for i, a := range e.Command {
+		check(append(slices.Clone(path), "command", strconv.Itoa(i)), a)
+	}
+	for _, k := range slices.Sorted(maps.Keys(e.Env)) {
+		check(append(slices.Clone(path), "env", k), e.Env[k])
+	}
+	for _, k := range slices.Sorted(maps.Keys(e.BackendParams)) {
+		if s, ok := e.BackendParams[k].(string); ok {
+			check(append(slices.Clone(path), "backend_params", k), s)
+		}
+	}
 }
 
 // volumes checks SRC:DST[:ro] mounts and makes relative sources relative to the campaign file.
@@ -332,6 +432,45 @@ func (f *File) volumes(path []string, vs []string, bad func([]string, string, ..
 		out = append(out, strings.Join(parts, ":"))
 	}
 	return out
+}
+
+// Definition is the campaign as validated, in a canonical form: defaults applied, the file's key names, JSON with
+// sorted keys (comments, layout and key order of the file do not matter). The campaign state keeps it.
+func (f *File) Definition() (json.RawMessage, error) {
+	y, err := yaml.Marshal(f)
+	if err != nil {
+		return nil, fmt.Errorf("campaign %s: %w", f.Name, err)
+	}
+	var v any
+	if err := yaml.Unmarshal(y, &v); err != nil {
+		return nil, fmt.Errorf("campaign %s: %w", f.Name, err)
+	}
+	b, err := json.Marshal(stringKeys(v))
+	if err != nil {
+		return nil, fmt.Errorf("campaign %s: %w", f.Name, err)
+	}
+	return b, nil
+}
+
+// stringKeys turns YAML mappings with other than string keys (backend_params: {1: x}) into JSON-encodable ones.
+func stringKeys(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, vv := range x {
+			x[k] = stringKeys(vv)
+		}
+	case map[any]any:
+		m := make(map[string]any, len(x))
+		for k, vv := range x {
+			m[fmt.Sprint(k)] = stringKeys(vv)
+		}
+		return m
+	case []any:
+		for i, vv := range x {
+			x[i] = stringKeys(vv)
+		}
+	}
+	return v
 }
 
 // Path is the file's path; Sum its SHA-256.

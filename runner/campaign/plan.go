@@ -1,9 +1,14 @@
 package campaign
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
+	"math/big"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -14,6 +19,7 @@ import (
 // Config is one concrete configuration: an experiment with one combination of its grid's values.
 type Config struct {
 	Name    string
+	ID      string // its runs' id without the cycle: readable, unique in the campaign, stable
 	Exp     *Experiment
 	Vars    map[string]string
 	Command []string
@@ -75,8 +81,52 @@ func combinations(vary map[string][]any) []map[string]any {
 	return out
 }
 
-// Configs expands every experiment's grid.
+// size counts the plan's configurations and runs without expanding them, saturating just above limit (a grid of
+// twelve variables with ten values each has 10^12 configurations).
+func (f *File) size(limit int64) (configs, runs int64) {
+	mul := func(a, b int64) int64 {
+		if a == 0 || b == 0 {
+			return 0
+		}
+		if a > (limit+1)/b {
+			return limit + 1
+		}
+		return min(a*b, limit+1)
+	}
+	for _, e := range f.Experiments {
+		n := int64(1)
+		for _, vs := range e.Vary {
+			n = mul(n, int64(len(vs)))
+		}
+		configs = min(configs+n, limit+1)
+	}
+	return configs, mul(configs, int64(f.Cycles))
+}
+
+// checkSize refuses a plan larger than max_runs before it is expanded, with its exact size.
+func (f *File) checkSize() error {
+	if _, runs := f.size(int64(f.MaxRuns)); runs <= int64(f.MaxRuns) {
+		return nil
+	}
+	configs := new(big.Int)
+	for _, e := range f.Experiments {
+		n := big.NewInt(1)
+		for _, vs := range e.Vary {
+			n.Mul(n, big.NewInt(int64(len(vs))))
+		}
+		configs.Add(configs, n)
+	}
+	runs := new(big.Int).Mul(configs, big.NewInt(int64(f.Cycles)))
+	return f.errAt([]string{"max_runs"}, "the plan has %s runs (%s configurations × %d cycles), more than max_runs %d",
+		runs, configs, f.Cycles, f.MaxRuns)
+}
+
+// Configs expands every experiment's grid (after checking its size against max_runs) and gives each configuration
+// its run id.
 func (f *File) Configs() ([]*Config, error) {
+	if err := f.checkSize(); err != nil {
+		return nil, err
+	}
 	var out []*Config
 	seen := map[string]bool{}
 	for _, e := range f.Experiments {
@@ -124,35 +174,84 @@ func (f *File) Configs() ([]*Config, error) {
 			out = append(out, c)
 		}
 	}
+	if err := f.assignIDs(out); err != nil {
+		return nil, err
+	}
 	return out, nil
 }
 
-// runID is a configuration's run id in a cycle: stable, so that a resumed campaign finds its runs.
-func runID(campaign, config string, cycle int) string {
-	id := fmt.Sprintf("%s-%s-c%d", campaign, config, cycle)
+// Run ids. A configuration's runs are <campaign>-<configuration>-c<cycle>, the campaign's name left out where the
+// configuration's name already starts with it, characters other than letters, digits, '.', '-' and '_' replaced
+// by '_'. Where that makes two configurations' ids meet ("a/b" and "a_b"), or one meet a backend start-up's, each
+// of them gets 8 hex digits of a hash of its exact name and values after the name: ids stay readable, each
+// configuration has its own, and they are the same on every resume of the same file.
+
+func sanitise(s string) string {
 	return strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
 			return r
 		}
 		return '_'
-	}, id)
+	}, s)
+}
+
+// baseID is the id of a configuration or backend start-up named name, without the cycle and any hash.
+func baseID(campaign, name string) string {
+	if name != campaign && !strings.HasPrefix(name, campaign+"-") {
+		name = campaign + "-" + name
+	}
+	return sanitise(name)
+}
+
+// idHash is 8 hex digits of SHA-256 over a configuration's exact name and values.
+func idHash(name string, vars map[string]string) string {
+	h := sha256.New()
+	h.Write([]byte(name))
+	for _, k := range slices.Sorted(maps.Keys(vars)) {
+		fmt.Fprintf(h, "\x00%s=%s", k, vars[k])
+	}
+	return hex.EncodeToString(h.Sum(nil))[:8]
+}
+
+// runID is the id of a backend container's n-th start-up run (label "startup-<backend>").
+func runID(campaign, label string, n int) string {
+	return fmt.Sprintf("%s-c%d", baseID(campaign, label), n)
+}
+
+// assignIDs gives each configuration its id, with the hash where ids would meet.
+func (f *File) assignIDs(cfgs []*Config) error {
+	count := map[string]int{}
+	for name := range f.Backends {
+		count[baseID(f.Name, "startup-"+name)]++
+	}
+	for _, c := range cfgs {
+		c.ID = baseID(f.Name, c.Name)
+		count[c.ID]++
+	}
+	byID := map[string]*Config{}
+	for _, c := range cfgs {
+		if count[c.ID] > 1 {
+			c.ID += "-" + idHash(c.Name, c.Vars)
+		}
+		if other, dup := byID[c.ID]; dup { // only if a hashed id meets a name that looks like one
+			return f.errAt([]string{"experiments", fmt.Sprint(c.Exp.index), "name"},
+				"configurations %q and %q get the same run id %s; rename one", other.Name, c.Name, c.ID)
+		}
+		byID[c.ID] = c
+	}
+	return nil
 }
 
 // Plan orders every run: interleaved (each cycle runs every configuration in file order), shuffled (each cycle
 // in its own seeded random order) or grouped (all cycles of a configuration back to back).
 func (f *File) Plan() ([]Planned, []*Config, error) {
-	cfgs, err := f.Configs()
+	cfgs, err := f.Configs() // checks the plan's size first
 	if err != nil {
 		return nil, nil, err
 	}
-	n := len(cfgs) * f.Cycles
-	if n > f.MaxRuns {
-		return nil, nil, f.errAt([]string{"max_runs"}, "the plan has %d runs (%d configurations × %d cycles), more than max_runs %d",
-			n, len(cfgs), f.Cycles, f.MaxRuns)
-	}
-	var plan []Planned
+	plan := make([]Planned, 0, len(cfgs)*f.Cycles)
 	add := func(c *Config, cycle int) {
-		plan = append(plan, Planned{Position: len(plan) + 1, Cycle: cycle, Config: c, RunID: runID(f.Name, c.Name, cycle)})
+		plan = append(plan, Planned{Position: len(plan) + 1, Cycle: cycle, Config: c, RunID: fmt.Sprintf("%s-c%d", c.ID, cycle)})
 	}
 	switch f.Structure {
 	case "grouped":

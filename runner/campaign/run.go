@@ -12,6 +12,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -41,6 +42,9 @@ type Options struct {
 	Stdout        io.Writer
 	Progress      *Progress
 	Log           *slog.Logger
+	// Force resumes a campaign whose file changed since its state was written: the runs already ok under an id of
+	// the new plan are kept, the others run.
+	Force bool
 }
 
 // RunState is one planned run's outcome.
@@ -57,20 +61,24 @@ type RunState struct {
 
 // State is campaign.json.
 type State struct {
-	SchemaVersion string              `json:"schema_version"`
-	Campaign      string              `json:"campaign"`
-	File          string              `json:"file"`
-	FileSHA256    string              `json:"file_sha256"`
-	Structure     string              `json:"structure"`
-	Cycles        int                 `json:"cycles"`
-	Status        string              `json:"status"` // running, done, interrupted, incomplete
-	Started       time.Time           `json:"started"`
-	Updated       time.Time           `json:"updated"`
-	Runs          []RunState          `json:"runs"`
-	Startups      []RunState          `json:"backend_startups,omitempty"`
-	Catalogues    map[string]string   `json:"catalogues,omitempty"` // experiment → catalogue file
-	Experiments   []report.Experiment `json:"experiments,omitempty"`
-	Problems      []report.Problem    `json:"problems,omitempty"`
+	SchemaVersion string `json:"schema_version"`
+	Campaign      string `json:"campaign"`
+	File          string `json:"file"`
+	FileSHA256    string `json:"file_sha256"`
+	// Definition is the campaign as validated (defaults applied, the file's key names, keys sorted), and its
+	// SHA-256: a resumed campaign compares its file with it and names what changed.
+	Definition       json.RawMessage     `json:"definition,omitempty"`
+	DefinitionSHA256 string              `json:"definition_sha256,omitempty"`
+	Structure        string              `json:"structure"`
+	Cycles           int                 `json:"cycles"`
+	Status           string              `json:"status"` // running, done, interrupted, incomplete
+	Started          time.Time           `json:"started"`
+	Updated          time.Time           `json:"updated"`
+	Runs             []RunState          `json:"runs"`
+	Startups         []RunState          `json:"backend_startups,omitempty"`
+	Catalogues       map[string]string   `json:"catalogues,omitempty"` // experiment → catalogue file
+	Experiments      []report.Experiment `json:"experiments,omitempty"`
+	Problems         []report.Problem    `json:"problems,omitempty"`
 }
 
 // Prepared is a validated campaign: its plan and every experiment's catalogue.
@@ -200,6 +208,107 @@ func writeState(dir string, s *State) error {
 	return nil
 }
 
+// changes names what differs between a campaign's stored state and its file now: top-level keys, keys of
+// backends and sections, and experiments (by name) added, removed or changed (with their keys).
+func changes(old, now *State) []string {
+	if old.Campaign != now.Campaign {
+		return []string{fmt.Sprintf("name %q, was %q", now.Campaign, old.Campaign)}
+	}
+	if len(old.Definition) == 0 { // state written before definitions were kept
+		if old.FileSHA256 != now.FileSHA256 {
+			return []string{"the file's SHA-256 differs; the state does not say what changed"}
+		}
+		return nil
+	}
+	if old.DefinitionSHA256 == now.DefinitionSHA256 { // of the compact encoding; campaign.json holds it indented
+		return nil
+	}
+	var a, b map[string]any
+	if json.Unmarshal(old.Definition, &a) != nil || json.Unmarshal(now.Definition, &b) != nil {
+		return []string{"the stored definition is unreadable"}
+	}
+	var out []string
+	for _, k := range union(a, b) {
+		if reflect.DeepEqual(a[k], b[k]) {
+			continue
+		}
+		if k == "experiments" {
+			out = append(out, experimentChanges(a[k], b[k])...)
+			continue
+		}
+		am, aok := a[k].(map[string]any)
+		bm, bok := b[k].(map[string]any)
+		if !aok || !bok {
+			out = append(out, k)
+			continue
+		}
+		for _, kk := range union(am, bm) {
+			if !reflect.DeepEqual(am[kk], bm[kk]) {
+				out = append(out, k+"."+kk)
+			}
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"the definition's encoding"}
+	}
+	return out
+}
+
+func union(a, b map[string]any) []string {
+	keys := slices.Collect(maps.Keys(a))
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// experimentChanges compares the experiments lists by name.
+func experimentChanges(a, b any) []string {
+	byName := func(v any) ([]string, map[string]map[string]any) {
+		list, _ := v.([]any)
+		var names []string
+		m := map[string]map[string]any{}
+		for _, e := range list {
+			if em, ok := e.(map[string]any); ok {
+				name := fmt.Sprint(em["name"])
+				names, m[name] = append(names, name), em
+			}
+		}
+		return names, m
+	}
+	an, am := byName(a)
+	bn, bm := byName(b)
+	var out []string
+	for _, n := range bn {
+		old, ok := am[n]
+		if !ok {
+			out = append(out, fmt.Sprintf("experiment %s added", n))
+			continue
+		}
+		var keys []string
+		for _, k := range union(old, bm[n]) {
+			if !reflect.DeepEqual(old[k], bm[n][k]) {
+				keys = append(keys, k)
+			}
+		}
+		if len(keys) > 0 {
+			out = append(out, fmt.Sprintf("experiment %s: %s", n, strings.Join(keys, ", ")))
+		}
+	}
+	for _, n := range an {
+		if _, ok := bm[n]; !ok {
+			out = append(out, fmt.Sprintf("experiment %s removed", n))
+		}
+	}
+	if len(out) == 0 {
+		out = append(out, "experiments' order")
+	}
+	return out
+}
+
 // ReadState loads a campaign directory's campaign.json.
 func ReadState(dir string) (*State, error) {
 	b, err := os.ReadFile(filepath.Join(dir, StateFile))
@@ -225,13 +334,28 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	if err := os.MkdirAll(p.out, 0o755); err != nil {
 		return nil, fmt.Errorf("campaign directory: %w", err)
 	}
-	st := &State{SchemaVersion: "1", Campaign: f.Name, File: f.path, FileSHA256: f.sum, Structure: f.Structure,
-		Cycles: f.Cycles, Status: "running", Started: time.Now().UTC(), Catalogues: map[string]string{}}
-	if old, err := ReadState(p.out); err == nil {
-		st.Started, st.Startups = old.Started, old.Startups
-		if old.FileSHA256 != f.sum {
-			log.Warn("campaign file changed since the campaign started; runs with the same id are kept", "file", f.path)
+	def, err := f.Definition()
+	if err != nil {
+		return nil, err
+	}
+	dsum := sha256.Sum256(def)
+	st := &State{SchemaVersion: "1", Campaign: f.Name, File: f.path, FileSHA256: f.sum, Definition: def,
+		DefinitionSHA256: hex.EncodeToString(dsum[:]), Structure: f.Structure, Cycles: f.Cycles, Status: "running",
+		Started: time.Now().UTC(), Catalogues: map[string]string{}}
+	old, err := ReadState(p.out)
+	switch {
+	case err == nil:
+		if changed := changes(old, st); len(changed) > 0 {
+			what := fmt.Sprintf("campaign file %s changed since %s was written (%s)", f.path,
+				filepath.Join(p.out, StateFile), strings.Join(changed, "; "))
+			if !opts.Force {
+				return nil, fmt.Errorf("%s: resume with --force to keep the runs already ok under the new file, or use another --out", what)
+			}
+			log.Warn(what + "; resuming (--force): runs already ok under an id of the new plan are kept")
 		}
+		st.Started, st.Startups = old.Started, old.Startups
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("resuming: %w", err)
 	}
 	for name, file := range p.catFiles {
 		if rel, err := filepath.Rel(p.out, file); err == nil && !strings.HasPrefix(rel, "..") {
@@ -257,7 +381,7 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	ex := &executor{p: p, opts: opts, st: st, containers: map[string]*backendContainer{}}
 	defer ex.closeContainers()
 
-	err := ex.warmups(ctx, remaining)
+	err = ex.warmups(ctx, remaining)
 	done := 0
 	for _, r := range st.Runs {
 		if r.Status == manifest.StatusOK {
