@@ -13,10 +13,10 @@ all: build
 build:
 	$(GO) build -trimpath -o $(BIN)/ ./cmd/...
 
-# Every test, with the services the tests need (Docker Engine, Prometheus) installed and started: a test that
-# needs a missing service fails instead of skipping.
+# Every test, under the race detector, with the services the tests need (Docker Engine, Prometheus, Slurm)
+# installed and started: a test that needs a missing service fails instead of skipping.
 test: services lint fuzz-short
-	LEM_REQUIRE_SERVICES=1 $(GO) test -count=1 -timeout 15m ./...
+	LEM_REQUIRE_SERVICES=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 # Quick feedback while editing: no services, long replays skipped.
 test-short:
