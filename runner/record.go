@@ -30,6 +30,7 @@ type RecordOptions struct {
 	Stdout    io.Writer
 	Stderr    io.Writer
 	Watchdog  backend.Watchdog // stops the command if lem-run dies
+	PTY       bool             // the command's stdout is a pseudo-terminal (see backend.Process)
 }
 
 // RecordResult is a finished recording: the trace, and with a command the run accounted by the one accounting
@@ -46,7 +47,7 @@ type RecordResult struct {
 func Record(ctx context.Context, opts RecordOptions, src gpu.Source, devs []gpu.Device, log *slog.Logger) (*RecordResult, error) {
 	ro := Options{Experiment: "record", Stdout: opts.Stdout, Stderr: opts.Stderr, StopGrace: opts.StopGrace}
 	ro.defaults()
-	be := &backend.Process{Clock: src.Clock(), Watchdog: opts.Watchdog}
+	be := &backend.Process{Clock: src.Clock(), Watchdog: opts.Watchdog, PTY: opts.PTY}
 	if len(opts.Command) > 0 {
 		if err := be.Check(opts.Command); err != nil {
 			return nil, usage("%v", err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -405,4 +406,50 @@ func TestManyMarkersStayCheap(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 100000, n, "the trace keeps every occurrence")
+}
+
+// A Python workload's markers arrive when printed: lem-run sets PYTHONUNBUFFERED=1. With buffering forced back on
+// they arrive together at exit: the run says so (markers_buffered) and validate fails it. With a pseudo-terminal
+// as its stdout the same buffered workload writes each line as it is printed.
+func TestBufferedMarkersDetected(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testutil.SkipOrFail(t, "python3 not installed")
+	}
+	script := "import time; print('LEM_PHASE prefill'); time.sleep(1.2); print('LEM_PHASE decode'); time.sleep(1.2); print('LEM_RESULT output_tokens=10')"
+	for _, tc := range []struct {
+		name     string
+		env      []string
+		pty      bool
+		buffered bool
+	}{
+		{"default", nil, false, false},
+		{"buffered", []string{"PYTHONUNBUFFERED="}, false, true},
+		{"buffered with a pty", []string{"PYTHONUNBUFFERED="}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := baseOpts(t, py, "-c", script)
+			opts.Baseline, opts.Env = 0, tc.env
+			res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}, PTY: tc.pty},
+				slog.Default())
+			require.NoError(t, err)
+			m := res.Manifest
+			require.Equal(t, manifest.StatusOK, m.Status)
+			require.Len(t, m.Phases, 2)
+			var codes []string
+			for _, w := range m.Warnings {
+				codes = append(codes, w.Code)
+			}
+			violations := strings.Join(report.Violations(m), "\n")
+			if tc.buffered {
+				assert.Contains(t, codes, "markers_buffered")
+				assert.Contains(t, violations, "markers as they happened")
+				assert.Less(t, m.Phases[0].DurationS, 0.005, "prefill's marker came with decode's")
+				return
+			}
+			assert.NotContains(t, codes, "markers_buffered")
+			assert.InDelta(t, 1.2, m.Phases[0].DurationS, 0.2, "prefill as printed")
+			assert.Equal(t, "10", m.Results["output_tokens"])
+		})
+	}
 }

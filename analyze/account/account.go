@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -46,6 +47,9 @@ const (
 	BusyBaseline = 0.05
 	// TemperatureDrift between the end of the baseline and the start of the run, °C.
 	TemperatureDrift = 3.0
+	// TogetherWithin: phase markers closer than this were delivered together (buffered output), not printed as
+	// the phases happened — well below the 20 ms the samples resolve.
+	TogetherWithin = 5 * time.Millisecond
 )
 
 // Meter is one GPU's energy over any window of a trace, by the GPU's best method.
@@ -471,6 +475,7 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 			evs = append(evs, e)
 		}
 	}
+	a.buffered(evs)
 	at := map[string]int{}
 	for _, p := range trace.Phases(evs, in.End) {
 		start, end := maxTime(p.Start, in.Start), minTime(p.End, in.End)
@@ -517,6 +522,31 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 			a.warn("phase_adjusted_clamped", nil, "phase %s: energy below the idle baseline in %d occurrence(s) was clamped to 0",
 				p.Name, p.Count)
 		}
+	}
+}
+
+// buffered warns when the run's phase markers arrived together rather than as the phases happened: a workload
+// whose output is buffered (Python without PYTHONUNBUFFERED writing to a pipe) delivers its marker lines in
+// blocks or all at exit, and the phases' times are then wrong. Two or more markers within TogetherWithin of the
+// one before, or all of them together, is that signature.
+func (a *accounting) buffered(evs []trace.Event) {
+	var ts []time.Time
+	for _, e := range evs {
+		if e.Type == trace.EventPhase { // phase starts: a phase's end may be lem's own (the workload's exit)
+			ts = append(ts, e.Time)
+		}
+	}
+	slices.SortFunc(ts, func(x, y time.Time) int { return x.Compare(y) })
+	close := 0
+	for i := 1; i < len(ts); i++ {
+		if ts[i].Sub(ts[i-1]) < TogetherWithin {
+			close++
+		}
+	}
+	if close >= 2 || (len(ts) >= 2 && close == len(ts)-1) {
+		a.warn("markers_buffered", nil, "%d of %d phase markers arrived within %s of the one before: the workload's output "+
+			"is buffered (set PYTHONUNBUFFERED=1, flush stdout, or run with --pty), so the phases' times are wrong",
+			close, len(ts), TogetherWithin)
 	}
 }
 

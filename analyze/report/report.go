@@ -239,6 +239,7 @@ var Rules = []Rule{
 	{"no throttling", []string{"throttling"}},
 	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift"}},
 	{"every marker accepted", []string{"marker_rejected"}},
+	{"markers as they happened", []string{"markers_buffered"}},
 }
 
 // Violations lists the rules a run breaks, with the manifest's messages.

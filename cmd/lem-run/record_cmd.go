@@ -20,6 +20,7 @@ type recordCmd struct {
 	Out      string        `short:"o" default:"trace.parquet" env:"LEM_TRACE" help:"Trace file to write."`
 	Duration time.Duration `help:"Stop after this long (default: when the command exits, the replay ends, or on SIGINT)."`
 	Tail     time.Duration `default:"1s" help:"Keep recording this long after the command exits."`
+	PTY      bool          `name:"pty" help:"Give the command a pseudo-terminal as stdout, so it writes marker lines as it prints them."`
 	Command  []string      `arg:"" optional:"" passthrough:"" help:"Command to run while recording; its LEM_PHASE/LEM_RESULT/MARK lines become events."`
 }
 
@@ -34,7 +35,7 @@ func (c *recordCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	defer src.Close()
 	res, err := runner.Record(ctx, runner.RecordOptions{Out: c.Out, Duration: c.Duration, Tail: c.Tail, Command: c.Command,
-		Sampler: c.SamplerFlags.Config(), Watchdog: watchdog(0)}, src, devs, log)
+		Sampler: c.SamplerFlags.Config(), Watchdog: watchdog(0), PTY: c.PTY}, src, devs, log)
 	if res == nil {
 		return err
 	}

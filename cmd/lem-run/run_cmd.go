@@ -41,6 +41,7 @@ type runCmd struct {
 	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Marker token file for --exporter."`
 	Observe         []string      `sep:"," help:"Also sample these GPUs (indices, UUIDs or all) without giving them to the workload; their energy is reported apart, never in the run's totals."`
 	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
+	PTY             bool          `name:"pty" help:"Give the workload a pseudo-terminal as stdout, so it writes marker lines as it prints them (programs buffer output to pipes; Python gets PYTHONUNBUFFERED=1 anyway)."`
 	Command         []string      `arg:"" optional:"" passthrough:"" help:"The workload command (after --)."`
 }
 
@@ -71,6 +72,9 @@ func (c *runCmd) check() error {
 		if parts := strings.Split(v, ":"); len(parts) < 2 || parts[0] == "" || parts[1] == "" {
 			return fmt.Errorf("--volume %q: want SRC:DST[:ro]%w", v, cli.Usage)
 		}
+	}
+	if c.PTY && c.Image != "" {
+		return fmt.Errorf("--pty is for process mode; in a container, set PYTHONUNBUFFERED or flush stdout%w", cli.Usage)
 	}
 	if c.Exporter != "" {
 		if _, err := marker.NewClient(c.Exporter, ""); err != nil {
@@ -118,7 +122,7 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 		defer d.Close()
 		be = d
 	} else {
-		be = &backend.Process{Clock: src.Clock(), Watchdog: watchdog(c.StopGrace)}
+		be = &backend.Process{Clock: src.Clock(), Watchdog: watchdog(c.StopGrace), PTY: c.PTY}
 	}
 	summary := os.Stdout
 	if c.JSON {

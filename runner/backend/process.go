@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/creack/pty"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 )
@@ -22,6 +23,9 @@ type Process struct {
 	Clock gpu.Clock
 	// Watchdog stops the workload's whole process group if lem-run dies (see Watchdog).
 	Watchdog Watchdog
+	// PTY gives the workload a pseudo-terminal as its standard output, so programs that buffer output written to
+	// a pipe (C stdio, most runtimes) write each line as it is printed: marker lines then arrive when they happen.
+	PTY bool
 }
 
 var _ Backend = (*Process)(nil)
@@ -56,9 +60,10 @@ func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
 	}
 	cmd.Env = append(os.Environ(), spec.Env...)
 	cmd.Env = append(cmd.Env, "CUDA_VISIBLE_DEVICES="+strings.Join(idx, ","), "LEM_RESULTS_DIR="+spec.ResultsDir)
+	cmd.Env = Unbuffered(cmd.Env)
 	// Its own process group, so a stop reaches every process the command started; and killed if lem-run dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdout, err := cmd.StdoutPipe()
+	stdout, tty, err := p.stdout(cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -66,8 +71,13 @@ func (p *Process) Start(_ context.Context, spec Spec) (Workload, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &procWorkload{cmd: cmd, clock: p.Clock, lines: make(chan Line, 1024)}
-	if err := cmd.Start(); err != nil {
+	w := &procWorkload{cmd: cmd, clock: p.Clock, lines: make(chan Line, 1024), pty: p.PTY}
+	err = cmd.Start()
+	if tty != nil {
+		tty.Close() // the child holds it now; the reader sees the end when the child's side closes
+	}
+	if err != nil {
+		stdout.Close()
 		return nil, fmt.Errorf("starting %q: %w", spec.Command[0], err)
 	}
 	w.started = p.Clock.Now()
@@ -90,11 +100,15 @@ type procWorkload struct {
 	wg      sync.WaitGroup
 	started time.Time
 	guard   *guard
+	pty     bool // stdout is a pseudo-terminal: lines end in \r\n
 }
 
 func (w *procWorkload) read(r io.Reader, stderr bool) {
 	defer w.wg.Done()
 	splitLines(r, func(text []byte, partial bool) {
+		if w.pty && !stderr && !partial && len(text) > 0 && text[len(text)-1] == '\r' {
+			text = text[:len(text)-1] // the terminal's line discipline turned \n into \r\n
+		}
 		w.lines <- Line{Time: w.clock.Now(), Stderr: stderr, Text: string(text), Partial: partial}
 	})
 }
@@ -137,3 +151,44 @@ func (w *procWorkload) Stop(grace time.Duration) error {
 }
 
 func (w *procWorkload) Cleanup(*manifest.Manifest) error { return nil }
+
+// stdout connects the command's standard output: a pipe, or with PTY a pseudo-terminal (tty is the child's side,
+// to close once the child has started).
+func (p *Process) stdout(cmd *exec.Cmd) (r io.ReadCloser, tty *os.File, err error) {
+	if !p.PTY {
+		r, err = cmd.StdoutPipe()
+		return r, nil, err
+	}
+	ptmx, tty, err := pty.Open()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pseudo-terminal for the workload: %w", err)
+	}
+	cmd.Stdout = tty
+	return ptyReader{ptmx}, tty, nil
+}
+
+// ptyReader reads a pseudo-terminal's master side: once the child's side is closed the kernel answers EIO,
+// which means the end of the output.
+type ptyReader struct{ f *os.File }
+
+func (r ptyReader) Read(b []byte) (int, error) {
+	n, err := r.f.Read(b)
+	if errors.Is(err, syscall.EIO) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (r ptyReader) Close() error { return r.f.Close() }
+
+// Unbuffered adds PYTHONUNBUFFERED=1 to an environment that does not set it, so Python workloads (most LLM
+// benchmarks) print marker lines when they happen rather than in blocks when their pipe buffer fills or at exit.
+// A workload that sets PYTHONUNBUFFERED itself keeps its value.
+func Unbuffered(env []string) []string {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, "PYTHONUNBUFFERED=") {
+			return env
+		}
+	}
+	return append(env, "PYTHONUNBUFFERED=1")
+}
