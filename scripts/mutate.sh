@@ -14,7 +14,7 @@ pkgs=(./analyze/... ./internal/marker/ ./internal/manifest/ ./e2e/ ./runner/)
 mutations=(
   "phase adjusted over the run's duration|analyze/account/account.go|s/energy\.Adjust\(float64\(pg\.HybridJ\), b\.MedianW, end\.Sub\(start\)\)/energy.Adjust(float64(pg.HybridJ), b.MedianW, in.End.Sub(in.Start))/"
   "run adjusted over the baseline window|analyze/account/account.go|s/energy\.Adjust\(float64\(mg\.Energy\.HybridJ\), b\.MedianW, dur\)/energy.Adjust(float64(mg.Energy.HybridJ), b.MedianW, b.End.Sub(b.Start))/"
-  "no baseline subtracted per phase|analyze/account/account.go|s/pg\.AdjustedJ, pg\.AdjustedClamped = manifest\.Num\(adj\), clamped/pg.AdjustedJ, pg.AdjustedClamped = pg.HybridJ, clamped/"
+  "no baseline subtracted per phase|analyze/account/account.go|s/energy\.Adjust\(float64\(pg\.HybridJ\), b\.MedianW, end\.Sub\(start\)\)/energy.Adjust(float64(pg.HybridJ), 0, end.Sub(start))/"
   "counter lag fixed at 85 ms|analyze/energy/hybrid.go|s/newHybrid\(slices\.Clone\(pts\), resets, in, lag\.Lag\)/newHybrid(slices.Clone(pts), resets, in, 85*time.Millisecond)/"
   "counter lag sign flipped|analyze/energy/hybrid.go|s/pts\[i\]\.t = pts\[i\]\.t\.Add\(-lag\)/pts[i].t = pts[i].t.Add(lag)/"
   "phase start off by one sample|analyze/account/account.go|s/m\.hybrid\.Energy\(t0, t1\)/m.hybrid.Energy(t0.Add(20*time.Millisecond), t1)/"
