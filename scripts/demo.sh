@@ -10,7 +10,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-bin}
 out=${DEMO_OUT:-/tmp/lem-demo}
-port=${DEMO_PORT:-19636}
+# A port nothing listens on (DEMO_PORT to choose one): the demo must talk to its own exporter, never to another
+# one already on lem's port.
+port=${DEMO_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 rm -rf "$out"
 mkdir -p "$out"
 t0=$(date +%s.%N)
@@ -33,17 +35,24 @@ export PYTHONUNBUFFERED=1
 "$BIN/lem-exporter" "${src[@]}" --web.listen-address "127.0.0.1:$port" --record.dir "$out/exporter" \
   --record.flush-interval 2s >"$out/exporter.log" 2>&1 &
 exporter=$!
+export EXPLOG="$out/exporter.log"
 trap 'kill $exporter 2>/dev/null || true' EXIT
-python3 - "$port" <<'PY'
-import sys, time, urllib.request
+python3 - "$port" "$exporter" <<'PY'
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
 for _ in range(100):
     try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/readyz", timeout=1).status == 200:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        sys.exit(f"lem demo: lem-exporter exited at start (port {port} taken?); its log:\n" + open(os.environ["EXPLOG"]).read())
+    try:
+        if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1).status == 200:
             sys.exit(0)
     except Exception:
         time.sleep(0.2)
 sys.exit("lem demo: lem-exporter did not become ready (see exporter.log)")
 PY
+kill -0 $exporter 2>/dev/null || { echo "lem demo: lem-exporter is not running (see $out/exporter.log)" >&2; exit 1; }
 echo "lem demo: lem-exporter ready on http://127.0.0.1:$port/metrics"
 if [ "$mode" = replay ]; then
   # Start the runner's replay where the exporter's is now: both then see the same recorded instants.

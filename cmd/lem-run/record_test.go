@@ -125,6 +125,8 @@ func TestRunBadInput(t *testing.T) {
 		"no such command": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--", "nosuchcmd-lem"},
 			`command "nosuchcmd-lem": exec: "nosuchcmd-lem": executable file not found`},
 		"unknown GPU": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--gpus", "7", "--", "true"}, `GPU "7": no such device`},
+		"unwritable output": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--out", "/proc/lem-runs", "--", "true"},
+			"output directory"},
 		"bad exporter URL": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter", "ftp://h", "--", "true"},
 			"--exporter"},
 	} {
