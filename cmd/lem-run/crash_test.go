@@ -118,3 +118,24 @@ func TestRecordKill9(t *testing.T) {
 	assert.Greater(t, m.Times.DurationS, 1.0)
 	assert.Greater(t, float64(m.Energy.HybridJ), 0.0)
 }
+
+// SIGTERM ends lem-run record the way it ends lem-run: the command stopped, exit status 130, the trace complete.
+func TestRecordSIGTERM(t *testing.T) {
+	bin := testutil.BuildBinary(t, "lem-run")
+	path := filepath.Join(t.TempDir(), "rec.parquet")
+	cmd := exec.Command(bin, "record", "--replay", testutil.TracePath("h200-llm"), "-o", path, "--", "sh", "-c",
+		"echo LEM_PHASE a; sleep 60")
+	var logs strings.Builder
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	require.NoError(t, cmd.Start())
+	time.Sleep(3 * time.Second)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.True(t, errors.As(err, &ee), "exit error expected; logs:\n%s", logs.String())
+	assert.Equal(t, 130, ee.ExitCode(), "as lem-run run exits on SIGTERM")
+	runs, probs := report.Load([]string{path})
+	require.Empty(t, probs)
+	require.Len(t, runs, 1)
+	assert.Equal(t, manifest.StatusIntr, runs[0].Manifest.Status)
+}

@@ -3,6 +3,7 @@ package recorder_test
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -45,5 +46,48 @@ func TestDirRecorderRotatesBySizeAndRetains(t *testing.T) {
 		assert.NotEmpty(t, tr.GPUs[0].Samples, f)
 	}
 	left, _ := filepath.Glob(filepath.Join(dir, ".*"))
+	assert.Empty(t, left)
+}
+
+// A crash loses at most the flush interval: while recording, the newest closed segment is never older than the
+// flush interval (plus the time to write one, well under a tick).
+func TestSegmentsCloseWithinTheFlushInterval(t *testing.T) {
+	src, err := gpu.OpenReplay(lemtest.TracePath("h200-shape"), gpu.ReplayOptions{})
+	require.NoError(t, err)
+	defer src.Close()
+	s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 100 * time.Millisecond}, nil)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	flush := 500 * time.Millisecond
+	rec, err := recorder.Start(s, recorder.Options{Path: filepath.Join(dir, "trace.parquet"), FlushEvery: flush})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); s.Run(ctx) }()
+	begin := time.Now()
+	var worst time.Duration
+	for time.Since(begin) < 3*time.Second {
+		time.Sleep(25 * time.Millisecond)
+		segs, err := recorder.Segments(dir, "trace")
+		require.NoError(t, err)
+		if len(segs) == 0 {
+			continue
+		}
+		st, err := os.Stat(segs[len(segs)-1])
+		require.NoError(t, err)
+		if age := time.Since(st.ModTime()); time.Since(begin) > 2*flush && age > worst {
+			worst = age
+		}
+	}
+	cancel()
+	wg.Wait()
+	_, err = rec.Stop()
+	require.NoError(t, err)
+	t.Logf("newest closed segment at most %s old (flush interval %s)", worst.Round(time.Millisecond), flush)
+	assert.LessOrEqual(t, worst, flush+flush/5, "a segment closes within its flush interval")
+	_, err = trace.ReadFile(filepath.Join(dir, "trace.parquet"))
+	assert.NoError(t, err, "merged at the end")
+	left, _ := recorder.Segments(dir, "trace")
 	assert.Empty(t, left)
 }
