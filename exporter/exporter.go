@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
@@ -85,7 +86,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
-	marker.NewHandler(e.runs, opts.MarkerToken, log).Register(mux)
+	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s}).Register(mux)
 	NewAPI(e.runs, s, log).Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{

@@ -38,7 +38,8 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	r.store = marker.NewStore(r.clock.Now, marker.Limits{MaxActive: 1}, func(ev trace.Event) {
 		r.smp.Emit(ev)
 		mirror.Send(ev)
-		if ev.Type == trace.EventPhase || ev.Type == trace.EventPhaseEnd || ev.Type == trace.EventResult {
+		switch ev.Type {
+		case trace.EventPhase, trace.EventPhaseEnd, trace.EventResult, trace.EventWindowEnd:
 			r.mu.Lock()
 			r.changes++
 			r.mu.Unlock()

@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/trace"
 	"github.com/lem-energy/lem/runner/backend"
@@ -68,6 +70,12 @@ func (r *run) line(text string, at time.Time) {
 			_, err = r.store.EndPhase(r.opts.RunID, ev.Time)
 		case trace.EventResult:
 			_, err = r.store.Result(r.opts.RunID, ev.Attrs, ev.Time)
+		case trace.EventWindowBegin:
+			_, err = r.store.BeginWindow(r.opts.RunID, ev.Name, ev.Attrs[trace.AttrWindowID], ev.Time)
+		case trace.EventWindowEnd:
+			values := maps.Clone(ev.Attrs)
+			delete(values, trace.AttrWindowID)
+			_, err = r.store.EndWindow(r.opts.RunID, ev.Name, ev.Attrs[trace.AttrWindowID], values, ev.Time)
 		default:
 			continue
 		}
@@ -98,7 +106,7 @@ func (r *run) serveMarkers(ctx context.Context) (*http.Server, string, string, e
 	rand.Read(b[:])
 	token := hex.EncodeToString(b[:])
 	mux := http.NewServeMux()
-	marker.NewHandler(r.store, token, r.log).Register(mux)
+	marker.NewHandler(r.store, token, r.log).WithMeter(&account.IntervalMeter{Src: r.smp}).Register(mux)
 	srv := &http.Server{Handler: r.countHTTP(mux), ReadHeaderTimeout: 5 * time.Second}
 	go srv.Serve(ln)
 	u := fmt.Sprintf("http://%s/api/v1/runs/%s", ln.Addr().String(), url.PathEscape(r.opts.RunID))
@@ -112,7 +120,8 @@ func (r *run) countHTTP(h http.Handler) http.Handler {
 		h.ServeHTTP(sw, req)
 		p := req.URL.Path
 		if req.Method == http.MethodPost && sw.code < 300 &&
-			(strings.HasSuffix(p, "/phase") || strings.HasSuffix(p, "/phase/end") || strings.HasSuffix(p, "/result")) {
+			(strings.HasSuffix(p, "/phase") || strings.HasSuffix(p, "/phase/end") || strings.HasSuffix(p, "/result") ||
+				strings.HasSuffix(p, "/windows") || strings.HasSuffix(p, "/windows/end")) {
 			r.mu.Lock()
 			r.markers.HTTP++
 			r.mu.Unlock()

@@ -12,6 +12,7 @@ package account
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"runtime"
 	"slices"
@@ -222,6 +223,7 @@ func (a *accounting) run() {
 		m.Energy = manifest.Unmeasured()
 	}
 	a.phases(gpus, baselines)
+	a.windows(gpus, baselines, runEvents)
 	a.results(runEvents)
 	a.derive()
 }
@@ -547,6 +549,100 @@ func (a *accounting) buffered(evs []trace.Event) {
 		a.warn("markers_buffered", nil, "%d of %d phase markers arrived within %s of the one before: the workload's output "+
 			"is buffered (set PYTHONUNBUFFERED=1, flush stdout, or run with --pty), so the phases' times are wrong",
 			close, len(ts), TogetherWithin)
+	}
+}
+
+// windows accounts the run's windows: each begin paired with the next end of the same name and id; a window
+// still open when the run ended ends there (counted as ended by the run). Occurrences are summed per name, with
+// the median and 90th percentile of their raw energy.
+func (a *accounting) windows(gpus []GPU, baselines map[int]*manifest.Baseline, events []trace.Event) {
+	in, m := a.in, a.m
+	m.Windows = nil
+	type occ struct {
+		start, end time.Time
+		byRun      bool
+		values     map[string]string
+	}
+	open := map[string]time.Time{}
+	byName := map[string][]occ{}
+	var order []string
+	add := func(name string, o occ) {
+		if _, ok := byName[name]; !ok {
+			order = append(order, name)
+		}
+		byName[name] = append(byName[name], o)
+	}
+	evs := slices.Clone(events)
+	slices.SortStableFunc(evs, func(x, y trace.Event) int { return x.Time.Compare(y.Time) })
+	for _, e := range evs {
+		key := e.Name + "#" + e.Attrs[trace.AttrWindowID]
+		switch e.Type {
+		case trace.EventWindowBegin:
+			open[key] = e.Time
+		case trace.EventWindowEnd:
+			start, ok := open[key]
+			if !ok {
+				continue
+			}
+			delete(open, key)
+			values := maps.Clone(e.Attrs)
+			delete(values, trace.AttrWindowID)
+			byRun := values["ended_by"] == "run_end"
+			delete(values, "ended_by")
+			add(e.Name, occ{start: start, end: e.Time, byRun: byRun, values: values})
+		}
+	}
+	for key, start := range open { // never ended: the run's end ends them
+		name, _, _ := strings.Cut(key, "#")
+		add(name, occ{start: start, end: in.End, byRun: true})
+	}
+	for _, name := range order {
+		w := manifest.Window{Name: name, Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null}}
+		var js []float64
+		for _, o := range byName[name] {
+			start, end := maxTime(o.start, in.Start), minTime(o.end, in.End)
+			if end.Before(start) {
+				continue
+			}
+			w.Count++
+			if o.byRun {
+				w.EndedByRun++
+			}
+			w.DurationS += end.Sub(start).Seconds()
+			var e, adj manifest.Num
+			for _, g := range gpus {
+				if g.Role == manifest.RoleObserved {
+					continue
+				}
+				j := manifest.Null
+				if meter := in.Meters[g.Index]; meter != nil && end.After(start) {
+					j = manifest.Num(meter.Energy(start, end))
+				} else if meter != nil {
+					j = 0
+				}
+				e += j
+				if b := baselines[g.Index]; b != nil {
+					v, _ := energy.Adjust(float64(j), b.MedianW, end.Sub(start))
+					adj += manifest.Num(v)
+				} else {
+					adj = manifest.Null
+				}
+			}
+			w.Energy.HybridJ += e
+			w.Energy.AdjustedJ += adj
+			if e.Valid() {
+				js = append(js, float64(e))
+			}
+			if len(o.values) > 0 {
+				if w.Values == nil {
+					w.Values = map[string]string{}
+				}
+				marker.AddResults(w.Values, o.values)
+			}
+		}
+		med, p90 := windowStats(js)
+		w.MedianJ, w.P90J = manifest.Num(med), manifest.Num(p90)
+		m.Windows = append(m.Windows, w)
 	}
 }
 

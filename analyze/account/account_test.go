@@ -3,6 +3,7 @@ package account_test
 import (
 	"encoding/json"
 	"math"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -256,4 +257,51 @@ func codes(m *manifest.Manifest) []string {
 		out = append(out, w.Code)
 	}
 	return out
+}
+
+// Windows (nested, overlapping, several of one name) are accounted like phases but each occurrence on its own:
+// summed per name with the median and 90th percentile per occurrence, and a window the run ended is marked.
+func TestWindowsAnalytic(t *testing.T) {
+	s := inference(40 * time.Millisecond)
+	win := func(sec float64, typ, name, id string, attrs map[string]string) trace.Event {
+		e := ev(sec, typ, name, attrs)
+		if id != "" {
+			if e.Attrs == nil {
+				e.Attrs = map[string]string{}
+			}
+			e.Attrs[trace.AttrWindowID] = id
+		}
+		return e
+	}
+	evs := append(runEvents(),
+		win(2.5, trace.EventWindowBegin, "batch", "", nil),
+		win(3, trace.EventWindowBegin, "gen", "1", nil), win(5, trace.EventWindowEnd, "gen", "1", map[string]string{"output_tokens": "300"}),
+		win(4, trace.EventWindowBegin, "gen", "2", nil), win(6, trace.EventWindowEnd, "gen", "2", map[string]string{"output_tokens": "200"}),
+		win(6, trace.EventWindowBegin, "gen", "3", nil), win(8.5, trace.EventWindowEnd, "gen", "3", map[string]string{"output_tokens": "200"}),
+		win(9, trace.EventWindowBegin, "late", "", nil)) // open when the run ends at 10 s
+	tr := s.Trace(evs...)
+	m := &manifest.Manifest{Environment: tr.Env}
+	account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10),
+		Baselines: map[int]*manifest.Baseline{0: {MedianW: 80, P25W: 80, P75W: 80, Samples: 100}}})
+	require.Len(t, m.Windows, 3)
+	byName := map[string]manifest.Window{}
+	for _, w := range m.Windows {
+		byName[w.Name] = w
+	}
+	gens := []float64{s.Energy(at(3), at(5)), s.Energy(at(4), at(6)), s.Energy(at(6), at(8.5))}
+	g := byName["gen"]
+	assert.Equal(t, 3, g.Count)
+	assert.InDelta(t, 6.5, g.DurationS, 1e-9, "overlapping windows each count their own time")
+	assert.Less(t, rel(g.Energy.HybridJ, gens[0]+gens[1]+gens[2]), 1e-4)
+	assert.Less(t, rel(g.Energy.AdjustedJ, gens[0]+gens[1]+gens[2]-80*6.5), 1e-4)
+	sorted := append([]float64(nil), gens...)
+	sort.Float64s(sorted)
+	assert.Less(t, rel(g.MedianJ, sorted[1]), 1e-4)
+	assert.Less(t, rel(g.P90J, sorted[1]+0.8*(sorted[2]-sorted[1])), 1e-4, "type-7 quantile of three")
+	assert.Equal(t, map[string]string{"output_tokens": "700"}, g.Values)
+	b := byName["batch"]
+	assert.Equal(t, 1, b.Count)
+	assert.Equal(t, 1, b.EndedByRun, "never ended: the run's end ended it")
+	assert.Less(t, rel(b.Energy.HybridJ, s.Energy(at(2.5), at(10))), 1e-4)
+	assert.Equal(t, 1, byName["late"].EndedByRun)
 }

@@ -71,6 +71,7 @@ type Manifest struct {
 	// apart, never added to Energy.
 	ObservedEnergy *Energy           `json:"observed_energy,omitempty"`
 	Phases         []Phase           `json:"phases,omitempty"`
+	Windows        []Window          `json:"windows,omitempty"`
 	Results        map[string]string `json:"results,omitempty"`
 	Derived        *Derived          `json:"derived,omitempty"`
 	Markers        Markers           `json:"markers"`
@@ -239,6 +240,19 @@ type Phase struct {
 	DurationS float64    `json:"duration_s"`
 	GPUs      []PhaseGPU `json:"gpus"`
 	Energy    Energy     `json:"energy"` // summed over the workload's GPUs
+}
+
+// Window is one window name of a run (windows are named intervals the workload begins and ends; they may overlap
+// and nest): every occurrence summed, and the distribution of raw energy per occurrence.
+type Window struct {
+	Name       string            `json:"name"`
+	Count      int               `json:"count"`
+	EndedByRun int               `json:"ended_by_run,omitempty"` // occurrences still open when the run ended
+	DurationS  float64           `json:"duration_s"`
+	Energy     Energy            `json:"energy"` // summed over occurrences and the workload's GPUs
+	MedianJ    Num               `json:"median_j"`
+	P90J       Num               `json:"p90_j"`
+	Values     map[string]string `json:"values,omitempty"` // the occurrences' counts, summed
 }
 
 // PhaseGPU is one GPU's energy in a phase.

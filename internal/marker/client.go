@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -147,6 +148,16 @@ func (c *Client) Baseline(ctx context.Context, id string, gpu int, b manifest.Ba
 	return c.post(ctx, runPath(id, "baseline"), map[string]any{"gpu": gpu, "baseline": b})
 }
 
+// BeginWindow opens a window.
+func (c *Client) BeginWindow(ctx context.Context, id, name, windowID string, at time.Time) error {
+	return c.post(ctx, runPath(id, "windows"), map[string]any{"name": name, "id": windowID, "at": atOf(at)})
+}
+
+// EndWindow ends a window with counts for it (may be nil).
+func (c *Client) EndWindow(ctx context.Context, id, name, windowID string, values map[string]string, at time.Time) error {
+	return c.post(ctx, runPath(id, "windows/end"), map[string]any{"name": name, "id": windowID, "values": values, "at": atOf(at)})
+}
+
 // Renew renews a run's lease.
 func (c *Client) Renew(ctx context.Context, id string) error {
 	return c.post(ctx, runPath(id, "renew"), map[string]any{})
@@ -267,6 +278,15 @@ func (m *Mirror) post(ctx context.Context, ev trace.Event) error {
 		if b, ok := BaselineOf(ev); ok {
 			return m.c.Baseline(ctx, ev.RunID, ev.GPU, b)
 		}
+	case trace.EventWindowBegin:
+		return m.c.BeginWindow(ctx, ev.RunID, ev.Name, ev.Attrs[trace.AttrWindowID], ev.Time)
+	case trace.EventWindowEnd:
+		if ev.Attrs["ended_by"] == "run_end" {
+			return nil // the exporter ends its open windows with the run, as lem-run's store did
+		}
+		values := maps.Clone(ev.Attrs)
+		delete(values, trace.AttrWindowID)
+		return m.c.EndWindow(ctx, ev.RunID, ev.Name, ev.Attrs[trace.AttrWindowID], values, ev.Time)
 	case trace.EventRunEnd:
 		return m.c.End(ctx, ev.RunID, ev.Attrs["status"], ev.Time)
 	}

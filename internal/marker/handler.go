@@ -31,6 +31,7 @@ type Handler struct {
 	store *Store
 	token string // empty: writes only from loopback clients
 	log   *slog.Logger
+	meter Meter // answers energy queries; nil: none
 }
 
 // NewHandler serves store; token empty means writes are accepted from loopback clients only.
@@ -39,6 +40,12 @@ func NewHandler(store *Store, token string, log *slog.Logger) *Handler {
 		log = slog.Default()
 	}
 	return &Handler{store: store, token: token, log: log}
+}
+
+// WithMeter lets the handler answer energy queries (windows, intervals) with m.
+func (h *Handler) WithMeter(m Meter) *Handler {
+	h.meter = m
+	return h
 }
 
 // Register adds the marker routes to mux.
@@ -52,6 +59,10 @@ func (h *Handler) Register(mux *http.ServeMux) {
 	mux.Handle("POST /api/v1/runs/{id}/baseline", h.writer(h.baseline))
 	mux.Handle("POST /api/v1/runs/{id}/renew", h.writer(write(h, http.StatusOK, h.renew)))
 	mux.Handle("POST /api/v1/runs/{id}/end", h.writer(write(h, http.StatusOK, h.end)))
+	mux.Handle("POST /api/v1/runs/{id}/windows", h.writer(write(h, http.StatusCreated, h.beginWindow)))
+	mux.Handle("POST /api/v1/runs/{id}/windows/end", h.writer(write(h, http.StatusOK, h.endWindow)))
+	mux.HandleFunc("GET /api/v1/runs/{id}/windows/{name}", h.windowEnergy)
+	mux.HandleFunc("GET /api/v1/energy", h.intervalEnergy)
 }
 
 // WriteJSON writes v as a JSON response.
@@ -234,7 +245,7 @@ type stamp struct {
 func (s stamp) when() Time { return s.At }
 
 // write decodes a write request, checks its time and answers with the run do returns.
-func write[T interface{ when() Time }](h *Handler, code int, do func(r *http.Request, req T, at time.Time) (Run, error)) http.HandlerFunc {
+func write[T interface{ when() Time }, R any](h *Handler, code int, do func(r *http.Request, req T, at time.Time) (R, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		var req T
 		if err := Decode(r.Body, &req); err != nil {
@@ -246,8 +257,12 @@ func write[T interface{ when() Time }](h *Handler, code int, do func(r *http.Req
 			WriteError(w, err)
 			return
 		}
-		run, err := do(r, req, at)
-		h.respond(w, code, run, err)
+		out, err := do(r, req, at)
+		if err != nil {
+			WriteError(w, err)
+			return
+		}
+		WriteJSON(w, code, out)
 	}
 }
 
@@ -368,4 +383,31 @@ func (h *Handler) end(r *http.Request, req endReq, at time.Time) (Run, error) {
 		h.log.Info("run ended", "run_id", run.ID, "status", run.Status)
 	}
 	return run, err
+}
+
+type windowReq struct {
+	Name   string         `json:"name"`
+	ID     string         `json:"id"`
+	Values map[string]any `json:"values"`
+	stamp
+}
+
+func (h *Handler) beginWindow(r *http.Request, req windowReq, at time.Time) (Window, error) {
+	if len(req.Values) > 0 {
+		return Window{}, invalid("values go on the window's end")
+	}
+	return h.store.BeginWindow(r.PathValue("id"), req.Name, req.ID, at)
+}
+
+func (h *Handler) endWindow(r *http.Request, req windowReq, at time.Time) (Window, error) {
+	values := map[string]string{}
+	for k, v := range req.Values {
+		raw, _ := json.Marshal(v)
+		s, err := resultValue(raw)
+		if err != nil {
+			return Window{}, invalid("window value %q: %v", k, err)
+		}
+		values[k] = s
+	}
+	return h.store.EndWindow(r.PathValue("id"), req.Name, req.ID, values, at)
 }

@@ -10,8 +10,10 @@ import (
 
 // Marker line prefixes a workload prints on its output.
 const (
-	PhasePrefix  = "LEM_PHASE"
-	ResultPrefix = "LEM_RESULT"
+	PhasePrefix       = "LEM_PHASE"
+	ResultPrefix      = "LEM_RESULT"
+	WindowBeginPrefix = "LEM_WINDOW_BEGIN" // LEM_WINDOW_BEGIN <name> [id=<id>]
+	WindowEndPrefix   = "LEM_WINDOW_END"   // LEM_WINDOW_END <name> [id=<id>] [key=value …]
 	// ProbeMarkPrefix is the "MARK <name> <unix ns> [k=v …]" form of the recorded workloads, which carry their
 	// own timestamps.
 	ProbeMarkPrefix = "MARK"
@@ -54,6 +56,8 @@ func ParseLine(line string, now time.Time) (evs []trace.Event, ok bool, err erro
 			return nil, true, fmt.Errorf("malformed result marker %q: %w", line, err)
 		}
 		return []trace.Event{{Time: now, GPU: trace.NoGPU, Type: trace.EventResult, Attrs: attrs}}, true, nil
+	case WindowBeginPrefix, WindowEndPrefix:
+		return parseWindow(line, f, now)
 	case ProbeMarkPrefix:
 		evs, err := trace.ParseProbeMarks(line)
 		if err != nil {
@@ -73,4 +77,40 @@ func ParseLine(line string, now time.Time) (evs []trace.Event, ok bool, err erro
 		return evs, true, nil
 	}
 	return nil, false, nil
+}
+
+// parseWindow parses a window marker line: a name, an optional id=…, and (at the end) key=value counts.
+func parseWindow(line string, f []string, now time.Time) ([]trace.Event, bool, error) {
+	if len(f) < 2 {
+		return nil, true, fmt.Errorf("malformed window marker %q: want %q", line, f[0]+" <name> [id=<id>] …")
+	}
+	if err := ValidPhase(f[1]); err != nil {
+		return nil, true, fmt.Errorf("malformed window marker %q: %w", line, err)
+	}
+	typ := trace.EventWindowBegin
+	if f[0] == WindowEndPrefix {
+		typ = trace.EventWindowEnd
+	}
+	attrs := map[string]string{}
+	for _, kv := range f[2:] {
+		k, v, found := strings.Cut(kv, "=")
+		if !found || v == "" {
+			return nil, true, fmt.Errorf("malformed window marker %q: %q is not key=value", line, kv)
+		}
+		attrs[k] = v
+	}
+	id := attrs[trace.AttrWindowID]
+	delete(attrs, trace.AttrWindowID)
+	if err := ValidWindowID(id); err != nil {
+		return nil, true, fmt.Errorf("malformed window marker %q: %w", line, err)
+	}
+	if len(attrs) > 0 {
+		if typ == trace.EventWindowBegin {
+			return nil, true, fmt.Errorf("malformed window marker %q: counts go on the end", line)
+		}
+		if err := ValidResults(attrs); err != nil {
+			return nil, true, fmt.Errorf("malformed window marker %q: %w", line, err)
+		}
+	}
+	return []trace.Event{{Time: now, GPU: trace.NoGPU, Type: typ, Name: f[1], Attrs: idAttrs(id, attrs)}}, true, nil
 }

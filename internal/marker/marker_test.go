@@ -386,3 +386,64 @@ func TestRedact(t *testing.T) {
 	assert.Equal(t, "http://host:9636", c.String())
 	assert.NotContains(t, marker.Redact("http://u:p w@%zz"), "p w")
 }
+
+// Windows may overlap and nest, and several of one name run at once when they have ids; a window the run's end
+// finds open ends with it, marked.
+func TestWindows(t *testing.T) {
+	c := newClock()
+	var events []trace.Event
+	st := marker.NewStore(c.now, marker.Limits{}, func(e trace.Event) { events = append(events, e) })
+	_, err := st.Start(marker.StartReq{RunID: "r", Experiment: "e"})
+	require.NoError(t, err)
+	sec := func(n int) time.Time { return c.at(time.Duration(n) * time.Second) }
+	_, err = st.BeginWindow("r", "batch", "", sec(1))
+	require.NoError(t, err)
+	_, err = st.BeginWindow("r", "req", "a", sec(2))
+	require.NoError(t, err)
+	_, err = st.BeginWindow("r", "req", "b", sec(3))
+	require.NoError(t, err, "a second window of one name, with its own id")
+	_, err = st.BeginWindow("r", "req", "a", sec(3))
+	assert.ErrorIs(t, err, marker.ErrConflict, "the same window twice")
+	w, err := st.EndWindow("r", "req", "a", map[string]string{"output_tokens": "17"}, sec(4))
+	require.NoError(t, err)
+	assert.Equal(t, sec(2), w.Start)
+	assert.Equal(t, sec(4), w.End)
+	_, err = st.EndWindow("r", "req", "zz", nil, sec(4))
+	assert.ErrorIs(t, err, marker.ErrNotFound)
+	_, err = st.EndWindow("r", "req", "", map[string]string{"a-b": "1"}, sec(4))
+	assert.ErrorIs(t, err, marker.ErrInvalid)
+	got, ok := st.Window("r", "req", "a")
+	require.True(t, ok)
+	assert.Equal(t, "17", got.Values["output_tokens"])
+	_, err = st.End("r", "ok", sec(6))
+	require.NoError(t, err)
+	var ends []string
+	for _, e := range events {
+		if e.Type == trace.EventWindowEnd {
+			ends = append(ends, e.Name+"#"+e.Attrs[trace.AttrWindowID]+":"+e.Attrs["ended_by"])
+		}
+	}
+	assert.ElementsMatch(t, []string{"req#a:", "batch#:run_end", "req#b:run_end"}, ends)
+	b, ok := st.Window("r", "batch", "")
+	require.True(t, ok)
+	assert.Equal(t, sec(6), b.End, "ended by the run")
+}
+
+func TestParseWindowLines(t *testing.T) {
+	now := time.Unix(5, 0)
+	evs, ok, err := marker.ParseLine("LEM_WINDOW_BEGIN step id=7", now)
+	require.True(t, ok)
+	require.NoError(t, err)
+	assert.Equal(t, trace.EventWindowBegin, evs[0].Type)
+	assert.Equal(t, "step", evs[0].Name)
+	assert.Equal(t, map[string]string{"id": "7"}, evs[0].Attrs)
+	evs, _, err = marker.ParseLine("LEM_WINDOW_END step id=7 output_tokens=12", now)
+	require.NoError(t, err)
+	assert.Equal(t, map[string]string{"id": "7", "output_tokens": "12"}, evs[0].Attrs)
+	for _, bad := range []string{"LEM_WINDOW_BEGIN", "LEM_WINDOW_BEGIN a b", "LEM_WINDOW_BEGIN a tokens=1",
+		"LEM_WINDOW_END a id=x/y", "LEM_WINDOW_END bad$ id=1"} {
+		_, ok, err := marker.ParseLine(bad, now)
+		assert.True(t, ok, bad)
+		assert.Error(t, err, bad)
+	}
+}

@@ -85,6 +85,8 @@ type Run struct {
 	LeaseS    float64   `json:"lease_s,omitempty"`
 	renewedAt time.Time // last write
 	phaseAt   map[string]int
+	open      map[string]*Window // open windows by key
+	ended     []Window           // the latest ended windows, oldest first
 }
 
 func (r *Run) clone() Run {
@@ -93,7 +95,7 @@ func (r *Run) clone() Run {
 	c.Phases = append([]Phase(nil), r.Phases...)
 	c.Results = maps.Clone(r.Results)
 	c.Baselines = maps.Clone(r.Baselines)
-	c.phaseAt = nil
+	c.phaseAt, c.open, c.ended = nil, nil, nil
 	return c
 }
 
@@ -361,8 +363,10 @@ func (s *Store) End(id, status string, at time.Time) (Run, error) {
 	}
 	return s.update(id, at, func(r *Run, at time.Time) ([]trace.Event, error) {
 		endPhase(r, at)
+		evs := endWindows(r, at)
 		r.End, r.Status = at, status
-		return []trace.Event{{GPU: trace.NoGPU, Type: trace.EventRunEnd, Name: r.Experiment, Attrs: map[string]string{"status": status}}}, nil
+		return append(evs, trace.Event{GPU: trace.NoGPU, Type: trace.EventRunEnd, Name: r.Experiment,
+			Attrs: map[string]string{"status": status}}), nil
 	})
 }
 
@@ -376,6 +380,10 @@ func (s *Store) pruneLocked(now time.Time) {
 			old := s.limits.MaxRunAge > 0 && now.Sub(r.Start) > s.limits.MaxRunAge
 			if lease || old {
 				endPhase(r, now)
+				for _, ev := range endWindows(r, now) {
+					ev.Time, ev.RunID = now, id
+					s.emit(ev)
+				}
 				r.End, r.Status = now, StatusExpired
 				s.stats.Expired++
 				s.emit(trace.Event{Time: now, GPU: trace.NoGPU, Type: trace.EventRunEnd, RunID: id, Name: r.Experiment,

@@ -67,7 +67,15 @@ const (
 	EventDeviceError  = "device_error"
 	// EventBaseline carries one GPU's idle baseline measured for a run (attributes in the marker package).
 	EventBaseline = "baseline"
+	// EventWindowBegin and EventWindowEnd bound a window: a named interval that may overlap and nest, unlike
+	// phases. Name is the window's name, attribute "id" tells concurrent windows of one name apart, and the end's
+	// other attributes are counts for the window (output_tokens=17).
+	EventWindowBegin = "window_begin"
+	EventWindowEnd   = "window_end"
 )
+
+// AttrWindowID is the attribute of window events that tells concurrent windows of one name apart.
+const AttrWindowID = "id"
 
 // Where a gap lay, in the "where" attribute of gap events: inside one drained batch (the driver produced no
 // sample) or between two drains (samples may have been lost).
