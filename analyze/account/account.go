@@ -224,6 +224,7 @@ func (a *accounting) run() {
 	}
 	a.phases(gpus, baselines)
 	a.windows(gpus, baselines, runEvents)
+	a.requestWindows(gpus, baselines, runEvents)
 	a.results(runEvents)
 	a.derive()
 }

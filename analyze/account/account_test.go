@@ -305,3 +305,38 @@ func TestWindowsAnalytic(t *testing.T) {
 	assert.Less(t, rel(b.Energy.HybridJ, s.Energy(at(2.5), at(10))), 1e-4)
 	assert.Equal(t, 1, byName["late"].EndedByRun)
 }
+
+// Concurrent requests share the energy of the intervals they overlap by the tokens each processes there: at a
+// constant 400 W, request A (3–5 s, 100 output tokens: 50/s) alone until 4 s, then beside B (4–6 s, 200 output
+// tokens: 100/s) until 5 s, then B alone: A gets 400 + 400/3 J, B 800/3 + 400 J, and together exactly the 1200 J
+// of 3–6 s.
+func TestRequestAttribution(t *testing.T) {
+	s := testutil.Synth{Start: t0, Duration: 12 * time.Second, Levels: []testutil.Level{{W: 400}}}
+	req := func(sec float64, typ, id string, attrs map[string]string) trace.Event {
+		e := ev(sec, typ, "request", attrs)
+		if e.Attrs == nil {
+			e.Attrs = map[string]string{}
+		}
+		e.Attrs[trace.AttrWindowID] = id
+		return e
+	}
+	evs := append(runEvents(),
+		req(3, trace.EventWindowBegin, "A", nil), req(5, trace.EventWindowEnd, "A", map[string]string{"output_tokens": "100"}),
+		req(4, trace.EventWindowBegin, "B", nil), req(6, trace.EventWindowEnd, "B", map[string]string{"output_tokens": "200"}))
+	tr := s.Trace(evs...)
+	m := &manifest.Manifest{Environment: tr.Env}
+	account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10),
+		Baselines: map[int]*manifest.Baseline{0: {MedianW: 100, P25W: 100, P75W: 100, Samples: 10}}})
+	require.Len(t, m.Windows, 1)
+	at := m.Windows[0].Attribution
+	require.NotNil(t, at)
+	assert.Equal(t, 2, at.Requests)
+	a, b := 400+400.0/3, 800.0/3+400
+	assert.Less(t, rel(at.AttributedJ, 1200), 1e-5, "conserved: the requests' energies sum to 3–6 s")
+	assert.InDelta(t, 0, float64(at.UnattributedJ), 1e-6)
+	assert.Less(t, rel(at.MeanJ, 600), 1e-5)
+	assert.Less(t, rel(at.MedianJ, (a+b)/2), 1e-4)
+	assert.Less(t, rel(at.P90J, a+0.9*(b-a)), 1e-4)
+	assert.Less(t, rel(at.MedianJPerOutputToken, (a/100+b/200)/2), 1e-4)
+	assert.Less(t, rel(at.AttributedAdjJ, 1200-100*3), 1e-5, "idle 100 W over the 3 s the requests span")
+}

@@ -253,6 +253,25 @@ type Window struct {
 	MedianJ    Num               `json:"median_j"`
 	P90J       Num               `json:"p90_j"`
 	Values     map[string]string `json:"values,omitempty"` // the occurrences' counts, summed
+	// Attribution splits the energy of overlapping request windows among the requests (docs/METHODOLOGY.md).
+	Attribution *Attribution `json:"attribution,omitempty"`
+}
+
+// Attribution is the energy of concurrent requests (windows of one name with ids and token counts), split among
+// them by the tokens each processed in each 20 ms interval: the requests' energies sum to the energy of the
+// intervals any of them was active in; the rest is unattributed.
+type Attribution struct {
+	Method                string `json:"method"`
+	Requests              int    `json:"requests"`
+	AttributedJ           Num    `json:"attributed_j"`
+	UnattributedJ         Num    `json:"unattributed_j"`
+	AttributedAdjJ        Num    `json:"attributed_adjusted_j"`
+	UnattributedAdjJ      Num    `json:"unattributed_adjusted_j"`
+	MeanJ                 Num    `json:"mean_j"`
+	MedianJ               Num    `json:"median_j"`
+	P90J                  Num    `json:"p90_j"`
+	MedianJPerOutputToken Num    `json:"median_j_per_output_token"`
+	P90JPerOutputToken    Num    `json:"p90_j_per_output_token"`
 }
 
 // PhaseGPU is one GPU's energy in a phase.
