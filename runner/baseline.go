@@ -7,10 +7,12 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/fileutil"
 	"github.com/lem-energy/lem/internal/manifest"
@@ -158,7 +160,7 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 	if r.opts.BaselineTTL > 0 {
 		now := r.clock.Now()
 		for _, d := range r.smp.Devices() {
-			b, ok := cache[d.UUID]
+			b, ok := cache.Baselines[d.UUID]
 			if !ok || now.Sub(b.End) > r.opts.BaselineTTL {
 				clear(out)
 				break
@@ -193,19 +195,36 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 			continue
 		}
 		mb := &manifest.Baseline{Start: t0, End: t1, MedianW: b.MedianW, P25W: b.P25W, P75W: b.P75W, IQRW: b.IQRW(),
-			Samples: b.N, TempStartC: f64p(b.TempStartC), TempEndC: f64p(b.TempEndC), UtilMean: meanUtil(win.Telemetry)}
+			Samples: b.N, TempStartC: f64p(b.TempStartC), TempEndC: f64p(b.TempEndC), UtilMean: meanUtil(win.Telemetry),
+			TempMeanC: f64p(b.TempMeanC), SMClockHz: meanOf(win.Telemetry, func(t trace.Telemetry) float64 { return t.SMClockHz }),
+			MemUsedBytes: meanOf(win.Telemetry, func(t trace.Telemetry) float64 { return t.MemUsedBytes }),
+			DriftW:       drift(win.Samples, t0, t1)}
+		if common, _, ok := account.PStates(win.Telemetry, time.Time{}, time.Time{}); ok {
+			mb.PState = &common
+		}
+		if mb.TempMeanC != nil {
+			cache.remember(d.UUID, *mb.TempMeanC, mb.MedianW)
+		}
+		if fit, ok := cache.fit(d.UUID); ok {
+			mb.TempFit = &fit
+		}
 		out[d.Index] = mb
-		cache[d.UUID] = *mb
+		cache.Baselines[d.UUID] = *mb
 	}
 	saveBaselines(r.opts.BaselineCache, cache, r.log)
 	return out
 }
 
 func meanUtil(tel []trace.Telemetry) *float64 {
+	return meanOf(tel, func(t trace.Telemetry) float64 { return t.UtilGPU })
+}
+
+// meanOf is the mean of a telemetry field over the snapshots that have it; nil when none does.
+func meanOf(tel []trace.Telemetry, field func(trace.Telemetry) float64) *float64 {
 	var sum, n float64
 	for _, t := range tel {
-		if !math.IsNaN(t.UtilGPU) {
-			sum += t.UtilGPU
+		if v := field(t); !math.IsNaN(v) {
+			sum += v
 			n++
 		}
 	}
@@ -214,6 +233,26 @@ func meanUtil(tel []trace.Telemetry) *float64 {
 	}
 	m := sum / n
 	return &m
+}
+
+// drift is the baseline window's second half's median power minus its first half's.
+func drift(ss []trace.PowerSample, t0, t1 time.Time) *float64 {
+	mid := t0.Add(t1.Sub(t0) / 2)
+	var a, b []float64
+	for _, s := range ss {
+		if s.Time.Before(mid) {
+			a = append(a, s.PowerW)
+		} else {
+			b = append(b, s.PowerW)
+		}
+	}
+	if len(a) < energy.MinBaselineSamples || len(b) < energy.MinBaselineSamples {
+		return nil
+	}
+	slices.Sort(a)
+	slices.Sort(b)
+	d := energy.Quantile(b, 0.5) - energy.Quantile(a, 0.5)
+	return &d
 }
 
 // countdown waits d, showing the time left.
@@ -254,22 +293,52 @@ func baselineCachePath(p string) string {
 	return filepath.Join(dir, "lem", "baselines.json")
 }
 
-func loadBaselines(p string) map[string]manifest.Baseline {
-	out := map[string]manifest.Baseline{}
+// baselineCache is the file of this host's baselines: the latest per GPU (reused within --baseline-ttl) and a
+// history of (temperature, idle power) per GPU for the idle-temperature fit.
+type baselineCache struct {
+	Baselines map[string]manifest.Baseline `json:"baselines"`
+	History   map[string][][2]float64      `json:"history"` // UUID → [temperature °C, median W], oldest first
+}
+
+// maxHistory bounds the idle-temperature history kept per GPU.
+const maxHistory = 200
+
+func (c *baselineCache) remember(uuid string, tempC, watts float64) {
+	h := append(c.History[uuid], [2]float64{tempC, watts})
+	if len(h) > maxHistory {
+		h = h[len(h)-maxHistory:]
+	}
+	c.History[uuid] = h
+}
+
+func (c *baselineCache) fit(uuid string) (manifest.TempFit, bool) {
+	var ts, ws []float64
+	for _, p := range c.History[uuid] {
+		ts, ws = append(ts, p[0]), append(ws, p[1])
+	}
+	return account.FitIdleTemperature(ts, ws)
+}
+
+func loadBaselines(p string) *baselineCache {
+	out := &baselineCache{Baselines: map[string]manifest.Baseline{}, History: map[string][][2]float64{}}
 	if b, err := os.ReadFile(baselineCachePath(p)); err == nil {
-		if json.Unmarshal(b, &out) != nil {
-			out = map[string]manifest.Baseline{} // a damaged cache only costs a fresh baseline
+		var c baselineCache
+		if json.Unmarshal(b, &c) == nil && c.Baselines != nil {
+			out.Baselines = c.Baselines // a damaged or older cache only costs a fresh baseline
+			if c.History != nil {
+				out.History = c.History
+			}
 		}
 	}
 	return out
 }
 
-func saveBaselines(p string, m map[string]manifest.Baseline, log interface{ Debug(string, ...any) }) {
+func saveBaselines(p string, c *baselineCache, log interface{ Debug(string, ...any) }) {
 	path := baselineCachePath(p)
 	if path == "" {
 		return
 	}
-	b, _ := json.MarshalIndent(m, "", "  ")
+	b, _ := json.MarshalIndent(c, "", "  ")
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
 		if err := fileutil.WriteAtomic(path, b); err == nil {
 			return

@@ -3,8 +3,10 @@ package runner_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -201,7 +203,25 @@ func TestBaselineReuse(t *testing.T) {
 	opts.BaselineTTL = time.Hour
 	first, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
-	require.False(t, first.Manifest.GPUs[0].Baseline.Reused)
+	fb := first.Manifest.GPUs[0].Baseline
+	require.False(t, fb.Reused)
+	// The deep-idle state is on record (the replayed H200 idles at 345 MHz, cool, with little memory in use), and a
+	// settled baseline does not drift.
+	require.NotNil(t, fb.SMClockHz)
+	assert.InDelta(t, 345e6, *fb.SMClockHz, 30e6)
+	require.NotNil(t, fb.TempMeanC)
+	assert.InDelta(t, 30, *fb.TempMeanC, 10)
+	require.NotNil(t, fb.MemUsedBytes)
+	require.NotNil(t, fb.DriftW)
+	assert.Less(t, math.Abs(*fb.DriftW), 2.0)
+	var cache struct {
+		History map[string][][2]float64 `json:"history"`
+	}
+	raw, err := os.ReadFile(opts.BaselineCache)
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(raw, &cache))
+	require.Len(t, cache.History[first.Manifest.GPUs[0].UUID], 1, "one (temperature, idle) point per baseline measured")
+	assert.Equal(t, [2]float64{*fb.TempMeanC, fb.MedianW}, cache.History[first.Manifest.GPUs[0].UUID][0])
 	begin := time.Now()
 	second, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)

@@ -156,13 +156,15 @@ type Input struct {
 // ObservedEnergy, Phases, Results, Derived, and the data's warnings appended to m.Warnings. Whatever else m holds
 // (ids, status, command, the runner's own warnings) is kept.
 func Fill(m *manifest.Manifest, in Input) {
-	a := accounting{m: m, in: in}
+	a := accounting{m: m, in: in, idle: map[int]float64{}, active: map[int]float64{}}
 	a.run()
 }
 
 type accounting struct {
 	m  *manifest.Manifest
 	in Input
+	// Per GPU, what the phases subtract: deep idle at the run's temperature, and active idle.
+	idle, active map[int]float64
 }
 
 func (a *accounting) warn(code string, g *int, format string, args ...any) {
@@ -251,7 +253,7 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 	in := a.in
 	idx := g.Index
 	mg := manifest.GPU{Index: idx, Role: g.Role, Baseline: b, Energy: manifest.Unmeasured(), MeanPowerW: manifest.Null,
-		PeakPowerW: manifest.Null}
+		PeakPowerW: manifest.Null, IdleW: manifest.Null}
 	if mg.Role == "" {
 		mg.Role = manifest.RoleWorkload
 	}
@@ -309,7 +311,14 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 		}
 		mg.PeakPowerW = manifest.Num(peak)
 	}
-	a.adjust(&mg, dur)
+	a.adjust(&mg, dur, meanTemp(win.Telemetry))
+	if ai := activeIdle(idx, win, b, events, in.Start, in.End); ai != nil {
+		mg.ActiveIdle = ai
+		a.active[idx] = ai.MedianW
+		if mg.Energy.HybridJ.Valid() {
+			mg.Energy.AdjustedActiveJ = mg.Energy.HybridJ - manifest.Num(ai.MedianW*dur.Seconds())
+		}
+	}
 	a.telemetry(&mg, win, s)
 	a.capture(&mg, win, events)
 	a.counterQuality(&mg, s)
@@ -317,7 +326,7 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 }
 
 // adjust subtracts the GPU's idle power over the run, and checks the baseline.
-func (a *accounting) adjust(mg *manifest.GPU, dur time.Duration) {
+func (a *accounting) adjust(mg *manifest.GPU, dur time.Duration, runTempC float64) {
 	idx := mg.Index
 	b := mg.Baseline
 	if b == nil {
@@ -326,8 +335,13 @@ func (a *accounting) adjust(mg *manifest.GPU, dur time.Duration) {
 		}
 		return
 	}
+	idle := idleAtRun(b, runTempC)
+	mg.IdleW, a.idle[idx] = manifest.Num(idle), idle
+	if b.DriftW != nil && math.Abs(*b.DriftW) > BaselineDrift {
+		a.warn("baseline_drift", &idx, "GPU %d idle power moved %+.1f W between the baseline's halves: it had not settled", idx, *b.DriftW)
+	}
 	if mg.Energy.HybridJ.Valid() {
-		adj, clamped := energy.Adjust(float64(mg.Energy.HybridJ), b.MedianW, dur)
+		adj, clamped := energy.Adjust(float64(mg.Energy.HybridJ), idle, dur)
 		mg.Energy.AdjustedJ, mg.Energy.AdjustedClamped = manifest.Num(adj), clamped
 		if clamped {
 			a.warn("adjusted_clamped", &idx, "GPU %d used less than its idle baseline over the run: adjusted energy clamped to 0", idx)
@@ -499,13 +513,23 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 			if g.Role == manifest.RoleObserved {
 				continue // observed GPUs' energy is reported apart, not in the workload's phases
 			}
-			pg := manifest.PhaseGPU{Index: g.Index, HybridJ: manifest.Null, AdjustedJ: manifest.Null}
+			pg := manifest.PhaseGPU{Index: g.Index, HybridJ: manifest.Null, AdjustedJ: manifest.Null,
+				AdjustedActiveJ: manifest.Null, SMClockHz: manifest.Null, PState: manifest.Null}
 			if meter := in.Meters[g.Index]; meter != nil {
 				pg.HybridJ = manifest.Num(meter.Energy(start, end))
 			}
-			if b := baselines[g.Index]; b != nil && pg.HybridJ.Valid() {
-				adj, clamped := energy.Adjust(float64(pg.HybridJ), b.MedianW, end.Sub(start))
+			if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil && pg.HybridJ.Valid() {
+				adj, clamped := energy.Adjust(float64(pg.HybridJ), idle, end.Sub(start))
 				pg.AdjustedJ, pg.AdjustedClamped = manifest.Num(adj), clamped
+			}
+			if act, ok := a.active[g.Index]; ok && pg.HybridJ.Valid() {
+				pg.AdjustedActiveJ = pg.HybridJ - manifest.Num(act*end.Sub(start).Seconds())
+			}
+			if s := in.Trace.GPUs[g.Index]; s != nil {
+				pg.SMClockHz = manifest.Num(meanClock(s.Telemetry, start, end) * end.Sub(start).Seconds()) // weighted: divided below
+				if _, fastest, ok := PStates(s.Telemetry, start, end); ok {
+					pg.PState = manifest.Num(fastest)
+				}
 			}
 			addPhaseGPU(mp, pg)
 		}
@@ -516,9 +540,12 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 		if len(p.GPUs) > 0 {
 			p.Energy = manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null}
 		}
-		for _, g := range p.GPUs {
+		for j := range p.GPUs {
+			g := &p.GPUs[j]
+			g.SMClockHz /= manifest.Num(p.DurationS) // the time-weighted sum over occurrences, made a mean
 			p.Energy.HybridJ += g.HybridJ
 			p.Energy.AdjustedJ += g.AdjustedJ
+			p.Energy.AdjustedActiveJ += g.AdjustedActiveJ
 			p.Energy.AdjustedClamped = p.Energy.AdjustedClamped || g.AdjustedClamped
 		}
 		if p.Energy.AdjustedClamped {
@@ -622,8 +649,8 @@ func (a *accounting) windows(gpus []GPU, baselines map[int]*manifest.Baseline, e
 					j = 0
 				}
 				e += j
-				if b := baselines[g.Index]; b != nil {
-					v, _ := energy.Adjust(float64(j), b.MedianW, end.Sub(start))
+				if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil {
+					v, _ := energy.Adjust(float64(j), idle, end.Sub(start))
 					adj += manifest.Num(v)
 				} else {
 					adj = manifest.Null
@@ -652,6 +679,11 @@ func addPhaseGPU(p *manifest.Phase, g manifest.PhaseGPU) {
 		if p.GPUs[i].Index == g.Index {
 			p.GPUs[i].HybridJ += g.HybridJ
 			p.GPUs[i].AdjustedJ += g.AdjustedJ
+			p.GPUs[i].AdjustedActiveJ += g.AdjustedActiveJ
+			p.GPUs[i].SMClockHz += g.SMClockHz
+			if g.PState.Valid() && (!p.GPUs[i].PState.Valid() || g.PState < p.GPUs[i].PState) {
+				p.GPUs[i].PState = g.PState
+			}
 			p.GPUs[i].AdjustedClamped = p.GPUs[i].AdjustedClamped || g.AdjustedClamped
 			return
 		}

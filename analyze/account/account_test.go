@@ -3,6 +3,7 @@ package account_test
 import (
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"sort"
 	"strings"
 	"testing"
@@ -339,4 +340,121 @@ func TestRequestAttribution(t *testing.T) {
 	assert.Less(t, rel(at.P90J, a+0.9*(b-a)), 1e-4)
 	assert.Less(t, rel(at.MedianJPerOutputToken, (a/100+b/200)/2), 1e-4)
 	assert.Less(t, rel(at.AttributedAdjJ, 1200-100*3), 1e-5, "idle 100 W over the 3 s the requests span")
+}
+
+// Active idle from the workload's own idle window: adjusted-to-active subtracts it, per run and per phase; and the
+// deep-idle baseline is corrected to the run's temperature along the GPU's fit.
+func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
+	s := inference(0)
+	s.TempC = 41
+	evs := append(runEvents(), ev(8.2, trace.EventWindowBegin, "idle", nil), ev(8.9, trace.EventWindowEnd, "idle", nil))
+	tr := s.Trace(evs...)
+	base := 33.0
+	b := &manifest.Baseline{MedianW: 78, P25W: 78, P75W: 78, Samples: 1500, TempMeanC: &base,
+		TempFit: &manifest.TempFit{SlopeWPerC: 0.25, Points: 12, SpanC: 9}}
+	m := &manifest.Manifest{Environment: tr.Env}
+	account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10), Baselines: map[int]*manifest.Baseline{0: b}})
+	g := m.GPUs[0]
+	require.NotNil(t, g.ActiveIdle)
+	assert.Equal(t, "window", g.ActiveIdle.Source)
+	assert.InDelta(t, 120, g.ActiveIdle.MedianW, 1e-9, "the 120 W plateau the window marks")
+	raw := s.Energy(at(2), at(10))
+	assert.Less(t, rel(m.Energy.AdjustedActiveJ, raw-120*8), 1e-4)
+	idle := 78 + 0.25*(41-33)
+	assert.InDelta(t, idle, float64(g.IdleW), 1e-9, "deep idle at the run's 41 °C")
+	assert.Less(t, rel(m.Energy.AdjustedJ, raw-idle*8), 1e-4)
+	decode := s.Energy(at(3.5), at(8))
+	assert.Less(t, rel(m.Phases[1].Energy.AdjustedActiveJ, decode-120*4.5), 1e-4)
+	assert.Less(t, rel(m.Phases[1].Energy.AdjustedJ, decode-idle*4.5), 1e-4)
+}
+
+// On the real LLM recording, the stretch between the model load and the first batch (context held, no kernel)
+// is found as active idle: its median is the plain median of the samples there.
+func TestActiveIdleFromZeroUtilization(t *testing.T) {
+	tr, err := trace.ReadFile(testutil.TracePath("h200-llm"))
+	require.NoError(t, err)
+	var idleMark, bs1 time.Time
+	for _, e := range tr.Events {
+		switch {
+		case e.Type == trace.EventPhase && e.Name == "idle":
+			idleMark = e.Time
+		case e.Type == trace.EventPhase && e.Name == "bs1":
+			bs1 = e.Time
+		}
+	}
+	require.False(t, idleMark.IsZero() || bs1.IsZero())
+	for i := range tr.GPUs[0].Telemetry { // this recording predates P-states in telemetry: P0 held throughout
+		tr.GPUs[0].Telemetry[i].PState = 0
+	}
+	m := &manifest.Manifest{Environment: tr.Env}
+	account.Fill(m, account.Input{Trace: tr, AllPhases: true, Start: idleMark, End: bs1.Add(2 * time.Second)})
+	g := m.GPUs[0]
+	require.NotNil(t, g.ActiveIdle, "the idle stretch with the context held")
+	assert.Equal(t, "zero_utilization", g.ActiveIdle.Source)
+	require.NotNil(t, g.ActiveIdle.SMClockHz)
+	assert.InDelta(t, 1980e6, *g.ActiveIdle.SMClockHz, 50e6, "clocks up with the context held")
+	require.NotNil(t, g.ActiveIdle.PState)
+	assert.Equal(t, 0.0, *g.ActiveIdle.PState)
+	for _, p := range m.Phases {
+		require.Len(t, p.GPUs, 1, p.Name)
+		assert.Equal(t, manifest.Num(0), p.GPUs[0].PState, p.Name)
+		assert.InDelta(t, 1980e6, float64(p.GPUs[0].SMClockHz), 100e6, p.Name)
+	}
+	var ps []float64
+	for _, x := range tr.GPUs[0].Samples {
+		if x.Time.After(idleMark.Add(time.Second)) && x.Time.Before(bs1.Add(-time.Second)) {
+			ps = append(ps, x.PowerW)
+		}
+	}
+	sort.Float64s(ps)
+	assert.InDelta(t, ps[len(ps)/2], g.ActiveIdle.MedianW, 1.5, "the plain median of the stretch")
+	assert.InDelta(t, 121, g.ActiveIdle.MedianW, 4, "an H200 holding a context idles at ~121 W")
+	t.Logf("active idle %.1f W over %.1f s (%d samples)", g.ActiveIdle.MedianW, g.ActiveIdle.DurationS, g.ActiveIdle.Samples)
+}
+
+// The idle-temperature fit recovers a known slope from noisy baselines, within two standard errors.
+func TestFitIdleTemperature(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var ts, ws []float64
+	for i := range 30 {
+		c := 30 + float64(i%16)
+		ts = append(ts, c)
+		ws = append(ws, 60+0.5*c+rng.NormFloat64()*0.3)
+	}
+	fit, ok := account.FitIdleTemperature(ts, ws)
+	require.True(t, ok)
+	assert.InDelta(t, 0.5, fit.SlopeWPerC, 2*fit.SlopeSE)
+	assert.Less(t, fit.SlopeSE, 0.05)
+	assert.InDelta(t, 60, fit.InterceptW, 2)
+	_, ok = account.FitIdleTemperature([]float64{30, 31, 31, 32, 32}, []float64{75, 75, 76, 76, 76})
+	assert.False(t, ok, "under three degrees of spread the slope is not told")
+}
+
+// PStates names the state the GPU sat in most and the fastest it reached, inside the interval only.
+func TestPStates(t *testing.T) {
+	t0 := time.Unix(2000, 0)
+	var tel []trace.Telemetry
+	for i, p := range []float64{8, 8, 8, 0, 0, 2, math.NaN(), 8, 16} { // 16: out of range, ignored
+		tm := trace.NewTelemetry(t0.Add(time.Duration(i) * time.Second))
+		tm.PState = p
+		tel = append(tel, tm)
+	}
+	for _, c := range []struct {
+		name            string
+		a, b            time.Time
+		common, fastest float64
+		ok              bool
+	}{
+		{"all", time.Time{}, time.Time{}, 8, 0, true},
+		{"busy stretch", t0.Add(3 * time.Second), t0.Add(5 * time.Second), 0, 0, true},
+		{"from the P2", t0.Add(5 * time.Second), time.Time{}, 2, 2, true}, // a tie goes to the faster state
+		{"nothing known", t0.Add(6 * time.Second), t0.Add(6 * time.Second), math.NaN(), math.NaN(), false},
+	} {
+		common, fastest, ok := account.PStates(tel, c.a, c.b)
+		assert.Equal(t, c.ok, ok, c.name)
+		if ok {
+			assert.Equal(t, c.common, common, c.name)
+			assert.Equal(t, c.fastest, fastest, c.name)
+		}
+	}
 }

@@ -137,11 +137,11 @@ func (a *accounting) requestWindows(gpus []GPU, baselines map[int]*manifest.Base
 			if g.Role == manifest.RoleObserved {
 				continue
 			}
-			b := baselines[g.Index]
-			if b == nil {
+			idle, ok := a.idle[g.Index]
+			if !ok || baselines[g.Index] == nil {
 				return math.NaN()
 			}
-			e -= b.MedianW * y.Sub(x).Seconds()
+			e -= idle * y.Sub(x).Seconds()
 		}
 		return e
 	}

@@ -280,12 +280,28 @@ func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time,
 	return tr, nil
 }
 
-// telemetry pulls the scraped temperature and clock-event reasons into the trace's telemetry, so the accounting's
-// temperature and throttling findings hold for pulled runs too.
+// telemetryGauges are the scraped telemetry gauges pulled back into the trace, and the field each fills.
+var telemetryGauges = []struct {
+	metric string
+	set    func(*trace.Telemetry, float64)
+}{
+	{"lem_gpu_temperature_celsius", func(t *trace.Telemetry, v float64) { t.TemperatureC = v }},
+	{"lem_gpu_utilization_ratio", func(t *trace.Telemetry, v float64) { t.UtilGPU = v }},
+	{"lem_gpu_memory_used_bytes", func(t *trace.Telemetry, v float64) { t.MemUsedBytes = v }},
+	{"lem_gpu_sm_clock_hertz", func(t *trace.Telemetry, v float64) { t.SMClockHz = v }},
+	{"lem_gpu_performance_state", func(t *trace.Telemetry, v float64) { t.PState = v }},
+}
+
+// telemetry pulls the scraped telemetry gauges and clock-event reasons into the trace's telemetry, so the
+// accounting's temperature, active-idle and throttling findings hold for pulled runs too.
 func (c *Client) telemetry(ctx context.Context, tr *trace.Trace, instance string, from, to time.Time) error {
-	temps, err := c.Raw(ctx, fmt.Sprintf(`lem_gpu_temperature_celsius{instance=%q}`, instance), from, to)
-	if err != nil {
-		return err
+	gauges := make([][]*model.SampleStream, len(telemetryGauges))
+	for i, g := range telemetryGauges {
+		ss, err := c.Raw(ctx, fmt.Sprintf(`%s{instance=%q}`, g.metric, instance), from, to)
+		if err != nil {
+			return err
+		}
+		gauges[i] = ss
 	}
 	reasons, err := c.Raw(ctx, fmt.Sprintf(`lem_gpu_clock_event_reason_active{instance=%q}`, instance), from, to)
 	if err != nil {
@@ -309,10 +325,12 @@ func (c *Client) telemetry(ctx context.Context, tr *trace.Trace, instance string
 		}
 		return snaps[k]
 	}
-	for _, s := range temps {
-		g := gpuLabel(s.Metric)
-		for _, p := range s.Values {
-			at(g, p).TemperatureC = float64(p.Value)
+	for i, ss := range gauges {
+		for _, s := range ss {
+			g := gpuLabel(s.Metric)
+			for _, p := range s.Values {
+				telemetryGauges[i].set(at(g, p), float64(p.Value))
+			}
 		}
 	}
 	for _, s := range reasons {

@@ -237,7 +237,7 @@ var Rules = []Rule{
 	{"no lost samples", []string{"capture_gaps"}},
 	{"no counter reset", []string{"counter_reset"}},
 	{"no throttling", []string{"throttling"}},
-	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift"}},
+	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift", "baseline_drift"}},
 	{"every marker accepted", []string{"marker_rejected"}},
 	{"markers as they happened", []string{"markers_buffered"}},
 }

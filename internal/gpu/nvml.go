@@ -273,6 +273,9 @@ func (d *nvmlDevice) Telemetry() (trace.Telemetry, error) {
 	if v, r := d.h.GetEnforcedPowerLimit(); note("GetEnforcedPowerLimit", r) {
 		t.PowerLimitW = float64(v) / 1000
 	}
+	if v, r := d.h.GetPerformanceState(); note("GetPerformanceState", r) && v <= nvml.PSTATE_15 {
+		t.PState = float64(v)
+	}
 	if v, r := d.h.GetCurrentClocksEventReasons(); note("GetCurrentClocksEventReasons", r) {
 		t.ClockReasons, t.ClockReasonsValid = v, true
 	}

@@ -51,6 +51,7 @@ func TestNVMLMetadataAndReads(t *testing.T) {
 	assert.Equal(t, 95.0, tm.InstantPowerW)
 	assert.Equal(t, 1200e6, tm.SMClockHz)
 	assert.Equal(t, 0.5, tm.UtilGPU)
+	assert.Equal(t, 0.0, tm.PState, "P0")
 	ps, err := devs[0].Processes()
 	require.NoError(t, err)
 	assert.Equal(t, []gpu.Process{{PID: 42, UsedMemoryBytes: 1 << 20}}, ps)

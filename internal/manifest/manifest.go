@@ -156,8 +156,40 @@ type Baseline struct {
 	TempEndC   *float64  `json:"temp_end_c,omitempty"`
 	// UtilMean is the GPU's mean utilization (0-1) over the window: above a few percent it was not idle.
 	UtilMean *float64 `json:"util_mean,omitempty"`
-	Reused   bool     `json:"reused"`
-	AgeS     float64  `json:"age_s,omitempty"`
+	// TempMeanC, SMClockHz and MemUsedBytes describe the idle state measured (deep idle: no context, low clocks).
+	TempMeanC    *float64 `json:"temp_mean_c,omitempty"`
+	SMClockHz    *float64 `json:"sm_clock_hz,omitempty"`
+	MemUsedBytes *float64 `json:"mem_used_bytes,omitempty"`
+	// PState is the performance state the GPU sat in most (P8 and above: clocks down).
+	PState *float64 `json:"pstate,omitempty"`
+	// DriftW is the second half's median power minus the first half's: a baseline still settling drifts.
+	DriftW *float64 `json:"drift_w,omitempty"`
+	// TempFit is idle power against temperature on this GPU, fitted over the baselines this host measured; the
+	// accounting corrects the baseline to the run's temperature with it.
+	TempFit *TempFit `json:"temp_fit,omitempty"`
+	Reused  bool     `json:"reused"`
+	AgeS    float64  `json:"age_s,omitempty"`
+}
+
+// TempFit is a linear fit of idle power against temperature: W = InterceptW + SlopeWPerC × °C.
+type TempFit struct {
+	SlopeWPerC float64 `json:"slope_w_per_c"`
+	SlopeSE    float64 `json:"slope_se"` // standard error of the slope
+	InterceptW float64 `json:"intercept_w"`
+	Points     int     `json:"points"`
+	SpanC      float64 `json:"span_c"`
+}
+
+// ActiveIdle is a GPU's idle power with the workload's context held (clocks up, memory allocated, nothing running):
+// what "adjusted to active idle" subtracts. Source says where it was measured: "window" (the workload's own windows
+// named idle) or "zero_utilization" (stretches inside the run with no kernel running and the context held).
+type ActiveIdle struct {
+	Source    string   `json:"source"`
+	MedianW   float64  `json:"median_w"`
+	Samples   int      `json:"samples"`
+	DurationS float64  `json:"duration_s"`
+	SMClockHz *float64 `json:"sm_clock_hz,omitempty"`
+	PState    *float64 `json:"pstate,omitempty"` // the most common performance state
 }
 
 // CounterRead is one bracketing read of the energy counter.
@@ -168,11 +200,15 @@ type CounterRead struct {
 
 // GPU is one GPU's result.
 type GPU struct {
-	Index        int          `json:"index"`
-	Role         string       `json:"role"` // workload, or observed (idle neighbour, not in the totals)
-	UUID         string       `json:"uuid"`
-	Name         string       `json:"name"`
-	Baseline     *Baseline    `json:"baseline,omitempty"`
+	Index    int       `json:"index"`
+	Role     string    `json:"role"` // workload, or observed (idle neighbour, not in the totals)
+	UUID     string    `json:"uuid"`
+	Name     string    `json:"name"`
+	Baseline *Baseline `json:"baseline,omitempty"`
+	// IdleW is the deep-idle power subtracted: the baseline's median, corrected to the run's temperature when the
+	// GPU's temperature fit allows.
+	IdleW        Num          `json:"idle_w"`
+	ActiveIdle   *ActiveIdle  `json:"active_idle,omitempty"`
 	CounterStart *CounterRead `json:"counter_start,omitempty"`
 	CounterEnd   *CounterRead `json:"counter_end,omitempty"`
 	Energy       Energy       `json:"energy"`
@@ -204,11 +240,14 @@ type Energy struct {
 	SampledJ        Num  `json:"sampled_j"`
 	AdjustedJ       Num  `json:"adjusted_j"`
 	AdjustedClamped bool `json:"adjusted_clamped,omitempty"`
+	// AdjustedActiveJ is HybridJ minus active idle (the context held, nothing running) over the same time: what
+	// the workload's computation adds; null without an active-idle measurement.
+	AdjustedActiveJ Num `json:"adjusted_active_j"`
 }
 
 // Unmeasured is an Energy with every value null.
 func Unmeasured() Energy {
-	return Energy{CounterJ: Null, HybridJ: Null, SampledJ: Null, AdjustedJ: Null}
+	return Energy{CounterJ: Null, HybridJ: Null, SampledJ: Null, AdjustedJ: Null, AdjustedActiveJ: Null}
 }
 
 // Sum adds o to e: a total is measured only where every part was (null + x = null); a clamped adjustment stays
@@ -218,6 +257,7 @@ func (e *Energy) Sum(o Energy) {
 	e.HybridJ += o.HybridJ
 	e.SampledJ += o.SampledJ
 	e.AdjustedJ += o.AdjustedJ
+	e.AdjustedActiveJ += o.AdjustedActiveJ
 	e.AdjustedClamped = e.AdjustedClamped || o.AdjustedClamped
 }
 
@@ -279,7 +319,10 @@ type PhaseGPU struct {
 	Index           int  `json:"index"`
 	HybridJ         Num  `json:"hybrid_j"`
 	AdjustedJ       Num  `json:"adjusted_j"`
+	AdjustedActiveJ Num  `json:"adjusted_active_j"`
 	AdjustedClamped bool `json:"adjusted_clamped,omitempty"`
+	SMClockHz       Num  `json:"sm_clock_hz"` // mean over the phase's occurrences
+	PState          Num  `json:"pstate"`      // the fastest performance state seen (0 = P0)
 }
 
 // Derived are per-unit figures from the workload's results; null where the count or the energy is missing.

@@ -29,6 +29,8 @@ type Synth struct {
 	Gaps [][2]time.Duration
 	// BaseMJ is the counter's value at Start (default 5e6 mJ).
 	BaseMJ uint64
+	// TempC, when set, is the temperature of telemetry snapshots every 100 ms (none otherwise).
+	TempC float64
 }
 
 // Level is a power level from At on.
@@ -122,6 +124,13 @@ func (s Synth) Series() *trace.Series {
 		if !gap {
 			at := s.Start.Add(t)
 			out.Samples = append(out.Samples, trace.PowerSample{Time: at, PowerW: s.Power(at)})
+		}
+	}
+	if s.TempC != 0 {
+		for t := time.Duration(0); t <= s.Duration; t += 100 * time.Millisecond {
+			tm := trace.NewTelemetry(s.Start.Add(t))
+			tm.TemperatureC = s.TempC
+			out.Telemetry = append(out.Telemetry, tm)
 		}
 	}
 	every := int(s.ReadEvery / s.UpdatePeriod)

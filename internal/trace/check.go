@@ -109,7 +109,7 @@ var columnTypes = map[string]format.Type{"kind": format.ByteArray, "gpu": format
 	"instant_power_w": format.Double, "average_power_w": format.Double, "temperature_c": format.Double,
 	"sm_clock_hz": format.Double, "mem_clock_hz": format.Double, "util_gpu_ratio": format.Double,
 	"util_mem_ratio": format.Double, "mem_used_bytes": format.Double, "power_limit_w": format.Double,
-	"clock_event_reasons": format.Int64, "event": format.ByteArray, "run_id": format.ByteArray,
+	"clock_event_reasons": format.Int64, "performance_state": format.Double, "event": format.ByteArray, "run_id": format.ByteArray,
 	"name": format.ByteArray, "attrs": format.ByteArray}
 
 // checkSchema checks the file's schema from its metadata (not through the Parquet library's types, which panic on

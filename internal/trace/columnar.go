@@ -172,12 +172,12 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 
 var columnNames = []string{"kind", "gpu", "time", "power_w", "energy_mj", "read_duration_ns", "instant_power_w",
 	"average_power_w", "temperature_c", "sm_clock_hz", "mem_clock_hz", "util_gpu_ratio", "util_mem_ratio",
-	"mem_used_bytes", "power_limit_w", "clock_event_reasons", "event", "run_id", "name", "attrs"}
+	"mem_used_bytes", "power_limit_w", "clock_event_reasons", "performance_state", "event", "run_id", "name", "attrs"}
 
 // telemetryColumns are used by telemetry rows only.
 var telemetryColumns = map[string]bool{"instant_power_w": true, "average_power_w": true, "temperature_c": true,
 	"sm_clock_hz": true, "mem_clock_hz": true, "util_gpu_ratio": true, "util_mem_ratio": true, "mem_used_bytes": true,
-	"power_limit_w": true, "clock_event_reasons": true}
+	"power_limit_w": true, "clock_event_reasons": true, "performance_state": true}
 
 // Row kinds as small codes for the first pass.
 const (
@@ -368,6 +368,7 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	power, energyMJ, readNS := cols["power_w"], cols["energy_mj"], cols["read_duration_ns"]
 	inst, avg, temp, sm, mem := cols["instant_power_w"], cols["average_power_w"], cols["temperature_c"], cols["sm_clock_hz"], cols["mem_clock_hz"]
 	ug, um, used, limit, reasons := cols["util_gpu_ratio"], cols["util_mem_ratio"], cols["mem_used_bytes"], cols["power_limit_w"], cols["clock_event_reasons"]
+	pstate := cols["performance_state"]
 	evType, runID, evName, attrs := cols["event"], cols["run_id"], cols["name"], cols["attrs"]
 	// Per-GPU cursors in small slices, one per GPU present (maps cost a lookup per row).
 	var slot [MaxGPU + 1]uint16
@@ -424,7 +425,7 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 		case codeTelemetry:
 			tm := Telemetry{Time: ts, InstantPowerW: f(inst, i), AveragePowerW: f(avg, i), TemperatureC: f(temp, i),
 				SMClockHz: f(sm, i), MemClockHz: f(mem, i), UtilGPU: f(ug, i), UtilMem: f(um, i), MemUsedBytes: f(used, i),
-				PowerLimitW: f(limit, i)}
+				PowerLimitW: f(limit, i), PState: f(pstate, i)}
 			if rr, ok := i64(reasons, i); ok {
 				tm.ClockReasons, tm.ClockReasonsValid = uint64(rr), true
 			}

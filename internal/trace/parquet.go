@@ -54,6 +54,7 @@ type row struct {
 	MemUsedBytes  *float64  `parquet:"mem_used_bytes,optional"`
 	PowerLimitW   *float64  `parquet:"power_limit_w,optional"`
 	ClockReasons  *int64    `parquet:"clock_event_reasons,optional"`
+	PState        *float64  `parquet:"performance_state,optional"`
 	Event         *string   `parquet:"event,optional,dict"`
 	RunID         *string   `parquet:"run_id,optional,dict"`
 	Name          *string   `parquet:"name,optional,dict"`
@@ -90,7 +91,7 @@ func telemetryRow(gpu int, t Telemetry) row {
 	r := row{Kind: KindTelemetry, GPU: int32(gpu), Time: t.Time,
 		InstantPowerW: opt(t.InstantPowerW), AveragePowerW: opt(t.AveragePowerW), TemperatureC: opt(t.TemperatureC),
 		SMClockHz: opt(t.SMClockHz), MemClockHz: opt(t.MemClockHz), UtilGPU: opt(t.UtilGPU), UtilMem: opt(t.UtilMem),
-		MemUsedBytes: opt(t.MemUsedBytes), PowerLimitW: opt(t.PowerLimitW)}
+		MemUsedBytes: opt(t.MemUsedBytes), PowerLimitW: opt(t.PowerLimitW), PState: opt(t.PState)}
 	if t.ClockReasonsValid {
 		c := int64(t.ClockReasons)
 		r.ClockReasons = &c

@@ -41,6 +41,7 @@ type Telemetry struct {
 	UtilMem           float64 // 0..1
 	MemUsedBytes      float64
 	PowerLimitW       float64
+	PState            float64 // performance state 0 (P0, fastest) .. 15; NaN when unknown
 	ClockReasons      uint64
 	ClockReasonsValid bool
 }
@@ -49,7 +50,7 @@ type Telemetry struct {
 func NewTelemetry(t time.Time) Telemetry {
 	n := math.NaN()
 	return Telemetry{Time: t, InstantPowerW: n, AveragePowerW: n, TemperatureC: n, SMClockHz: n, MemClockHz: n,
-		UtilGPU: n, UtilMem: n, MemUsedBytes: n, PowerLimitW: n}
+		UtilGPU: n, UtilMem: n, MemUsedBytes: n, PowerLimitW: n, PState: n}
 }
 
 // Event types. Phases are bracketed by EventPhase (start; ends the previous phase of the same run) and

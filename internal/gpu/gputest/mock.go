@@ -39,6 +39,7 @@ func mockDevice(i int, f *Fault) *mock.Device {
 		GetPowerUsageFunc:                      func() (uint32, nvml.Return) { return 90000, ok },
 		GetTemperatureFunc:                     func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 40, ok },
 		GetClockInfoFunc:                       func(nvml.ClockType) (uint32, nvml.Return) { return 1200, ok },
+		GetPerformanceStateFunc:                func() (nvml.Pstates, nvml.Return) { return nvml.PSTATE_0, ok },
 		GetUtilizationRatesFunc:                func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 50, Memory: 10}, ok },
 		GetComputeRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) {
 			return []nvml.ProcessInfo{{Pid: 42, UsedGpuMemory: 1 << 20}}, ok
