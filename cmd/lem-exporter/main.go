@@ -14,6 +14,7 @@ type app struct {
 	cli.Globals
 	Serve   serveCmd       `cmd:"" default:"withargs" help:"Sample the GPUs and serve metrics (the default)."`
 	Version cli.VersionCmd `cmd:"" help:"Print the version."`
+	Health  healthcheckCmd `cmd:"" name:"healthcheck" help:"Exit 0 if a running exporter is ready (for container health checks)."`
 }
 
 func main() {
