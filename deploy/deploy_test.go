@@ -47,10 +47,14 @@ func TestDockerfileShape(t *testing.T) {
 	require.NoError(t, err)
 	df := string(b)
 	assert.Len(t, regexp.MustCompile(`(?m)^FROM `).FindAllString(df, -1), 2, "multi-stage")
-	assert.Regexp(t, `(?m)^USER lem$`, df, "runs as non-root")
+	assert.Regexp(t, `(?m)^USER 65532:65532$`, df, "runs as a numeric non-root user (Kubernetes' runAsNonRoot can check it)")
 	assert.Contains(t, df, `ENTRYPOINT ["/usr/bin/lem-exporter"]`)
 	assert.Contains(t, df, "EXPOSE 9636")
 	assert.Contains(t, df, "--gpus all", "documents the GPU run")
+	assert.Equal(t, `["/usr/bin/lem-exporter", "healthcheck"]`, healthcheckCmd(t, df), "healthy means ready")
+	for _, l := range []string{"title", "description", "source", "version", "revision", "created"} {
+		assert.Regexp(t, `(?m)^(?:LABEL)?\s+org\.opencontainers\.image\.`+l+`="[^"]+"`, df, "OCI label %s", l)
+	}
 	// Every COPY source exists in the repository.
 	for _, m := range regexp.MustCompile(`(?m)^COPY (?:--from=\S+ )?(\S+)`).FindAllStringSubmatch(df, -1) {
 		if strings.HasPrefix(m[0], "COPY --from") || m[1] == "." {
