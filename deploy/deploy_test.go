@@ -89,7 +89,7 @@ func TestPrometheusConfigAndRules(t *testing.T) {
 	promtool := tool(t, "promtool", "prometheus")
 	run(t, "prometheus", promtool, "check", "config", "prometheus.yml")
 	out := run(t, "prometheus", promtool, "check", "rules", "rules.yml")
-	assert.Contains(t, out, "SUCCESS: 7 rules found")
+	assert.Contains(t, out, "SUCCESS: 18 rules found")
 	out = run(t, "prometheus", promtool, "test", "rules", "rules_test.yml")
 	assert.Contains(t, out, "SUCCESS")
 }
