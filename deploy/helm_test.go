@@ -372,13 +372,13 @@ func assertRulesMatchFile(t *testing.T, pr *monitoringv1.PrometheusRule) {
 				alerts++
 			}
 			for _, m := range jobSelector.FindAllStringSubmatch(r.Expr.String(), -1) {
-				assert.Equal(t, "lem-exporter", m[1], "%s selects a job no shipped scrape configuration sets", r.Alert)
+				assert.Equal(t, "lem-exporter", m[1], "%s%s selects a job no shipped scrape configuration sets", r.Alert, r.Record)
 				jobs++
 			}
 		}
 	}
 	assert.Equal(t, 15, alerts)
-	assert.Equal(t, 2, jobs, "LemExporterDown and LemExporterAbsent select the job")
+	assert.Equal(t, 4, jobs, "LemExporterDown, LemExporterAbsent and the energy and throttling records select the job")
 }
 
 func TestChartExistingSecret(t *testing.T) {
