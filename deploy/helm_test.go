@@ -428,6 +428,8 @@ func TestChartHostPathRecording(t *testing.T) {
 	assert.Equal(t, corev1.HostPathDirectoryOrCreate, *v.HostPath.Type)
 	dir, _ := argValue(c.Args, "record.dir")
 	assert.Equal(t, mountOf(c, "record").MountPath, dir)
+	rotate, _ := argValue(c.Args, "record.rotate")
+	assert.Equal(t, "15m", rotate, "short files: closing one merges it in memory")
 	// kubelet creates the directory as root: the init container hands it over, with CHOWN and nothing else.
 	require.Len(t, ds.Spec.Template.Spec.InitContainers, 1)
 	ic := ds.Spec.Template.Spec.InitContainers[0]
