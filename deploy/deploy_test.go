@@ -2,7 +2,6 @@
 package deploy
 
 import (
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/lem-energy/lem/internal/testutil"
 )
@@ -47,10 +45,14 @@ func TestDockerfileShape(t *testing.T) {
 	require.NoError(t, err)
 	df := string(b)
 	assert.Len(t, regexp.MustCompile(`(?m)^FROM `).FindAllString(df, -1), 2, "multi-stage")
-	assert.Regexp(t, `(?m)^USER lem$`, df, "runs as non-root")
+	assert.Regexp(t, `(?m)^USER 65532:65532$`, df, "runs as a numeric non-root user (Kubernetes' runAsNonRoot can check it)")
 	assert.Contains(t, df, `ENTRYPOINT ["/usr/bin/lem-exporter"]`)
 	assert.Contains(t, df, "EXPOSE 9636")
 	assert.Contains(t, df, "--gpus all", "documents the GPU run")
+	assert.Equal(t, `["/usr/bin/lem-exporter", "healthcheck"]`, healthcheckCmd(t, df), "healthy means ready")
+	for _, l := range []string{"title", "description", "source", "version", "revision", "created"} {
+		assert.Regexp(t, `(?m)^(?:LABEL)?\s+org\.opencontainers\.image\.`+l+`="[^"]+"`, df, "OCI label %s", l)
+	}
 	// Every COPY source exists in the repository.
 	for _, m := range regexp.MustCompile(`(?m)^COPY (?:--from=\S+ )?(\S+)`).FindAllStringSubmatch(df, -1) {
 		if strings.HasPrefix(m[0], "COPY --from") || m[1] == "." {
@@ -85,7 +87,7 @@ func TestPrometheusConfigAndRules(t *testing.T) {
 	promtool := tool(t, "promtool", "prometheus")
 	run(t, "prometheus", promtool, "check", "config", "prometheus.yml")
 	out := run(t, "prometheus", promtool, "check", "rules", "rules.yml")
-	assert.Contains(t, out, "SUCCESS: 7 rules found")
+	assert.Contains(t, out, "SUCCESS: 18 rules found")
 	out = run(t, "prometheus", promtool, "test", "rules", "rules_test.yml")
 	assert.Contains(t, out, "SUCCESS")
 }
@@ -103,86 +105,4 @@ func TestComposeFileValidates(t *testing.T) {
 		_, err := os.Stat(f)
 		assert.NoError(t, err, f)
 	}
-}
-
-type obj = map[string]any
-
-func get(o any, path ...string) any {
-	for _, p := range path {
-		m, ok := o.(obj)
-		if !ok {
-			return nil
-		}
-		o = m[p]
-	}
-	return o
-}
-
-func loadK8s(t *testing.T) map[string]obj {
-	out := map[string]obj{}
-	files, _ := filepath.Glob("kubernetes/*.yaml")
-	require.NotEmpty(t, files)
-	for _, f := range files {
-		fh, err := os.Open(f)
-		require.NoError(t, err)
-		dec := yaml.NewDecoder(fh)
-		for {
-			var doc obj
-			if err := dec.Decode(&doc); err != nil {
-				require.ErrorIs(t, err, io.EOF, f)
-				break
-			}
-			kind, _ := doc["kind"].(string)
-			require.NotEmpty(t, kind, "%s: a document without kind", f)
-			require.NotEmpty(t, get(doc, "metadata", "name"), "%s: %s without a name", f, kind)
-			out[kind] = doc
-		}
-		fh.Close()
-	}
-	return out
-}
-
-func TestKubernetesManifests(t *testing.T) {
-	k := loadK8s(t)
-	for _, kind := range []string{"DaemonSet", "Service", "ServiceMonitor", "PodMonitor", "Secret", "ConfigMap"} {
-		require.Contains(t, k, kind)
-	}
-	ds := k["DaemonSet"]
-	pod := get(ds, "spec", "template").(obj)
-	podLabels := get(pod, "metadata", "labels").(obj)
-	assert.Equal(t, get(ds, "spec", "selector", "matchLabels"), get(pod, "metadata", "labels"), "selector matches the pods")
-	assert.Equal(t, "nvidia", get(pod, "spec", "runtimeClassName"))
-	assert.Equal(t, "true", get(pod, "spec", "nodeSelector", "nvidia.com/gpu.present"))
-	assert.Equal(t, true, get(pod, "spec", "securityContext", "runAsNonRoot"))
-	c := get(pod, "spec", "containers").([]any)[0].(obj)
-	assert.Equal(t, true, get(c, "securityContext", "readOnlyRootFilesystem"))
-	assert.Equal(t, false, get(c, "securityContext", "allowPrivilegeEscalation"))
-	assert.NotNil(t, get(c, "resources", "requests", "cpu"))
-	assert.NotNil(t, get(c, "resources", "limits", "memory"))
-	assert.Equal(t, "/readyz", get(c, "readinessProbe", "httpGet", "path"))
-	assert.Equal(t, "/healthz", get(c, "livenessProbe", "httpGet", "path"))
-	port := get(c, "ports").([]any)[0].(obj)
-	assert.Equal(t, "metrics", port["name"])
-	assert.Equal(t, 9636, port["containerPort"])
-
-	svc := k["Service"]
-	for key, v := range get(svc, "spec", "selector").(obj) {
-		assert.Equal(t, podLabels[key], v, "Service selects the DaemonSet's pods")
-	}
-	sm := k["ServiceMonitor"]
-	for key, v := range get(sm, "spec", "selector", "matchLabels").(obj) {
-		assert.Equal(t, get(svc, "metadata", "labels").(obj)[key], v, "ServiceMonitor selects the Service")
-	}
-	ep := get(sm, "spec", "endpoints").([]any)[0].(obj)
-	assert.Equal(t, "metrics", ep["port"], "ServiceMonitor uses the Service's named port")
-	pm := k["PodMonitor"]
-	for key, v := range get(pm, "spec", "selector", "matchLabels").(obj) {
-		assert.Equal(t, podLabels[key], v, "PodMonitor selects the pods")
-	}
-	// Env-configured remote write: the variable the exporter reads.
-	var names []string
-	for _, e := range get(c, "env").([]any) {
-		names = append(names, e.(obj)["name"].(string))
-	}
-	assert.Contains(t, names, "LEM_REMOTE_WRITE_URL")
 }

@@ -8,6 +8,7 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need+=(pro
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/bin/python3 ] || need+=(python3) # backend introspection tests (Debian's interpreter, in and out of a container)
+command -v curl >/dev/null || need+=(curl) # the example Kubernetes Job's script, run against an exporter
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "services: need root to install ${need[*]}" >&2; exit 1; }
   echo "services: installing ${need[*]}"

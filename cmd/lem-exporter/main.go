@@ -14,7 +14,8 @@ import (
 
 type app struct {
 	cli.Globals
-	Serve serveCmd `cmd:"" default:"withargs" help:"Sample the GPUs and serve metrics (the default)."`
+	Serve  serveCmd       `cmd:"" default:"withargs" help:"Sample the GPUs and serve metrics (the default)."`
+	Health healthcheckCmd `cmd:"" name:"healthcheck" help:"Exit 0 if a running exporter is ready (for container health checks)."`
 }
 
 func main() {
