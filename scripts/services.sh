@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu) and starts what the tests need: the Docker Engine (docker.io), Prometheus with
-# promtool, docker-compose, Chromium and python3. Tests start their own Prometheus on a loopback port; dockerd is started here if it is not running.
+# promtool, docker-compose, Chromium, python3 and systemd-analyze. Tests start their own Prometheus on a loopback port; dockerd is started here if it is not running.
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
@@ -9,6 +9,8 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v chromium >/dev/null || need+=(chromium)
 [ -x /usr/bin/python3 ] || need+=(python3) # backend introspection tests (Debian's interpreter, in and out of a container)
 command -v curl >/dev/null || need+=(curl) # the example Kubernetes Job's script, run against an exporter
+# The unit file's check; `systemd-analyze verify` needs no running systemd, so it works in a container too.
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "services: need root to install ${need[*]}" >&2; exit 1; }
   echo "services: installing ${need[*]}"

@@ -12,9 +12,14 @@ import (
 
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/gpu/gputest"
+	"github.com/lem-energy/lem/internal/testutil"
 )
 
 func TestNVMLMetadataAndReads(t *testing.T) {
+	testutil.VirtualTime(t, nvmlMetadataAndReads)
+}
+
+func nvmlMetadataAndReads(t *testing.T) {
 	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}, &gputest.Fault{NoEnergy: true}), nil)
 	require.NoError(t, err)
 	defer src.Close()
@@ -34,17 +39,20 @@ func TestNVMLMetadataAndReads(t *testing.T) {
 	devs := src.Devices()
 	c, err := devs[0].ReadEnergy()
 	require.NoError(t, err)
-	assert.NotZero(t, c.EnergyMJ)
+	assert.Equal(t, time.Now(), c.Time, "stamped on the clock")
+	assert.Equal(t, uint64(c.Time.UnixMicro())/10, c.EnergyMJ, "the mock's counter at that instant")
 	_, err = devs[1].ReadEnergy()
 	assert.ErrorIs(t, err, gpu.ErrNotSupported)
 
 	ss, err := devs[0].PowerSamples(time.Time{})
 	require.NoError(t, err)
-	assert.InDelta(t, 100, len(ss), 22, "about 2 s of 50 Hz history")
+	assert.Len(t, ss, 101, "the mock's 2 s of 50 Hz history, both ends")
 	assert.Equal(t, 100.0, ss[0].PowerW)
+	assert.Equal(t, time.Now(), ss[len(ss)-1].Time)
+	time.Sleep(50 * time.Millisecond)
 	more, err := devs[0].PowerSamples(ss[len(ss)-1].Time)
 	require.NoError(t, err)
-	assert.LessOrEqual(t, len(more), 2, "only samples newer than the last seen")
+	assert.Len(t, more, 2, "only samples newer than the last seen: 20 and 40 ms later")
 
 	tm, err := devs[0].Telemetry()
 	require.NoError(t, err)

@@ -30,70 +30,90 @@ func synthetic(t0 time.Time) *trace.Trace {
 }
 
 func TestReplayShiftsAndStepsLikeTheDriver(t *testing.T) {
-	rec0 := time.Unix(1795735590, 0)
-	start := time.Now().Add(-time.Second) // one second into the recording already
-	r, err := gpu.NewReplay(synthetic(rec0), "mem", gpu.ReplayOptions{Start: start, BufferDepth: 400 * time.Millisecond})
-	require.NoError(t, err)
-	defer r.Close()
-	assert.Equal(t, "replay", r.Environment().Source.Kind)
-	d := r.Devices()[0]
+	testutil.VirtualTime(t, func(t *testing.T) {
+		rec0 := time.Unix(1795735590, 0)
+		start := time.Now().Add(-time.Second) // one second into the recording already
+		r, err := gpu.NewReplay(synthetic(rec0), "mem", gpu.ReplayOptions{Start: start, BufferDepth: 400 * time.Millisecond})
+		require.NoError(t, err)
+		defer r.Close()
+		assert.Equal(t, "replay", r.Environment().Source.Kind)
+		d := r.Devices()[0]
 
-	ss, err := d.PowerSamples(time.Time{})
-	require.NoError(t, err)
-	// Only the emulated buffer's 400 ms of history: ~20 samples, the newest about one second in.
-	assert.InDelta(t, 20, len(ss), 2)
-	last := ss[len(ss)-1]
-	assert.InDelta(t, 1000, last.PowerW, 40, "recorded value at 1 s")
-	assert.WithinDuration(t, start.Add(time.Duration(last.PowerW)*time.Millisecond), last.Time, time.Microsecond,
-		"timestamps shifted to the replay start")
+		ss, err := d.PowerSamples(time.Time{})
+		require.NoError(t, err)
+		// Only the emulated buffer's 400 ms of history: the samples after 600 ms, to 1 s.
+		assert.Len(t, ss, 20)
+		last := ss[len(ss)-1]
+		assert.Equal(t, 1000.0, last.PowerW, "recorded value at 1 s")
+		assert.Equal(t, start.Add(time.Second), last.Time, "timestamps shifted to the replay start")
+		assert.Equal(t, start.Add(620*time.Millisecond), ss[0].Time)
 
-	c, err := d.ReadEnergy()
-	require.NoError(t, err)
-	assert.Zero(t, (c.EnergyMJ-1000)%10000, "counter steps at recorded reads (%d)", c.EnergyMJ)
-	assert.InDelta(t, 1000+100*1000, float64(c.EnergyMJ), 100*150)
+		c, err := d.ReadEnergy()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(1000+100*1000), c.EnergyMJ, "the recorded reading at 1 s")
+		time.Sleep(99 * time.Millisecond)
+		c, err = d.ReadEnergy()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(1000+100*1000), c.EnergyMJ, "steps only at the recorded reads")
+		time.Sleep(time.Millisecond)
+		c, err = d.ReadEnergy()
+		require.NoError(t, err)
+		assert.Equal(t, uint64(1000+100*1100), c.EnergyMJ, "the next reading, at 1.1 s")
 
-	none, err := d.PowerSamples(last.Time)
-	require.NoError(t, err)
-	assert.LessOrEqual(t, len(none), 1)
+		more, err := d.PowerSamples(last.Time)
+		require.NoError(t, err)
+		assert.Len(t, more, 5, "only the samples newer than the last seen: 1.02 … 1.1 s")
+	})
 }
 
 func TestReplayLoopKeepsCounterRising(t *testing.T) {
-	rec0 := time.Unix(1795735590, 0)
-	r, err := gpu.NewReplay(synthetic(rec0), "mem", gpu.ReplayOptions{Speed: 20, Loop: true})
-	require.NoError(t, err)
-	defer r.Close()
-	d := r.Devices()[0]
-	var prev uint64
-	deadline := time.Now().Add(300 * time.Millisecond) // 6 s of replay time: three loops
-	for time.Now().Before(deadline) {
-		c, err := d.ReadEnergy()
+	testutil.VirtualTime(t, func(t *testing.T) {
+		rec0 := time.Unix(1795735590, 0)
+		r, err := gpu.NewReplay(synthetic(rec0), "mem", gpu.ReplayOptions{Speed: 20, Loop: true})
 		require.NoError(t, err)
-		require.GreaterOrEqual(t, c.EnergyMJ, prev, "counter never goes back across loops")
-		prev = c.EnergyMJ
-		time.Sleep(5 * time.Millisecond)
-	}
-	assert.Greater(t, prev, uint64(1000+2*200_000), "at least two loops' energy")
+		defer r.Close()
+		d := r.Devices()[0]
+		var prev uint64
+		for range 60 { // reads every 5 ms to 295 ms: 5.9 s of replay time, into the third loop
+			c, err := d.ReadEnergy()
+			require.NoError(t, err)
+			require.GreaterOrEqual(t, c.EnergyMJ, prev, "counter never goes back across loops")
+			prev = c.EnergyMJ
+			time.Sleep(5 * time.Millisecond)
+		}
+		// A loop is the 2 s recording plus one 20 ms sample period; its counter increase is the recorded 200 J
+		// plus the seam back to the start at the mean 100 W: 202 J. 5.9 s is 1.86 s into the third loop, where the
+		// reading of 1.8 s (1000 + 180,000 mJ) is in force.
+		assert.Equal(t, uint64(1000+180_000+2*202_000), prev)
+	})
 }
 
 func TestReplayEventsAndEnd(t *testing.T) {
-	r, err := gpu.NewReplay(synthetic(time.Unix(1795735590, 0)), "mem", gpu.ReplayOptions{Speed: 10})
-	require.NoError(t, err)
-	defer r.Close()
-	var mu sync.Mutex
-	var got []trace.Event
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.ReplayEvents(ctx, func(e trace.Event) { mu.Lock(); got = append(got, e); mu.Unlock() })
-	select {
-	case <-r.Ended():
-	case <-time.After(2 * time.Second):
-		t.Fatal("replay of 2 s at 10x did not end")
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	require.Len(t, got, 1)
-	assert.Equal(t, "p", got[0].Name)
-	assert.WithinDuration(t, r.ToReplayTime(time.Unix(1795735590, 5e8)), got[0].Time, time.Microsecond)
+	testutil.VirtualTime(t, func(t *testing.T) {
+		begin := time.Now()
+		r, err := gpu.NewReplay(synthetic(time.Unix(1795735590, 0)), "mem", gpu.ReplayOptions{Speed: 10})
+		require.NoError(t, err)
+		defer r.Close()
+		var mu sync.Mutex
+		var got []trace.Event
+		var emitted []time.Duration
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go r.ReplayEvents(ctx, func(e trace.Event) {
+			mu.Lock()
+			got = append(got, e)
+			emitted = append(emitted, time.Since(begin))
+			mu.Unlock()
+		})
+		<-r.Ended()
+		assert.Equal(t, 200*time.Millisecond, time.Since(begin), "2 s of recording at 10x")
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(t, got, 1)
+		assert.Equal(t, "p", got[0].Name)
+		assert.Equal(t, r.ToReplayTime(time.Unix(1795735590, 5e8)), got[0].Time)
+		assert.Equal(t, []time.Duration{50 * time.Millisecond}, emitted, "emitted as the replay clock passes it")
+	})
 }
 
 func TestReplayRejectsEmptyTrace(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/assert"
@@ -36,30 +37,42 @@ func run(t *testing.T, s *sampler.Sampler) (stop func()) {
 	return stop
 }
 
-// TestReplayedLLMThroughSampler replays the real H200 LLM recording (10x speed) through the sampler with default
-// settings and checks that what it captured gives the per-phase energy computed directly on the recording.
+// TestReplayedLLMThroughSampler replays the real H200 LLM recording through the sampler with default settings, on
+// the virtual clock, and checks that it captured every sample and phase-locked counter read the recording holds,
+// and that what it captured gives the per-phase energy of the plain hybrid on all the recording's 100 ms reads.
 func TestReplayedLLMThroughSampler(t *testing.T) {
-	if testing.Short() {
-		t.Skip("replays 75 s of recording at 10x")
-	}
 	direct, err := trace.ReadFile(testutil.TracePath("h200-llm"))
 	require.NoError(t, err)
-	src, err := gpu.NewReplay(direct, "h200-llm", gpu.ReplayOptions{Speed: 10})
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{}, nil)
-	require.NoError(t, err)
 	path := filepath.Join(t.TempDir(), "captured.parquet")
-	rec, err := recorder.Start(s, recorder.Options{Memory: true, Path: path, FlushEvery: time.Second})
-	require.NoError(t, err)
-	stop := run(t, s)
-	<-src.Ended()
-	time.Sleep(150 * time.Millisecond) // one more drain and counter read (1 s of replay time)
-	stop()
-	got, err := rec.Stop()
-	require.NoError(t, err)
+	var (
+		got          *trace.Trace
+		st           sampler.Stats
+		start, stopT time.Time     // replay time the sampler started and stopped
+		shift        time.Duration // recording time + shift = replay time
+	)
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.NewReplay(direct, "h200-llm", gpu.ReplayOptions{})
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{}, nil)
+		require.NoError(t, err)
+		rec, err := recorder.Start(s, recorder.Options{Memory: true, Path: path, FlushEvery: time.Second})
+		require.NoError(t, err)
+		start = time.Now()
+		shift = src.ToReplayTime(start).Sub(start)
+		stop := run(t, s)
+		<-src.Ended()
+		time.Sleep(time.Second) // one more drain and counter read
+		stopT = time.Now()
+		stop()
+		got, err = rec.Stop()
+		require.NoError(t, err)
+		st, _ = s.Stats(0)
+	})
+	if t.Failed() {
+		return
+	}
 
-	st, _ := s.Stats(0)
 	gs, ds := got.GPUs[0], direct.GPUs[0]
 	onDisk, err := trace.ReadFile(path)
 	require.NoError(t, err)
@@ -67,37 +80,78 @@ func TestReplayedLLMThroughSampler(t *testing.T) {
 	assert.Equal(t, [4]int{len(gs.Samples), len(gs.Counters), len(gs.Telemetry), len(got.Events)},
 		[4]int{len(fs.Samples), len(fs.Counters), len(fs.Telemetry), len(onDisk.Events)}, "file holds what memory holds")
 	assert.Equal(t, "replay", onDisk.Env.Source.Kind)
-	// Every recorded sample inside the replayed span was captured, once, with its value.
-	first, last := gs.Samples[0].Time, gs.Samples[len(gs.Samples)-1].Time
-	var want int
+
+	// Every recorded sample from the emulated driver buffer's depth before the start to the stop was captured,
+	// once, with its time and value.
+	var want []trace.PowerSample
 	for _, x := range ds.Samples {
-		if rt := src.ToReplayTime(x.Time); !rt.Before(first) && !rt.After(last) {
-			want++
+		if rt := x.Time.Add(shift); rt.After(start.Add(-gpu.DefaultBufferDepth)) && !rt.After(stopT) {
+			want = append(want, trace.PowerSample{Time: rt, PowerW: x.PowerW})
 		}
 	}
-	assert.Equal(t, want, len(gs.Samples), "captured samples")
-	assert.Equal(t, uint64(len(gs.Samples)), st.SamplesCaptured)
-	assert.Zero(t, st.DrainGaps, "no gap between drains")
+	assert.Equal(t, want, gs.Samples, "captured samples")
+	assert.Equal(t, uint64(len(want)), st.SamplesCaptured)
+	assert.Zero(t, st.Gaps, "the recording has no gap over 40 ms")
 	assert.Zero(t, st.Overruns)
-	assert.InDelta(t, 75, len(gs.Counters), 3, "counter read once a second (phase-lock reads are not stored)")
+
+	// Counter reads: the phase lock at start peeks every 10 ms until the recorded value changes, puts the update
+	// midway between the last two peeks, and reads half a period (50 ms) after it, then once a second. The lock's
+	// peeks are not stored. Each reading shows the recorded value in force at its instant.
+	valueAt := func(rt time.Time) uint64 {
+		var v uint64
+		for _, c := range ds.Counters {
+			if c.Time.Add(shift).After(rt) {
+				break
+			}
+			v = c.EnergyMJ
+		}
+		return v
+	}
+	peek := start
+	for valueAt(peek) == valueAt(start) {
+		peek = peek.Add(10 * time.Millisecond)
+	}
+	var wantReads []trace.CounterReading
+	for at := peek.Add(-5 * time.Millisecond).Add(50 * time.Millisecond); !at.After(stopT); at = at.Add(time.Second) {
+		wantReads = append(wantReads, trace.CounterReading{Time: at, EnergyMJ: valueAt(at)})
+	}
+	var gotReads []trace.CounterReading
+	for _, c := range gs.Counters {
+		gotReads = append(gotReads, trace.CounterReading{Time: c.Time, EnergyMJ: c.EnergyMJ})
+	}
+	assert.Equal(t, wantReads, gotReads, "phase-locked counter reads, one a second")
+	t.Logf("%d counter reads, the first %v after the start", len(gotReads), gotReads[0].Time.Sub(start))
 
 	_, end := got.Span()
 	phases := trace.Phases(got.Events, end)
-	require.Len(t, phases, 5, "load, idle, bs1, bs8, bs32")
+	var names []string
+	for _, p := range phases {
+		names = append(names, p.Name)
+	}
+	require.Equal(t, []string{"load", "idle", "bs1", "bs8", "bs32"}, names)
 	capRows, capLag := energy.ByPhase(0, gs, phases, energy.Options{})
 	t.Logf("captured lag %v (contrast %.1f)", capLag.Lag, capLag.Contrast)
 
-	_, dend := direct.Span()
-	dphases := trace.Phases(direct.Events, dend)
-	dirRows, _ := energy.ByPhase(0, ds, dphases, energy.Options{})
-	for i := range dirRows {
-		d, c := dirRows[i], capRows[i]
-		require.Equal(t, d.Phase, c.Phase)
-		assert.InEpsilon(t, d.HybridJ, c.HybridJ, 0.005, "%s: captured hybrid %.1f J vs direct %.1f J", d.Phase, c.HybridJ, d.HybridJ)
-		assert.InEpsilon(t, d.SampledJ, c.SampledJ, 0.001, "%s: 50 Hz", d.Phase)
-		t.Logf("%-5s direct %.1f J  captured %.1f J  (%+.2f %%)", d.Phase, d.HybridJ, c.HybridJ, 100*(c.HybridJ/d.HybridJ-1))
+	// The direct side: the plain hybrid (testutil, not the energy package) on every 100 ms reading of the
+	// recording with the recording's counter lag, over the same instants.
+	for i, p := range phases {
+		a, b := p.Start.Add(-shift), p.End.Add(-shift)
+		hyb := testutil.PlainHybrid(ds.Counters, ds.Samples, recordingLag, a, b)
+		smp := testutil.PlainSampled(ds.Samples, a, b)
+		c := capRows[i]
+		require.Equal(t, p.Name, c.Phase)
+		assert.InEpsilon(t, hyb, c.HybridJ, hybridTolerance, "%s: captured hybrid %.1f J vs direct %.1f J", p.Name, c.HybridJ, hyb)
+		assert.InEpsilon(t, smp, c.SampledJ, 1e-9, "%s: 50 Hz", p.Name)
+		t.Logf("%-5s direct %.1f J  captured %.1f J  (%+.3f %%)", p.Name, hyb, c.HybridJ, 100*(c.HybridJ/hyb-1))
 	}
 }
+
+// recordingLag is the counter lag of the h200-llm recording (its own fit gives 65 ms).
+const recordingLag = 65 * time.Millisecond
+
+// hybridTolerance bounds the captured hybrid's difference from the direct one per phase. On the virtual clock the
+// difference is exact and at most 0.049 % (bs32); unlocked reads (Config.NoPhaseLock) give 0.4–1.4 %.
+const hybridTolerance = 0.001
 
 func TestConfigValidation(t *testing.T) {
 	cases := map[string]sampler.Config{
@@ -111,115 +165,141 @@ func TestConfigValidation(t *testing.T) {
 	assert.NoError(t, sampler.Config{}.WithDefaults().Validate())
 }
 
+// The go-nvml mock (gputest) on the virtual clock: 100 W samples every 20 ms with 2 s of history at the start, and a
+// counter rising at 100 W. Counts below follow from the configured intervals and the run's length; a length off
+// the tick grid keeps every tick strictly before the stop.
+
 // A lost GPU is reported and skipped; the other keeps sampling (fault injected through go-nvml's mock).
 func TestLostGPUDoesNotStopOthers(t *testing.T) {
-	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}, &gputest.Fault{LostAfter: 2}), nil)
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 50 * time.Millisecond, CounterInterval: 50 * time.Millisecond,
-		TelemetryInterval: 50 * time.Millisecond}, nil)
-	require.NoError(t, err)
-	sub := s.Subscribe("test", 1024)
-	stop := run(t, s)
-	time.Sleep(400 * time.Millisecond)
-	stop()
-	sub.Close()
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}, &gputest.Fault{LostAfter: 2}), nil)
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 50 * time.Millisecond, CounterInterval: 50 * time.Millisecond,
+			TelemetryInterval: 50 * time.Millisecond}, nil)
+		require.NoError(t, err)
+		sub := s.Subscribe("test", 1024)
+		stop := run(t, s)
+		time.Sleep(425 * time.Millisecond)
+		stop()
+		sub.Close()
 
-	ok, _ := s.Stats(0)
-	lost, _ := s.Stats(1)
-	assert.False(t, ok.Lost)
-	assert.True(t, lost.Lost)
-	assert.Contains(t, lost.LastError, "GPU is lost")
-	assert.Greater(t, lost.Calls[sampler.CallSamples].Errors, uint64(2))
-	assert.Zero(t, ok.Calls[sampler.CallSamples].Errors)
-	assert.Greater(t, ok.SamplesCaptured, uint64(100), "healthy GPU kept its history and kept draining")
-	assert.Greater(t, ok.CounterReads, uint64(4))
-	assert.Greater(t, ok.EnergyJ, 0.0)
+		ok, _ := s.Stats(0)
+		lost, _ := s.Stats(1)
+		assert.False(t, ok.Lost)
+		assert.True(t, lost.Lost)
+		assert.Contains(t, lost.LastError, "GPU is lost")
+		// Drains at 0, every 50 ms to 400 ms and at the stop: 10. The open's probe and the first drain succeed.
+		assert.Equal(t, uint64(10), lost.Calls[sampler.CallSamples].Count)
+		assert.Equal(t, uint64(9), lost.Calls[sampler.CallSamples].Errors)
+		assert.Zero(t, ok.Calls[sampler.CallSamples].Errors)
+		assert.Equal(t, uint64(101+21), ok.SamplesCaptured, "healthy GPU kept its 2 s history and kept draining to 420 ms")
+		assert.Equal(t, uint64(9), ok.CounterReads, "reads at 0, 50, … 400 ms")
+		assert.InDelta(t, 100*0.4, ok.EnergyJ, 1e-9, "100 W from the first read to the last")
 
-	var lostEvents int
-	for r := range sub.C() {
-		if r.Kind == sampler.KindEvent && r.Event.Type == trace.EventDeviceError && r.Event.GPU == 1 {
-			lostEvents++
+		var lostEvents int
+		for r := range sub.C() {
+			if r.Kind == sampler.KindEvent && r.Event.Type == trace.EventDeviceError && r.Event.GPU == 1 {
+				lostEvents++
+			}
 		}
-	}
-	assert.Equal(t, 1, lostEvents, "one event when the GPU is lost, not one per failed call")
+		assert.Equal(t, 1, lostEvents, "one event when the GPU is lost, not one per failed call")
+	})
 }
 
 func TestNotSupportedCounterIsNotAnError(t *testing.T) {
-	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{NoEnergy: true}), nil)
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{CounterInterval: 20 * time.Millisecond}, nil)
-	require.NoError(t, err)
-	stop := run(t, s)
-	time.Sleep(120 * time.Millisecond)
-	stop()
-	st, _ := s.Stats(0)
-	c := st.Calls[sampler.CallEnergy]
-	assert.Greater(t, c.NotSupported, uint64(2))
-	assert.Zero(t, c.Errors)
-	assert.False(t, st.HasCounter)
-	assert.Empty(t, st.LastError)
-	assert.Greater(t, st.SamplesCaptured, uint64(50), "samples still flow")
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{NoEnergy: true}), nil)
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{CounterInterval: 20 * time.Millisecond}, nil)
+		require.NoError(t, err)
+		stop := run(t, s)
+		time.Sleep(130 * time.Millisecond)
+		stop()
+		st, _ := s.Stats(0)
+		c := st.Calls[sampler.CallEnergy]
+		assert.Equal(t, uint64(7), c.NotSupported, "reads at 0, 20, … 120 ms")
+		assert.Zero(t, c.Errors)
+		assert.False(t, st.HasCounter)
+		assert.Empty(t, st.LastError)
+		assert.Equal(t, uint64(101+6), st.SamplesCaptured, "samples still flow: the history and 20 … 120 ms")
+	})
 }
 
 func TestSlowSubscriberNeverBlocks(t *testing.T) {
-	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}), nil)
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 10 * time.Millisecond, CounterInterval: 10 * time.Millisecond,
-		TelemetryInterval: 5 * time.Millisecond}, nil)
-	require.NoError(t, err)
-	stuck := s.Subscribe("stuck", 1) // never read
-	fast := s.Subscribe("fast", 4096)
-	var got int
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for range fast.C() {
-			got++
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}), nil)
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{DrainInterval: 10 * time.Millisecond, CounterInterval: 10 * time.Millisecond,
+			TelemetryInterval: 5 * time.Millisecond}, nil)
+		require.NoError(t, err)
+		stuck := s.Subscribe("stuck", 1) // never read
+		fast := s.Subscribe("fast", 4096)
+		var got int
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range fast.C() {
+				got++
+			}
+		}()
+		stop := run(t, s)
+		time.Sleep(302 * time.Millisecond)
+		stop()
+		fast.Close()
+		stuck.Close()
+		<-done
+		var late int
+		for range stuck.C() { // a consumer reads until its queue closes: the record queued and the one pending
+			late++
 		}
-	}()
-	stop := run(t, s)
-	time.Sleep(300 * time.Millisecond)
-	stop()
-	fast.Close()
-	stuck.Close()
-	<-done
-	var late int
-	for range stuck.C() { // a consumer reads until its queue closes: the record queued and the one pending
-		late++
-	}
-	assert.Equal(t, 2, late)
-	assert.Greater(t, stuck.Dropped(), uint64(10), "the stuck queue drops and counts")
-	assert.Zero(t, fast.Dropped())
-	assert.Greater(t, got, 60, "the other consumer got everything")
-	st, _ := s.Stats(0)
-	assert.Greater(t, st.Calls[sampler.CallSamples].Count, uint64(20), "sampling went on")
-	assert.Equal(t, map[string]uint64{}, s.Subscriptions())
+		// Sample batches at 0 (the history) and at every 20 ms to 300 ms (the 10 ms drains between find none):
+		// 16; counter reads at 0, 10, … 300 ms: 31; telemetry at 5, 10, … 300 ms: 60.
+		assert.Equal(t, 16+31+60, got, "the other consumer got everything")
+		assert.Zero(t, fast.Dropped())
+		assert.Equal(t, 2, late)
+		assert.Equal(t, uint64(got-late), stuck.Dropped(), "the stuck queue drops and counts the rest")
+		st, _ := s.Stats(0)
+		assert.Equal(t, uint64(1+30+1), st.Calls[sampler.CallSamples].Count, "sampling went on: drains at 0, every 10 ms and at the stop")
+		assert.Equal(t, map[string]uint64{}, s.Subscriptions())
+	})
 }
 
 func TestReadCounterOnDemandAndWindow(t *testing.T) {
-	src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}), nil)
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{}, nil)
-	require.NoError(t, err)
-	run(t, s)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	t0 := time.Now()
-	c, err := s.ReadCounter(ctx, 0)
-	require.NoError(t, err)
-	assert.False(t, c.Time.Before(t0), "read after the request")
-	_, err = s.ReadCounter(ctx, 5)
-	assert.ErrorContains(t, err, "GPU 5")
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.OpenNVML(gputest.MockNVML(&gputest.Fault{}), nil)
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{}, nil)
+		require.NoError(t, err)
+		t0 := time.Now()
+		run(t, s)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		c, err := s.ReadCounter(ctx, 0)
+		require.NoError(t, err)
+		// Served once the phase lock at start has seen the counter move: its second peek, 10 ms in.
+		assert.Equal(t, t0.Add(10*time.Millisecond), c.Time, "read after the request")
+		assert.Equal(t, uint64(c.Time.UnixMicro())/10, c.EnergyMJ, "stamped with the instant of the read")
+		_, err = s.ReadCounter(ctx, 5)
+		assert.ErrorContains(t, err, "GPU 5")
 
-	time.Sleep(50 * time.Millisecond)
-	w, err := s.Window(0, time.Now().Add(-time.Second), time.Now())
-	require.NoError(t, err)
-	assert.InDelta(t, 50, len(w.Samples), 3, "the drained buffer's last second")
-	assert.NotEmpty(t, w.Counters)
+		time.Sleep(time.Second - 10*time.Millisecond)
+		synctest.Wait() // the drain due now has run
+		now := time.Now()
+		w, err := s.Window(0, now.Add(-time.Second), now)
+		require.NoError(t, err)
+		assert.Len(t, w.Samples, 51, "the drained buffer's last second, both ends included")
+		var at []time.Duration
+		for _, c := range w.Counters {
+			at = append(at, c.Time.Sub(t0))
+		}
+		// The on-demand read, then the first periodic one: half a period after the update the lock put at 5 ms.
+		assert.Equal(t, []time.Duration{10 * time.Millisecond, 55 * time.Millisecond}, at)
+		assert.Len(t, w.Telemetry, 10)
+	})
 }
 
 // With the counter read once a second, reads are phase-locked to the counter's 100 ms update grid: each one comes
@@ -240,32 +320,43 @@ func TestCounterReadsArePhaseLocked(t *testing.T) {
 		updates = append(updates, at)
 		s0.Counters = append(s0.Counters, trace.CounterReading{Time: at, EnergyMJ: uint64(ms * 100)})
 	}
-	src, err := gpu.NewReplay(tr, "grid", gpu.ReplayOptions{Speed: 3})
-	require.NoError(t, err)
-	defer src.Close()
-	s, err := sampler.New(src, nil, sampler.Config{}, nil)
-	require.NoError(t, err)
-	rec, err := recorder.Start(s, recorder.Options{Memory: true})
-	require.NoError(t, err)
-	stop := run(t, s)
-	time.Sleep(2500 * time.Millisecond) // 7.5 s of replay time
-	stop()
-	got, err := rec.Stop()
-	require.NoError(t, err)
-	cs := got.GPUs[0].Counters
-	require.GreaterOrEqual(t, len(cs), 7)
-	var locked int
-	for _, c := range cs[len(cs)-6:] { // the last six: past the lock burst, a second apart
-		recT := c.Time.Add(-src.ToReplayTime(rec0).Sub(rec0))
-		i := sort.Search(len(updates), func(i int) bool { return updates[i].After(recT) }) - 1
-		require.GreaterOrEqual(t, i, 0)
-		stale := recT.Sub(updates[i])
-		// Unlocked, these reads would be 83 ms stale; wall-clock jitter is tripled by the 3x replay.
-		assert.InDelta(t, float64(50*time.Millisecond), float64(stale), float64(18*time.Millisecond),
-			"read %s after the update it shows", stale)
-		locked++
-	}
-	assert.Equal(t, 6, locked)
-	gaps := cs[len(cs)-1].Time.Sub(cs[len(cs)-2].Time)
-	assert.InDelta(t, float64(time.Second), float64(gaps), float64(60*time.Millisecond), "one read a second")
+	testutil.VirtualTime(t, func(t *testing.T) {
+		src, err := gpu.NewReplay(tr, "grid", gpu.ReplayOptions{})
+		require.NoError(t, err)
+		defer src.Close()
+		s, err := sampler.New(src, nil, sampler.Config{}, nil)
+		require.NoError(t, err)
+		rec, err := recorder.Start(s, recorder.Options{Memory: true})
+		require.NoError(t, err)
+		stop := run(t, s)
+		time.Sleep(7500 * time.Millisecond)
+		aligned, err := s.ReadCounterAligned(context.Background(), 0)
+		require.NoError(t, err)
+		stop()
+		got, err := rec.Stop()
+		require.NoError(t, err)
+
+		shift := src.ToReplayTime(rec0).Sub(rec0)
+		stale := func(c trace.CounterReading) time.Duration {
+			recT := c.Time.Add(-shift)
+			i := sort.Search(len(updates), func(i int) bool { return updates[i].After(recT) }) - 1
+			require.GreaterOrEqual(t, i, 0)
+			return recT.Sub(updates[i])
+		}
+		// The lock peeks every 10 ms from the start: the value changes between the peeks at 10 and 20 ms, so it
+		// puts the update at 15 ms and reads at 65 ms and every second after, each 65 − 17 = 48 ms after the
+		// update it shows (unlocked: 83 ms). The aligned read at 7.5 s locks again: peeks at 7510 and 7520 ms
+		// around the update at 7517 ms, read at 7565 ms.
+		var at []time.Duration
+		for _, c := range got.GPUs[0].Counters {
+			at = append(at, c.Time.Add(-shift).Sub(rec0))
+			assert.Equal(t, 48*time.Millisecond, stale(c), "read %s after the update it shows", stale(c))
+		}
+		want := []time.Duration{65, 1065, 2065, 3065, 4065, 5065, 6065, 7065, 7565}
+		for i := range want {
+			want[i] *= time.Millisecond
+		}
+		assert.Equal(t, want, at)
+		assert.Equal(t, got.GPUs[0].Counters[len(want)-1], aligned)
+	})
 }

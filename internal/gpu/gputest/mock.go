@@ -58,7 +58,7 @@ func mockDevice(i int, f *Fault) *mock.Device {
 			case lost():
 				return 0, nvml.ERROR_GPU_IS_LOST
 			}
-			return uint64(time.Now().UnixMilli()) / 10, ok // ~100 W
+			return uint64(time.Now().UnixMicro()) / 10, ok // 100 W: 100,000 mJ a second
 		},
 		GetSamplesFunc: func(_ nvml.SamplingType, last uint64) (nvml.ValueType, []nvml.Sample, nvml.Return) {
 			f.calls.Add(1)
