@@ -36,7 +36,7 @@ type SlurmConfig struct {
 	// tests are quick. A node goes DOWN some SlurmdTimeout + 2 MessageTimeout (3 s) + 1-3 s after its slurmd
 	// dies: 13 s measured with the default.
 	SlurmdTimeout time.Duration
-	// Timeout bounds every wait of the helper (daemon start, job and node states); default 60 s.
+	// Timeout bounds every wait (daemon start, job and node states); default 60 s.
 	Timeout time.Duration
 }
 
@@ -239,7 +239,7 @@ func (s *Slurm) writeConf() error {
 	return os.WriteFile(filepath.Join(s.Dir, "plugstack.conf"), nil, 0o644)
 }
 
-// slurmDaemon is one daemon process started by the helper.
+// slurmDaemon is one daemon process of the cluster.
 type slurmDaemon struct {
 	name string
 	cmd  *exec.Cmd
@@ -432,7 +432,7 @@ func selectJobs(jobs []SlurmJob, id string) []SlurmJob {
 	})
 }
 
-// squeueJSON is the part of squeue --json (Slurm 22.05, data_parser v0.0.38) the helper reads.
+// squeueJSON is the part of squeue --json (Slurm 22.05, data_parser v0.0.38) that Jobs reads.
 type squeueJSON struct {
 	Jobs []struct {
 		JobID       int    `json:"job_id"`
