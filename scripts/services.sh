@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs (Debian/Ubuntu) and starts what the tests need: the Docker Engine (docker.io), Prometheus with
-# promtool, docker-compose, Chromium, python3 and systemd-analyze. Tests start their own Prometheus on a loopback port; dockerd is started here if it is not running.
+# promtool, docker-compose, Chromium, python3, curl, systemd-analyze, Slurm (slurm-wlm: slurmctld, slurmd and the client commands) and
+# munge. Tests start their own Prometheus on a loopback port, and their own munged, slurmctld and slurmd daemons
+# (internal/testutil/slurm.go); dockerd is started here if it is not running.
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
@@ -11,6 +13,10 @@ command -v chromium >/dev/null || need+=(chromium)
 command -v curl >/dev/null || need+=(curl) # the example Kubernetes Job's script, run against an exporter
 # The unit file's check; `systemd-analyze verify` needs no running systemd, so it works in a container too.
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# Slurm test clusters. Without /etc/slurm/slurm.conf the packages' own slurmctld/slurmd services do not start;
+# a system munged the package may start is not used.
+command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null || need+=(slurm-wlm)
+command -v munged >/dev/null || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "services: need root to install ${need[*]}" >&2; exit 1; }
   echo "services: installing ${need[*]}"
@@ -25,4 +31,4 @@ if ! docker info >/dev/null 2>&1; then
   for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { echo "services: dockerd did not start; see /tmp/lem-dockerd.log" >&2; tail -20 /tmp/lem-dockerd.log >&2; exit 1; }
 fi
-echo "services: docker $(docker version --format '{{.Server.Version}}'), $(prometheus --version 2>&1 | head -1)"
+echo "services: docker $(docker version --format '{{.Server.Version}}'), $(prometheus --version 2>&1 | head -1), $(slurmctld -V)"
