@@ -78,6 +78,17 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	return h, nil
 }
 
+// WithLag is the same hybrid with the counter moved back by lag instead of h.Lag, sharing the samples' running
+// integral: energies recomputed at the lag ± its uncertainty give the lag's share of the error budget.
+func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
+	pts := slices.Clone(h.pts)
+	for i := range pts {
+		pts[i].t = pts[i].t.Add(h.Lag) // back to the readings' own times
+	}
+	w, _ := newHybrid(pts, h.Resets, h.in, lag) // h had two readings and samples, so w has too
+	return w
+}
+
 // dedupe keeps, of each run of equal readings, the first: the value appeared at or before that read.
 func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 	out := make([]trace.CounterReading, 0, len(cs))

@@ -63,3 +63,43 @@ func TestLagUncertaintyCoversKnownLag(t *testing.T) {
 	assert.False(t, est.OK)
 	assert.Equal(t, energy.UnresolvedLagU, est.U)
 }
+
+func TestWithLag(t *testing.T) {
+	// 100 W, then 400 W from 1 s; the counter (read every 100 ms) lags the samples by 100 ms.
+	var ss []trace.PowerSample
+	var cs []trace.CounterReading
+	for ms := 0; ms <= 3000; ms += 20 {
+		p := 100.0
+		if ms >= 1000 {
+			p = 400
+		}
+		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: p})
+	}
+	for ms := 0; ms <= 3000; ms += 100 {
+		e := 0.1 * float64(min(ms-100, 1000)) // J up to ms−100 at 100 W …
+		if ms-100 > 1000 {
+			e += 0.4 * float64(ms-100-1000) // … and 400 W after 1 s
+		}
+		cs = append(cs, trace.CounterReading{Time: at(ms), EnergyMJ: uint64(1000 * max(e, 0))})
+	}
+	h, err := energy.NewHybrid(cs, ss, 0)
+	require.NoError(t, err)
+	right, err := energy.NewHybrid(cs, ss, 100*time.Millisecond)
+	require.NoError(t, err)
+	w := h.WithLag(100 * time.Millisecond)
+	assert.Equal(t, 100*time.Millisecond, w.Lag)
+	for _, win := range [][2]int{{500, 1000}, {1000, 1500}, {800, 1200}} {
+		a, err := w.Energy(at(win[0]), at(win[1]))
+		require.NoError(t, err)
+		b, err := right.Energy(at(win[0]), at(win[1]))
+		require.NoError(t, err)
+		assert.InDelta(t, b.Joules, a.Joules, 1e-9, "window %v", win)
+	}
+	// With the lag, [1000, 1500] ms holds 0.5 s at 400 W: 200 J.
+	e, _ := w.Energy(at(1000), at(1500))
+	assert.InDelta(t, 200, e.Joules, 1)
+	back := w.WithLag(0)
+	e0, _ := back.Energy(at(1000), at(1500))
+	eh, _ := h.Energy(at(1000), at(1500))
+	assert.InDelta(t, eh.Joules, e0.Joules, 1e-9)
+}
