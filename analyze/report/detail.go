@@ -102,15 +102,18 @@ func occurrences(m *manifest.Manifest, t *trace.Trace) map[string][]edgeWindow {
 // idleFactor: power up to this multiple of the idle baseline counts as idle when looking for steady state.
 const idleFactor = 1.1
 
-// steadyIn finds a GPU's steady state inside the workload's own phases: the decode phase where there is one,
-// else the longest phase that is not idle (by name, or by power within 10 % of the baseline); a run without phases
-// is searched whole. Stretches at idle power are never steady state: ML-serving benchmarks report the rate under
-// load, and an idle stretch (78 W on the H200 recording) is not it.
+// steadyIn finds a GPU's steady state inside the workload's own phases: the decode phase where there is one, else
+// the phases that are not idle (by name, or by mean power within 10 % of the baseline), the longest stretch found
+// in any of them; a run without phases is searched whole. Stretches at idle power are never steady state:
+// ML-serving benchmarks report the rate under load, and an idle stretch (78 W on the H200 recording) is not it.
 func steadyIn(s *trace.Series, m *manifest.Manifest, g int, occ map[string][]edgeWindow) energy.Steady {
 	idle := idleLevel(s, m, g)
-	windows := []edgeWindow{{m.Times.Start, m.Times.End}}
-	if name := workloadPhase(m, g, idle); name != "" {
-		windows = occ[name]
+	var windows []edgeWindow
+	if len(m.Phases) == 0 {
+		windows = []edgeWindow{{m.Times.Start, m.Times.End}}
+	}
+	for _, name := range workloadPhases(m, g, idle) {
+		windows = append(windows, occ[name]...)
 	}
 	var best energy.Steady
 	for _, w := range windows {
@@ -144,13 +147,13 @@ func idleLevel(s *trace.Series, m *manifest.Manifest, g int) float64 {
 	return idleFactor * energy.Quantile(ps, 0.05)
 }
 
-// workloadPhase picks the phase to look for steady state in: decode if present, else the longest phase (total
-// duration) that is not idle by name or by its mean power on GPU g.
-func workloadPhase(m *manifest.Manifest, g int, idle float64) string {
-	best, bestD := "", 0.0
+// workloadPhases are the phases to look for steady state in: decode if present, else every phase that is not
+// idle by name or by its mean power on GPU g.
+func workloadPhases(m *manifest.Manifest, g int, idle float64) []string {
+	var out []string
 	for _, p := range m.Phases {
 		if p.Name == "decode" {
-			return p.Name
+			return []string{p.Name}
 		}
 		if strings.Contains(strings.ToLower(p.Name), "idle") || p.DurationS <= 0 {
 			continue
@@ -161,11 +164,11 @@ func workloadPhase(m *manifest.Manifest, g int, idle float64) string {
 				loaded = false
 			}
 		}
-		if loaded && p.DurationS > bestD {
-			best, bestD = p.Name, p.DurationS
+		if loaded {
+			out = append(out, p.Name)
 		}
 	}
-	return best
+	return out
 }
 
 // loadedStretches splits samples into runs of consecutive samples above the idle level.
