@@ -394,3 +394,37 @@ func TestSteadyStateInsideWorkloadPhase(t *testing.T) {
 	assert.True(t, strings.Contains(md.String(), "| bs32 |"))
 	t.Logf("steady state in %s: %.1f W over %s", in, st.MeanW, st.End.Sub(st.Start))
 }
+
+// The uncertainty of a mean over runs combines the repetition (s/√n) with the systematic terms (gain, lag, marker
+// latency, aliasing; the baseline only where it was reused), each the runs' mean relative term times the mean;
+// random per-run terms are already in the repetition. Per token, everything scales by the token count.
+func TestExperimentUncertaintyCombination(t *testing.T) {
+	dir := t.TempDir()
+	runs(t, dir, map[string]int{"a": 3})
+	loaded, probs := report.Load([]string{dir})
+	require.Empty(t, probs)
+	exps, err := report.Experiments(loaded, "")
+	require.NoError(t, err)
+	e := exps[0]
+	require.Equal(t, 3, e.Valid)
+	var xs, lagRel []float64
+	for _, r := range loaded {
+		x := float64(r.Manifest.Energy.HybridJ)
+		xs = append(xs, x)
+		lagRel = append(lagRel, float64(r.Uncertainty.Term(report.TermLag).RawJ)/x)
+	}
+	m := mean(xs)
+	var ss float64
+	for _, x := range xs {
+		ss += (x - m) * (x - m)
+	}
+	rep := math.Sqrt(ss/2) / math.Sqrt(3)
+	gain := 0.05 / math.Sqrt(3) * m
+	lag := mean(lagRel) * m
+	want := math.Sqrt(rep*rep + gain*gain + lag*lag)
+	assert.InDelta(t, rep, float64(e.EnergyU.Term(report.TermRepetition).U), 1e-9)
+	assert.InDelta(t, want, float64(e.EnergyU.U), 1e-9)
+	assert.InDelta(t, 2*want, float64(e.EnergyU.Expanded), 1e-9)
+	assert.False(t, e.EnergyU.Term(report.TermBoundary).Combined, "boundary is random per run: in the repetition")
+	assert.InDelta(t, want/100, float64(e.JPerTokenU.U), 1e-9, "100 tokens per run")
+}

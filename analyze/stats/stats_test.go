@@ -257,3 +257,25 @@ func TestCoverageOfRatios(t *testing.T) {
 		assert.Greater(t, wIndep, 1.5*wPaired, "pairing narrows the interval")
 	}
 }
+
+// Summaries and ratios are read back from campaign state files: any bytes either decode into values that encode
+// again, or fail cleanly.
+func FuzzSummaryJSON(f *testing.F) {
+	for _, seed := range []string{`{"n":2,"values":[1,2],"mean":1.5,"ci_low":null}`, `{"value":2,"ci_low":1.5,"ci_high":2.5,"paired":true,"pairs":3}`, `null`, `{"mean":"x"}`} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s Summary
+		if json.Unmarshal(b, &s) == nil {
+			if _, err := json.Marshal(s); err != nil {
+				t.Fatalf("summary decoded from %q does not encode: %v", b, err)
+			}
+		}
+		var r Ratio
+		if json.Unmarshal(b, &r) == nil {
+			if _, err := json.Marshal(r); err != nil {
+				t.Fatalf("ratio decoded from %q does not encode: %v", b, err)
+			}
+		}
+	})
+}
