@@ -428,3 +428,31 @@ func TestExperimentUncertaintyCombination(t *testing.T) {
 	assert.False(t, e.EnergyU.Term(report.TermBoundary).Combined, "boundary is random per run: in the repetition")
 	assert.InDelta(t, want/100, float64(e.JPerTokenU.U), 1e-9, "100 tokens per run")
 }
+
+// The H200 known-shape recording holds its clocks under the software power cap during the heavy and medium
+// phases: the report gives that time per phase, adding up to the accounting's own total for the run, and the
+// power_capped warning breaks no rule.
+func TestPowerCappedTimePerPhase(t *testing.T) {
+	runs, probs := report.Load([]string{testutil.TracePath("h200-shape")})
+	require.Empty(t, probs)
+	require.Len(t, runs, 1)
+	r := runs[0]
+	total := r.Manifest.GPUs[0].ThrottleS["sw_power_cap"]
+	require.Greater(t, total, 8.0, "the accounting saw 8.5 s power-capped")
+	var sum float64
+	for _, s := range r.PowerCappedS {
+		sum += s
+	}
+	assert.InDelta(t, total, sum, 0.05, "the phases cover the capped time")
+	assert.Greater(t, r.PowerCappedS["heavy"], 3.0)
+	assert.Greater(t, r.PowerCappedS["medium"], 3.0)
+	assert.Zero(t, r.PowerCappedS["idle1"], "before the first load step")
+	for _, v := range report.Violations(r.Manifest) {
+		assert.NotContains(t, v, "power cap")
+	}
+	exps, err := report.Experiments(runs, "")
+	require.NoError(t, err)
+	var md bytes.Buffer
+	require.NoError(t, report.Markdown(&md, runs, exps, probs))
+	assert.Regexp(t, fmt.Sprintf(`\| heavy \| 1 \| [0-9.]+ \| [0-9.]+ \| ± [0-9.]+ \| — \| — \| %.2f \|`, r.PowerCappedS["heavy"]), md.String())
+}
