@@ -80,15 +80,13 @@ func TQuantile(df float64) float64 {
 	return distuv.StudentsT{Mu: 0, Sigma: 1, Nu: df}.Quantile(1 - (1-Confidence)/2)
 }
 
-// Summarize summarises a quantity that may take any sign: Student's t interval, bootstrap-t for n ≥ 10.
-func Summarize(xs []float64) Summary { return summarize(xs, false, true) }
-
 // SummarizePositive summarises a positive quantity (energy, duration, J/token): its intervals are computed on the
 // log scale and stay above zero. A value ≤ 0 (an adjusted energy clamped at 0) makes the log scale unusable:
 // the summary then falls back to Student's t with its lower end held at 0.
 func SummarizePositive(xs []float64) Summary { return summarize(xs, true, true) }
 
-// summarize computes the summary; boot adds the bootstrap interval (the costly part).
+// summarize computes the summary; boot adds the bootstrap interval (the costly part). A quantity that may take
+// any sign (positive false) gets Student's t and the bootstrap-t on the values themselves.
 func summarize(xs []float64, positive, boot bool) Summary {
 	s := Summary{N: len(xs), Values: slices.Clone(xs), Mean: math.NaN(), Std: math.NaN(), CV: math.NaN(),
 		CILow: math.NaN(), CIHigh: math.NaN(), BootLow: math.NaN(), BootHigh: math.NaN()}
