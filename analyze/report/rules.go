@@ -31,8 +31,10 @@ var Rules = []Rule{
 	{Name: "no lost samples", Codes: []string{"capture_gaps"}},
 	{Name: "no counter reset", Codes: []string{"counter_reset"}},
 	{Name: "no thermal or hardware slowdown", Codes: []string{"throttling"}},
-	{Name: "stable idle baseline", Codes: []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift"}},
+	{Name: "stable idle baseline", Codes: []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift",
+		"baseline_drift"}},
 	{Name: "every marker accepted", Codes: []string{"marker_rejected"}},
+	{Name: "markers as they happened", Codes: []string{"markers_buffered"}},
 	{Name: "no negative energy or duration", Check: negatives},
 }
 
