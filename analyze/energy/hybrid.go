@@ -2,6 +2,7 @@ package energy
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"time"
@@ -77,6 +78,17 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	return h, nil
 }
 
+// WithLag is the same hybrid with the counter moved back by lag instead of h.Lag, sharing the samples' running
+// integral: energies recomputed at the lag ± its uncertainty give the lag's share of the error budget.
+func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
+	pts := slices.Clone(h.pts)
+	for i := range pts {
+		pts[i].t = pts[i].t.Add(h.Lag) // back to the readings' own times
+	}
+	w, _ := newHybrid(pts, h.Resets, h.in, lag) // h had two readings and samples, so w has too
+	return w
+}
+
 // dedupe keeps, of each run of equal readings, the first: the value appeared at or before that read.
 func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 	out := make([]trace.CounterReading, 0, len(cs))
@@ -146,7 +158,15 @@ type LagEstimate struct {
 	Intervals int
 	// Contrast is the worst fit's residual over the best's: near 1 means the lag hardly matters.
 	Contrast float64
+	// U is the lag's standard uncertainty: the spread of the lags fitted with each of lagBlocks stretches of the
+	// trace left out in turn (delete-a-block jackknife, so correlated residuals inside a stretch do not shrink it),
+	// and the 5 ms grid of the search. Unresolved lags get UnresolvedLagU.
+	U time.Duration
 }
+
+// UnresolvedLagU is the standard uncertainty given to a lag the data could not resolve (used as 0): about the
+// spread of the lags measured on different setups (−5 to 85 ms).
+const UnresolvedLagU = 50 * time.Millisecond
 
 // Lag search range and step. The lag is relative between the two sensors and includes the reads' staleness, so
 // a small negative value is possible (H100 reads phase-locked just after updates came out at the floor of 0).
@@ -163,8 +183,12 @@ const maxLagIntervals = 5000
 // 10–22 on H100/H200 recordings; idle power's small wobble gave up to ~2 with meaningless lags.
 const minContrast = 3
 
+// lagBlocks is the number of contiguous stretches of counter intervals the jackknife leaves out in turn.
+const lagBlocks = 10
+
 // estimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the
-// samples' energy over the same interval moved back by L (least squares, one gain for all intervals).
+// samples' energy over the same interval moved back by L (least squares, one gain for all intervals), and its
+// uncertainty by a delete-a-block jackknife over the same candidate lags.
 func estimateLag(pts []point, in *Integral) LagEstimate {
 	// Intervals usable at every candidate lag, so all candidates are scored on the same data.
 	type iv struct {
@@ -183,19 +207,38 @@ func estimateLag(pts []point, in *Integral) LagEstimate {
 		ivs = append(ivs, iv{a.t, b.t, b.j - a.j})
 	}
 	if len(ivs) < 10 {
-		return LagEstimate{Intervals: len(ivs)}
+		return LagEstimate{Intervals: len(ivs), U: UnresolvedLagU}
+	}
+	// block k holds intervals [edge[k], edge[k+1]).
+	var edge [lagBlocks + 1]int
+	for k := range edge {
+		edge[k] = k * len(ivs) / lagBlocks
 	}
 	best, worst := -1.0, 0.0
 	var bestLag time.Duration
+	var jkBest [lagBlocks]float64
+	var jkLag [lagBlocks]time.Duration
+	for k := range jkBest {
+		jkBest[k] = -1
+	}
 	xs := make([]float64, len(ivs))
 	for lag := MinLag; lag <= MaxLag; lag += lagStep {
 		var sxy, sxx float64
+		var bxy, bxx [lagBlocks]float64
 		ca, cb := in.Cursor(), in.Cursor() // interval edges ascend: no binary searches
 		l := int64(lag)
+		k := 0
 		for i, v := range ivs {
+			for i >= edge[k+1] {
+				k++
+			}
 			xs[i] = cb.atNS(v.b.UnixNano()-l) - ca.atNS(v.a.UnixNano()-l)
-			sxy += xs[i] * v.dE
-			sxx += xs[i] * xs[i]
+			bxy[k] += xs[i] * v.dE
+			bxx[k] += xs[i] * xs[i]
+		}
+		for k := range bxy {
+			sxy += bxy[k]
+			sxx += bxx[k]
 		}
 		if sxx == 0 {
 			continue
@@ -210,8 +253,26 @@ func estimateLag(pts []point, in *Integral) LagEstimate {
 			best, bestLag = rss, lag
 		}
 		worst = max(worst, rss)
+		// The same fit with each block left out.
+		for out := range lagBlocks {
+			ox, oxx := sxy-bxy[out], sxx-bxx[out]
+			if oxx <= 0 {
+				continue
+			}
+			g, r2 := ox/oxx, 0.0
+			for i, v := range ivs {
+				if i >= edge[out] && i < edge[out+1] {
+					continue
+				}
+				r := v.dE - g*xs[i]
+				r2 += r * r
+			}
+			if jkBest[out] < 0 || r2 < jkBest[out] {
+				jkBest[out], jkLag[out] = r2, lag
+			}
+		}
 	}
-	est := LagEstimate{Intervals: len(ivs)}
+	est := LagEstimate{Intervals: len(ivs), U: UnresolvedLagU}
 	if best < 0 || worst == 0 {
 		return est
 	}
@@ -220,5 +281,15 @@ func estimateLag(pts []point, in *Integral) LagEstimate {
 		return est
 	}
 	est.Lag, est.OK = bestLag, true
+	// Jackknife variance: (K−1)/K Σ (L_k − mean)², with the search grid's own resolution (step²/12) added.
+	var mean, ss float64
+	for _, l := range jkLag {
+		mean += float64(l) / lagBlocks
+	}
+	for _, l := range jkLag {
+		ss += (float64(l) - mean) * (float64(l) - mean)
+	}
+	step := float64(lagStep)
+	est.U = time.Duration(math.Sqrt(ss*(lagBlocks-1)/lagBlocks + step*step/12))
 	return est
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,20 +14,34 @@ import (
 	"time"
 
 	"github.com/lem-energy/lem/analyze/energy"
-	"github.com/lem-energy/lem/analyze/stats"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
 // Run is one loaded run directory.
 type Run struct {
-	Dir         string
-	Manifest    *manifest.Manifest
-	Uncertainty Uncertainty
-	// Steady is each GPU's steady state over the run (from trace.parquet), keyed by GPU index.
+	Dir      string
+	Manifest *manifest.Manifest
+	// Uncertainty is the run's energy budget (docs/METHODOLOGY.md); its lag term is evaluated once the trace is
+	// read.
+	Uncertainty Budget
+	// PhaseUncertainty is each phase's budget, from the trace; nil: from the manifest alone (see PhaseBudget).
+	PhaseUncertainty map[string]Budget
+	// Steady is each GPU's steady state inside the workload's phases (from trace.parquet), keyed by GPU index.
 	Steady map[int]energy.Steady
-	// Power is each GPU's power from the baseline to the end, thinned for plotting.
+	// Power is each GPU's power from the baseline to the end, thinned for plots.
 	Power map[int][]trace.PowerSample
+	// PowerCappedS is, per phase, the time a workload GPU held its clocks under the software power cap.
+	PowerCappedS map[string]float64
+}
+
+// PhaseBudget is the uncertainty budget of one of the run's phases.
+func (r *Run) PhaseBudget(name string) (Budget, bool) {
+	if r.PhaseUncertainty == nil {
+		r.PhaseUncertainty = phaseBudgets(r.Manifest)
+	}
+	b, ok := r.PhaseUncertainty[name]
+	return b, ok
 }
 
 // maxPlotPoints bounds the points of a power plot.
@@ -47,40 +60,7 @@ func thin(ss []trace.PowerSample, t0, t1 time.Time) []trace.PowerSample {
 	return out
 }
 
-// Uncertainty is a run's error budget in joules (docs/METHODOLOGY.md).
-type Uncertainty struct {
-	// SensorGainJ is the board sensor's ±5 % gain: systematic, the same for every run on that GPU, so it cancels
-	// in same-GPU comparisons and is kept apart.
-	SensorGainJ float64 `json:"sensor_gain_j"`
-	// BoundaryJ is what the two run edges can misplace: one sample period of power at each.
-	BoundaryJ float64 `json:"boundary_j"`
-	// BaselineJ is the idle baseline's spread over the run: IQR × duration (adjusted energy only).
-	BaselineJ float64 `json:"baseline_j"`
-	// RandomJ combines boundary and baseline errors in quadrature.
-	RandomJ float64 `json:"random_j"`
-}
-
-// SensorGain is the vendor's accuracy of the board power sensor.
-const SensorGain = 0.05
-
-// budget computes a run's uncertainty from its manifest.
-func budget(m *manifest.Manifest) Uncertainty {
-	u := Uncertainty{SensorGainJ: SensorGain * m.Energy.HybridJ.Or(0)}
-	period := energy.DefaultSamplePeriod.Seconds()
-	for _, g := range m.GPUs {
-		if g.Role == manifest.RoleObserved {
-			continue // not in the result
-		}
-		u.BoundaryJ += 2 * period * g.MeanPowerW.Or(0)
-		if g.Baseline != nil {
-			u.BaselineJ += g.Baseline.IQRW * m.Times.DurationS
-		}
-	}
-	u.RandomJ = math.Hypot(u.BoundaryJ, u.BaselineJ)
-	return u
-}
-
-// fromTrace finds each GPU's steady state in the run's trace and keeps its power for plots.
+// fromTrace reads the run's trace for what needs it (detail).
 func fromTrace(r *Run) error {
 	t, err := runTrace(r.Dir)
 	if err != nil {
@@ -93,16 +73,6 @@ func fromTrace(r *Run) error {
 	}
 	detail(r, t, from)
 	return nil
-}
-
-// detail finds each GPU's steady state over the run and keeps its power from `from` on, thinned, for plots.
-func detail(r *Run, t *trace.Trace, from time.Time) {
-	m := r.Manifest
-	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
-	for g, s := range t.GPUs {
-		r.Steady[g] = energy.FindSteady(s.Window(m.Times.Start, m.Times.End).Samples, m.Times.Start, m.Times.End, energy.SteadyOptions{})
-		r.Power[g] = thin(s.Samples, from, m.Times.End)
-	}
 }
 
 // Problem is an input that could not be used; the others are still reported.
@@ -221,165 +191,4 @@ func walk(dir string) (manifests, traces []string, err error) {
 		return nil
 	})
 	return manifests, traces, err
-}
-
-// Rule is a quality rule of validate.
-type Rule struct {
-	Name  string
-	Codes []string // manifest warning codes that break it
-}
-
-// Rules are the quality rules a publishable run passes.
-var Rules = []Rule{
-	{"status ok", nil},
-	{"window ≥ 5 s", []string{"short_window"}},
-	{"≥ 3 counter updates", []string{"few_counter_updates"}},
-	{"no lost samples", []string{"capture_gaps"}},
-	{"no counter reset", []string{"counter_reset"}},
-	{"no throttling", []string{"throttling"}},
-	{"stable idle baseline", []string{"unstable_baseline", "gpu_busy_baseline", "no_baseline", "temperature_drift", "baseline_drift"}},
-	{"every marker accepted", []string{"marker_rejected"}},
-	{"markers as they happened", []string{"markers_buffered"}},
-}
-
-// Violations lists the rules a run breaks, with the manifest's messages.
-func Violations(m *manifest.Manifest) []string {
-	var out []string
-	if m.Status != manifest.StatusOK {
-		out = append(out, fmt.Sprintf("status ok: run ended %s", m.Status))
-	}
-	for _, r := range Rules[1:] {
-		for _, w := range m.Warnings {
-			if slices.Contains(r.Codes, w.Code) {
-				out = append(out, r.Name+": "+w.Message)
-			}
-		}
-	}
-	return out
-}
-
-// Experiment summarises the runs of one experiment across cycles.
-type Experiment struct {
-	Name           string        `json:"experiment"`
-	Runs           int           `json:"runs"`
-	Valid          int           `json:"valid_runs"`
-	DurationS      stats.Summary `json:"duration_s"`
-	EnergyJ        stats.Summary `json:"energy_j"`
-	AdjustedJ      stats.Summary `json:"adjusted_j"`
-	JPerToken      stats.Summary `json:"j_per_output_token"`
-	JPerTokenAdj   stats.Summary `json:"j_per_output_token_adjusted"`
-	VsReference    *stats.Ratio  `json:"energy_vs_reference,omitempty"`
-	VsReferenceAdj *stats.Ratio  `json:"adjusted_vs_reference,omitempty"`
-	TokenVsRef     *stats.Ratio  `json:"j_per_token_vs_reference,omitempty"`
-	Phases         []PhaseStats  `json:"phases,omitempty"`
-	SensorGainNote string        `json:"sensor_gain_note"`
-	IncludedRunIDs []string      `json:"run_ids"`
-}
-
-// PhaseStats summarises one phase (all its occurrences in a run summed) across an experiment's runs.
-type PhaseStats struct {
-	Name      string        `json:"name"`
-	DurationS stats.Summary `json:"duration_s"`
-	EnergyJ   stats.Summary `json:"energy_j"`
-	AdjustedJ stats.Summary `json:"adjusted_j"`
-}
-
-// phaseStats summarises the phases every run has, in the first run's order.
-func phaseStats(ms []*manifest.Manifest) []PhaseStats {
-	if len(ms) == 0 {
-		return nil
-	}
-	var out []PhaseStats
-	for _, first := range ms[0].Phases {
-		var d, e, a []float64
-		for _, m := range ms {
-			for _, p := range m.Phases {
-				if p.Name == first.Name {
-					d = append(d, p.DurationS)
-					e, a = appendValid(e, p.Energy.HybridJ), appendValid(a, p.Energy.AdjustedJ)
-				}
-			}
-		}
-		out = append(out, PhaseStats{Name: first.Name, DurationS: stats.Summarize(d), EnergyJ: stats.Summarize(e),
-			AdjustedJ: stats.Summarize(a)})
-	}
-	return out
-}
-
-// ErrNoRuns means nothing usable was given.
-var ErrNoRuns = errors.New("no usable runs")
-
-// Experiments groups runs with status ok by experiment and summarises them; reference, if set, names the
-// experiment the others are compared with.
-func Experiments(runs []Run, reference string) ([]Experiment, error) {
-	by := map[string][]*manifest.Manifest{}
-	total := map[string]int{}
-	var names []string
-	for _, r := range runs {
-		m := r.Manifest
-		if _, ok := total[m.Experiment]; !ok {
-			names = append(names, m.Experiment)
-		}
-		total[m.Experiment]++
-		if m.Status == manifest.StatusOK {
-			by[m.Experiment] = append(by[m.Experiment], m)
-		}
-	}
-	if len(names) == 0 {
-		return nil, ErrNoRuns
-	}
-	sort.Strings(names)
-	out := make([]Experiment, 0, len(names))
-	for _, name := range names {
-		ms := by[name]
-		e := Experiment{Name: name, Runs: total[name], Valid: len(ms),
-			SensorGainNote: "±5 % board sensor gain (systematic) applies to absolute values; it cancels in same-GPU ratios"}
-		var d, en, adj, jt, jta []float64
-		for _, m := range ms {
-			e.IncludedRunIDs = append(e.IncludedRunIDs, m.RunID)
-			d = append(d, m.Times.DurationS)
-			en = appendValid(en, m.Energy.HybridJ)
-			adj = appendValid(adj, m.Energy.AdjustedJ)
-			if m.Derived != nil {
-				jt = appendValid(jt, m.Derived.JPerOutputToken)
-				jta = appendValid(jta, m.Derived.JPerOutputTokenAdj)
-			}
-		}
-		e.DurationS, e.EnergyJ, e.AdjustedJ = stats.Summarize(d), stats.Summarize(en), stats.Summarize(adj)
-		e.JPerToken, e.JPerTokenAdj = stats.Summarize(jt), stats.Summarize(jta)
-		e.Phases = phaseStats(ms)
-		out = append(out, e)
-	}
-	if reference != "" {
-		var ref *Experiment
-		for i := range out {
-			if out[i].Name == reference {
-				ref = &out[i]
-			}
-		}
-		if ref == nil {
-			return out, fmt.Errorf("--reference %q: no such experiment (have %v)", reference, names)
-		}
-		for i := range out {
-			if out[i].Name == reference {
-				continue
-			}
-			r1 := stats.RatioOf(out[i].EnergyJ, ref.EnergyJ)
-			r2 := stats.RatioOf(out[i].AdjustedJ, ref.AdjustedJ)
-			out[i].VsReference, out[i].VsReferenceAdj = &r1, &r2
-			if out[i].JPerToken.N > 0 && ref.JPerToken.N > 0 {
-				r3 := stats.RatioOf(out[i].JPerTokenAdj, ref.JPerTokenAdj)
-				out[i].TokenVsRef = &r3
-			}
-		}
-	}
-	return out, nil
-}
-
-// appendValid appends v to xs when it was measured: unmeasured values stay out of statistics.
-func appendValid(xs []float64, v manifest.Num) []float64 {
-	if v.Valid() {
-		return append(xs, float64(v))
-	}
-	return xs
 }

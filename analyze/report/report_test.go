@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/png"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,7 +41,7 @@ func runs(t *testing.T, dir string, exps map[string]int) {
 	slot := 0
 	for _, exp := range names {
 		for c := 0; c < exps[exp]; c++ {
-			start := first.Add(time.Duration(2+5*slot) * time.Second)
+			start := first.Add(time.Duration(2+6*slot) * time.Second)
 			slot++
 			id := fmt.Sprintf("%s-c%d", exp, c+1)
 			runDir(t, filepath.Join(dir, id), rec, id, exp, c+1, start)
@@ -50,7 +51,7 @@ func runs(t *testing.T, dir string, exps map[string]int) {
 
 func runDir(t *testing.T, dir string, rec *trace.Trace, id, exp string, cycle int, start time.Time) {
 	t.Helper()
-	end := start.Add(4 * time.Second)
+	end := start.Add(5500 * time.Millisecond) // past the 5 s window rule
 	s := rec.GPUs[0]
 	b, err := energy.ComputeBaseline(s.Samples, s.Telemetry, start.Add(-time.Second), start)
 	require.NoError(t, err)
@@ -64,7 +65,7 @@ func runDir(t *testing.T, dir string, rec *trace.Trace, id, exp string, cycle in
 	ev(0, trace.EventPhase, "prefill", nil)
 	ev(500*time.Millisecond, trace.EventPhase, "decode", nil)
 	ev(3500*time.Millisecond, trace.EventResult, "", map[string]string{"output_tokens": "100", "requests": "2"})
-	ev(4*time.Second, trace.EventRunEnd, exp, map[string]string{"status": "ok"})
+	ev(5500*time.Millisecond, trace.EventRunEnd, exp, map[string]string{"status": "ok"})
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, trace.WriteFile(filepath.Join(dir, manifest.TraceFile), tr))
 	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: id, Experiment: exp, Cycle: cycle,
@@ -104,27 +105,62 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, exps, 2)
 	for _, e := range exps {
-		assert.Equal(t, 2, e.Valid)
+		assert.Equal(t, 2, e.Valid, "%s: every run passes the rules", e.Name)
+		assert.Empty(t, e.Excluded)
 		assert.Equal(t, 2, e.EnergyJ.N)
 		// The replayed H200 idles at ~78 W before the model load: energy is power × duration.
 		assert.InEpsilon(t, 78*e.DurationS.Mean, e.EnergyJ.Mean, 0.05, e.Name)
 		assert.InEpsilon(t, e.EnergyJ.Mean/100, e.JPerToken.Mean, 1e-9, "J per output token")
-		assert.LessOrEqual(t, e.EnergyJ.CILow, e.EnergyJ.Mean) // replays of the same span can give equal energies
+		assert.False(t, e.EnergyJ.HasInterval(), "two runs: the values, no interval")
+		assert.Len(t, e.EnergyJ.Values, 2)
 	}
 	b := exps[1]
-	require.NotNil(t, b.VsReference)
-	assert.InDelta(t, 1.0, b.VsReference.Value, 0.1, "same workload, same idle GPU")
+	require.NotNil(t, b.Reference)
+	require.NotNil(t, b.Reference.EnergyJ)
+	assert.InDelta(t, 1.0, b.Reference.EnergyJ.Ratio.Value, 0.1, "same workload, same idle GPU")
+	assert.False(t, b.Reference.Paired, "no campaign: independent")
+	assert.False(t, b.Reference.DifferentBoards, "both on the recording's one GPU")
 	_, err = report.Experiments(loaded, "zzz")
 	assert.ErrorContains(t, err, `"zzz"`)
 
 	for _, r := range loaded {
+		m := r.Manifest
 		u := r.Uncertainty
-		assert.InDelta(t, 0.05*float64(r.Manifest.Energy.HybridJ), u.SensorGainJ, 1e-9)
-		assert.InDelta(t, 2*0.02*float64(r.Manifest.GPUs[0].MeanPowerW), u.BoundaryJ, 1e-9)
-		assert.InDelta(t, r.Manifest.GPUs[0].Baseline.IQRW*r.Manifest.Times.DurationS, u.BaselineJ, 1e-9)
+		tr, err := trace.ReadFile(filepath.Join(r.Dir, manifest.TraceFile))
+		require.NoError(t, err)
+		ss := tr.GPUs[0].Samples
+		// Independent of the code: gain 5 %/√3 of the energy; an edge's power is the highest sample within
+		// 20 ms of it, misplaced by up to one period (rectangular: P·0.02/√3); the idle median's standard error
+		// 1.2533·(IQR/1.349)/√n times the duration.
+		edge := func(at time.Time) float64 {
+			var p float64
+			for _, x := range ss {
+				if d := x.Time.Sub(at); d >= -20*time.Millisecond && d <= 20*time.Millisecond {
+					p = max(p, x.PowerW)
+				}
+			}
+			return p
+		}
+		bl := m.GPUs[0].Baseline
+		assert.InDelta(t, 0.05/math.Sqrt(3)*float64(m.Energy.HybridJ), float64(u.Term(report.TermGain).RawJ), 1e-9)
+		assert.InDelta(t, 0.05/math.Sqrt(3)*float64(m.Energy.AdjustedJ), float64(u.Term(report.TermGain).AdjustedJ), 1e-9,
+			"the gain applies to the adjusted energy itself, not the raw one")
+		assert.InDelta(t, math.Hypot(edge(m.Times.Start), edge(m.Times.End))*0.02/math.Sqrt(3),
+			float64(u.Term(report.TermBoundary).RawJ), 1e-9)
+		assert.InDelta(t, 1.2533*bl.IQRW/1.349/math.Sqrt(float64(bl.Samples))*m.Times.DurationS,
+			float64(u.Term(report.TermBaseline).AdjustedJ), 1e-9)
+		assert.Zero(t, float64(u.Term(report.TermBaseline).RawJ), "raw energy has no baseline in it")
+		assert.Zero(t, float64(u.Term(report.TermLatency).RawJ))
+		assert.Zero(t, float64(u.Term(report.TermAliasing).RawJ))
+		assert.True(t, u.Term(report.TermLag).RawJ.Valid(), "lag term evaluated on the trace")
+		var sq float64
+		for _, term := range u.Terms {
+			sq += float64(term.RawJ * term.RawJ)
+		}
+		assert.InDelta(t, math.Sqrt(sq), float64(u.URawJ), 1e-9)
+		assert.InDelta(t, 2*float64(u.URawJ), float64(u.ExpandedRawJ), 1e-9)
 		require.Contains(t, r.Steady, 0)
-		assert.True(t, r.Steady[0].Found, "idle replayed power is steady")
-		assert.InDelta(t, 78, r.Steady[0].MeanW, 3)
+		assert.False(t, r.Steady[0].Found, "idle replayed power is never steady state")
 	}
 
 	var md bytes.Buffer
@@ -134,11 +170,12 @@ func TestReportOnReplayedRuns(t *testing.T) {
 	}
 	assert.Contains(t, md.String(), "| decode | 1 |")
 	assert.Contains(t, md.String(), "Inputs not used")
+	assert.Contains(t, md.String(), "(n=2: ", "two runs: values listed")
 
 	checkHTML(t, loaded, exps, probs)
 
 	var cs bytes.Buffer
-	require.NoError(t, report.CSV(&cs, loaded))
+	require.NoError(t, report.CSV(&cs, report.TableRuns, loaded, exps))
 	rows, err := csv.NewReader(&cs).ReadAll()
 	require.NoError(t, err)
 	assert.Len(t, rows, 1+4, "header and one row per run and GPU")
@@ -156,23 +193,63 @@ func TestViolations(t *testing.T) {
 	m := &manifest.Manifest{Status: manifest.StatusOK}
 	assert.Empty(t, report.Violations(m))
 	m.Warnings = []manifest.Warning{{Code: "short_window", Message: "the run lasted 1 s"}, {Code: "adjusted_clamped", Message: "x"},
-		{Code: "throttling", Message: "sw_power_cap 3 s"}}
+		{Code: "throttling", Message: "GPU 0: clocks held back by hw_thermal_slowdown for 3.0 s"},
+		{Code: "power_capped", Message: "GPU 0: clocks held under the software power cap for 8.6 s"}}
 	m.Status = manifest.StatusFail
 	v := report.Violations(m)
-	assert.Equal(t, []string{"status ok: run ended failed", "window ≥ 5 s: the run lasted 1 s", "no throttling: sw_power_cap 3 s"}, v)
+	assert.Equal(t, []string{"status ok: run ended failed", "window ≥ 5 s: the run lasted 1 s",
+		"no thermal or hardware slowdown: GPU 0: clocks held back by hw_thermal_slowdown for 3.0 s"}, v,
+		"power_capped is reported, not a violation")
+
+	// Negative energies or durations: a damaged manifest.
+	m = &manifest.Manifest{Status: manifest.StatusOK, Energy: manifest.Energy{HybridJ: -5, AdjustedJ: manifest.Null},
+		Phases: []manifest.Phase{{Name: "decode", DurationS: -1, Energy: manifest.Unmeasured()}}}
+	assert.Equal(t, []string{"no negative energy or duration: energy.hybrid_j is -5",
+		"no negative energy or duration: phases[decode].duration_s is -1"}, report.Violations(m))
+	assert.False(t, report.Passes(m))
 }
 
-// checkHTML renders the HTML report and opens it in headless Chromium: the DOM has a power plot per run (trace,
-// shaded phases, dashed baseline) and the experiment bars, and the screenshot is not blank.
+// checkHTML renders the HTML report and opens it in headless Chromium: every power plot has its trace, shaded
+// phases, dashed baseline, ticks with units, axis titles and a legend; the experiment chart has raw and adjusted
+// as two series with a legend; the per-experiment phase table is there; and the screenshot is not blank. The
+// screenshot is kept in the test's artifact directory (go test -artifacts keeps it).
 func checkHTML(t *testing.T, runs []report.Run, exps []report.Experiment, probs []report.Problem) {
 	t.Helper()
 	var h bytes.Buffer
 	require.NoError(t, report.HTML(&h, runs, exps, probs))
 	html := h.String()
-	assert.Equal(t, len(runs), strings.Count(html, `<svg class="power"`))
-	assert.Equal(t, 1, strings.Count(html, `<svg class="bars"`))
-	assert.Equal(t, len(runs)*2, strings.Count(html, `class="phase"`), "prefill and decode shaded in each run")
-	assert.Contains(t, html, `class="baseline"`)
+	checkDOM := func(doc string) {
+		t.Helper()
+		assert.Equal(t, len(runs), strings.Count(doc, `<svg class="power"`))
+		assert.Equal(t, len(runs), strings.Count(doc, `class="trace"`), "every power trace")
+		assert.Equal(t, 1, strings.Count(doc, `<svg class="bars"`))
+		assert.Equal(t, len(runs)*2, strings.Count(doc, `class="phase"`), "prefill and decode shaded in each run")
+		assert.Contains(t, doc, `class="baseline"`)
+		// Ticks with units: power and time axes on every plot, the chart's value axis.
+		assert.Equal(t, len(runs)+1, strings.Count(doc, ">power (W)<")+strings.Count(doc, "(J/token)<"), "axis titles with units")
+		assert.Equal(t, len(runs), strings.Count(doc, ">time since the baseline started (s)<"))
+		assert.GreaterOrEqual(t, strings.Count(doc, `class="tick y"`), 3*(len(runs)+1))
+		assert.GreaterOrEqual(t, strings.Count(doc, `class="tick x"`), 3*len(runs))
+		// Legends name every series.
+		assert.Equal(t, len(runs), strings.Count(doc, ">GPU 0 power (50 Hz)<"))
+		assert.Equal(t, len(runs), strings.Count(doc, ">idle baseline (median)<"))
+		assert.Equal(t, len(runs), strings.Count(doc, ">phase decode<"))
+		// Raw and adjusted are separate series, one bar each per experiment, never one in place of the other.
+		assert.Equal(t, len(exps), strings.Count(doc, `class="bar raw"`))
+		assert.Equal(t, len(exps), strings.Count(doc, `class="bar adjusted"`))
+		assert.Contains(t, doc, ">idle-adjusted<")
+		// The per-experiment phase table: one row per experiment and phase.
+		i := strings.Index(doc, `class="experiment-phases"`)
+		require.Positive(t, i)
+		table := doc[i : i+strings.Index(doc[i:], "</table>")]
+		var rows int
+		for _, e := range exps {
+			rows += len(e.Phases)
+			assert.Contains(t, table, "<td>"+e.Name+"</td><td>decode</td>")
+		}
+		assert.Equal(t, rows+1, strings.Count(table, "<tr>"))
+	}
+	checkDOM(html)
 	assert.NotContains(t, html, "ZgotmplZ", "no value escaped away by html/template")
 
 	bin, err := exec.LookPath("chromium")
@@ -187,10 +264,11 @@ func checkHTML(t *testing.T, runs []report.Run, exps []report.Experiment, probs 
 		"--user-data-dir=" + filepath.Join(dir, "profile"), "--window-size=1000,1600"}
 	dom, err := exec.Command(bin, append(args, "--dump-dom", "file://"+page)...).Output()
 	require.NoError(t, err, "chromium --dump-dom")
-	assert.Equal(t, len(runs), strings.Count(string(dom), `class="trace"`), "rendered DOM has every power trace")
-	shot := filepath.Join(dir, "report.png")
+	checkDOM(string(dom))
+	shot := filepath.Join(t.ArtifactDir(), "report.png")
 	out, err := exec.Command(bin, append(args, "--screenshot="+shot, "file://"+page)...).CombinedOutput()
 	require.NoError(t, err, "chromium --screenshot: %s", out)
+	t.Logf("screenshot of the HTML report: %s", shot)
 	f, err := os.Open(shot)
 	require.NoError(t, err)
 	defer f.Close()

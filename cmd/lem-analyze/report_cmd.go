@@ -14,25 +14,20 @@ import (
 type reportCmd struct {
 	Paths     []string `arg:"" help:"Run directories (or directories holding them), or lem traces (.parquet) whose marked runs are reported."`
 	Format    string   `short:"f" default:"md" enum:"md,html,json,csv" help:"Output format (${enum})."`
-	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals)."`
+	Table     string   `default:"runs" enum:"runs,phases,experiments,windows" help:"Table written by --format csv (${enum}): one row per run and GPU, per run and phase, per experiment and figure, or per run and window."`
+	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals and expanded uncertainties)."`
 	Out       string   `short:"o" env:"LEM_REPORT_FILE" help:"Write the report to this file instead of stdout."`
 }
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
-	load := report.Load
-	if c.Format == "csv" {
-		load = report.LoadManifests // the table needs no steady state or plots
-	}
-	runs, probs := load(c.Paths)
+	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
+	runs, probs := report.Load(c.Paths)
 	for _, p := range probs {
 		log.Warn("input skipped", "path", p.Path, "err", p.Err)
 	}
 	if len(runs) == 0 {
 		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
-	}
-	if c.Format == "csv" { // one row per run and GPU: no experiment statistics (their bootstrap is the costly part)
-		return c.write(func(w io.Writer) error { return report.CSV(w, runs) })
 	}
 	exps, err := report.Experiments(runs, c.Reference)
 	if err != nil {
@@ -40,6 +35,8 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	return c.write(func(w io.Writer) error {
 		switch c.Format {
+		case "csv":
+			return report.CSV(w, c.Table, runs, exps)
 		case "json":
 			return report.JSON(w, runs, exps, probs)
 		case "html":

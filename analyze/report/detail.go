@@ -1,0 +1,280 @@
+package report
+
+import (
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lem-energy/lem/analyze/energy"
+	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// detail adds what needs the run's trace: each GPU's steady state inside the workload's own phases, its power from
+// `from` on (thinned, for plots), the time each phase spent power-capped, and the uncertainty budgets of the run
+// and its phases with the lag term evaluated.
+func detail(r *Run, t *trace.Trace, from time.Time) {
+	m := r.Manifest
+	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
+	occ := occurrences(m, t)
+	for g, s := range t.GPUs {
+		r.Steady[g] = steadyIn(s, m, g, occ)
+		r.Power[g] = thin(s.Samples, from, m.Times.End)
+	}
+	r.PowerCappedS = powerCapped(m, t, occ)
+	lms := sharedLagMeters(t)
+	if m.Times.End.After(m.Times.Start) {
+		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, m, t, lms)
+	}
+	r.PhaseUncertainty = map[string]Budget{}
+	for _, p := range m.Phases {
+		if ws := occ[p.Name]; len(ws) > 0 {
+			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, m, t, lms)
+		}
+	}
+}
+
+// phaseBudgets are the phases' budgets from the manifest alone (lag not evaluated, edges at the phase's mean
+// power), replaced by detail where the trace is read.
+func phaseBudgets(m *manifest.Manifest) map[string]Budget {
+	out := map[string]Budget{}
+	for _, p := range m.Phases {
+		var gpus []gpuInput
+		for _, pg := range p.GPUs {
+			gi := gpuInput{lagJ: math.NaN()}
+			for _, g := range m.GPUs {
+				if g.Index == pg.Index {
+					gi.baseline = g.Baseline
+				}
+			}
+			pw := math.NaN()
+			if p.DurationS > 0 {
+				pw = pg.HybridJ.Or(math.NaN()) / p.DurationS
+			}
+			for range 2 * max(p.Count, 1) {
+				gi.edgeW = append(gi.edgeW, pw)
+			}
+			gpus = append(gpus, gi)
+		}
+		out[p.Name] = makeBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, p.DurationS, gpus)
+	}
+	return out
+}
+
+// occurrences lists each phase's occurrences inside the run from the trace's events (the manifest keeps only the
+// first start and last end of each name), clipped to the run as the accounting clips them. A trace accounted as
+// one run (no run marked) has its phases under no run id of the manifest's: then every phase event counts.
+func occurrences(m *manifest.Manifest, t *trace.Trace) map[string][]edgeWindow {
+	pick := func(all bool) []trace.Event {
+		var evs []trace.Event
+		for _, e := range t.Events {
+			if (e.Type == trace.EventPhase || e.Type == trace.EventPhaseEnd || e.Type == trace.EventRunEnd) &&
+				(all || e.RunID == m.RunID) {
+				evs = append(evs, e)
+			}
+		}
+		return evs
+	}
+	evs := pick(false)
+	if len(evs) == 0 && len(m.Phases) > 0 {
+		evs = pick(true)
+	}
+	out := map[string][]edgeWindow{}
+	for _, p := range trace.Phases(evs, m.Times.End) {
+		a, b := p.Start, p.End
+		if a.Before(m.Times.Start) {
+			a = m.Times.Start
+		}
+		if b.After(m.Times.End) {
+			b = m.Times.End
+		}
+		if b.After(a) {
+			out[p.Name] = append(out[p.Name], edgeWindow{a, b})
+		}
+	}
+	return out
+}
+
+// idleFactor: power up to this multiple of the idle baseline counts as idle when looking for steady state.
+const idleFactor = 1.1
+
+// steadyIn finds a GPU's steady state inside the workload's own phases: the decode phase where there is one, else
+// the phases that are not idle (by name, or by mean power within 10 % of the baseline), the longest stretch found
+// in any of them; a run without phases is searched whole. Stretches at idle power are never steady state:
+// ML-serving benchmarks report the rate under load, and an idle stretch (78 W on the H200 recording) is not it.
+func steadyIn(s *trace.Series, m *manifest.Manifest, g int, occ map[string][]edgeWindow) energy.Steady {
+	idle := idleLevel(s, m, g)
+	var windows []edgeWindow
+	if len(m.Phases) == 0 {
+		windows = []edgeWindow{{m.Times.Start, m.Times.End}}
+	}
+	for _, name := range workloadPhases(m, g, idle) {
+		windows = append(windows, occ[name]...)
+	}
+	var best energy.Steady
+	for _, w := range windows {
+		for _, st := range loadedStretches(s.Window(w.start, w.end).Samples, idle) {
+			f := energy.FindSteady(st, st[0].Time, st[len(st)-1].Time, energy.SteadyOptions{})
+			if f.Found && f.MeanW > idle && f.End.Sub(f.Start) > best.End.Sub(best.Start) {
+				best = f
+			}
+		}
+	}
+	return best
+}
+
+// idleLevel is the power below which a GPU counts as idle: idleFactor × its baseline, or without one
+// idleFactor × the 5th percentile of its power over the run.
+func idleLevel(s *trace.Series, m *manifest.Manifest, g int) float64 {
+	for _, mg := range m.GPUs {
+		if mg.Index == g && mg.Baseline != nil && mg.Baseline.MedianW > 0 {
+			return idleFactor * mg.Baseline.MedianW
+		}
+	}
+	w := s.Window(m.Times.Start, m.Times.End).Samples
+	if len(w) == 0 {
+		return 0
+	}
+	ps := make([]float64, len(w))
+	for i, x := range w {
+		ps[i] = x.PowerW
+	}
+	slices.Sort(ps)
+	return idleFactor * energy.Quantile(ps, 0.05)
+}
+
+// workloadPhases are the phases to look for steady state in: decode if present, else every phase that is not
+// idle by name or by its mean power on GPU g.
+func workloadPhases(m *manifest.Manifest, g int, idle float64) []string {
+	var out []string
+	for _, p := range m.Phases {
+		if p.Name == "decode" {
+			return []string{p.Name}
+		}
+		if strings.Contains(strings.ToLower(p.Name), "idle") || p.DurationS <= 0 {
+			continue
+		}
+		loaded := true
+		for _, pg := range p.GPUs {
+			if pg.Index == g && pg.HybridJ.Valid() && float64(pg.HybridJ)/p.DurationS <= idle {
+				loaded = false
+			}
+		}
+		if loaded {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
+// loadedStretches splits samples into runs of consecutive samples above the idle level.
+func loadedStretches(ss []trace.PowerSample, idle float64) [][]trace.PowerSample {
+	var out [][]trace.PowerSample
+	start := -1
+	for i, x := range ss {
+		switch {
+		case x.PowerW > idle && start < 0:
+			start = i
+		case x.PowerW <= idle && start >= 0:
+			if i-start >= 3 {
+				out = append(out, ss[start:i])
+			}
+			start = -1
+		}
+	}
+	if start >= 0 && len(ss)-start >= 3 {
+		out = append(out, ss[start:])
+	}
+	return out
+}
+
+// powerCapped sums, per phase, the time any workload GPU spent with its clocks held under the software power
+// cap (clock-event reason sw_power_cap): reported, not a fault — H100/H200 reach it at full load.
+func powerCapped(m *manifest.Manifest, t *trace.Trace, occ map[string][]edgeWindow) map[string]float64 {
+	var bit uint64
+	for _, cr := range gpu.ClockReasons {
+		if cr.Name == "sw_power_cap" {
+			bit = cr.Bit
+		}
+	}
+	out := map[string]float64{}
+	for _, g := range m.GPUs {
+		s := t.GPUs[g.Index]
+		if g.Role == manifest.RoleObserved || s == nil {
+			continue
+		}
+		for name, ws := range occ {
+			for _, w := range ws {
+				if sec := reasonSeconds(s.Telemetry, w.start, w.end, bit); sec > 0 {
+					out[name] += sec
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// reasonSeconds is the time in [start, end] during which telemetry showed the clock-event bit.
+func reasonSeconds(tel []trace.Telemetry, start, end time.Time, bit uint64) float64 {
+	var sec float64
+	i := max(sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(start) })-1, 0)
+	for ; i+1 < len(tel) && tel[i].Time.Before(end); i++ {
+		a, b := tel[i], tel[i+1]
+		if !a.ClockReasonsValid || a.ClockReasons&bit == 0 {
+			continue
+		}
+		t0, t1 := a.Time, b.Time
+		if t0.Before(start) {
+			t0 = start
+		}
+		if t1.After(end) {
+			t1 = end
+		}
+		if t1.After(t0) {
+			sec += t1.Sub(t0).Seconds()
+		}
+	}
+	return sec
+}
+
+// Each run of a trace is detailed on its own (in parallel, for a recording of many runs), but the lag fit belongs
+// to the trace: the last few traces' fits are kept so that runs sharing a trace share them.
+var lagCache struct {
+	sync.Mutex
+	entries []*lagEntry
+}
+
+type lagEntry struct {
+	t    *trace.Trace
+	once sync.Once
+	lms  map[int]*lagMeter
+}
+
+const lagCacheSize = 4
+
+func sharedLagMeters(t *trace.Trace) map[int]*lagMeter {
+	lagCache.Lock()
+	var e *lagEntry
+	for _, x := range lagCache.entries {
+		if x.t == t {
+			e = x
+		}
+	}
+	if e == nil {
+		e = &lagEntry{t: t}
+		lagCache.entries = append(lagCache.entries, e)
+		if len(lagCache.entries) > lagCacheSize {
+			lagCache.entries = lagCache.entries[1:]
+		}
+	}
+	lagCache.Unlock()
+	e.once.Do(func() { e.lms = lagMeters(t) })
+	return e.lms
+}
