@@ -351,7 +351,7 @@ func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
 	tr := s.Trace(evs...)
 	base := 33.0
 	b := &manifest.Baseline{MedianW: 78, P25W: 78, P75W: 78, Samples: 1500, TempMeanC: &base,
-		TempFit: &manifest.TempFit{SlopeWPerC: 0.25, Points: 12, SpanC: 9}}
+		TempFit: &manifest.TempFit{SlopeWPerC: 0.25, SlopeSE: 0.02, Points: 12, SpanC: 15, MinC: 30, MaxC: 45}}
 	m := &manifest.Manifest{Environment: tr.Env}
 	account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10), Baselines: map[int]*manifest.Baseline{0: b}})
 	g := m.GPUs[0]
@@ -366,6 +366,24 @@ func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
 	decode := s.Energy(at(3.5), at(8))
 	assert.Less(t, rel(m.Phases[1].Energy.AdjustedActiveJ, decode-120*4.5), 1e-4)
 	assert.Less(t, rel(m.Phases[1].Energy.AdjustedJ, decode-idle*4.5), 1e-4)
+
+	for _, c := range []struct {
+		name  string
+		runC  float64
+		fit   manifest.TempFit
+		wantW float64
+	}{
+		{"hotter than any baseline: held to the fit's 45 °C", 70, *b.TempFit, 78 + 0.25*(45-33)},
+		{"a slope within two standard errors of 0: no correction", 41, manifest.TempFit{SlopeWPerC: 0.25, SlopeSE: 0.2, MinC: 30, MaxC: 45}, 78},
+	} {
+		s.TempC = c.runC
+		tr := s.Trace(runEvents()...)
+		fit := c.fit
+		b := &manifest.Baseline{MedianW: 78, P25W: 78, P75W: 78, Samples: 1500, TempMeanC: &base, TempFit: &fit}
+		m := &manifest.Manifest{Environment: tr.Env}
+		account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10), Baselines: map[int]*manifest.Baseline{0: b}})
+		assert.InDelta(t, c.wantW, float64(m.GPUs[0].IdleW), 1e-9, c.name)
+	}
 }
 
 // On the real LLM recording, the stretch between the model load and the first batch (context held, no kernel)

@@ -30,12 +30,18 @@ const (
 )
 
 // idleAtRun is the deep-idle power subtracted for a GPU: the baseline's median, corrected to the run's mean
-// temperature along the GPU's temperature fit when there is one.
+// temperature along the GPU's temperature fit when there is one and its slope is told (over twice its standard
+// error). The run's temperature is held to the range the fit saw: idle measured at 30–45 °C says nothing sure
+// about idle at 70 °C.
 func idleAtRun(b *manifest.Baseline, runTempC float64) float64 {
-	if b.TempFit == nil || b.TempMeanC == nil || math.IsNaN(runTempC) {
+	f := b.TempFit
+	if f == nil || b.TempMeanC == nil || math.IsNaN(runTempC) || math.Abs(f.SlopeWPerC) <= 2*f.SlopeSE {
 		return b.MedianW
 	}
-	return b.MedianW + b.TempFit.SlopeWPerC*(runTempC-*b.TempMeanC)
+	if f.MaxC > f.MinC {
+		runTempC = min(max(runTempC, f.MinC), f.MaxC)
+	}
+	return b.MedianW + f.SlopeWPerC*(runTempC-*b.TempMeanC)
 }
 
 func meanTemp(tel []trace.Telemetry) float64 {
@@ -181,7 +187,7 @@ func FitIdleTemperature(tempC, watts []float64) (fit manifest.TempFit, ok bool) 
 		rss += r * r
 	}
 	se := math.Sqrt(rss / float64(n-2) / sxx)
-	return manifest.TempFit{SlopeWPerC: b, SlopeSE: se, InterceptW: a, Points: n, SpanC: hi - lo}, true
+	return manifest.TempFit{SlopeWPerC: b, SlopeSE: se, InterceptW: a, Points: n, SpanC: hi - lo, MinC: lo, MaxC: hi}, true
 }
 
 // PStates summarises the performance states in the telemetry over [a, b] (zero times: all of it): the most

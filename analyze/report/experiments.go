@@ -26,6 +26,8 @@ type Experiment struct {
 	AdjustedJ    stats.Summary `json:"adjusted_j"`
 	JPerToken    stats.Summary `json:"j_per_output_token"`
 	JPerTokenAdj stats.Summary `json:"j_per_output_token_adjusted"`
+	// Idle is the two idle definitions side by side (docs/METHODOLOGY.md, "Two idles").
+	Idle IdleStats `json:"idle"`
 	// Uncertainties of the means: repetition and systematic terms combined (GUM), expanded with K.
 	EnergyU       Uncert `json:"energy_uncertainty"`
 	AdjustedU     Uncert `json:"adjusted_uncertainty"`
@@ -35,6 +37,15 @@ type Experiment struct {
 	Reference      *Comparison  `json:"vs_reference,omitempty"`
 	Phases         []PhaseStats `json:"phases,omitempty"`
 	IncludedRunIDs []string     `json:"run_ids"`
+}
+
+// IdleStats summarises, over the included runs, the two idles (the sum over the workload's GPUs) and the energy
+// adjusted to active idle (Experiment.AdjustedJ is adjusted to deep idle): deep idle (the baseline: no context, clocks down) gives "what the workload adds to the host";
+// active idle (the context held, nothing running) gives "what the computation adds".
+type IdleStats struct {
+	DeepW           stats.Summary `json:"deep_idle_w"`
+	ActiveW         stats.Summary `json:"active_idle_w"`
+	AdjustedActiveJ stats.Summary `json:"adjusted_active_j"` // may be negative: below active idle
 }
 
 // Excluded is a run left out of the statistics.
@@ -181,6 +192,7 @@ func Experiments(runs []Run, reference string) ([]Experiment, error) {
 		e.JPerToken, e.JPerTokenU = qToken.summary(rs)
 		e.JPerTokenAdj, e.JPerTokenAdjU = qTokenAdj.summary(rs)
 		e.Phases = phaseStats(rs)
+		e.Idle = idleStats(rs)
 		res = append(res, *e)
 	}
 	if reference == "" {
@@ -353,4 +365,41 @@ func phaseStats(rs []*Run) []PhaseStats {
 		out = append(out, ps)
 	}
 	return out
+}
+
+// idleStats sums each run's workload GPUs' idles (a run missing one of them has no value) and summarises them.
+func idleStats(rs []*Run) IdleStats {
+	var deep, active, adjAct []float64
+	for _, r := range rs {
+		d, a := 0.0, 0.0
+		for _, g := range r.Manifest.GPUs {
+			switch {
+			case g.Role == manifest.RoleObserved:
+				continue
+			case g.Baseline == nil:
+				d = math.NaN() // NaN spreads: no deep idle for this run
+			default:
+				d += float64(g.IdleW)
+			}
+			if g.ActiveIdle == nil {
+				a = math.NaN()
+			} else {
+				a += g.ActiveIdle.MedianW
+			}
+		}
+		act := float64(r.Manifest.Energy.AdjustedActiveJ)
+		if math.IsNaN(a) {
+			act = math.NaN()
+		}
+		for _, x := range []struct {
+			dst *[]float64
+			v   float64
+		}{{&deep, d}, {&active, a}, {&adjAct, act}} {
+			if !math.IsNaN(x.v) && !math.IsInf(x.v, 0) {
+				*x.dst = append(*x.dst, x.v)
+			}
+		}
+	}
+	return IdleStats{DeepW: stats.SummarizePositive(deep), ActiveW: stats.SummarizePositive(active),
+		AdjustedActiveJ: stats.Summarize(adjAct)}
 }

@@ -32,6 +32,7 @@ type synth struct {
 	uuid              string
 	status            string
 	warnings          []string
+	activeW           float64 // active idle power; 0: none measured
 }
 
 var epoch = time.Date(2026, 11, 27, 12, 0, 0, 0, time.UTC)
@@ -51,9 +52,15 @@ func writeSynth(t *testing.T, dir string, s synth) {
 		Energy: manifest.Energy{CounterJ: manifest.Num(s.raw), HybridJ: manifest.Num(s.raw), SampledJ: manifest.Num(s.raw),
 			AdjustedJ: manifest.Num(s.adj)},
 		Lag: &manifest.Lag{MS: 65, Resolved: true, Contrast: 30, Intervals: 100}}
+	g.IdleW, g.Energy.AdjustedActiveJ = manifest.Null, manifest.Null
 	if !math.IsNaN(s.adj) {
 		g.Baseline = &manifest.Baseline{Start: start.Add(-10 * time.Second), End: start, MedianW: (s.raw - s.adj) / 10,
 			P25W: 80, P75W: 81, IQRW: 1, Samples: 500}
+		g.IdleW = manifest.Num(g.Baseline.MedianW)
+	}
+	if s.activeW > 0 {
+		g.ActiveIdle = &manifest.ActiveIdle{Source: "window", MedianW: s.activeW, Samples: 250, DurationS: 5}
+		g.Energy.AdjustedActiveJ = manifest.Num(s.raw - 10*s.activeW)
 	}
 	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: s.id, Experiment: s.exp, Campaign: s.campaign,
 		Cycle: s.cycle, Status: s.status, Backend: "process", Command: []string{"bench"},
@@ -278,6 +285,10 @@ func TestNoBaselineNoAdjusted(t *testing.T) {
 	for i := range runs {
 		runs[i].Manifest.Warnings = nil
 	}
+	// One window in the first run: its unmeasured adjusted energies are empty cells too.
+	runs[0].Manifest.Windows = []manifest.Window{{Name: "req", Count: 2, DurationS: 1.5,
+		Energy: manifest.Energy{CounterJ: manifest.Null, HybridJ: 300, SampledJ: 299, AdjustedJ: manifest.Null,
+			AdjustedActiveJ: manifest.Null}, MedianJ: 150, P90J: 170}}
 	exps, err := report.Experiments(runs, "")
 	require.NoError(t, err)
 	e := exps[0]
@@ -335,9 +346,14 @@ func TestNoBaselineNoAdjusted(t *testing.T) {
 			assert.Equal(t, "900.000", rows[1][col(t, rows[0], "hybrid_j")])
 			assert.Equal(t, "", rows[1][col(t, rows[0], "adjusted_j")])
 		case report.TableExperiments:
-			// duration, energy, adjusted, J/token, J/token adjusted, and the decode phase's three.
-			require.Len(t, rows, 1+5+3)
+			// duration, energy, adjusted, J/token, J/token adjusted, the two idles and the energy adjusted to active
+			// idle (none measured: no baseline, no active idle), and the decode phase's three.
+			require.Len(t, rows, 1+5+3+3)
 			for _, row := range rows[1:] {
+				switch row[col(t, rows[0], "figure")] {
+				case "deep_idle_w", "active_idle_w", "adjusted_active_j":
+					assert.Equal(t, "0", row[col(t, rows[0], "n")], row)
+				}
 				if row[col(t, rows[0], "figure")] == "adjusted_j" {
 					assert.Equal(t, "", row[col(t, rows[0], "mean")])
 					assert.Equal(t, "0", row[col(t, rows[0], "n")])
@@ -348,8 +364,12 @@ func TestNoBaselineNoAdjusted(t *testing.T) {
 				}
 			}
 		case report.TableWindows:
-			assert.Equal(t, []string{"run_id", "experiment", "cycle", "window", "count", "duration_s", "hybrid_j", "adjusted_j"}, rows[0])
-			assert.Len(t, rows, 1, "manifests record no windows yet")
+			require.Len(t, rows, 2, "one row per run and window name")
+			for name, want := range map[string]string{"run_id": "n1", "window": "req", "count": "2", "duration_s": "1.500",
+				"hybrid_j": "300.000", "adjusted_j": "", "adjusted_active_j": "", "median_j": "150.000", "p90_j": "170.000",
+				"requests": "", "attributed_j": ""} {
+				assert.Equal(t, want, rows[1][col(t, rows[0], name)], name)
+			}
 		}
 	}
 	assert.ErrorContains(t, report.CSV(&bytes.Buffer{}, "gpus", runs, exps), `--table "gpus"`)
@@ -455,4 +475,41 @@ func TestPowerCappedTimePerPhase(t *testing.T) {
 	var md bytes.Buffer
 	require.NoError(t, report.Markdown(&md, runs, exps, probs))
 	assert.Regexp(t, fmt.Sprintf(`\| heavy \| 1 \| [0-9.]+ \| [0-9.]+ \| ± [0-9.]+ \| — \| — \| %.2f \|`, r.PowerCappedS["heavy"]), md.String())
+}
+
+// The two idles side by side: deep idle and active idle summed over the workload's GPUs, the energy adjusted to
+// each; active-idle adjusted energy may be negative and keeps its sign.
+func TestTwoIdles(t *testing.T) {
+	runs, exps := loadSynth(t, []synth{
+		{id: "i1", exp: "i", at: 0, raw: 1500, adj: 720, activeW: 120},  // deep 78 W, active 120 W: 300 J above it
+		{id: "i2", exp: "i", at: 20, raw: 1520, adj: 740, activeW: 121}, // 310 J
+		{id: "i3", exp: "i", at: 40, raw: 1480, adj: 700, activeW: 119}, // 290 J
+		{id: "q1", exp: "q", at: 60, raw: 1100, adj: 320, activeW: 120}, // below active idle: −100 J
+		{id: "q2", exp: "q", at: 80, raw: 1150, adj: 370},               // no active idle measured
+	}, "")
+	require.Len(t, exps, 2)
+	i, q := exps[0].Idle, exps[1].Idle
+	assert.InDeltaSlice(t, []float64{78, 78, 78}, i.DeepW.Values, 1e-9)
+	assert.InDeltaSlice(t, []float64{120, 121, 119}, i.ActiveW.Values, 1e-9)
+	assert.InDeltaSlice(t, []float64{300, 310, 290}, i.AdjustedActiveJ.Values, 1e-9)
+	assert.InDelta(t, 300, i.AdjustedActiveJ.Mean, 1e-9)
+	assert.Equal(t, []float64{-100}, q.AdjustedActiveJ.Values, "the run without active idle has no value, not 0")
+	assert.Equal(t, 2, q.DeepW.N)
+
+	var md bytes.Buffer
+	report.ExperimentTable(&md, exps)
+	assert.Contains(t, md.String(), "| i | 78.0 [78.0, 78.0] | 720.0 [")
+	assert.Contains(t, md.String(), "| 120.0 [")
+	assert.Contains(t, md.String(), "| 300.0 [")
+	var page bytes.Buffer
+	require.NoError(t, report.HTML(&page, runs, exps, nil))
+	assert.Contains(t, page.String(), "<td>i</td><td>78.0 [78.0, 78.0]</td>")
+	var cs bytes.Buffer
+	require.NoError(t, report.CSV(&cs, report.TableRuns, runs, exps))
+	rows, err := csv.NewReader(&cs).ReadAll()
+	require.NoError(t, err)
+	assert.Equal(t, "120.000", rows[1][col(t, rows[0], "active_idle_w")])
+	assert.Equal(t, "window", rows[1][col(t, rows[0], "active_idle_source")])
+	assert.Equal(t, "300.000", rows[1][col(t, rows[0], "adjusted_active_j")])
+	assert.Equal(t, "78.000", rows[1][col(t, rows[0], "idle_w")])
 }

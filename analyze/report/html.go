@@ -329,6 +329,11 @@ svg{display:block;margin:0.5em 0 1.5em;background:#fff;border:1px solid #eee}
 <table class="reference"><tr><th>experiment</th><th>vs</th><th>runs</th><th>energy (raw)</th><th>energy (adjusted)</th><th>J/token (raw)</th><th>J/token (adjusted)</th></tr>
 {{range .Exps}}{{$e := .}}{{with .Reference}}<tr><td>{{$e.Name}}</td><td>{{.Reference}}{{if .DifferentBoards}} (different boards: the sensor gain does not cancel){{end}}</td><td>{{if .Paired}}paired by cycle{{else}}independent{{end}}</td><td>{{ratio .EnergyJ}}</td><td>{{ratio .AdjustedJ}}</td><td>{{ratio .JPerToken}}</td><td>{{ratio .JPerTokenAdj}}</td></tr>{{end}}
 {{end}}</table>{{end}}
+{{if .Idle}}<h3>Two idles</h3>
+<table class="idle"><tr><th>experiment</th><th>deep idle W</th><th>adjusted J (adds to the host)</th><th>active idle W</th><th>adjusted to active idle J (the computation adds)</th></tr>
+{{range .Exps}}<tr><td>{{.Name}}</td><td>{{ci .Idle.DeepW 1}}</td><td>{{ci .AdjustedJ 1}}</td><td>{{ci .Idle.ActiveW 1}}</td><td>{{ci .Idle.AdjustedActiveJ 1}}</td></tr>
+{{end}}</table>
+<p>Deep idle: the baseline before the workload (no context, clocks down). Active idle: the context held, nothing running.</p>{{end}}
 {{if .Phases}}<h3>Phases</h3>
 <table class="experiment-phases"><tr><th>experiment</th><th>phase</th><th>s</th><th>energy J</th><th>U J</th><th>adjusted J</th><th>U J</th><th>runs clamped</th><th>power-capped s</th></tr>
 {{range .Exps}}{{$e := .}}{{range .Phases}}<tr><td>{{$e.Name}}</td><td>{{.Name}}</td><td>{{ci .DurationS 3}}</td><td>{{ci .EnergyJ 1}}</td><td>{{pm .EnergyU.Expanded 1}}</td><td>{{ci .AdjustedJ 1}}</td><td>{{pm .AdjustedU.Expanded 1}}</td><td>{{.Clamped}}</td><td>{{num .PowerCappedS 2}}</td></tr>
@@ -359,14 +364,15 @@ svg{display:block;margin:0.5em 0 1.5em;background:#fff;border:1px solid #eee}
 
 // HTML writes a self-contained HTML report with SVG plots.
 func HTML(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
-	refs, phases := false, false
+	refs, phases, idle := false, false, false
 	for _, e := range exps {
 		refs = refs || e.Reference != nil
 		phases = phases || len(e.Phases) > 0
+		idle = idle || e.Idle.ActiveW.N > 0
 	}
 	var buf bytes.Buffer
 	err := page.Execute(&buf, map[string]any{"Runs": runs, "Exps": exps, "Probs": probs, "Bars": barsSVG(exps),
-		"Refs": refs, "Phases": phases})
+		"Refs": refs, "Phases": phases, "Idle": idle})
 	if err != nil {
 		return fmt.Errorf("rendering HTML report: %w", err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -238,6 +239,22 @@ func budgetRows(w io.Writer, label string, b Budget) {
 	}
 }
 
+// idleTable shows the two idles and the energy adjusted to each, where any run measured an active idle.
+func idleTable(w io.Writer, exps []Experiment) {
+	if !slices.ContainsFunc(exps, func(e Experiment) bool { return e.Idle.ActiveW.N > 0 }) {
+		return
+	}
+	fmt.Fprintln(w, "\n| experiment | deep idle W | adjusted J (adds to the host) | active idle W | adjusted to active idle J (the computation adds) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|")
+	for _, e := range exps {
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", e.Name, ci(e.Idle.DeepW, 1), ci(e.AdjustedJ, 1),
+			ci(e.Idle.ActiveW, 1), ci(e.Idle.AdjustedActiveJ, 1))
+	}
+	fmt.Fprintln(w, "\nDeep idle: the baseline before the workload (no context, clocks down), corrected to the run's temperature where")
+	fmt.Fprintln(w, "the GPU's idle-temperature fit allows. Active idle: the GPU holding the workload's context with nothing running")
+	fmt.Fprintln(w, "(its idle windows, or stretches of zero utilization). See docs/METHODOLOGY.md, \"Two idles\".")
+}
+
 // ExperimentTable writes the per-experiment summaries as Markdown: means with intervals and expanded
 // uncertainties, runs left out, the comparison with the reference, phases, and the experiments' budgets.
 func ExperimentTable(w io.Writer, exps []Experiment) {
@@ -290,6 +307,7 @@ func ExperimentTable(w io.Writer, exps []Experiment) {
 			fmt.Fprintln(w, "every comparison here ran on the same boards.")
 		}
 	}
+	idleTable(w, exps)
 	if phases {
 		fmt.Fprintln(w, "\n| experiment | phase | s | energy J | U J | adjusted J | U J | runs clamped | power-capped s |")
 		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
@@ -389,17 +407,6 @@ const (
 // Tables are the CSV tables, the default first.
 var Tables = []string{TableRuns, TablePhases, TableExperiments, TableWindows}
 
-// Window is a named interval of a run (windows may overlap and nest), every occurrence summed.
-type Window struct {
-	Name      string
-	Count     int
-	DurationS float64
-	Energy    manifest.Energy
-}
-
-// runWindows are a run's windows. Manifests do not record windows yet: the table stays empty until they do.
-func runWindows(*manifest.Manifest) []Window { return nil }
-
 // CSV writes one table for spreadsheets and dataframes, a missing value as an empty cell: runs (one row per run
 // and GPU), phases (per run and phase), experiments (one row per experiment and figure, ratios to the reference
 // included) or windows (per run and window).
@@ -414,14 +421,7 @@ func CSV(w io.Writer, table string, runs []Run, exps []Experiment) error {
 	case TableExperiments:
 		csvExperiments(cw, exps)
 	case TableWindows:
-		cw.Write([]string{"run_id", "experiment", "cycle", "window", "count", "duration_s", "hybrid_j", "adjusted_j"})
-		for _, r := range runs {
-			m := r.Manifest
-			for _, x := range runWindows(m) {
-				cw.Write([]string{m.RunID, m.Experiment, strconv.Itoa(m.Cycle), x.Name, strconv.Itoa(x.Count),
-					cell(x.DurationS, 3), cell(x.Energy.HybridJ, 3), cell(x.Energy.AdjustedJ, 3)})
-			}
-		}
+		csvWindows(cw, runs)
 	default:
 		return fmt.Errorf("--table %q: want one of %s", table, strings.Join(Tables, ", "))
 	}
@@ -429,11 +429,34 @@ func CSV(w io.Writer, table string, runs []Run, exps []Experiment) error {
 	return cw.Error()
 }
 
+// csvWindows is one row per run and window name (occurrences summed; median and p90 per occurrence), with the
+// request attribution where the windows carried ids and token counts.
+func csvWindows(cw *csv.Writer, runs []Run) {
+	cw.Write([]string{"run_id", "experiment", "cycle", "window", "count", "ended_by_run", "duration_s", "hybrid_j",
+		"adjusted_j", "adjusted_active_j", "median_j", "p90_j", "requests", "attributed_j", "unattributed_j",
+		"median_j_per_output_token", "p90_j_per_output_token"})
+	for _, r := range runs {
+		m := r.Manifest
+		for _, x := range m.Windows {
+			req, at, un, mt, pt := "", manifest.Null, manifest.Null, manifest.Null, manifest.Null
+			if a := x.Attribution; a != nil {
+				req, at, un, mt, pt = strconv.Itoa(a.Requests), a.AttributedJ, a.UnattributedJ, a.MedianJPerOutputToken, a.P90JPerOutputToken
+			}
+			cw.Write([]string{m.RunID, m.Experiment, strconv.Itoa(m.Cycle), x.Name, strconv.Itoa(x.Count),
+				strconv.Itoa(x.EndedByRun), cell(manifest.Num(x.DurationS), 3), cell(x.Energy.HybridJ, 3),
+				cell(x.Energy.AdjustedJ, 3), cell(x.Energy.AdjustedActiveJ, 3), cell(x.MedianJ, 3), cell(x.P90J, 3),
+				req, cell(at, 3), cell(un, 3), cell(mt, 6), cell(pt, 6)})
+		}
+	}
+}
+
 func csvRuns(cw *csv.Writer, runs []Run) {
 	cw.Write([]string{"run_id", "experiment", "campaign", "cycle", "status", "start", "duration_s", "gpu", "role", "uuid",
 		"baseline_w", "counter_j", "sampled_j", "hybrid_j", "adjusted_j", "mean_power_w", "peak_power_w", "output_tokens",
 		"j_per_output_token", "j_per_output_token_adjusted", "warnings", "ok", "lag_ms", "lag_resolved", "energy_method",
-		"run_hybrid_j", "run_adjusted_j", "run_u_raw_j", "run_expanded_raw_j", "run_u_adjusted_j", "run_expanded_adjusted_j"})
+		"run_hybrid_j", "run_adjusted_j", "run_u_raw_j", "run_expanded_raw_j", "run_u_adjusted_j", "run_expanded_adjusted_j",
+		"idle_w", "active_idle_w", "active_idle_source", "adjusted_active_j", "baseline_pstate", "baseline_sm_clock_hz",
+		"baseline_temp_c", "baseline_drift_w"})
 	for _, r := range runs {
 		m := r.Manifest
 		tok, jt, jta := manifest.Null, manifest.Null, manifest.Null
@@ -450,6 +473,13 @@ func csvRuns(cw *csv.Writer, runs []Run) {
 			if g.Baseline != nil {
 				base = g.Baseline.MedianW
 			}
+			act, src, pst, clk, tmp, drift := math.NaN(), "", math.NaN(), math.NaN(), math.NaN(), math.NaN()
+			if g.ActiveIdle != nil {
+				act, src = g.ActiveIdle.MedianW, g.ActiveIdle.Source
+			}
+			if b := g.Baseline; b != nil {
+				pst, clk, tmp, drift = orNaN(b.PState), orNaN(b.SMClockHz), orNaN(b.TempMeanC), orNaN(b.DriftW)
+			}
 			lag, resolved := math.NaN(), ""
 			if g.Lag != nil {
 				lag, resolved = g.Lag.MS, strconv.FormatBool(g.Lag.Resolved)
@@ -460,14 +490,24 @@ func csvRuns(cw *csv.Writer, runs []Run) {
 				cell(g.Energy.AdjustedJ, 3), cell(g.MeanPowerW, 3), cell(g.PeakPowerW, 3), cell(tok, 0), cell(jt, 6), cell(jta, 6),
 				strings.Join(codes, ";"), strconv.FormatBool(Passes(m)), cell(lag, 1), resolved, g.Method,
 				cell(m.Energy.HybridJ, 3), cell(m.Energy.AdjustedJ, 3), cell(u.URawJ, 3), cell(u.ExpandedRawJ, 3),
-				cell(u.UAdjustedJ, 3), cell(u.ExpandedAdjustedJ, 3)})
+				cell(u.UAdjustedJ, 3), cell(u.ExpandedAdjustedJ, 3), cell(g.IdleW, 3), cell(act, 3), src,
+				cell(g.Energy.AdjustedActiveJ, 3), cell(pst, 0), cell(clk, 0), cell(tmp, 1), cell(drift, 3)})
 		}
 	}
 }
 
+// orNaN is *p, NaN for nil: an optional manifest figure as a cell.
+func orNaN(p *float64) float64 {
+	if p == nil {
+		return math.NaN()
+	}
+	return *p
+}
+
 func csvPhases(cw *csv.Writer, runs []Run) {
 	cw.Write([]string{"run_id", "experiment", "cycle", "ok", "phase", "count", "duration_s", "hybrid_j", "adjusted_j",
-		"adjusted_clamped", "u_raw_j", "expanded_raw_j", "u_adjusted_j", "expanded_adjusted_j", "power_capped_s"})
+		"adjusted_clamped", "u_raw_j", "expanded_raw_j", "u_adjusted_j", "expanded_adjusted_j", "power_capped_s",
+		"adjusted_active_j"})
 	for i := range runs {
 		r := &runs[i]
 		m := r.Manifest
@@ -480,7 +520,7 @@ func csvPhases(cw *csv.Writer, runs []Run) {
 			cw.Write([]string{m.RunID, m.Experiment, strconv.Itoa(m.Cycle), strconv.FormatBool(Passes(m)), p.Name,
 				strconv.Itoa(p.Count), cell(p.DurationS, 3), cell(p.Energy.HybridJ, 3), cell(p.Energy.AdjustedJ, 3),
 				strconv.FormatBool(p.Energy.AdjustedClamped), cell(b.URawJ, 3), cell(b.ExpandedRawJ, 3),
-				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3)})
+				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3), cell(p.Energy.AdjustedActiveJ, 3)})
 		}
 	}
 }
@@ -507,6 +547,9 @@ func csvExperiments(cw *csv.Writer, exps []Experiment) {
 		summary(e, "", "adjusted_j", e.AdjustedJ, &e.AdjustedU)
 		summary(e, "", "j_per_output_token", e.JPerToken, &e.JPerTokenU)
 		summary(e, "", "j_per_output_token_adjusted", e.JPerTokenAdj, &e.JPerTokenAdjU)
+		summary(e, "", "deep_idle_w", e.Idle.DeepW, nil)
+		summary(e, "", "active_idle_w", e.Idle.ActiveW, nil)
+		summary(e, "", "adjusted_active_j", e.Idle.AdjustedActiveJ, nil)
 		for _, p := range e.Phases {
 			summary(e, p.Name, "duration_s", p.DurationS, nil)
 			summary(e, p.Name, "energy_j", p.EnergyJ, &p.EnergyU)

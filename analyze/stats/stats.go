@@ -85,6 +85,10 @@ func TQuantile(df float64) float64 {
 // the summary then falls back to Student's t with its lower end held at 0.
 func SummarizePositive(xs []float64) Summary { return summarize(xs, true, true) }
 
+// Summarize summarises a quantity that may take any sign (an energy adjusted to active idle): Student's t and the
+// bootstrap-t on the values themselves.
+func Summarize(xs []float64) Summary { return summarize(xs, false, true) }
+
 // summarize computes the summary; boot adds the bootstrap interval (the costly part). A quantity that may take
 // any sign (positive false) gets Student's t and the bootstrap-t on the values themselves.
 func summarize(xs []float64, positive, boot bool) Summary {

@@ -178,6 +178,9 @@ type TempFit struct {
 	InterceptW float64 `json:"intercept_w"`
 	Points     int     `json:"points"`
 	SpanC      float64 `json:"span_c"`
+	// MinC and MaxC are the temperatures the fit saw: the correction does not extrapolate beyond them.
+	MinC float64 `json:"min_c"`
+	MaxC float64 `json:"max_c"`
 }
 
 // ActiveIdle is a GPU's idle power with the workload's context held (clocks up, memory allocated, nothing running):

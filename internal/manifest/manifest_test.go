@@ -126,3 +126,20 @@ func TestReadsVersion1(t *testing.T) {
 	assert.Equal(t, Num(5), m.Phases[0].GPUs[0].AdjustedJ)
 	assert.True(t, m.Phases[0].End.Equal(time.Date(2026, 1, 1, 0, 0, 6, 0, time.UTC)), "the last occurrence's end")
 }
+
+// A manifest written before a schema-2 field existed reads that field as null, never as 0.
+func TestFieldsAddedLaterReadAsNull(t *testing.T) {
+	var m Manifest
+	require.NoError(t, json.Unmarshal([]byte(`{"schema_version": "2", "gpus": [{"index": 0, "energy": {"hybrid_j": 10,
+		"adjusted_j": 4}}], "energy": {"hybrid_j": 10}, "phases": [{"name": "p", "gpus": [{"index": 0, "hybrid_j": 3}]}]}`), &m))
+	g := m.GPUs[0]
+	assert.False(t, g.IdleW.Valid(), "idle_w")
+	assert.False(t, g.Energy.AdjustedActiveJ.Valid(), "adjusted_active_j")
+	assert.Equal(t, Num(4), g.Energy.AdjustedJ)
+	assert.False(t, m.Energy.AdjustedJ.Valid())
+	pg := m.Phases[0].GPUs[0]
+	assert.Equal(t, Num(3), pg.HybridJ)
+	for name, v := range map[string]Num{"adjusted_active_j": pg.AdjustedActiveJ, "sm_clock_hz": pg.SMClockHz, "pstate": pg.PState} {
+		assert.False(t, v.Valid(), name)
+	}
+}

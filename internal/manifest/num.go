@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"encoding/json"
 	"math"
 	"strconv"
 )
@@ -43,5 +44,41 @@ func (n *Num) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	*n = Num(f)
+	return nil
+}
+
+// Fields added within schema version 2 read as null, never 0, from manifests written before them: each type
+// that gained one starts from its unmeasured value before decoding.
+
+// UnmarshalJSON reads an Energy; adjusted_active_j, when absent, is null.
+func (e *Energy) UnmarshalJSON(b []byte) error {
+	type plain Energy
+	p := plain(Unmeasured())
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*e = Energy(p)
+	return nil
+}
+
+// UnmarshalJSON reads a GPU; idle_w, when absent, is null.
+func (g *GPU) UnmarshalJSON(b []byte) error {
+	type plain GPU
+	p := plain{IdleW: Null, Energy: Unmeasured(), MeanPowerW: Null, PeakPowerW: Null}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*g = GPU(p)
+	return nil
+}
+
+// UnmarshalJSON reads a phase's GPU; adjusted_active_j, sm_clock_hz and pstate, when absent, are null.
+func (g *PhaseGPU) UnmarshalJSON(b []byte) error {
+	type plain PhaseGPU
+	p := plain{HybridJ: Null, AdjustedJ: Null, AdjustedActiveJ: Null, SMClockHz: Null, PState: Null}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*g = PhaseGPU(p)
 	return nil
 }
