@@ -65,10 +65,11 @@ type SamplerFlags struct {
 	DrainInterval     time.Duration `name:"drain-interval" default:"${drain_interval}" help:"Power-sample buffer drain interval (must stay well inside the ~2.4 s buffer)."`
 	TelemetryInterval time.Duration `name:"telemetry-interval" default:"${telemetry_interval}" help:"Telemetry (temperature, clocks, utilization) interval."`
 	RingSpan          time.Duration `name:"ring-span" default:"${ring_span}" help:"Recent data kept in memory per GPU."`
+	SerialReads       bool          `name:"serial-counter-reads" help:"GPUs read their energy counters in turn, never two at once (for hosts where concurrent reads slow each other)."`
 }
 
 // Config returns the sampler configuration.
 func (f SamplerFlags) Config() sampler.Config {
 	return sampler.Config{CounterInterval: f.CounterInterval, DrainInterval: f.DrainInterval,
-		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan}
+		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan, SerialCounterReads: f.SerialReads}
 }

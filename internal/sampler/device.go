@@ -241,7 +241,9 @@ func (d *device) readAligned(ctx context.Context) (trace.CounterReading, error) 
 // published. Its staleness differs from the aligned reads', so keeping it would bias the hybrid's edges.
 func (d *device) peekCounter() (trace.CounterReading, error) {
 	var c trace.CounterReading
+	done := d.energyTurn()
 	err := d.call(CallEnergy, func() (err error) { c, err = d.dev.ReadEnergy(); return err })
+	done()
 	return c, err
 }
 
@@ -273,9 +275,21 @@ func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, boo
 	return prev, time.Time{}, false
 }
 
+// energyTurn waits for this GPU's turn to read its counter when the sampler serialises the reads, and returns the
+// function that ends the turn. The wait is outside the call's timing: CallEnergy times the read itself.
+func (d *device) energyTurn() (done func()) {
+	if !d.s.cfg.SerialCounterReads {
+		return func() {}
+	}
+	d.s.energyTurn <- struct{}{} // a channel, not a mutex: a wait on it is one the test clock can see
+	return func() { <-d.s.energyTurn }
+}
+
 func (d *device) readCounter() (trace.CounterReading, error) {
 	var c trace.CounterReading
+	done := d.energyTurn()
 	err := d.call(CallEnergy, func() (err error) { c, err = d.dev.ReadEnergy(); return err })
+	done()
 	if err != nil {
 		return c, err
 	}

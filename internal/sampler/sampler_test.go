@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -359,4 +360,44 @@ func TestCounterReadsArePhaseLocked(t *testing.T) {
 		assert.Equal(t, want, at)
 		assert.Equal(t, got.GPUs[0].Counters[len(want)-1], aligned)
 	})
+}
+
+// With serial counter reads no two GPUs read at once, and each read's timing excludes the wait for its turn;
+// without, the four GPUs' reads on one grid all overlap.
+func TestSerialCounterReads(t *testing.T) {
+	for _, serial := range []bool{false, true} {
+		testutil.VirtualTime(t, func(t *testing.T) {
+			var now, most atomic.Int32
+			faults := make([]*gputest.Fault, 4)
+			for i := range faults {
+				faults[i] = &gputest.Fault{DuringEnergyRead: func() {
+					n := now.Add(1)
+					for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+					}
+					time.Sleep(5 * time.Millisecond) // a read's own duration
+					now.Add(-1)
+				}}
+			}
+			src, err := gpu.OpenNVML(gputest.MockNVML(faults...), nil)
+			require.NoError(t, err)
+			defer src.Close()
+			s, err := sampler.New(src, nil, sampler.Config{CounterInterval: 50 * time.Millisecond, NoPhaseLock: true,
+				SerialCounterReads: serial}, nil)
+			require.NoError(t, err)
+			stop := run(t, s)
+			time.Sleep(230 * time.Millisecond)
+			stop()
+			if serial {
+				assert.Equal(t, int32(1), most.Load(), "never two reads at once")
+			} else {
+				assert.Equal(t, int32(4), most.Load(), "all four GPUs read on the same instants")
+			}
+			for i := range 4 {
+				st, _ := s.Stats(i)
+				c := st.Calls[sampler.CallEnergy]
+				assert.Equal(t, uint64(5), c.Count, "GPU %d: reads at 0, 50, … 200 ms", i)
+				assert.Equal(t, 5*time.Millisecond, c.Max, "GPU %d: the read itself, not the wait for its turn", i)
+			}
+		})
+	}
 }

@@ -15,6 +15,8 @@ import (
 type Fault struct {
 	NoEnergy  bool  // energy counter NOT_SUPPORTED (pre-Volta)
 	LostAfter int32 // calls to GetSamples after which the GPU is lost (0: never)
+	// DuringEnergyRead, when set, runs inside every energy-counter read (to time reads or count overlaps).
+	DuringEnergyRead func()
 	calls     atomic.Int32
 }
 
@@ -57,6 +59,9 @@ func mockDevice(i int, f *Fault) *mock.Device {
 				return 0, nvml.ERROR_NOT_SUPPORTED
 			case lost():
 				return 0, nvml.ERROR_GPU_IS_LOST
+			}
+			if f.DuringEnergyRead != nil {
+				f.DuringEnergyRead()
 			}
 			return uint64(time.Now().UnixMicro()) / 10, ok // 100 W: 100,000 mJ a second
 		},
