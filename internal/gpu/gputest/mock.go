@@ -17,7 +17,7 @@ type Fault struct {
 	LostAfter int32 // calls to GetSamples after which the GPU is lost (0: never)
 	// DuringEnergyRead, when set, runs inside every energy-counter read (to time reads or count overlaps).
 	DuringEnergyRead func()
-	calls     atomic.Int32
+	calls            atomic.Int32
 }
 
 func mockDevice(i int, f *Fault) *mock.Device {
