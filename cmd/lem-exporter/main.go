@@ -27,6 +27,8 @@ func main() {
 	vars["max_result_keys"] = strconv.Itoa(marker.DefaultMaxResultKeys)
 	vars["record_flush"] = recorder.DefaultFlushEvery.String()
 	vars["max_requests"] = strconv.Itoa(exporter.DefaultMaxRequestsInFlight)
+	vars["max_sample_requests"] = strconv.Itoa(exporter.DefaultMaxSampleRequests)
+	vars["max_samples_per_response"] = strconv.Itoa(exporter.DefaultMaxSamplesPerResponse)
 	os.Exit(cli.Main(&a, &a.Globals, "lem-exporter",
 		"Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers.", vars, nil))
 }

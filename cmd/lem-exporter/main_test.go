@@ -125,6 +125,14 @@ func TestBadFlags(t *testing.T) {
 		"bad address":      {[]string{"--replay", testutil.TracePath("h200-shape"), "--web.listen-address", "256.1.1.1:x"}, "256.1.1.1"},
 		"drain too slow":   {[]string{"--replay", testutil.TracePath("h200-shape"), "--drain-interval", "5s"}, "drain interval"},
 		"empty token file": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.token-file", "/dev/null"}, "is empty"},
+		"no downloads": {[]string{"--replay", testutil.TracePath("h200-shape"), "--web.max-sample-requests", "0"},
+			"--web.max-sample-requests 0: must be at least 1"},
+		"no samples per response": {[]string{"--replay", testutil.TracePath("h200-shape"), "--web.max-samples-per-response=-1"},
+			"--web.max-samples-per-response -1: must be at least 1"},
+		"no active runs": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.max-active-runs", "0"},
+			"--markers.max-active-runs 0: must be at least 1"},
+		"negative run age": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.max-run-age=-1h"},
+			"--markers.max-run-age -1h0m0s: must not be negative"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)

@@ -24,6 +24,8 @@ type serveCmd struct {
 	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
 	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
 	MaxRequests   int      `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
+	MaxDownloads  int      `name:"web.max-sample-requests" default:"${max_sample_requests}" help:"Concurrent raw-sample downloads (/api/v1/samples) served at most; more are answered 503 at once."`
+	MaxSamples    int      `name:"web.max-samples-per-response" default:"${max_samples_per_response}" help:"Power samples one raw-sample download carries at most; a longer range is answered 400 saying where to split it."`
 
 	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
 	MaxRuns         int           `name:"markers.max-active-runs" default:"${max_active_runs}" help:"Cap on concurrently active runs."`
@@ -48,11 +50,35 @@ type serveCmd struct {
 	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
 }
 
+// check rejects limits that would leave the exporter unbounded or useless, before anything starts.
+func (c *serveCmd) check() error {
+	for _, l := range []struct {
+		flag string
+		v    int
+	}{{"--web.max-sample-requests", c.MaxDownloads}, {"--web.max-samples-per-response", c.MaxSamples},
+		{"--markers.max-active-runs", c.MaxRuns}, {"--markers.max-ended-runs", c.MaxEnded},
+		{"--markers.max-phase-names", c.MaxPhaseNames}, {"--markers.max-result-keys", c.MaxResultKeys}} {
+		if l.v < 1 {
+			return fmt.Errorf("%s %d: must be at least 1%w", l.flag, l.v, cli.Usage)
+		}
+	}
+	if c.RunGrace <= 0 {
+		return fmt.Errorf("--markers.grace %s: must be positive%w", c.RunGrace, cli.Usage)
+	}
+	if c.MaxRunAge < 0 {
+		return fmt.Errorf("--markers.max-run-age %s: must not be negative (0: never)%w", c.MaxRunAge, cli.Usage)
+	}
+	return nil
+}
+
 func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if c.WebConfigFile != "" {
 		if err := web.Validate(c.WebConfigFile); err != nil {
 			return fmt.Errorf("--web.config.file: %v%w", err, cli.Usage)
 		}
+	}
+	if err := c.check(); err != nil {
+		return err
 	}
 	token, err := cli.ReadSecret("--markers.token-file", c.MarkerTokenFile)
 	if err != nil {
@@ -82,7 +108,8 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: token,
 		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
-		MaxRequestsInFlight: c.MaxRequests}
+		MaxRequestsInFlight: c.MaxRequests,
+		Samples:             exporter.APIOptions{MaxSampleRequests: c.MaxDownloads, MaxSamplesPerResponse: c.MaxSamples}}
 	if c.RecordDir != "" {
 		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
