@@ -131,6 +131,9 @@ func TestBadFlags(t *testing.T) {
 			"--web.max-samples-per-response -1: must be at least 1"},
 		"no active runs": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.max-active-runs", "0"},
 			"--markers.max-active-runs 0: must be at least 1"},
+		"queue under two batches": {[]string{"--replay", testutil.TracePath("h200-shape"), "--remote-write.url",
+			"http://127.0.0.1:1/api/v1/write", "--remote-write.queue-samples", "3000"},
+			"--remote-write.queue-samples 3000: must hold at least two batches (4000 samples)"},
 		"negative run age": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.max-run-age=-1h"},
 			"--markers.max-run-age -1h0m0s: must not be negative"},
 	} {

@@ -48,6 +48,7 @@ type serveCmd struct {
 	RemoteWritePass  string `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
 	RemoteWriteJob   string `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
 	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
+	RemoteWriteQueue int    `name:"remote-write.queue-samples" default:"${remote_write_queue}" help:"Samples held while the receiver is down, stalls or fails (the batch being sent included); beyond, the oldest are dropped and counted."`
 }
 
 // check rejects limits that would leave the exporter unbounded or useless, before anything starts.
@@ -57,7 +58,8 @@ func (c *serveCmd) check() error {
 		v    int
 	}{{"--web.max-sample-requests", c.MaxDownloads}, {"--web.max-samples-per-response", c.MaxSamples},
 		{"--markers.max-active-runs", c.MaxRuns}, {"--markers.max-ended-runs", c.MaxEnded},
-		{"--markers.max-phase-names", c.MaxPhaseNames}, {"--markers.max-result-keys", c.MaxResultKeys}} {
+		{"--markers.max-phase-names", c.MaxPhaseNames}, {"--markers.max-result-keys", c.MaxResultKeys},
+		{"--remote-write.queue-samples", c.RemoteWriteQueue}} {
 		if l.v < 1 {
 			return fmt.Errorf("%s %d: must be at least 1%w", l.flag, l.v, cli.Usage)
 		}
@@ -116,7 +118,8 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if c.RemoteWriteURL != "" {
 		opts.RemoteWrite = &exporter.RemoteWriteOptions{URL: c.RemoteWriteURL, BearerTokenFile: c.RemoteWriteToken,
-			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst}
+			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst,
+			QueueSamples: c.RemoteWriteQueue}
 	}
 	exp, err := exporter.New(src, devs, opts, log)
 	if err != nil {
