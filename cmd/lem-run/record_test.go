@@ -127,6 +127,10 @@ func TestRunBadInput(t *testing.T) {
 		"unknown GPU": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--gpus", "7", "--", "true"}, `GPU "7": no such device`},
 		"bad exporter URL": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter", "ftp://h", "--", "true"},
 			"--exporter"},
+		"CA file without exporter": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter-ca-file",
+			testutil.TracePath("h200-llm"), "--", "true"}, "--exporter-ca-file without --exporter"},
+		"CA file without certificate": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter",
+			"https://127.0.0.1:9636", "--exporter-ca-file", testutil.TracePath("h200-llm"), "--", "true"}, "no PEM certificate in it"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)
