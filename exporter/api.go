@@ -25,6 +25,10 @@ const (
 	// DefaultMaxSamplesPerResponse is 100,000 power samples: over half an hour of one GPU at 50 Hz, three times
 	// the default ring span.
 	DefaultMaxSamplesPerResponse = 100_000
+	// DefaultSampleWriteTimeout is how long one download may take to be written: a client that stops reading
+	// gives its slot back after this, so a few stalled clients cannot keep the API refusing everyone else. A
+	// full response (8 MB of JSON lines) takes a minute at 1 Mbit/s.
+	DefaultSampleWriteTimeout = 2 * time.Minute
 )
 
 // Reasons a sample download is refused (the reason label of lem_exporter_sample_requests_refused_total).
@@ -35,8 +39,9 @@ const (
 
 // APIOptions bound the raw-sample API.
 type APIOptions struct {
-	MaxSampleRequests     int // concurrent downloads (0: DefaultMaxSampleRequests)
-	MaxSamplesPerResponse int // power samples one response carries (0: DefaultMaxSamplesPerResponse)
+	MaxSampleRequests     int           // concurrent downloads (0: DefaultMaxSampleRequests)
+	MaxSamplesPerResponse int           // power samples one response carries (0: DefaultMaxSamplesPerResponse)
+	WriteTimeout          time.Duration // writing one download takes at most this (0: DefaultSampleWriteTimeout)
 }
 
 func (o APIOptions) withDefaults() APIOptions {
@@ -45,6 +50,9 @@ func (o APIOptions) withDefaults() APIOptions {
 	}
 	if o.MaxSamplesPerResponse <= 0 {
 		o.MaxSamplesPerResponse = DefaultMaxSamplesPerResponse
+	}
+	if o.WriteTimeout <= 0 {
+		o.WriteTimeout = DefaultSampleWriteTimeout
 	}
 	return o
 }
@@ -141,6 +149,9 @@ func (a *API) samples(w http.ResponseWriter, r *http.Request) {
 			cap(a.slots))})
 		return
 	}
+	// A download that cannot be written in time fails, and its slot is free again. (A response writer that has no
+	// connection, as in a test calling the handler, has no deadline to set.)
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.opts.WriteTimeout))
 	series, err := a.s.Window(g, from, to)
 	if err != nil {
 		marker.WriteJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -281,4 +283,45 @@ func TestParquetDownloadInRowGroupsEqualsTheRing(t *testing.T) {
 		started = started || (e.Type == trace.EventRunStart && e.RunID == "r1")
 	}
 	assert.True(t, started, "the run's start is in the download: %+v", got.Events)
+}
+
+// smallSendBuffers makes the server's sockets buffer 8 KB (instead of the megabytes Linux grows them to on
+// loopback), so a client that stops reading blocks the server after a few tens of kilobytes.
+type smallSendBuffers struct{ net.Listener }
+
+func (l smallSendBuffers) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetWriteBuffer(8 << 10)
+	}
+	return c, err
+}
+
+// A client that asks for a download and stops reading (a receive buffer of 4 KB, never read) holds the only
+// slot: others are refused. Once the write timeout passes, its download fails and the slot is free again.
+func TestStalledDownloadGivesItsSlotBack(t *testing.T) {
+	r := lemtest.StartExporterOn(t, smallSendBuffers{lemtest.Listen(t)}, replay(t, "h200-llm", gpu.ReplayOptions{Speed: 60}),
+		exporter.Options{Samples: exporter.APIOptions{MaxSampleRequests: 1, WriteTimeout: 300 * time.Millisecond}})
+	waitForSamples(t, r, 3000) // 250 KB of JSON lines: more than the socket buffers hold
+	q := fmt.Sprintf("/api/v1/samples?gpu=0&start=%d&end=%d", time.Now().Add(-time.Hour).Unix(), time.Now().Add(time.Hour).Unix())
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", r.Addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", q, r.Addr)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return value(t, scrape(t, r), "lem_exporter_sample_requests_in_flight") == 1
+	}, 5*time.Second, 5*time.Millisecond, "the stalled download holds the slot")
+	code, _ := get(t, r.URL+q)
+	assert.Equal(t, 503, code, "the slot is held")
+
+	require.Eventually(t, func() bool {
+		return value(t, scrape(t, r), "lem_exporter_sample_requests_in_flight") == 0
+	}, 10*time.Second, 10*time.Millisecond, "the write timeout frees the slot")
+	code, _ = get(t, r.URL+q)
+	assert.Equal(t, 200, code, "served again")
 }

@@ -20,12 +20,13 @@ import (
 type serveCmd struct {
 	cli.SourceFlags
 	cli.SamplerFlags
-	ListenAddress []string `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
-	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
-	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
-	MaxRequests   int      `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
-	MaxDownloads  int      `name:"web.max-sample-requests" default:"${max_sample_requests}" help:"Concurrent raw-sample downloads (/api/v1/samples) served at most; more are answered 503 at once."`
-	MaxSamples    int      `name:"web.max-samples-per-response" default:"${max_samples_per_response}" help:"Power samples one raw-sample download carries at most; a longer range is answered 400 saying where to split it."`
+	ListenAddress []string      `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
+	WebConfigFile string        `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
+	MetricsPath   string        `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
+	MaxRequests   int           `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
+	MaxDownloads  int           `name:"web.max-sample-requests" default:"${max_sample_requests}" help:"Concurrent raw-sample downloads (/api/v1/samples) served at most; more are answered 503 at once."`
+	MaxSamples    int           `name:"web.max-samples-per-response" default:"${max_samples_per_response}" help:"Power samples one raw-sample download carries at most; a longer range is answered 400 saying where to split it."`
+	SampleWrite   time.Duration `name:"web.sample-write-timeout" default:"${sample_write_timeout}" help:"Time one raw-sample download may take to be written; a client that stops reading gives its slot back after this."`
 
 	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
 	MaxRuns         int           `name:"markers.max-active-runs" default:"${max_active_runs}" help:"Cap on concurrently active runs."`
@@ -63,6 +64,9 @@ func (c *serveCmd) check() error {
 		if l.v < 1 {
 			return fmt.Errorf("%s %d: must be at least 1%w", l.flag, l.v, cli.Usage)
 		}
+	}
+	if c.SampleWrite <= 0 {
+		return fmt.Errorf("--web.sample-write-timeout %s: must be positive%w", c.SampleWrite, cli.Usage)
 	}
 	if c.RunGrace <= 0 {
 		return fmt.Errorf("--markers.grace %s: must be positive%w", c.RunGrace, cli.Usage)
@@ -111,7 +115,8 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
 		MaxRequestsInFlight: c.MaxRequests,
-		Samples:             exporter.APIOptions{MaxSampleRequests: c.MaxDownloads, MaxSamplesPerResponse: c.MaxSamples}}
+		Samples: exporter.APIOptions{MaxSampleRequests: c.MaxDownloads, MaxSamplesPerResponse: c.MaxSamples,
+			WriteTimeout: c.SampleWrite}}
 	if c.RecordDir != "" {
 		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
