@@ -53,3 +53,17 @@ func TestRemoteWriteQueueMemoryPerSample(t *testing.T) {
 	}
 	runtime.KeepAlive(q)
 }
+
+// A Retry-After from the receiver (seconds or an HTTP date, or anything else) is held to 0..maxWait.
+func FuzzCapRetryAfter(f *testing.F) {
+	for _, s := range []string{"3600", "0", "-5", "1.5", "", "Wed, 21 Oct 2015 07:28:00 GMT", "Fri, 31 Dec 9999 23:59:59 GMT",
+		"99999999999999999999", " 7 "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		const maxWait = 30 * time.Second
+		if d := capRetryAfter(v, maxWait); d < 0 || d > maxWait {
+			t.Fatalf("Retry-After %q: %s, want 0..%s", v, d, maxWait)
+		}
+	})
+}
