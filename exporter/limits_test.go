@@ -325,3 +325,20 @@ func TestStalledDownloadGivesItsSlotBack(t *testing.T) {
 	code, _ = get(t, r.URL+q)
 	assert.Equal(t, 200, code, "served again")
 }
+
+// With --web.max-requests 1 and one scrape in progress (held at its first write), another scrape is answered 503
+// at once and counted by code in promhttp's own metric.
+func TestScrapesBeyondTheCapAreRefused(t *testing.T) {
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{MaxRequestsInFlight: 1})
+	held := newHoldingWriter()
+	done := make(chan struct{})
+	go func() { defer close(done); r.Handler().ServeHTTP(held, httptest.NewRequest("GET", "/metrics", nil)) }()
+	<-held.writing
+	refused := httptest.NewRecorder()
+	r.Handler().ServeHTTP(refused, httptest.NewRequest("GET", "/metrics", nil))
+	assert.Equal(t, http.StatusServiceUnavailable, refused.Code)
+	close(held.release)
+	<-done
+	assert.Equal(t, 200, held.code)
+	assert.Equal(t, 1.0, value(t, scrape(t, r), "promhttp_metric_handler_requests_total", "code", "503"))
+}
