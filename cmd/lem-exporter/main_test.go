@@ -18,18 +18,18 @@ import (
 )
 
 // run starts the exporter on a free loopback port and waits until it answers.
-func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *strings.Builder) {
+func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *lockedBuffer) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	cmd := exec.Command(bin, append([]string{"--web.listen-address", addr}, args...)...)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	for i := 0; i < 100; i++ {
 		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
 			r.Body.Close()
-			return cmd, "http://" + addr, &logs
+			return cmd, "http://" + addr, logs
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

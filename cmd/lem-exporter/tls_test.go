@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,24 @@ import (
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/testutil"
 )
+
+// lockedBuffer collects a process's output while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key into dir and returns their paths.
 func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
@@ -83,8 +102,8 @@ func TestTLSBasicAuthAndTokenWithLemRun(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	exp := exec.Command(testutil.BuildBinary(t, "lem-exporter"), "--web.listen-address", addr, "--web.config.file",
 		webConfig, "--markers.token-file", tokenFile, "--replay", testutil.TracePath("h200-llm"), "--loop")
-	var expLogs strings.Builder
-	exp.Stdout, exp.Stderr = &expLogs, &expLogs
+	expLogs := &lockedBuffer{}
+	exp.Stdout, exp.Stderr = expLogs, expLogs
 	require.NoError(t, exp.Start())
 	t.Cleanup(func() { exp.Process.Kill(); exp.Wait() })
 
@@ -112,7 +131,7 @@ func TestTLSBasicAuthAndTokenWithLemRun(t *testing.T) {
 		return resp.StatusCode, b
 	}
 	require.Eventually(t, func() bool { code, _ := getAs("/healthz", user, password); return code == 200 },
-		10*time.Second, 50*time.Millisecond, "exporter up over TLS; logs:\n%s", &expLogs)
+		10*time.Second, 50*time.Millisecond, "exporter up over TLS; logs:\n%s", expLogs)
 	code, _ := getAs("/api/v1/runs", "", "")
 	assert.Equal(t, 401, code, "reads need basic auth")
 	code, _ = getAs("/api/v1/runs", user, "wrong")
