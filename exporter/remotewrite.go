@@ -33,7 +33,7 @@ type RemoteWriteOptions struct {
 	BasicPassFile   string
 	Job             string        // job label of the streamed series (distinct from the scrape job)
 	Instance        string        // instance label (default: hostname)
-	BatchSamples    int           // flush a batch at this many samples (default 2000)
+	BatchSamples    int           // flush a batch at this many samples (default DefaultRemoteWriteBatchSamples)
 	BatchInterval   time.Duration // or this often (default 1 s)
 	// QueueSamples bounds, in samples, what waits for the receiver (the batch being sent included). While the
 	// receiver is down, stalls or answers 5xx or 429, the batch at the head is retried and newer ones wait; beyond
@@ -46,8 +46,11 @@ type RemoteWriteOptions struct {
 	MinBackoff, MaxBackoff time.Duration
 }
 
-// DefaultRemoteWriteQueueSamples is ten minutes of eight GPUs at 50 Hz, with their counter readings.
-const DefaultRemoteWriteQueueSamples = 250_000
+// Defaults of the stream. The queue is ten minutes of eight GPUs at 50 Hz, with their counter readings.
+const (
+	DefaultRemoteWriteQueueSamples = 250_000
+	DefaultRemoteWriteBatchSamples = 2000
+)
 
 // Outcomes of streamed samples (the result label of lem_exporter_remote_write_samples_total).
 const (
@@ -95,7 +98,7 @@ func StartRemoteWrite(s *sampler.Sampler, opts RemoteWriteOptions, log *slog.Log
 		opts.Instance, _ = os.Hostname()
 	}
 	if opts.BatchSamples <= 0 {
-		opts.BatchSamples = 2000
+		opts.BatchSamples = DefaultRemoteWriteBatchSamples
 	}
 	if opts.BatchInterval <= 0 {
 		opts.BatchInterval = time.Second

@@ -65,6 +65,10 @@ func (c *serveCmd) check() error {
 			return fmt.Errorf("%s %d: must be at least 1%w", l.flag, l.v, cli.Usage)
 		}
 	}
+	if c.RemoteWriteURL != "" && c.RemoteWriteQueue < 2*exporter.DefaultRemoteWriteBatchSamples {
+		return fmt.Errorf("--remote-write.queue-samples %d: must hold at least two batches (%d samples)%w",
+			c.RemoteWriteQueue, 2*exporter.DefaultRemoteWriteBatchSamples, cli.Usage)
+	}
 	if c.SampleWrite <= 0 {
 		return fmt.Errorf("--web.sample-write-timeout %s: must be positive%w", c.SampleWrite, cli.Usage)
 	}
