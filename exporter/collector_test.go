@@ -175,6 +175,11 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 	// model is not a number: no lem_run_result series for it.
 	_, err = runs.Result("r1", map[string]string{"output_tokens": "1024", "requests": "8", "model": "llama"}, sec(-1))
 	require.NoError(t, err)
+	// Writes the store refuses: an invalid phase name, a second start of r1.
+	_, err = runs.Phase("r1", "has space", time.Time{})
+	require.ErrorIs(t, err, marker.ErrInvalid)
+	_, err = runs.Start(marker.StartReq{RunID: "r1", Experiment: "llama-bs8"})
+	require.ErrorIs(t, err, marker.ErrConflict)
 
 	return goldenFixture{
 		state: &recordedState{env: env, drops: map[string]uint64{"recorder": 7},
@@ -184,6 +189,16 @@ func newGoldenFixture(t *testing.T) goldenFixture {
 		h200: rec200.GPUs[0],
 	}
 }
+
+// downloads is a fixed state of the raw-sample API: one download in progress, four refused.
+type downloads exporter.SampleRequestStats
+
+func (d downloads) SampleRequestStats() exporter.SampleRequestStats {
+	return exporter.SampleRequestStats(d)
+}
+
+var fixedDownloads = downloads{InFlight: 1, MaxInFlight: exporter.DefaultMaxSampleRequests,
+	Refused: map[string]uint64{exporter.RefusedBusy: 3, exporter.RefusedTooLarge: 1}}
 
 // collectors are the collectors lem-exporter registers, as one.
 type collectors []prometheus.Collector
@@ -202,7 +217,7 @@ func (cs collectors) Collect(ch chan<- prometheus.Metric) {
 
 func (f goldenFixture) collectors() collectors {
 	return collectors{exporter.NewGPUCollector(f.state), exporter.NewSelfCollector(f.state),
-		exporter.NewRunsCollector(f.runs)}
+		exporter.NewRunsCollector(f.runs), exporter.NewLimitsCollector(f.runs, fixedDownloads)}
 }
 
 // exposition renders what c collects in the text format, the way a scrape does.
@@ -295,7 +310,18 @@ func TestExpositionGolden(t *testing.T) {
 	r1gpu0 := map[string]string{"run_id": "r1", "experiment": "llama-bs8", "gpu": "0"}
 	assert.Equal(t, 120.5, series(t, mfs, "lem_run_baseline_watts", with(r1gpu0, "stat", "median")).GetGauge().GetValue())
 	assert.Equal(t, 1.0, series(t, mfs, "lem_run_gpu_active", r1gpu0).GetGauge().GetValue())
-	assert.Len(t, mfs, 41, "metric families")
+	reason := func(r string) map[string]string { return map[string]string{"reason": r} }
+	assert.Equal(t, 1.0, series(t, mfs, "lem_exporter_marker_rejected_total", reason("invalid")).GetCounter().GetValue(),
+		"the fixture's phase name with a space")
+	assert.Equal(t, 1.0, series(t, mfs, "lem_exporter_marker_rejected_total", reason("conflict")).GetCounter().GetValue(),
+		"the fixture's second start of r1")
+	assert.Equal(t, 0.0, series(t, mfs, "lem_exporter_marker_rejected_total", reason("limit")).GetCounter().GetValue())
+	state := func(s string) map[string]string { return map[string]string{"state": s} }
+	assert.Equal(t, 1.0, series(t, mfs, "lem_exporter_runs", state("active")).GetGauge().GetValue(), "r1")
+	assert.Equal(t, 1.0, series(t, mfs, "lem_exporter_runs", state("ended")).GetGauge().GetValue(), "warm-0")
+	assert.Equal(t, 8.0, series(t, mfs, "lem_exporter_runs_limit", state("active")).GetGauge().GetValue())
+	assert.Equal(t, 3.0, series(t, mfs, "lem_exporter_sample_requests_refused_total", reason("busy")).GetCounter().GetValue())
+	assert.Len(t, mfs, 49, "metric families")
 
 	for _, c := range cs {
 		problems, err := testutil.CollectAndLint(c)

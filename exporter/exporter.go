@@ -31,6 +31,7 @@ type Options struct {
 	MarkerToken         string               // empty: marker writes from loopback only
 	Markers             marker.Limits        // bounds of the marker store
 	MaxRequestsInFlight int                  // concurrent scrapes served at most (0: no limit)
+	Samples             APIOptions           // bounds of the raw-sample API
 	Record              *recorder.DirOptions // nil: no recorder
 	RemoteWrite         *RemoteWriteOptions  // nil: no stream
 }
@@ -63,8 +64,10 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 
 	gpuReg := prometheus.NewRegistry()
 	gpuReg.MustRegister(NewGPUCollector(s), NewRunsCollector(e.runs))
+	api := NewAPI(e.runs, s, opts.Samples, log)
 	selfReg := prometheus.NewRegistry() // the process's own health, apart from the GPU metrics
-	selfReg.MustRegister(NewSelfCollector(s), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	selfReg.MustRegister(NewSelfCollector(s), NewLimitsCollector(e.runs, api), collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if opts.Record != nil {
 		if e.rec, err = recorder.StartDir(s, *opts.Record, log); err != nil {
@@ -87,7 +90,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
 	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s}).Register(mux)
-	NewAPI(e.runs, s, log).Register(mux)
+	api.Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "lem-exporter",

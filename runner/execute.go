@@ -238,7 +238,7 @@ func (r *run) startMirror() *marker.Mirror {
 	if r.opts.ExporterURL == "" {
 		return nil
 	}
-	c, err := marker.NewClient(r.opts.ExporterURL, r.opts.ExporterToken)
+	c, err := marker.NewClient(r.opts.ExporterURL, r.opts.ExporterToken, marker.WithCAFile(r.opts.ExporterCA))
 	if err != nil {
 		r.warn("exporter_url", nil, "%v: markers are not mirrored", err)
 		return nil

@@ -55,6 +55,7 @@ type Options struct {
 	Sampler         sampler.Config
 	ExporterURL     string // mirror run/phase markers to a running lem-exporter
 	ExporterToken   string
+	ExporterCA      string // PEM file of the CA that signed an https exporter's certificate (beside the system's)
 	Campaign        string
 	Cycle           int
 	Position        int                 // place in the campaign's run order

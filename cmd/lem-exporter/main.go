@@ -28,6 +28,10 @@ func main() {
 	vars["max_result_keys"] = strconv.Itoa(marker.DefaultMaxResultKeys)
 	vars["record_flush"] = recorder.DefaultFlushEvery.String()
 	vars["max_requests"] = strconv.Itoa(exporter.DefaultMaxRequestsInFlight)
+	vars["max_sample_requests"] = strconv.Itoa(exporter.DefaultMaxSampleRequests)
+	vars["max_samples_per_response"] = strconv.Itoa(exporter.DefaultMaxSamplesPerResponse)
+	vars["sample_write_timeout"] = exporter.DefaultSampleWriteTimeout.String()
+	vars["remote_write_queue"] = strconv.Itoa(exporter.DefaultRemoteWriteQueueSamples)
 	os.Exit(cli.Main(&a, &a.Globals, "lem-exporter",
 		"Prometheus exporter of high-rate NVIDIA GPU power, energy and experiment phase markers.", vars, nil))
 }

@@ -18,18 +18,18 @@ import (
 )
 
 // run starts the exporter on a free loopback port and waits until it answers.
-func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *strings.Builder) {
+func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *lockedBuffer) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	cmd := exec.Command(bin, append([]string{"--web.listen-address", addr}, args...)...)
-	var logs strings.Builder
-	cmd.Stdout, cmd.Stderr = &logs, &logs
+	logs := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	for i := 0; i < 100; i++ {
 		if r, err := http.Get("http://" + addr + "/healthz"); err == nil {
 			r.Body.Close()
-			return cmd, "http://" + addr, &logs
+			return cmd, "http://" + addr, logs
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -117,20 +117,38 @@ func TestKill9LosesOnlyTheOpenSegment(t *testing.T) {
 
 func TestBadFlags(t *testing.T) {
 	bin := testutil.BuildBinary(t, "lem-exporter")
+	replay := []string{"--replay", testutil.TracePath("h200-shape")}
 	for name, tc := range map[string]struct {
-		args []string
-		want string
+		args  []string
+		want  string
+		usage bool // refused as bad usage: exit status 2
 	}{
-		"missing replay":   {[]string{"--replay", "/nonexistent.parquet"}, "/nonexistent.parquet"},
-		"bad address":      {[]string{"--replay", testutil.TracePath("h200-shape"), "--web.listen-address", "256.1.1.1:x"}, "256.1.1.1"},
-		"drain too slow":   {[]string{"--replay", testutil.TracePath("h200-shape"), "--drain-interval", "5s"}, "drain interval"},
-		"empty token file": {[]string{"--replay", testutil.TracePath("h200-shape"), "--markers.token-file", "/dev/null"}, "is empty"},
+		"missing replay":   {[]string{"--replay", "/nonexistent.parquet"}, "/nonexistent.parquet", false},
+		"bad address":      {append(replay, "--web.listen-address", "256.1.1.1:x"), "256.1.1.1", true},
+		"drain too slow":   {append(replay, "--drain-interval", "5s"), "drain interval", false},
+		"empty token file": {append(replay, "--markers.token-file", "/dev/null"), "is empty", true},
+		"no downloads": {append(replay, "--web.max-sample-requests", "0"),
+			"--web.max-sample-requests 0: must be at least 1", true},
+		"no samples per response": {append(replay, "--web.max-samples-per-response=-1"),
+			"--web.max-samples-per-response -1: must be at least 1", true},
+		"no write time": {append(replay, "--web.sample-write-timeout", "0s"),
+			"--web.sample-write-timeout 0s: must be positive", true},
+		"no active runs": {append(replay, "--markers.max-active-runs", "0"),
+			"--markers.max-active-runs 0: must be at least 1", true},
+		"no grace": {append(replay, "--markers.grace", "0s"), "--markers.grace 0s: must be positive", true},
+		"negative run age": {append(replay, "--markers.max-run-age=-1h"),
+			"--markers.max-run-age -1h0m0s: must not be negative", true},
+		"queue under two batches": {append(replay, "--remote-write.url", "http://127.0.0.1:1/api/v1/write",
+			"--remote-write.queue-samples", "3000"), "--remote-write.queue-samples 3000: must hold at least two batches (4000 samples)", true},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)
 			out, err := cmd.CombinedOutput()
 			require.Error(t, err)
 			assert.Contains(t, string(out), tc.want)
+			if tc.usage {
+				assert.Equal(t, 2, cmd.ProcessState.ExitCode(), "%s", out)
+			}
 		})
 	}
 }

@@ -20,10 +20,13 @@ import (
 type serveCmd struct {
 	cli.SourceFlags
 	cli.SamplerFlags
-	ListenAddress []string `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
-	WebConfigFile string   `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
-	MetricsPath   string   `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
-	MaxRequests   int      `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
+	ListenAddress []string      `name:"web.listen-address" default:":9636" help:"Addresses to listen on (repeatable)."`
+	WebConfigFile string        `name:"web.config.file" help:"exporter-toolkit web configuration (TLS, basic auth)."`
+	MetricsPath   string        `name:"web.telemetry-path" default:"/metrics" help:"Path of the metrics."`
+	MaxRequests   int           `name:"web.max-requests" default:"${max_requests}" help:"Concurrent scrapes served at most (0: no limit)."`
+	MaxDownloads  int           `name:"web.max-sample-requests" default:"${max_sample_requests}" help:"Concurrent raw-sample downloads (/api/v1/samples) served at most; more are answered 503 at once."`
+	MaxSamples    int           `name:"web.max-samples-per-response" default:"${max_samples_per_response}" help:"Power samples one raw-sample download carries at most; a longer range is answered 400 saying where to split it."`
+	SampleWrite   time.Duration `name:"web.sample-write-timeout" default:"${sample_write_timeout}" help:"Time one raw-sample download may take to be written; a client that stops reading gives its slot back after this."`
 
 	MarkerTokenFile string        `name:"markers.token-file" type:"existingfile" help:"File with the bearer token marker writes must carry; without it only loopback clients may write."`
 	MaxRuns         int           `name:"markers.max-active-runs" default:"${max_active_runs}" help:"Cap on concurrently active runs."`
@@ -46,6 +49,36 @@ type serveCmd struct {
 	RemoteWritePass  string `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
 	RemoteWriteJob   string `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
 	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
+	RemoteWriteQueue int    `name:"remote-write.queue-samples" default:"${remote_write_queue}" help:"Samples held while the receiver is down, stalls or fails (the batch being sent included); beyond, the oldest are dropped and counted."`
+}
+
+// check rejects limits that would leave the exporter unbounded or useless, before anything starts.
+func (c *serveCmd) check() error {
+	for _, l := range []struct {
+		flag string
+		v    int
+	}{{"--web.max-sample-requests", c.MaxDownloads}, {"--web.max-samples-per-response", c.MaxSamples},
+		{"--markers.max-active-runs", c.MaxRuns}, {"--markers.max-ended-runs", c.MaxEnded},
+		{"--markers.max-phase-names", c.MaxPhaseNames}, {"--markers.max-result-keys", c.MaxResultKeys},
+		{"--remote-write.queue-samples", c.RemoteWriteQueue}} {
+		if l.v < 1 {
+			return fmt.Errorf("%s %d: must be at least 1%w", l.flag, l.v, cli.Usage)
+		}
+	}
+	if c.RemoteWriteURL != "" && c.RemoteWriteQueue < 2*exporter.DefaultRemoteWriteBatchSamples {
+		return fmt.Errorf("--remote-write.queue-samples %d: must hold at least two batches (%d samples)%w",
+			c.RemoteWriteQueue, 2*exporter.DefaultRemoteWriteBatchSamples, cli.Usage)
+	}
+	if c.SampleWrite <= 0 {
+		return fmt.Errorf("--web.sample-write-timeout %s: must be positive%w", c.SampleWrite, cli.Usage)
+	}
+	if c.RunGrace <= 0 {
+		return fmt.Errorf("--markers.grace %s: must be positive%w", c.RunGrace, cli.Usage)
+	}
+	if c.MaxRunAge < 0 {
+		return fmt.Errorf("--markers.max-run-age %s: must not be negative (0: never)%w", c.MaxRunAge, cli.Usage)
+	}
+	return nil
 }
 
 func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -53,6 +86,9 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if err := web.Validate(c.WebConfigFile); err != nil {
 			return fmt.Errorf("--web.config.file: %v%w", err, cli.Usage)
 		}
+	}
+	if err := c.check(); err != nil {
+		return err
 	}
 	token, err := cli.ReadSecret("--markers.token-file", c.MarkerTokenFile)
 	if err != nil {
@@ -82,14 +118,17 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: token,
 		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
-		MaxRequestsInFlight: c.MaxRequests}
+		MaxRequestsInFlight: c.MaxRequests,
+		Samples: exporter.APIOptions{MaxSampleRequests: c.MaxDownloads, MaxSamplesPerResponse: c.MaxSamples,
+			WriteTimeout: c.SampleWrite}}
 	if c.RecordDir != "" {
 		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
 	}
 	if c.RemoteWriteURL != "" {
 		opts.RemoteWrite = &exporter.RemoteWriteOptions{URL: c.RemoteWriteURL, BearerTokenFile: c.RemoteWriteToken,
-			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst}
+			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst,
+			QueueSamples: c.RemoteWriteQueue}
 	}
 	exp, err := exporter.New(src, devs, opts, log)
 	if err != nil {

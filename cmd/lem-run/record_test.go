@@ -129,6 +129,10 @@ func TestRunBadInput(t *testing.T) {
 			"output directory"},
 		"bad exporter URL": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter", "ftp://h", "--", "true"},
 			"--exporter"},
+		"CA file without exporter": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter-ca-file",
+			testutil.TracePath("h200-llm"), "--", "true"}, "--exporter-ca-file without --exporter"},
+		"CA file without certificate": {[]string{"--replay", testutil.TracePath("h200-llm"), "--experiment", "x", "--exporter",
+			"https://127.0.0.1:9636", "--exporter-ca-file", testutil.TracePath("h200-llm"), "--", "true"}, "no PEM certificate in it"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			cmd := exec.Command(bin, tc.args...)

@@ -39,6 +39,7 @@ type runCmd struct {
 	StopGrace       time.Duration `name:"stop-grace" default:"${stop_grace}" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
 	Exporter        string        `help:"Also post run and phase markers to this lem-exporter URL (user:password@ for basic auth)."`
 	ExporterToken   string        `name:"exporter-token-file" type:"existingfile" help:"Marker token file for --exporter."`
+	ExporterCA      string        `name:"exporter-ca-file" type:"existingfile" help:"PEM certificate(s) to trust, beside the system's, for an https --exporter (self-signed or private CA)."`
 	Observe         []string      `sep:"," help:"Also sample these GPUs (indices, UUIDs or all) without giving them to the workload; their energy is reported apart, never in the run's totals."`
 	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
 	PTY             bool          `name:"pty" help:"Give the workload a pseudo-terminal as stdout, so it writes marker lines as it prints them (programs buffer output to pipes; Python gets PYTHONUNBUFFERED=1 anyway)."`
@@ -80,6 +81,11 @@ func (c *runCmd) check() error {
 		if _, err := marker.NewClient(c.Exporter, ""); err != nil {
 			return fmt.Errorf("--exporter: %v%w", err, cli.Usage)
 		}
+		if _, err := marker.NewClient(c.Exporter, "", marker.WithCAFile(c.ExporterCA)); err != nil {
+			return fmt.Errorf("--exporter-ca-file: %v%w", err, cli.Usage)
+		}
+	} else if c.ExporterCA != "" {
+		return fmt.Errorf("--exporter-ca-file without --exporter%w", cli.Usage)
 	}
 	return nil
 }
@@ -131,7 +137,7 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 	opts := runner.Options{Experiment: c.Experiment, RunID: c.RunID, OutDir: c.Out, Command: c.Command,
 		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, Cooldown: c.Cooldown,
 		CooldownTimeout: c.CooldownTimeout, Timeout: c.Timeout, StopGrace: c.StopGrace, Sampler: c.SamplerFlags.Config(),
-		ExporterURL: c.Exporter, ExporterToken: token, Stdout: summary, WorkloadGPUs: workloadGPUs,
+		ExporterURL: c.Exporter, ExporterToken: token, ExporterCA: c.ExporterCA, Stdout: summary, WorkloadGPUs: workloadGPUs,
 		ProgressTTY: cli.IsTerminal(os.Stderr)}
 	if c.Image == "" {
 		opts.Env = c.Env // containers get --env through the backend

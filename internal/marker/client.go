@@ -3,6 +3,8 @@ package marker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -29,7 +32,7 @@ type Client struct {
 
 // NewClient makes a client for rawURL (user:password@ in it means basic auth, as lem-exporter's web config may
 // require) with the marker token (may be empty).
-func NewClient(rawURL, token string) (*Client, error) {
+func NewClient(rawURL, token string, opts ...ClientOption) (*Client, error) {
 	u, err := url.Parse(strings.TrimRight(rawURL, "/"))
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("marker URL %q: want http(s)://host[:port]", Redact(rawURL))
@@ -41,7 +44,40 @@ func NewClient(rawURL, token string) (*Client, error) {
 		u.User = nil
 	}
 	c.base = u.String()
+	for _, o := range opts {
+		if err := o(c); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client) error
+
+// WithCAFile trusts the PEM certificates in path, beside the system's, for an https marker URL: an exporter whose
+// certificate is self-signed or from a private CA. An empty path changes nothing.
+func WithCAFile(path string) ClientOption {
+	return func(c *Client) error {
+		if path == "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("CA file: %w", err)
+		}
+		pool, err := x509.SystemCertPool()
+		if err != nil {
+			pool = x509.NewCertPool()
+		}
+		if !pool.AppendCertsFromPEM(b) {
+			return fmt.Errorf("CA file %s: no PEM certificate in it", path)
+		}
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		c.http.Transport = t
+		return nil
+	}
 }
 
 // String is the URL without credentials.
