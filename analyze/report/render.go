@@ -160,6 +160,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		Uncertainty Uncertainty `json:"uncertainty"`
 		Steady      []steadyOut `json:"steady_state"`
 		Violations  []string    `json:"violations"`
+		Attempts    int         `json:"attempts,omitempty"`
 	}
 	out := struct {
 		Runs        []runOut     `json:"runs"`
@@ -167,7 +168,8 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		Problems    []Problem    `json:"problems"`
 	}{Experiments: exps, Problems: probs}
 	for _, r := range runs {
-		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, Uncertainty: r.Uncertainty, Violations: Violations(r.Manifest)}
+		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, Uncertainty: r.Uncertainty, Violations: Violations(r.Manifest),
+			Attempts: r.Attempts}
 		for g, st := range r.Steady {
 			ro.Steady = append(ro.Steady, steadyOut{GPU: g, Found: st.Found, Start: st.Start, End: st.End, MeanW: st.MeanW, CV: st.CV})
 		}
