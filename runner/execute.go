@@ -59,7 +59,12 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 		defer l.close()
 	}
 	if err != nil {
-		// The workload never started: the manifest says why.
+		// The workload never started: the manifest says why, and what the backend created for it.
+		if l != nil && l.wl != nil {
+			if cerr := l.wl.Cleanup(r.m); cerr != nil {
+				r.warn("cleanup_failed", nil, "%v", cerr)
+			}
+		}
 		end := r.clock.Now()
 		start := end
 		var brackets map[int]account.Bracket

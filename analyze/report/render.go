@@ -363,6 +363,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		Manifest         any                `json:"manifest"`
 		OK               bool               `json:"ok"`
 		Violations       []string           `json:"violations"`
+		Attempts         int                `json:"attempts,omitempty"`
 		Uncertainty      Budget             `json:"uncertainty"`
 		PhaseUncertainty map[string]Budget  `json:"phase_uncertainty"`
 		PowerCappedS     map[string]float64 `json:"power_capped_s"`
@@ -376,7 +377,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 	for i := range runs {
 		r := &runs[i]
 		v := Violations(r.Manifest)
-		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, OK: len(v) == 0, Violations: v, Uncertainty: r.Uncertainty,
+		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, OK: len(v) == 0, Violations: v, Attempts: r.Attempts, Uncertainty: r.Uncertainty,
 			PhaseUncertainty: map[string]Budget{}, PowerCappedS: r.PowerCappedS}
 		for _, p := range r.Manifest.Phases {
 			ro.PhaseUncertainty[p.Name], _ = r.PhaseBudget(p.Name)

@@ -33,6 +33,9 @@ type Run struct {
 	Power map[int][]trace.PowerSample
 	// PowerCappedS is, per phase, the time a workload GPU held its clocks under the software power cap.
 	PowerCappedS map[string]float64
+	// Attempts is how often the run was measured (Attempts: its run directory and the earlier attempts its
+	// campaign kept); 0 for a run read from a trace.
+	Attempts int
 }
 
 // PhaseBudget is the uncertainty budget of one of the run's phases.
@@ -82,7 +85,8 @@ type Problem struct {
 }
 
 // Load reads run directories: each path is a run directory (holding manifest.json) or a directory searched for
-// them. Unreadable manifests and duplicate run ids become problems naming the file.
+// them (a campaign's earlier attempts under .attempts/ are counted, not read: the run directory holds the current
+// attempt). Unreadable manifests and duplicate run ids become problems naming the file.
 func Load(paths []string) ([]Run, []Problem) { return load(paths, true) }
 
 // LoadManifests is Load without the run directories' traces and without steady state and plots for trace
@@ -93,6 +97,16 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 	var runs []Run
 	var probs []Problem
 	seen := map[string]string{}
+	earlier := map[string]map[string][]string{} // campaign directory → its earlier attempts by run id
+	attempts := func(runDir, runID string) int {
+		dir := campaignDirOf(runDir)
+		e, ok := earlier[dir]
+		if !ok {
+			e, _ = EarlierAttempts(dir)
+			earlier[dir] = e
+		}
+		return Attempts(dir, runID, e)
+	}
 	add := func(path string) {
 		m, err := manifest.Read(path)
 		if err != nil {
@@ -110,6 +124,7 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 			}
 		}
 		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
+		r.Attempts = attempts(r.Dir, m.RunID)
 		if !traces {
 			runs = append(runs, r)
 			return
@@ -173,13 +188,16 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 }
 
 // walk finds run directories' manifests under dir and, elsewhere, lem traces (a recording directory): a run
-// directory's own trace and hidden segments are not separate inputs.
+// directory's own trace and hidden segments are not separate inputs, nor are a campaign's earlier attempts
+// (unless dir is its .attempts/ itself).
 func walk(dir string) (manifests, traces []string, err error) {
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
 		switch {
+		case d.IsDir() && d.Name() == AttemptsDir && path != dir:
+			return filepath.SkipDir
 		case d.IsDir():
 		case d.Name() == manifest.FileName:
 			manifests = append(manifests, path)

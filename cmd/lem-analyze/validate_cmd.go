@@ -24,14 +24,18 @@ func (c *validateCmd) Run(ctx context.Context, log *slog.Logger) error {
 		fmt.Printf("ERROR %s: %s\n", p.Path, p.Err)
 	}
 	for _, r := range runs {
+		what := r.Manifest.Experiment
+		if r.Attempts > 1 { // a campaign's run measured again: the earlier attempts are kept, not validated
+			what += fmt.Sprintf("; attempt %d", r.Attempts)
+		}
 		v := report.Violations(r.Manifest)
 		if len(v) == 0 {
-			fmt.Printf("ok    %s (%s)\n", r.Manifest.RunID, r.Manifest.Experiment)
+			fmt.Printf("ok    %s (%s)\n", r.Manifest.RunID, what)
 			continue
 		}
 		bad++
 		for _, s := range v {
-			fmt.Printf("FAIL  %s (%s): %s\n", r.Manifest.RunID, r.Manifest.Experiment, s)
+			fmt.Printf("FAIL  %s (%s): %s\n", r.Manifest.RunID, what, s)
 		}
 	}
 	if len(runs) == 0 && len(probs) == 0 {

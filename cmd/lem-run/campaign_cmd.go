@@ -62,11 +62,12 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)
 		report.ExperimentTable(os.Stdout, st.Experiments)
 	}
+	// The error names the campaign, what failed and where (its run directory, campaign.json) on one line.
 	switch {
 	case err != nil && ctx.Err() != nil:
-		return &cli.ExitError{Code: runner.ExitInterrupted, Err: fmt.Errorf("campaign interrupted; run it again to resume: %w", err)}
+		return &cli.ExitError{Code: runner.ExitInterrupted, Err: err}
 	case errors.Is(err, campaign.ErrIncomplete):
-		return &cli.ExitError{Code: 1, Err: fmt.Errorf("some runs did not end ok (see %s); run the campaign again to redo them", campaign.StateFile)}
+		return &cli.ExitError{Code: 1, Err: err}
 	}
 	return err
 }

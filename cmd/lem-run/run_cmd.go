@@ -155,11 +155,26 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 		enc.Encode(res.Manifest)
 	}
 	if res.ExitCode != 0 {
-		why := res.Manifest.Status
-		if res.Manifest.Error != "" {
-			why += ": " + res.Manifest.Error
-		}
-		return &cli.ExitError{Code: res.ExitCode, Err: errors.Join(err, fmt.Errorf("run %s %s (%s)", res.Manifest.RunID, why, res.Dir))}
+		return &cli.ExitError{Code: res.ExitCode, Err: runFailed(res, err)}
 	}
 	return err
+}
+
+// runFailed is the one line lem-run ends with when a run did not end ok: the run, how it ended and why, its
+// directory, and what else went wrong that the manifest does not already say.
+func runFailed(res *runner.Result, err error) error {
+	m := res.Manifest
+	why := m.Status
+	if m.Error != "" {
+		why += ": " + m.Error
+	}
+	msg := fmt.Sprintf("run %s %s (run directory %s)", m.RunID, why, res.Dir)
+	if err != nil {
+		for _, line := range strings.Split(err.Error(), "\n") {
+			if line != "" && line != m.Error {
+				msg += "; " + line
+			}
+		}
+	}
+	return errors.New(strings.ReplaceAll(msg, "\n", "; "))
 }

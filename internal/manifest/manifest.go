@@ -109,9 +109,11 @@ type Image struct {
 
 // Container is what the Docker Engine reported about the run's container.
 type Container struct {
-	ID         string    `json:"id"`
-	Name       string    `json:"name"`
-	ExitCode   int       `json:"exit_code"`
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	// ExitCode is the container's exit code as the Engine reported it: null when it never did (the container did
+	// not start, still runs, or the Engine stopped or was lost during the run).
+	ExitCode   *int      `json:"exit_code"`
 	OOMKilled  bool      `json:"oom_killed"`
 	StartedAt  time.Time `json:"started_at,omitzero"`
 	FinishedAt time.Time `json:"finished_at,omitzero"`

@@ -56,7 +56,8 @@ type Backend interface {
 	// Preflight checks that a workload can be started (daemon reachable, image present), before anything is
 	// measured; it starts nothing.
 	Preflight(ctx context.Context) error
-	// Start starts the workload; its output arrives on the Lines channel until it is closed.
+	// Start starts the workload; its output arrives on the Lines channel until it is closed. On error a non-nil
+	// Workload is what was created (a container that did not start): its Cleanup records it and removes it.
 	Start(ctx context.Context, spec Spec) (Workload, error)
 }
 
@@ -80,6 +81,9 @@ func Execute(ctx context.Context, be Backend, spec Spec, log io.Writer, grace ti
 	}
 	wl, err := be.Start(ctx, spec)
 	if err != nil {
+		if wl != nil {
+			wl.Cleanup(&manifest.Manifest{RunID: spec.RunID})
+		}
 		return 0, err
 	}
 	drained := make(chan struct{})

@@ -83,6 +83,7 @@ type Persistent struct {
 	opts  PersistentOptions
 	mu    sync.Mutex
 	id    string
+	name  string
 	host  string
 	guard *guard // stops the container if lem-run dies while it runs
 }
@@ -120,44 +121,160 @@ func (p *Persistent) Remove(grace time.Duration) error {
 	return nil
 }
 
-// healthy checks the server once.
-func (p *Persistent) healthy(ctx context.Context) bool {
+// healthy checks the server once; detail says what the check got when it is not healthy.
+func (p *Persistent) healthy(ctx context.Context) (ok bool, detail string) {
 	if p.opts.HealthURL != "" {
 		url := strings.ReplaceAll(p.opts.HealthURL, "{host}", p.Host())
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
-			return false
+			return false, err.Error()
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			return false
+			return false, err.Error()
 		}
-		resp.Body.Close()
-		return resp.StatusCode/100 == 2
+		defer resp.Body.Close()
+		if resp.StatusCode/100 == 2 {
+			return true, ""
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, healthOutput))
+		return false, fmt.Sprintf("GET %s: %s: %s", url, resp.Status, body)
 	}
 	if len(p.opts.HealthCommand) > 0 {
-		code, err := p.exec(ctx, p.opts.HealthCommand)
-		return err == nil && code == 0
+		code, out, err := p.exec(ctx, p.opts.HealthCommand)
+		switch {
+		case err != nil:
+			return false, fmt.Sprintf("health command %q: %v", p.opts.HealthCommand, err)
+		case code != 0:
+			return false, fmt.Sprintf("health command %q exited %d:\n%s", p.opts.HealthCommand, code, out)
+		}
+		return true, ""
 	}
-	return true
+	return true, ""
 }
 
-// exec runs cmd in the container to completion, discarding its output.
-func (p *Persistent) exec(ctx context.Context, cmd []string) (int, error) {
+// healthOutput is how much of a failing health check's output is kept (its end).
+const healthOutput = 4 << 10
+
+// exec runs cmd in the container to completion and returns its exit code and the end of its output: stdout's,
+// then stderr's (the order the two interleaved in varies from one execution to the next).
+func (p *Persistent) exec(ctx context.Context, cmd []string) (int, []byte, error) {
 	ex, err := p.d.cli.ExecCreate(ctx, p.ID(), client.ExecCreateOptions{Cmd: cmd, AttachStdout: true, AttachStderr: true})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	att, err := p.d.cli.ExecAttach(ctx, ex.ID, client.ExecAttachOptions{})
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	io.Copy(io.Discard, att.Reader)
+	stdout, stderr := &tail{max: healthOutput}, &tail{max: healthOutput}
+	_, err = stdcopy.StdCopy(stdout, stderr, att.Reader)
 	att.Close()
+	out := append(stdout.b, stderr.b...)
+	if err != nil {
+		return 0, out, fmt.Errorf("reading its output: %w", err)
+	}
 	ins, err := p.d.cli.ExecInspect(ctx, ex.ID, client.ExecInspectOptions{})
-	return ins.ExitCode, err
+	return ins.ExitCode, out, err
+}
+
+// tail keeps the last max bytes written to it.
+type tail struct {
+	b   []byte
+	max int
+}
+
+func (t *tail) Write(b []byte) (int, error) {
+	t.b = append(t.b, b...)
+	if len(t.b) > t.max {
+		t.b = append(t.b[:0], t.b[len(t.b)-t.max:]...)
+	}
+	return len(b), nil
+}
+
+// healthLog writes the failing checks of a start-up to a file (HealthLog in its run directory): each different
+// outcome once (its output indented under it), then how often it repeated, so a server that never became healthy
+// can be diagnosed.
+type healthLog struct {
+	f      *os.File
+	last   string
+	repeat int
+}
+
+// HealthLog is the file in a start-up's run directory that keeps its failing health checks.
+const HealthLog = "health.log"
+
+func openHealthLog(runDir string) *healthLog {
+	if runDir == "" {
+		return &healthLog{}
+	}
+	f, err := os.Create(filepath.Join(runDir, HealthLog))
+	if err != nil {
+		return &healthLog{}
+	}
+	return &healthLog{f: f}
+}
+
+func (h *healthLog) add(detail string) {
+	if h.f == nil {
+		return
+	}
+	if detail == h.last {
+		h.repeat++
+		return
+	}
+	h.flush()
+	h.last = detail
+	// One entry: its time and first line, the output after it indented.
+	fmt.Fprintf(h.f, "%s %s\n", time.Now().UTC().Format(time.RFC3339Nano),
+		strings.ReplaceAll(strings.TrimRight(detail, "\n"), "\n", "\n    "))
+}
+
+func (h *healthLog) flush() {
+	if h.repeat > 0 {
+		fmt.Fprintf(h.f, "%s (the same %d more times)\n", time.Now().UTC().Format(time.RFC3339Nano), h.repeat)
+		h.repeat = 0
+	}
+}
+
+func (h *healthLog) close() {
+	if h.f == nil {
+		return
+	}
+	h.flush()
+	h.f.Close()
+	h.f = nil
+}
+
+// path is the log's file name ("" when it could not be written).
+func (h *healthLog) path() string {
+	if h.f == nil {
+		return ""
+	}
+	return h.f.Name()
+}
+
+// oneLine puts a health check's outcome on one line for an error message: its first line, then the end of the
+// output after it, lines joined by " | ".
+func oneLine(detail string) string {
+	head, out, _ := strings.Cut(strings.TrimSpace(detail), "\n")
+	var lines []string
+	for _, l := range strings.Split(out, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	rest := strings.Join(lines, " | ")
+	const max = 300
+	if len(rest) > max {
+		rest = "…" + strings.ToValidUTF8(rest[len(rest)-max:], "")
+	}
+	if rest == "" {
+		return head
+	}
+	return head + " " + rest
 }
 
 // StartupBackend starts the container as a workload that "exits" 0 once the server is healthy: bracketing it
@@ -176,7 +293,7 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 	}
 	d := p.d
 	cfg := &container.Config{Image: d.opts.Image, Env: append(append([]string{}, d.opts.Env...), spec.Env...),
-		Labels: runnerLabels(spec)}
+		Labels: d.labels(spec)}
 	if len(p.opts.Command) > 0 {
 		cfg.Cmd = p.opts.Command
 	}
@@ -194,30 +311,37 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 		host.Resources.DeviceRequests = []container.DeviceRequest{{Driver: "nvidia", DeviceIDs: spec.GPUs,
 			Capabilities: [][]string{{"gpu"}}}}
 	}
+	w := &startupWorkload{dockerWorkload: dockerWorkload{d: d, lines: make(chan Line, 1024), logsDone: make(chan struct{}),
+		c: manifest.Container{Name: d.opts.Name}, stopLogs: func() {}}, p: p}
 	created, err := d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: d.opts.Name})
 	if err != nil {
-		return nil, fmt.Errorf("creating backend container from %s: %w", d.opts.Image, err)
+		w.noOutput()
+		return w, fmt.Errorf("creating backend container%s from %s: %w", named(d.opts.Name), d.opts.Image, d.engineErr(err))
 	}
+	w.id = created.ID
 	p.mu.Lock()
 	p.id = created.ID
 	p.mu.Unlock()
-	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+	fail := func(err error) (Workload, error) {
+		w.noOutput()
 		p.Remove(0)
-		return nil, fmt.Errorf("starting backend container: %w", err)
+		return w, err
+	}
+	if _, err := d.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
+		return fail(fmt.Errorf("starting backend container %s: %w", w.label(), d.engineErr(err)))
 	}
 	g, err := d.opts.Watchdog.watch(spec.RunDir, containerArgs(created.ID)...)
 	if err != nil {
-		p.Remove(0)
-		return nil, err
+		return fail(err)
 	}
 	p.mu.Lock()
 	p.guard = g
 	p.mu.Unlock()
 	ins, err := d.cli.ContainerInspect(ctx, created.ID, client.ContainerInspectOptions{})
 	if err != nil {
-		p.Remove(0)
-		return nil, fmt.Errorf("inspecting backend container: %w", err)
+		return fail(fmt.Errorf("inspecting backend container %s: %w", w.label(), d.engineErr(err)))
 	}
+	w.record(ins.Container)
 	addr := "127.0.0.1"
 	if ns := ins.Container.NetworkSettings; ns != nil {
 		for _, n := range ns.Networks {
@@ -228,59 +352,73 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 		}
 	}
 	p.mu.Lock()
-	p.host = addr
+	p.host, p.name = addr, w.c.Name
 	p.mu.Unlock()
 	lctx, stopLogs := context.WithCancel(context.Background())
 	logs, err := d.cli.ContainerLogs(lctx, created.ID, client.ContainerLogsOptions{ShowStdout: true, ShowStderr: true,
 		Follow: true, Timestamps: true})
 	if err != nil {
 		stopLogs()
-		p.Remove(0)
-		return nil, fmt.Errorf("following backend container logs: %w", err)
+		return fail(fmt.Errorf("following backend container logs: %w", d.engineErr(err)))
 	}
-	w := &startupWorkload{dockerWorkload: dockerWorkload{d: d, id: created.ID, lines: make(chan Line, 1024),
-		logsDone: make(chan struct{})}, p: p, stopLogs: stopLogs}
+	w.stopLogs, w.health = stopLogs, openHealthLog(spec.RunDir)
 	go w.follow(logs)
 	return w, nil
 }
 
 type startupWorkload struct {
 	dockerWorkload
-	p        *Persistent
-	stopLogs context.CancelFunc
+	p      *Persistent
+	health *healthLog
+	failed bool
 }
 
 // Wait returns once the server is healthy (exit 0), or when the container exits before that (its exit code, or
-// 1 for a container that exited 0 without ever being healthy).
+// 1 for a container that exited 0 without ever being healthy), or when it is not healthy in time; then the error
+// says what the last health check got (every failing check is in the start-up's health.log).
 func (w *startupWorkload) Wait(ctx context.Context) (Exit, error) {
 	defer w.stopLogs() // the server's later output is not this run's
+	defer w.health.close()
 	started := time.Now()
 	deadline := time.After(w.p.opts.HealthTimeout)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	last := "no health check answered yet"
+	why := func(format string, a ...any) error {
+		w.failed = true
+		msg := fmt.Sprintf(format, a...) + ": last health check: " + oneLine(last)
+		if p := w.health.path(); p != "" {
+			msg += " (every failing check in " + p + ")"
+		}
+		return errors.New(msg)
+	}
 	for {
 		ins, err := w.d.cli.ContainerInspect(ctx, w.id, client.ContainerInspectOptions{})
 		if err != nil {
-			return Exit{}, fmt.Errorf("inspecting backend container %.12s: %w", w.id, err)
+			w.failed = true
+			return Exit{}, fmt.Errorf("inspecting backend container %s: %w", w.label(), w.d.engineErr(err))
 		}
-		w.info, w.inspectd = ins.Container, true
+		w.record(ins.Container)
 		if st := ins.Container.State; st != nil && !st.Running {
 			code := st.ExitCode
 			if code == 0 {
 				code = 1
 			}
 			return Exit{Code: code, OOMKilled: st.OOMKilled, StartedAt: started, FinishedAt: time.Now()},
-				fmt.Errorf("backend container exited (code %d) before it was healthy", st.ExitCode)
+				why("backend container %s exited (code %d) before it was healthy", w.label(), st.ExitCode)
 		}
-		if w.p.healthy(ctx) {
+		ok, detail := w.p.healthy(ctx)
+		if ok {
 			return Exit{StartedAt: started, FinishedAt: time.Now()}, nil
 		}
+		last = detail
+		w.health.add(detail)
 		select {
 		case <-ctx.Done():
 			return Exit{}, ctx.Err()
 		case <-deadline:
 			return Exit{Code: 1, StartedAt: started, FinishedAt: time.Now()},
-				fmt.Errorf("backend container not healthy after %s", w.p.opts.HealthTimeout)
+				why("backend container %s not healthy after %s", w.label(), w.p.opts.HealthTimeout)
 		case <-tick.C:
 		}
 	}
@@ -289,11 +427,19 @@ func (w *startupWorkload) Wait(ctx context.Context) (Exit, error) {
 // Stop stops the server (start-up interrupted or timed out): it must not run on unmeasured.
 func (w *startupWorkload) Stop(grace time.Duration) error { return w.p.Remove(grace) }
 
-// Cleanup records the container; it keeps running for the runs.
+// Cleanup records the container: it keeps running for the runs, unless its start-up failed (then it is removed
+// here).
 func (w *startupWorkload) Cleanup(m *manifest.Manifest) error {
+	var err error
+	if w.failed {
+		err = w.p.Remove(5 * time.Second)
+	}
 	keep := w.d.opts.Keep
 	w.d.opts.Keep = true
-	err := w.dockerWorkload.Cleanup(m)
+	w.c.Kept = w.p.ID() != ""
+	if cerr := w.dockerWorkload.Cleanup(m); err == nil {
+		err = cerr
+	}
 	w.d.opts.Keep = keep
 	return err
 }
@@ -348,6 +494,16 @@ func (b *execBackend) Start(ctx context.Context, spec Spec) (Workload, error) {
 	w := &execWorkload{p: p, execID: ex.ID, resDir: resDir, hostDir: spec.ResultsDir, lines: make(chan Line, 1024),
 		done: make(chan struct{}), started: time.Now()}
 	go w.follow(att.Reader, func() error { att.Close(); return nil })
+	// This run's own watchdog: if lem-run dies, the container (so the exec'd workload) is stopped and this run,
+	// not only the start-up, is marked crashed.
+	if w.guard, err = p.d.opts.Watchdog.watch(spec.RunDir, containerArgs(p.ID())...); err != nil {
+		w.Stop(time.Second)
+		go func() {
+			for range w.lines {
+			}
+		}()
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -358,9 +514,11 @@ type execWorkload struct {
 	lines           chan Line
 	done            chan struct{}
 	started         time.Time
+	guard           *guard
 }
 
-// follow reads the exec's output (no runtime timestamps on an attach stream: lines are stamped when read).
+// follow reads the exec's output. An exec's attach stream carries no timestamps (unlike a container's logs), so
+// its lines, and the markers among them, are stamped when read.
 func (w *execWorkload) follow(r io.Reader, closeConn func() error) {
 	defer close(w.done)
 	defer close(w.lines)
@@ -379,6 +537,10 @@ func (w *execWorkload) Wait(ctx context.Context) (Exit, error) {
 	for {
 		ins, err := w.p.d.cli.ExecInspect(context.Background(), w.execID, client.ExecInspectOptions{})
 		if err != nil {
+			if !w.p.d.answers(context.Background()) {
+				return Exit{}, fmt.Errorf("%w: inspecting exec %.12s in backend container %.12s: %v; the Docker daemon at %s no longer answers",
+					engineGoneErr("lost"), w.execID, w.p.ID(), err, w.p.d.cli.DaemonHost())
+			}
 			return Exit{}, fmt.Errorf("inspecting exec %.12s: %w", w.execID, err)
 		}
 		if !ins.Running {
@@ -418,9 +580,12 @@ func (w *execWorkload) Stop(grace time.Duration) error {
 
 // Cleanup copies the run's results out of the container into the run directory and records the container.
 func (w *execWorkload) Cleanup(m *manifest.Manifest) error {
+	w.guard.release()
 	img := w.p.d.image
 	m.Image = &img
-	m.Container = &manifest.Container{ID: w.p.ID(), Kept: true}
+	w.p.mu.Lock()
+	m.Container = &manifest.Container{ID: w.p.id, Name: w.p.name, Kept: true}
+	w.p.mu.Unlock()
 	res, err := w.p.d.cli.CopyFromContainer(context.Background(), w.p.ID(), client.CopyFromContainerOptions{SourcePath: w.resDir})
 	if err != nil {
 		if cerrdefs.IsNotFound(err) {

@@ -101,14 +101,15 @@ func RunWatchdog(ctx context.Context, o WatchOptions) error {
 	}
 	o.Log.Warn("lem-run died while its workload ran: stopping the workload", "pgid", o.PGID, "container", o.Container,
 		"run_dir", o.RunDir)
-	var err error
+	why := "lem-run died while the workload ran (killed?); the workload was stopped by its watchdog"
 	switch {
 	case o.PGID > 0:
-		err = stopGroup(o.PGID, o.Grace)
+		return errors.Join(stopGroup(o.PGID, o.Grace), MarkCrashed(o.RunDir, why))
 	case o.Container != "":
-		err = stopContainer(ctx, o.Container, o.Grace)
+		img, c, err := stopContainer(ctx, o.Container, o.Grace)
+		return errors.Join(err, markCrashed(o.RunDir, why, img, c))
 	}
-	return errors.Join(err, MarkCrashed(o.RunDir, "lem-run died while the workload ran (killed?); the workload was stopped by its watchdog"))
+	return MarkCrashed(o.RunDir, why)
 }
 
 // stopGroup sends SIGTERM to a process group, then SIGKILL once grace has passed (or at once if it is gone).
@@ -130,22 +131,38 @@ func stopGroup(pgid int, grace time.Duration) error {
 	return nil
 }
 
-func stopContainer(ctx context.Context, id string, grace time.Duration) error {
+// stopContainer stops a container and returns what the run's manifest records about it.
+func stopContainer(ctx context.Context, id string, grace time.Duration) (*manifest.Image, *manifest.Container, error) {
 	cli, err := client.New(client.FromEnv)
 	if err != nil {
-		return fmt.Errorf("docker client: %w", err)
+		return nil, nil, fmt.Errorf("docker client: %w", err)
 	}
 	defer cli.Close()
+	var img *manifest.Image
+	c := &manifest.Container{ID: id}
+	if ins, err := cli.ContainerInspect(ctx, id, client.ContainerInspectOptions{}); err == nil {
+		w := dockerWorkload{id: id}
+		w.record(ins.Container)
+		c = &w.c
+		c.ID, c.ExitCode = id, nil // stopped by the watchdog: not an exit of its own
+		if ins.Container.Config != nil {
+			img = &manifest.Image{Name: ins.Container.Config.Image, ID: ins.Container.Image}
+		}
+	}
 	secs := int(grace.Seconds())
 	if _, err := cli.ContainerStop(ctx, id, client.ContainerStopOptions{Timeout: &secs}); err != nil {
-		return fmt.Errorf("stopping container %.12s: %w", id, err)
+		return img, c, fmt.Errorf("stopping container %.12s: %w", id, err)
 	}
-	return nil
+	return img, c, nil
 }
 
 // MarkCrashed turns a run directory's provisional manifest (status running) into a crashed one, keeping all it
 // holds; a manifest with another status is left as it is.
-func MarkCrashed(runDir, why string) error {
+func MarkCrashed(runDir, why string) error { return markCrashed(runDir, why, nil, nil) }
+
+// markCrashed is MarkCrashed that also records the run's image and container where the manifest has none, and
+// ends the run's times when its runner's death was noticed (lem-analyze accounts it up to its last sample).
+func markCrashed(runDir, why string, img *manifest.Image, c *manifest.Container) error {
 	if runDir == "" {
 		return nil
 	}
@@ -157,6 +174,15 @@ func MarkCrashed(runDir, why string) error {
 		return nil
 	}
 	m.Status, m.Error = manifest.StatusCrashed, why
+	if m.Times.End.IsZero() && !time.Now().Before(m.Times.Start) {
+		m.Times.End = time.Now().UTC()
+	}
+	if m.Image == nil {
+		m.Image = img
+	}
+	if m.Container == nil {
+		m.Container = c
+	}
 	return manifest.Write(runDir, m)
 }
 

@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/runner"
@@ -100,16 +101,23 @@ func (ex *executor) moveAside(runID string) error {
 	if _, err := os.Stat(dir); err != nil {
 		return nil
 	}
-	att := filepath.Join(ex.p.out, ".attempts")
-	if err := os.MkdirAll(att, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Join(ex.p.out, report.AttemptsDir), 0o755); err != nil {
 		return err
 	}
 	for n := 1; ; n++ {
-		dst := filepath.Join(att, fmt.Sprintf("%s.%d", runID, n))
+		dst := report.EarlierAttemptDir(ex.p.out, runID, n)
 		if _, err := os.Stat(dst); os.IsNotExist(err) {
 			return os.Rename(dir, dst)
 		}
 	}
+}
+
+// attempts is the run's attempts by the one rule lem-analyze also reads them by.
+func (ex *executor) attempts(runID string) int { return report.Attempts(ex.p.out, runID, nil) }
+
+// labels mark the containers a campaign starts.
+func (ex *executor) labels() map[string]string {
+	return map[string]string{backend.LabelCampaign: ex.p.File.Name}
 }
 
 // container returns the experiment's backend container, started (its start-up measured as a run) if needed.
@@ -118,8 +126,8 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 	if bc == nil {
 		spec := ex.p.File.Backends[name]
 		d, err := backend.NewDocker(backend.DockerOptions{Image: spec.Image, Entrypoint: spec.Entrypoint, Env: envList(spec.Env),
-			Volumes: spec.Volumes,
-			Name:    fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs, Watchdog: ex.opts.Watchdog})
+			Volumes: spec.Volumes, Name: fmt.Sprintf("lem-%s-%s", ex.p.File.Name, name), RequestGPUs: ex.opts.RequestGPUs,
+			Labels: ex.labels(), Watchdog: ex.opts.Watchdog})
 		if err != nil {
 			return nil, err
 		}
@@ -134,29 +142,34 @@ func (ex *executor) container(ctx context.Context, name string, devs []gpu.Devic
 	if bc.pc.ID() != "" {
 		return bc, nil
 	}
-	bc.starts++
+	// Every start-up is a measurement of its own, numbered on from those of earlier executions (a resumed
+	// campaign's start-up is not another attempt of the last one).
 	label := "startup-" + name
-	id := runID(ex.p.File.Name, label, bc.starts)
-	if err := ex.moveAside(id); err != nil {
-		return nil, err
+	id := runID(ex.p.File.Name, label, bc.starts+1)
+	for ex.attempts(id) > 0 {
+		bc.starts++
+		id = runID(ex.p.File.Name, label, bc.starts+1)
 	}
+	bc.starts++
 	o := ex.runOptions(id, label, cycle)
 	o.Command = slices.Clone(bc.spec.Command)
 	ex.opts.Log.Info("starting backend container (start-up measured)", "backend", name, "run", id)
 	res, err := runner.Run(ctx, o, ex.opts.Source, devs, bc.pc.StartupBackend(), ex.opts.Log)
-	rs := RunState{Position: 0, Cycle: cycle, Experiment: label, RunID: id, Attempts: 1, Status: manifest.StatusError}
+	rs := RunState{Position: 0, Cycle: cycle, Experiment: label, RunID: id, Status: manifest.StatusError}
 	if res != nil {
 		rs.Status, rs.Error, rs.DurationS = res.Manifest.Status, res.Manifest.Error, res.Manifest.Times.DurationS
 	} else if err != nil {
 		rs.Error = err.Error()
 	}
+	rs.Attempts = ex.attempts(id)
 	ex.st.Startups = append(ex.st.Startups, rs)
 	if rs.Status != manifest.StatusOK {
 		bc.pc.Remove(5 * time.Second)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		bc.failed = fmt.Errorf("backend container %s did not become healthy: %s", name, rs.Error)
+		bc.failed = fmt.Errorf("backend container %s did not start (start-up run %s): %s", name,
+			filepath.Join(ex.p.out, id), rs.Error)
 		return nil, bc.failed
 	}
 	return bc, nil
@@ -194,7 +207,7 @@ func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, c
 	}
 	if e.Image != "" {
 		d, err := backend.NewDocker(backend.DockerOptions{Image: e.Image, Entrypoint: e.Entrypoint, Volumes: e.Volumes,
-			RequestGPUs: ex.opts.RequestGPUs, Watchdog: ex.opts.Watchdog})
+			RequestGPUs: ex.opts.RequestGPUs, Labels: ex.labels(), Watchdog: ex.opts.Watchdog})
 		if err != nil {
 			return nil, nil, nil, err
 		}
@@ -206,8 +219,8 @@ func (ex *executor) backend(ctx context.Context, c *Config, devs []gpu.Device, c
 // run measures one planned run. Failed runs are recorded and the campaign goes on; only an interrupt stops it.
 func (ex *executor) run(ctx context.Context, pl *Planned, rs *RunState) error {
 	c := pl.Config
-	rs.Attempts++
-	rs.Error = ""
+	rs.Error, rs.DurationS = "", 0
+	defer func() { rs.Attempts = ex.attempts(pl.RunID) }()
 	fail := func(err error) error {
 		rs.Status, rs.Error = manifest.StatusError, err.Error()
 		ex.opts.Log.Error("run not measured", "run", pl.RunID, "err", err)

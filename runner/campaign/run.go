@@ -334,6 +334,11 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	if err := os.MkdirAll(p.out, 0o755); err != nil {
 		return nil, fmt.Errorf("campaign directory: %w", err)
 	}
+	unlock, err := lock(p.out)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	def, err := f.Definition()
 	if err != nil {
 		return nil, err
@@ -353,7 +358,7 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 			}
 			log.Warn(what + "; resuming (--force): runs already ok under an id of the new plan are kept")
 		}
-		st.Started, st.Startups = old.Started, old.Startups
+		st.Started = old.Started
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("resuming: %w", err)
 	}
@@ -363,18 +368,23 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		}
 		st.Catalogues[name] = file
 	}
+	// The state is what the campaign directory holds, read by the rules lem-analyze reads it by: each run's
+	// directory is its current attempt, .attempts/ its earlier ones.
+	earlier, err := report.EarlierAttempts(p.out)
+	if err != nil {
+		return nil, err
+	}
 	remaining := map[*Config]bool{}
 	for _, pl := range p.Plan {
-		rs := RunState{Position: pl.Position, Cycle: pl.Cycle, Experiment: pl.Config.Name, RunID: pl.RunID, Status: "pending"}
-		dir := filepath.Join(p.out, pl.RunID)
-		if m, err := manifest.Read(dir); err == nil {
-			rs.Status, rs.DurationS, rs.Attempts = m.Status, m.Times.DurationS, 1
-		}
+		rs := RunState{Position: pl.Position, Cycle: pl.Cycle, Experiment: pl.Config.Name, RunID: pl.RunID, Status: "pending",
+			Attempts: report.Attempts(p.out, pl.RunID, earlier)}
+		current(&rs, filepath.Join(p.out, pl.RunID))
 		if rs.Status != manifest.StatusOK {
 			remaining[pl.Config] = true
 		}
 		st.Runs = append(st.Runs, rs)
 	}
+	st.Startups = startups(p, earlier)
 	if err := writeState(p.out, st); err != nil {
 		return st, err
 	}
@@ -389,7 +399,7 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		}
 	}
 	opts.Progress.Start(len(st.Runs), done)
-	var prev *Planned
+	var prev, stopped *Planned // stopped: the run an interrupt ended
 	for i := range p.Plan {
 		if err != nil {
 			break
@@ -410,7 +420,9 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		}
 		prev = pl
 		opts.Progress.Begin(pl)
-		err = ex.run(ctx, pl, rs)
+		if err = ex.run(ctx, pl, rs); err != nil {
+			stopped = pl
+		}
 		opts.Progress.End(pl, rs)
 		if werr := writeState(p.out, st); werr != nil {
 			log.Error("campaign state", "err", werr)
@@ -418,27 +430,103 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	}
 	ex.closeContainers()
 	ex.summarise()
+	var failed []RunState
+	for _, r := range st.Runs {
+		if r.Status != manifest.StatusOK && r.Status != "pending" {
+			failed = append(failed, r)
+		}
+	}
 	switch {
 	case err != nil && ctx.Err() != nil:
 		st.Status = "interrupted"
+		err = fmt.Errorf("campaign %s interrupted%s; state in %s; run it again to resume: %w", f.Name,
+			ex.during(stopped), filepath.Join(p.out, StateFile), err)
 	case err != nil:
 		st.Status = "incomplete"
+		err = fmt.Errorf("campaign %s stopped%s: %w", f.Name, ex.during(stopped), err)
 	default:
 		st.Status = "done"
-		for _, r := range st.Runs {
-			if r.Status != manifest.StatusOK {
-				st.Status = "incomplete"
-			}
+		if len(failed) > 0 {
+			st.Status = "incomplete"
+			err = &IncompleteError{Campaign: f.Name, Dir: p.out, Failed: failed, Runs: len(st.Runs)}
 		}
 	}
 	if werr := writeState(p.out, st); werr != nil {
 		err = errors.Join(err, werr)
 	}
-	if err == nil && st.Status == "incomplete" {
-		err = ErrIncomplete
-	}
 	return st, err
 }
+
+// current fills a run's state from its run directory's manifest, if it has one: a run whose runner died without
+// marking it is crashed, as lem-analyze reports it.
+func current(rs *RunState, dir string) {
+	m, err := manifest.Read(dir)
+	if err != nil {
+		return
+	}
+	rs.Status, rs.Error, rs.DurationS = m.Status, m.Error, m.Times.DurationS
+	if m.Status == manifest.StatusRunning && m.Runner != nil && m.Runner.Gone() {
+		rs.Status = manifest.StatusCrashed
+	}
+}
+
+// startups lists the backend containers' start-up runs the campaign directory holds (numbered from 1 per backend).
+func startups(p *Prepared, earlier map[string][]string) []RunState {
+	var out []RunState
+	for _, name := range slices.Sorted(maps.Keys(p.File.Backends)) {
+		label := "startup-" + name
+		for n := 1; ; n++ {
+			id := runID(p.File.Name, label, n)
+			rs := RunState{Experiment: label, RunID: id, Status: manifest.StatusError, Error: "no run directory",
+				Attempts: report.Attempts(p.out, id, earlier)}
+			if rs.Attempts == 0 {
+				break
+			}
+			current(&rs, filepath.Join(p.out, id))
+			if m, err := manifest.Read(filepath.Join(p.out, id)); err == nil {
+				rs.Cycle = m.Cycle
+			}
+			out = append(out, rs)
+		}
+	}
+	return out
+}
+
+// during names the run a campaign stopped in, and its directory.
+func (ex *executor) during(pl *Planned) string {
+	if pl == nil {
+		return ""
+	}
+	return fmt.Sprintf(" during run %s (%s)", pl.RunID, filepath.Join(ex.p.out, pl.RunID))
+}
+
+// IncompleteError is a campaign that ran to its end with runs that did not end ok.
+type IncompleteError struct {
+	Campaign string
+	Dir      string
+	Failed   []RunState
+	Runs     int
+}
+
+func (e *IncompleteError) Error() string {
+	first := e.Failed[0]
+	msg := fmt.Sprintf("campaign %s: %d of %d runs did not end ok: %s %s", e.Campaign, len(e.Failed), e.Runs,
+		first.RunID, first.Status)
+	if first.Error != "" {
+		msg += " (" + first.Error + ")"
+	}
+	if _, err := os.Stat(filepath.Join(e.Dir, first.RunID)); err == nil {
+		msg += " in " + filepath.Join(e.Dir, first.RunID)
+	}
+	if len(e.Failed) > 1 {
+		msg += fmt.Sprintf(", and %d more", len(e.Failed)-1)
+	}
+	return strings.ReplaceAll(msg, "\n", "; ") + fmt.Sprintf("; see %s; run the campaign again to redo them",
+		filepath.Join(e.Dir, StateFile))
+}
+
+// Is makes an IncompleteError an ErrIncomplete.
+func (e *IncompleteError) Is(target error) bool { return target == ErrIncomplete }
 
 func sleep(ctx context.Context, d time.Duration) error {
 	if d <= 0 {

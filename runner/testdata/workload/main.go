@@ -42,6 +42,7 @@ func main() {
 	exit := flag.Int("exit", 0, "exit code")
 	concurrent := flag.Int("concurrent-results", 0, "post this many results from each of 4 goroutines at once (key k0..k3, value 1 each)")
 	stderrLine := flag.Int("stderr-line", 0, "write a line of this many bytes, without a newline, to stderr (a progress bar)")
+	stdoutLine := flag.Int("stdout-line", 0, "first write a line of this many bytes (0123456789abcdef repeated) to stdout")
 	serve := flag.String("serve", "", "act as a persistent backend server: after -load, answer /health on this address until SIGTERM")
 	load := flag.Duration("load", time.Second, "model-load time before /health answers (with -serve)")
 	flag.Parse()
@@ -56,6 +57,10 @@ func main() {
 		signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 		<-sig
 		return
+	}
+	if *stdoutLine > 0 {
+		line := bytes.Repeat([]byte("0123456789abcdef"), *stdoutLine/16+1)[:*stdoutLine]
+		os.Stdout.Write(append(line, '\n'))
 	}
 	fmt.Println("workload starting; gpus:", os.Getenv("CUDA_VISIBLE_DEVICES"), "run:", os.Getenv("LEM_RUN_ID"))
 	if h := os.Getenv("LEM_BACKEND_HOST"); h != "" {
