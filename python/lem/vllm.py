@@ -123,7 +123,12 @@ class ServerCounts:
         if self.before is None or self.after is None:
             return False
         counts = counts_between(self.before, self.after)
-        self.values = {k: v for k, v in counts.items() if v is not None and (k != "failed_requests" or v > 0)}
-        if self.results and self.values:
-            _session.SESSION.result(self.values)
+        values = {k: v for k, v in counts.items() if v is not None and (k != "failed_requests" or v > 0)}
+        if not values:
+            _session.SESSION.warn_once("vllm-metrics", "lem.vllm: %s/metrics has no vLLM token or request counters%s",
+                                       self.url, " of model_name %r" % self.model if self.model else "")
+            return False
+        self.values = values
+        if self.results:
+            _session.SESSION.result(values)
         return False

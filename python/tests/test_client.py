@@ -180,7 +180,21 @@ class VLLMTest(unittest.TestCase):
 
     def test_server_counts_over_http(self):
         """ServerCounts reads a server's /metrics before and after, and posts the difference as results."""
-        bodies = [read("vllm-metrics-before.txt"), read("vllm-metrics-after.txt")]
+        out, err = self.server_counts([read("vllm-metrics-before.txt"), read("vllm-metrics-after.txt")])
+        self.assertEqual(out, [
+            "LEM_RESULT input_tokens=12288 output_tokens=12000 requests=48 failed_requests=1",
+            "{'input_tokens': 12288, 'output_tokens': 12000, 'requests': 48, 'failed_requests': 1}"])
+        self.assertEqual(support.lem_lines(err), [])
+
+    def test_server_counts_without_vllm_counters(self):
+        """A /metrics without vLLM's counters (another server, another model name): no counts, one warning."""
+        out, err = self.server_counts(["process_open_fds 42\n", "process_open_fds 43\n"])
+        self.assertEqual(out, ["None"])
+        lines = support.lem_lines(err)
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn("has no vLLM token or request counters", lines[0])
+
+    def server_counts(self, bodies):
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
@@ -205,9 +219,7 @@ class VLLMTest(unittest.TestCase):
             srv.shutdown()
             srv.server_close()
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(p.stdout.splitlines(), [
-            "LEM_RESULT input_tokens=12288 output_tokens=12000 requests=48 failed_requests=1",
-            "{'input_tokens': 12288, 'output_tokens': 12000, 'requests': 48, 'failed_requests': 1}"])
+        return p.stdout.splitlines(), p.stderr
 
     def test_count_outputs(self):
         outs = [RequestOutput(10, [5]), RequestOutput(7, [3, 4])]  # the second with n=2 completions
