@@ -25,6 +25,7 @@ network error never reaches it (the first one is logged to the "lem" logger).
 
 import collections
 import functools
+import os
 import threading
 import time
 
@@ -68,11 +69,13 @@ class _Phase:
         stack = getattr(self._seq, "stack", None)
         if stack is None:
             stack = self._seq.stack = []
-        stack.append(_S.begin_phase(self.name, self.sync))
+        stack.append((os.getpid(), _S.begin_phase(self.name, self.sync)))
         return self
 
     def __exit__(self, *exc):
-        _S.end_phase(self._seq.stack.pop(), self.sync)
+        pid, seq = self._seq.stack.pop()
+        if pid == os.getpid():  # a forked child leaving its parent's block does not end the parent's phase
+            _S.end_phase(seq, self.sync)
         return False
 
     def __call__(self, fn):
@@ -124,6 +127,7 @@ class Window:
         self.started_ns = None
         self.ended_ns = None
         self._answer = None
+        self._pid = None
         self._lock = threading.Lock()
 
     def begin(self):
@@ -132,6 +136,7 @@ class Window:
             if self.started_ns is not None:
                 raise RuntimeError("lem: window %s has already begun (a Window is one occurrence)" % self._key())
             self.started_ns = -1  # taken: a concurrent begin() fails rather than posting twice
+            self._pid = os.getpid()
         self.started_ns = _S.window_begin(self.name, self.id, self.sync)
         return self
 
@@ -156,6 +161,8 @@ class Window:
         with self._lock:
             if self.started_ns is None:
                 raise RuntimeError("lem: window %s ends before it began" % self._key())
+            if self._pid != os.getpid():
+                return self  # a forked child leaving its parent's block: the window is the parent's to end
             if self.ended_ns is not None:
                 raise RuntimeError("lem: window %s has already ended" % self._key())
             self.ended_ns = -1

@@ -36,6 +36,12 @@ class ExporterTest(unittest.TestCase):
             cls.client = json.load(f)
         cls.run_info = cls.exp.get("/api/v1/runs/" + cls.client["run_id"])
 
+        # Child processes, forked and spawned, mark into the parent's run.
+        p = support.run_py("children.py", env=support.clean_env(LEM_EXPORTER=cls.exp.url, LEM_EXPERIMENT="py-children"))
+        assert p.returncode == 0, p.stderr
+        cls.children_id = p.stdout.split()[1]
+        cls.children_stderr = p.stderr
+
         # A client killed with a window open; its lease (1 s) runs out and the exporter ends its run.
         env = support.clean_env(LEM_EXPORTER=cls.exp.url, LEM_EXPERIMENT="py-killed")
         p = support.run_py("killed.py", ["1"], env=env)
@@ -121,6 +127,13 @@ class ExporterTest(unittest.TestCase):
     def test_gpus_from_cuda_visible_devices(self):
         self.assertEqual(self.run_info["labels"], {"workload_gpus": "0"})
         self.assertEqual(self.client["status"]["gpus"], [0])
+
+    def test_children_mark_into_the_run(self):
+        m = self.manifests[self.children_id]
+        self.assertEqual(m["status"], "ok")
+        self.assertEqual({w["name"]: w["count"] for w in m["windows"]}, {"parent": 1, "forked": 1, "spawned": 1})
+        self.assertEqual(m["results"], {"requests": "3"})
+        self.assertEqual(support.lem_lines(self.children_stderr), [])
 
     def test_killed_client(self):
         self.assertEqual(self.killed_run["status"], "expired")
