@@ -149,6 +149,17 @@ class Streamer:
             _session.SESSION.result(counts)
 
 
+def _beams(model, kwargs):
+    """The beam count a generate() call will use: its num_beams, its generation_config's, or the model's."""
+    if kwargs.get("num_beams") is not None:
+        return kwargs["num_beams"]
+    for cfg in (kwargs.get("generation_config"), getattr(model, "generation_config", None)):
+        n = getattr(cfg, "num_beams", None)
+        if n is not None:
+            return n
+    return 1
+
+
 def instrument(model, **kw):
     """Marks every model.generate() call (Streamer(**kw) joins any streamer the call passes) and returns the
     Streamer: its totals count every call, its paused() leaves warm-ups out, its last_window (with window=NAME) is
@@ -164,6 +175,8 @@ def instrument(model, **kw):
 
     @functools.wraps(orig)
     def generate(*args, **kwargs):
+        if _beams(model, kwargs) > 1:
+            return orig(*args, **kwargs)  # beam search takes no streamer: not marked
         inner = kwargs.pop("streamer", None)
         s.inner = inner
         try:

@@ -108,8 +108,9 @@ class StdoutTest(unittest.TestCase):
                                  "totals {'input_tokens': 10, 'output_tokens': 8, 'requests': 4}"])
 
     def test_hf_instrument(self):
-        """instrument(): every generate() marked (but warm-ups in paused()), a streamer the call passes still
-        gets every token, EOS and pad taken from the model's generation config."""
+        """instrument(): every generate() marked (but warm-ups in paused(), and beam search, which transformers
+        refuses a streamer), a streamer the call passes still gets every token, EOS and pad taken from the model's
+        generation config."""
         lines, _ = stdout_lines("generate.py", "instrument")
         self.assertEqual(lines[:4], ["step"] * 4)
         self.assertEqual(lines[4:], ["LEM_PHASE pre", "inner put 2", "step", "LEM_PHASE dec", "inner put 2", "step",

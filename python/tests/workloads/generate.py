@@ -24,7 +24,9 @@ class Model:
         eos_token_id = 2
         pad_token_id = 0
 
-    def generate(self, input_ids, streamer=None, max_new_tokens=4):
+    def generate(self, input_ids, streamer=None, max_new_tokens=4, num_beams=1):
+        if streamer is not None and num_beams > 1:
+            raise ValueError("`streamer` cannot be used with beam search")  # as transformers refuses it
         steps = [[11, 21], [12, 2], [13, 0], [14, 0]][:max_new_tokens]
         if streamer is not None:
             streamer.put(Tensor(input_ids))
@@ -55,6 +57,7 @@ def main():
         with s.paused():
             model.generate(prompt)  # a warm-up: neither marked nor counted
         model.generate(prompt, streamer=Echo())
+        model.generate(prompt, num_beams=2)  # beam search: not marked
     else:
         lem.configure(sync=True)
         s = lem.hf.Streamer(eos_token_id=2, pad_token_id=0, results=False)
