@@ -126,6 +126,12 @@ class Session:
                 raise ValueError("lem: lease_s %r: want 0 < lease_s <= 604800" % (kw["lease_s"],))
             if kw.get("markers") is not None and kw["markers"] not in ("http", "stdout", "off"):
                 raise ValueError("lem: markers=%r: want http, stdout or off" % (kw["markers"],))
+            if kw.get("experiment") is not None:
+                grammar.experiment(kw["experiment"])
+            if kw.get("run_id") is not None:
+                grammar.run_id(kw["run_id"])
+            if kw.get("gpus") is not None and any(not 0 <= g <= 1023 for g in kw["gpus"]):
+                raise ValueError("lem: gpus=%r: GPU indices 0-1023" % (kw["gpus"],))
             for k, v in kw.items():
                 if v is not None:
                     self.cfg[k] = v

@@ -42,7 +42,11 @@ class GrammarTest(unittest.TestCase):
                              (lambda: lem.window("ok").add(tokens=float("nan")), "tokens=nan"),
                              (lambda: lem.window("ok").add(note="x" * 257), "1-256 printable"),
                              (lambda: lem.window("ok").add(obj=object()), "want a number"),
-                             (lambda: lem.configure(lease_s=-1), "lease_s -1")):
+                             (lambda: lem.configure(lease_s=-1), "lease_s -1"),
+                             (lambda: lem.configure(experiment="a\tb"), "experiment 'a\\tb'"),
+                             (lambda: lem.configure(run_id="../x"), "run id '../x'"),
+                             (lambda: lem.configure(gpus=[2000]), "gpus=[2000]"),
+                             (lambda: lem.configure(markers="udp"), "markers='udp'")):
             with self.assertRaises(ValueError) as cm:
                 call()
             msg = str(cm.exception)

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -22,7 +23,7 @@ def lem_run(out, run_id, workload, args=(), env_flags=(), extra=()):
            "--experiment", "py-" + run_id, "--run-id", run_id, "--out", out]
     for e in env_flags:
         cmd += ["-e", e]
-    cmd += list(extra) + ["--", support.sys.executable, os.path.join(support.WORKLOADS, workload)] + list(args)
+    cmd += list(extra) + ["--", sys.executable, os.path.join(support.WORKLOADS, workload)] + list(args)
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=support.clean_env())
 
 
