@@ -1,11 +1,16 @@
-"""HF transformers generate benchmark with lem phase markers.
+"""HF transformers generate benchmark with lem phases, windows and token counts.
 
 Each round is one model.generate() call over a batch of prompts. Prefill (the forward pass over the prompts, up to
-the first new token) and decode (the remaining tokens, with the KV cache) are separate phases: the marker for
-decode is printed when generate() hands out the first new token, which it has copied to the host, so the marker
-time is when the GPU finished prefill.
+the first new token) and decode (the remaining tokens, with the KV cache) are separate phases, marked by
+lem.hf.Streamer without touching the generation loop: decode starts when generate() hands out the first new token,
+which it has copied to the host, so the GPU has finished prefill. Each round is also a window ("generate") with its
+token counts; the run's results are the rounds' input and output tokens and requests.
 
     lem-run --experiment llama-bs8 -- python3 examples/hf/generate.py --batch-size 8
+
+--markers client (the default) posts the markers to lem-run's marker server (or, outside lem-run, to a
+lem-exporter) and prints each round's energy at the end; --markers stdout prints them as LEM_PHASE / LEM_WINDOW /
+LEM_RESULT lines for lem-run to read instead: the same calls, so the two can be compared on one workload.
 
 Without --model the model is a randomly initialised Llama-architecture model (~1 B parameters): the arithmetic,
 and so the energy, is that of a real model of this shape. With --model PATH, real weights are loaded.
@@ -24,24 +29,13 @@ import time
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-
-def marker(line):
-    print(line, flush=True)
-
-
-class DecodeMarker:
-    """A generate() streamer: its first put() is the prompt, its second the first new token (prefill done)."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def put(self, value):
-        self.calls += 1
-        if self.calls == 2:
-            marker("LEM_PHASE decode")
-
-    def end(self):
-        pass
+try:
+    import lem
+    import lem.hf
+except ImportError:  # run from a checkout, the package not installed
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "python"))
+    import lem
+    import lem.hf
 
 
 def main():
@@ -51,14 +45,18 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--model", help="path of real weights (default: random-init Llama, ~1 B parameters)")
     ap.add_argument("--repeats", type=int, default=1, help="generate() rounds (prefill and decode phases repeat)")
+    ap.add_argument("--markers", choices=["client", "stdout"], default="client",
+                    help="post markers over HTTP (lem's Python client) or print them as marker lines")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("generate.py: no CUDA device")
+    # Every boundary waits for the GPU work queued before it (torch.cuda.synchronize), in both marker modes.
+    lem.configure(markers="http" if args.markers == "client" else "stdout", sync=True)
     params = {"max_new_tokens": args.new_tokens, "do_sample": False}
     params.update(json.loads(os.environ.get("LEM_BACKEND_PARAMS") or "{}"))
     params.setdefault("min_new_tokens", params["max_new_tokens"])
     torch.manual_seed(0)
-    marker("LEM_PHASE load")
+    lem.begin_phase("load")
     if args.model:
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16)
     else:
@@ -71,28 +69,31 @@ def main():
     print("generation parameters:", json.dumps({k: getattr(gen, k) for k in sorted(params)}), flush=True)
     ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), device="cuda")
     mask = torch.ones_like(ids)
+    streamer = lem.hf.Streamer(window="generate", eos_token_id=gen.eos_token_id, pad_token_id=gen.pad_token_id)
 
-    def round_trip(phases):
-        torch.cuda.synchronize()
-        if phases:
-            marker("LEM_PHASE prefill")
+    def round_trip(measured):
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                                 streamer=DecodeMarker() if phases else None)
+                                 streamer=streamer if measured else None)
         torch.cuda.synchronize()
         return out.shape[1] - ids.shape[1]
 
-    marker("LEM_PHASE warmup")
-    round_trip(phases=False)  # a full round: kernels, allocator and every cache shape
+    lem.begin_phase("warmup")
+    round_trip(measured=False)  # a full round: kernels, allocator and every cache shape
     t0 = time.time()
-    new = 0
+    rounds = []
     for _ in range(args.repeats):
-        new += args.batch_size * round_trip(phases=True)
+        round_trip(measured=True)
+        rounds.append(streamer.last_window)
     elapsed = time.time() - t0
-    marker("LEM_PHASE teardown")
-    n = args.repeats * args.batch_size
-    marker(f"LEM_RESULT output_tokens={new} input_tokens={n * args.prompt_len} requests={n}")
+    lem.begin_phase("teardown")
+    new = streamer.totals["output_tokens"]
     print(f"generated {new} tokens in {elapsed:.2f} s", flush=True)
+    for i, w in enumerate(rounds):  # read after the rounds: fetching an energy waits for the counter
+        if w is not None and w.energy_j is not None:
+            tokens = int(w.values["output_tokens"])
+            print(f"round {i}: {w.duration_s:.3f} s, {w.energy_j:.1f} J, {w.energy_j / tokens:.4f} J/token"
+                  + (f" ({w.adjusted_j / tokens:.4f} adjusted)" if w.adjusted_j is not None else ""), flush=True)
 
 
 if __name__ == "__main__":
