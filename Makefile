@@ -57,6 +57,9 @@ lint:
 	$(GO) vet ./...
 	@out=$$($(GO) tool deadcode -filter '$(DEADCODE_PKGS)' ./...); \
 	  if [ -n "$$out" ]; then echo "unreachable code (remove it, or use it):"; echo "$$out"; exit 1; fi
+	@# A binary that links Go's plugin package binds every symbol at start, and NVML's are resolved only when
+	@# the driver is loaded: such a binary would not start.
+	@if $(GO) list -deps ./cmd/... | grep -qx plugin; then echo "a command imports package plugin"; exit 1; fi
 
 # Real-GPU checks in one go (capture completeness, gaps, counter latency, per-phase energy by method).
 gpu-check: build

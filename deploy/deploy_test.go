@@ -9,15 +9,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/lem-energy/lem/internal/testenv"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/lem-energy/lem/internal/testutil"
 )
 
 // systemd-analyze verify on the unit, with ExecStart pointed at an executable that exists here.
 func TestSystemdUnitVerifies(t *testing.T) {
-	bin := tool(t, "systemd-analyze", "systemd") // verify needs no running systemd (works in a container)
+	bin := testenv.Tool(t, "systemd-analyze", "systemd") // verify needs no running systemd (works in a container)
 	b, err := os.ReadFile("systemd/lem-exporter.service")
 	require.NoError(t, err)
 	unit := strings.Replace(string(b), "ExecStart=/usr/local/bin/lem-exporter", "ExecStart=/bin/true", 1)
@@ -62,36 +61,18 @@ func TestDockerfileShape(t *testing.T) {
 	}
 }
 
-func tool(t *testing.T, name, pkg string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		testutil.SkipOrFail(t, name+" not installed (Debian package "+pkg+")")
-	}
-	return p
-}
-
-func run(t *testing.T, dir, bin string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "%s %s:\n%s", bin, strings.Join(args, " "), out)
-	return string(out)
-}
-
 func TestPrometheusConfigAndRules(t *testing.T) {
-	promtool := tool(t, "promtool", "prometheus")
-	run(t, "prometheus", promtool, "check", "config", "prometheus.yml")
-	out := run(t, "prometheus", promtool, "check", "rules", "rules.yml")
+	promtool := testenv.Tool(t, "promtool", "prometheus")
+	testenv.Run(t, "prometheus", promtool, "check", "config", "prometheus.yml")
+	out := testenv.Run(t, "prometheus", promtool, "check", "rules", "rules.yml")
 	assert.Contains(t, out, "SUCCESS: 18 rules found")
-	out = run(t, "prometheus", promtool, "test", "rules", "rules_test.yml")
+	out = testenv.Run(t, "prometheus", promtool, "test", "rules", "rules_test.yml")
 	assert.Contains(t, out, "SUCCESS")
 }
 
 func TestComposeFileValidates(t *testing.T) {
-	dc := tool(t, "docker-compose", "docker-compose")
-	out := run(t, "compose", dc, "-f", "docker-compose.yml", "config")
+	dc := testenv.Tool(t, "docker-compose", "docker-compose")
+	out := testenv.Run(t, "compose", dc, "-f", "docker-compose.yml", "config")
 	for _, want := range []string{"lem-exporter", "--web.enable-remote-write-receiver", "capabilities:", "- gpu",
 		"/var/lib/grafana/dashboards/lem", "http://prometheus:9090/api/v1/write"} {
 		assert.Contains(t, out, want)

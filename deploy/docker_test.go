@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lem-energy/lem/internal/testenv"
 	"github.com/lem-energy/lem/internal/testutil"
 )
 
@@ -34,7 +35,7 @@ func TestDockerHealthcheck(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds a static binary and an image")
 	}
-	docker := tool(t, "docker", "docker.io")
+	docker := testenv.Tool(t, "docker", "docker.io")
 	if out, err := exec.Command(docker, "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
 		testutil.SkipOrFail(t, "Docker Engine: "+strings.TrimSpace(string(out)))
 	}

@@ -16,6 +16,7 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/lem-energy/lem/internal/testenv"
 	"github.com/lem-energy/lem/internal/testutil"
 )
 
@@ -28,40 +29,13 @@ func exampleJob(t *testing.T) *batchv1.Job {
 	return &job
 }
 
-// The example Job addresses what the chart installs: the node-local Service's URL from NOTES, the Secret name
-// NOTES tells to create, the token where the script reads it.
-func TestExampleJobMatchesChart(t *testing.T) {
-	job := exampleJob(t)
-	pod := job.Spec.Template.Spec
-	require.Len(t, pod.Containers, 1)
-	c := pod.Containers[0]
-	env := envOf(c)
-
-	in := mustInstallIn(t, "monitoring", "")
-	url := env["LEM_EXPORTER_URL"].Value
-	assert.Equal(t, "http://lem-exporter.monitoring.svc:9636", url)
-	assert.Contains(t, in.Notes, "  "+url+"\n", "the URL NOTES give")
-	assert.Equal(t, "status.hostIP", env["HOST_IP"].ValueFrom.FieldRef.FieldPath)
-	assert.Equal(t, "http://$(HOST_IP):9636", env["LEM_EXPORTER_HOST_URL"].Value)
-	assert.Equal(t, "metadata.name", env["RUN_ID"].ValueFrom.FieldRef.FieldPath)
-
-	require.Len(t, pod.Volumes, 1)
-	secret := pod.Volumes[0].Secret.SecretName
-	assert.Contains(t, in.Notes, "create secret generic "+secret+" --from-file=marker-token=")
-	m := mountOf(c, pod.Volumes[0].Name)
-	require.NotNil(t, m)
-	require.Len(t, c.Args, 1)
-	assert.Contains(t, c.Args[0], "$(cat "+filepath.Join(m.MountPath, "marker-token")+")")
-	assert.Equal(t, "1", c.Resources.Limits.Name("nvidia.com/gpu", "").String())
-}
-
 // The example's script, run by sh against a real exporter (replaying a recorded GPU), marks a run with its phases
 // and results, and ends it "ok", or "failed" when the benchmark fails.
 func TestExampleJobScriptMarksARun(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts the exporter")
 	}
-	tool(t, "curl", "curl")
+	testenv.Tool(t, "curl", "curl")
 	job := exampleJob(t)
 	script := job.Spec.Template.Spec.Containers[0].Args[0]
 

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"testing"
+
+	"github.com/lem-energy/lem/internal/testenv"
 )
 
 // Root is the repository root.
@@ -33,15 +35,8 @@ func BuildBinary(t testing.TB, name string) string {
 	return bin
 }
 
-// RequireServices reports whether service-backed tests must fail rather than skip (LEM_REQUIRE_SERVICES=1, set
-// by make test).
-func RequireServices() bool { return os.Getenv("LEM_REQUIRE_SERVICES") == "1" }
-
-// SkipOrFail skips a test whose service is missing, or fails it under make test.
-func SkipOrFail(t testing.TB, why string) {
-	t.Helper()
-	if RequireServices() {
-		t.Fatalf("required service unavailable: %s", why)
-	}
-	t.Skipf("SKIPPED (service unavailable; make test requires it): %s", why)
-}
+// RequireServices and SkipOrFail: see internal/testenv.
+var (
+	RequireServices = testenv.RequireServices
+	SkipOrFail      = testenv.SkipOrFail
+)

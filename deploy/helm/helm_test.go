@@ -1,4 +1,4 @@
-package deploy
+package helm_test
 
 import (
 	"bytes"
@@ -28,7 +28,7 @@ import (
 )
 
 const (
-	chartDir  = "helm/lem-exporter"
+	chartDir  = "lem-exporter"
 	namespace = "gpu-monitoring"
 	release   = "lem-exporter"
 	port      = 9636
@@ -360,7 +360,7 @@ var jobSelector = regexp.MustCompile(`\bjob\s*=~?\s*"([^"]*)"`)
 func assertRulesMatchFile(t *testing.T, pr *monitoringv1.PrometheusRule) {
 	t.Helper()
 	require.NotNil(t, pr)
-	b, err := os.ReadFile("prometheus/rules.yml")
+	b, err := os.ReadFile("../prometheus/rules.yml")
 	require.NoError(t, err)
 	var want monitoringv1.PrometheusRuleSpec
 	require.NoError(t, yaml.UnmarshalStrict(b, &want))
