@@ -41,15 +41,25 @@ func (r *run) preflightGPUs() {
 	}
 }
 
-// ParseCooldown reads a cool-down gate: "stable", or a temperature such as 45, 45C or 45°C.
+// Cool-down gates.
+const (
+	CooldownIdle = "idle" // each GPU within IdleMarginC of its usual idle temperature (the campaigns' default)
+	CooldownNone = "none"
+	// IdleMarginC is how far above its usual idle temperature a GPU may start the baseline under the idle gate.
+	IdleMarginC = 2.0
+)
+
+// ParseCooldown reads a cool-down gate: "idle", "stable", a temperature such as 45, 45C or 45°C, or "none" (nil).
 func ParseCooldown(s string) (*manifest.Cooldown, error) {
-	s = strings.TrimSpace(s)
-	if s == "stable" {
-		return &manifest.Cooldown{Mode: "stable"}, nil
+	switch s = strings.TrimSpace(s); s {
+	case "", CooldownNone:
+		return nil, nil
+	case "stable", CooldownIdle:
+		return &manifest.Cooldown{Mode: s}, nil
 	}
 	t, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSuffix(s, "C"), "°"), 64)
 	if err != nil || t <= 0 || t > 110 {
-		return nil, fmt.Errorf("cool-down %q: want \"stable\" or a temperature such as 45C", s)
+		return nil, fmt.Errorf("cool-down %q: want \"idle\", \"stable\", \"none\" or a temperature such as 45C", s)
 	}
 	return &manifest.Cooldown{Mode: "temperature", TargetC: t}, nil
 }
@@ -60,14 +70,24 @@ const (
 	stableBand   = 2.0
 )
 
-// cooldown waits until every GPU is at or below a temperature, or stable within ±1 °C over 10 s, showing each
-// GPU's temperature against the target while it waits.
+// cooldown waits until every GPU is at or below its target temperature (a fixed one, or its usual idle
+// temperature plus a margin), or stable within ±1 °C over 10 s, showing each GPU's temperature against the target
+// while it waits.
 func (r *run) cooldown(ctx context.Context) {
-	if strings.TrimSpace(r.opts.Cooldown) == "" {
+	cd, _ := ParseCooldown(r.opts.Cooldown) // checked by Run
+	if cd == nil {
 		return
 	}
-	cd, _ := ParseCooldown(r.opts.Cooldown) // checked by Run
 	r.m.Cooldown = cd
+	if cd.Mode == CooldownIdle {
+		hist := loadIdleHistory(r.opts.IdleHistory)
+		cd.TargetsC = map[int]float64{}
+		for _, d := range r.smp.Devices() {
+			if t, ok := hist.idleTemp(d.UUID); ok {
+				cd.TargetsC[d.Index] = t + IdleMarginC
+			}
+		}
+	}
 	begin := r.clock.Now()
 	history := map[int][]trace.Telemetry{}
 	nextShow := begin
@@ -75,29 +95,9 @@ func (r *run) cooldown(ctx context.Context) {
 		ok := true
 		var status []string
 		for _, d := range r.smp.Devices() {
-			st, _ := r.smp.Stats(d.Index)
-			if !st.HasTelemetry || math.IsNaN(st.LatestTelem.TemperatureC) {
-				ok = false
-				status = append(status, fmt.Sprintf("GPU %d ? °C", d.Index))
-				continue
-			}
-			temp := st.LatestTelem.TemperatureC
-			h := append(history[d.Index], st.LatestTelem)
-			for len(h) > 0 && st.LatestTelem.Time.Sub(h[0].Time) > stableWindow {
-				h = h[1:]
-			}
-			history[d.Index] = h
-			if cd.Mode == "temperature" {
-				ok = ok && temp <= cd.TargetC
-				status = append(status, fmt.Sprintf("GPU %d %.0f/%.0f °C", d.Index, temp, cd.TargetC))
-				continue
-			}
-			lo, hi := math.Inf(1), math.Inf(-1)
-			for _, t := range h {
-				lo, hi = math.Min(lo, t.TemperatureC), math.Max(hi, t.TemperatureC)
-			}
-			ok = ok && r.clock.Since(begin) >= stableWindow && hi-lo <= stableBand
-			status = append(status, fmt.Sprintf("GPU %d %.0f °C (±%.1f over %s)", d.Index, temp, (hi-lo)/2, stableWindow))
+			cool, s := r.cooled(d.Index, cd, history, begin)
+			ok = ok && cool
+			status = append(status, s)
 		}
 		cd.WaitedS = r.clock.Since(begin).Seconds()
 		if ok {
@@ -124,6 +124,34 @@ func (r *run) cooldown(ctx context.Context) {
 		case <-r.clock.After(time.Second):
 		}
 	}
+}
+
+// cooled says whether GPU g has reached the gate, and its status for the progress line. history keeps each GPU's
+// recent telemetry for the stable test.
+func (r *run) cooled(g int, cd *manifest.Cooldown, history map[int][]trace.Telemetry, begin time.Time) (bool, string) {
+	st, _ := r.smp.Stats(g)
+	if !st.HasTelemetry || math.IsNaN(st.LatestTelem.TemperatureC) {
+		return false, fmt.Sprintf("GPU %d ? °C", g)
+	}
+	temp := st.LatestTelem.TemperatureC
+	h := append(history[g], st.LatestTelem)
+	for len(h) > 0 && st.LatestTelem.Time.Sub(h[0].Time) > stableWindow {
+		h = h[1:]
+	}
+	history[g] = h
+	target, fixed := cd.TargetC, cd.Mode == "temperature"
+	if t, ok := cd.TargetsC[g]; ok && cd.Mode == CooldownIdle {
+		target, fixed = t, true
+	}
+	if fixed {
+		return temp <= target, fmt.Sprintf("GPU %d %.0f/%.0f °C", g, temp, target)
+	}
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, t := range h {
+		lo, hi = math.Min(lo, t.TemperatureC), math.Max(hi, t.TemperatureC)
+	}
+	return r.clock.Since(begin) >= stableWindow && hi-lo <= stableBand,
+		fmt.Sprintf("GPU %d %.0f °C (±%.1f over %s)", g, temp, (hi-lo)/2, stableWindow)
 }
 
 // progressEvery is how often waits are logged when the progress output is not a terminal.
@@ -184,6 +212,7 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 	}
 	r.m.Times.BaselineStart, r.m.Times.BaselineEnd = t0, t1
 	sleepClock(r.clock, r.smp.Config().DrainInterval+100*time.Millisecond) // the window's samples drained
+	hist := loadIdleHistory(r.opts.IdleHistory)
 	for _, d := range r.smp.Devices() {
 		win, err := r.smp.Window(d.Index, t0, t1)
 		if err != nil {
@@ -203,15 +232,16 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 			mb.PState = &common
 		}
 		if mb.TempMeanC != nil {
-			cache.remember(d.UUID, *mb.TempMeanC, mb.MedianW)
+			hist.remember(d.UUID, *mb.TempMeanC, mb.MedianW)
 		}
-		if fit, ok := cache.fit(d.UUID); ok {
+		if fit, ok := hist.fit(d.UUID); ok {
 			mb.TempFit = &fit
 		}
 		out[d.Index] = mb
 		cache.Baselines[d.UUID] = *mb
 	}
 	saveBaselines(r.opts.BaselineCache, cache, r.log)
+	hist.save(r.log)
 	return out
 }
 
@@ -293,41 +323,17 @@ func baselineCachePath(p string) string {
 	return filepath.Join(dir, "lem", "baselines.json")
 }
 
-// baselineCache is the file of this host's baselines: the latest per GPU (reused within --baseline-ttl) and a
-// history of (temperature, idle power) per GPU for the idle-temperature fit.
+// baselineCache is the file of the latest baseline per GPU, reused within --baseline-ttl.
 type baselineCache struct {
 	Baselines map[string]manifest.Baseline `json:"baselines"`
-	History   map[string][][2]float64      `json:"history"` // UUID → [temperature °C, median W], oldest first
-}
-
-// maxHistory bounds the idle-temperature history kept per GPU.
-const maxHistory = 200
-
-func (c *baselineCache) remember(uuid string, tempC, watts float64) {
-	h := append(c.History[uuid], [2]float64{tempC, watts})
-	if len(h) > maxHistory {
-		h = h[len(h)-maxHistory:]
-	}
-	c.History[uuid] = h
-}
-
-func (c *baselineCache) fit(uuid string) (manifest.TempFit, bool) {
-	var ts, ws []float64
-	for _, p := range c.History[uuid] {
-		ts, ws = append(ts, p[0]), append(ws, p[1])
-	}
-	return account.FitIdleTemperature(ts, ws)
 }
 
 func loadBaselines(p string) *baselineCache {
-	out := &baselineCache{Baselines: map[string]manifest.Baseline{}, History: map[string][][2]float64{}}
+	out := &baselineCache{Baselines: map[string]manifest.Baseline{}}
 	if b, err := os.ReadFile(baselineCachePath(p)); err == nil {
 		var c baselineCache
 		if json.Unmarshal(b, &c) == nil && c.Baselines != nil {
 			out.Baselines = c.Baselines // a damaged or older cache only costs a fresh baseline
-			if c.History != nil {
-				out.History = c.History
-			}
 		}
 	}
 	return out

@@ -13,31 +13,40 @@ import (
 	"github.com/lem-energy/lem/internal/trace"
 )
 
-// The cache keeps a bounded (temperature, idle) history per GPU and fits idle power against temperature from it;
-// a cache in the older format (a bare map of baselines) still loads.
-func TestBaselineCacheHistoryAndFit(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "baselines.json")
-	c := loadBaselines(path)
+// The host's idle history keeps a bounded (temperature, idle) record per GPU, fits idle power against
+// temperature from it and gives a GPU's usual idle temperature; a damaged file is an empty history.
+func TestIdleHistoryFitAndIdleTemperature(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "idle-history.json")
+	h := loadIdleHistory(path)
 	for i := range maxHistory + 10 {
 		temp := 30 + float64(i%10)
-		c.remember("GPU-a", temp, 70+0.25*temp) // 0.25 W per °C, exactly
+		h.remember("GPU-a", temp, 70+0.25*temp) // 0.25 W per °C, exactly
 	}
-	assert.Len(t, c.History["GPU-a"], maxHistory)
-	fit, ok := c.fit("GPU-a")
+	assert.Len(t, h.GPUs["GPU-a"], maxHistory)
+	fit, ok := h.fit("GPU-a")
 	require.True(t, ok)
 	assert.InDelta(t, 0.25, fit.SlopeWPerC, 1e-9)
 	assert.InDelta(t, 70, fit.InterceptW, 1e-7)
-	_, ok = c.fit("GPU-b")
+	assert.Equal(t, 30.0, fit.MinC)
+	assert.Equal(t, 39.0, fit.MaxC)
+	_, ok = h.fit("GPU-b")
 	assert.False(t, ok, "no history, no fit")
+	idle, ok := h.idleTemp("GPU-a") // the last ten: 30 … 39
+	require.True(t, ok)
+	assert.Equal(t, 34.5, idle)
+	_, ok = h.idleTemp("GPU-b")
+	assert.False(t, ok)
 
-	saveBaselines(path, c, slog.Default())
-	back := loadBaselines(path)
-	assert.Equal(t, c.History, back.History)
+	h.save(slog.Default())
+	back := loadIdleHistory(path)
+	assert.Equal(t, h.GPUs, back.GPUs)
 
-	require.NoError(t, os.WriteFile(path, []byte(`{"GPU-a": {"median_w": 78}}`), 0o644))
-	old := loadBaselines(path)
-	assert.Empty(t, old.Baselines, "an older cache costs a fresh baseline, never a wrong one")
-	assert.NotNil(t, old.History)
+	require.NoError(t, os.WriteFile(path, []byte(`{"gpus": [1, 2]}`), 0o644))
+	assert.Empty(t, loadIdleHistory(path).GPUs, "a damaged history costs the fit, nothing else")
+	off := loadIdleHistory(IdleHistoryOff)
+	off.remember("GPU-a", 30, 80)
+	off.save(slog.Default()) // writes nothing
+	assert.Empty(t, off.path)
 }
 
 // drift compares the baseline's halves: a settling GPU (power falling 3 W across the window) shows it, a

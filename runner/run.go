@@ -39,15 +39,18 @@ const (
 
 // Options describe one run.
 type Options struct {
-	Experiment      string
-	RunID           string // default: experiment, UTC time and a random suffix
-	OutDir          string // run directories are created here
-	Command         []string
-	Env             []string
-	Baseline        time.Duration // 0 disables
-	BaselineTTL     time.Duration // reuse a per-GPU baseline younger than this
-	BaselineCache   string        // file of cached baselines (default: the user cache dir)
-	Cooldown        string        // "", "stable" or a temperature such as "45" or "45C"
+	Experiment    string
+	RunID         string // default: experiment, UTC time and a random suffix
+	OutDir        string // run directories are created here
+	Command       []string
+	Env           []string
+	Baseline      time.Duration // 0 disables
+	BaselineTTL   time.Duration // reuse a per-GPU baseline younger than this
+	BaselineCache string        // file of cached baselines (default: the user cache dir)
+	// IdleHistory is the host's file of measured idle baselines (default: the user cache dir; "off": none),
+	// for the idle-temperature fit and the "idle" cool-down gate.
+	IdleHistory     string
+	Cooldown        string // "", "stable" or a temperature such as "45" or "45C"
 	CooldownTimeout time.Duration
 	Timeout         time.Duration
 	StopGrace       time.Duration

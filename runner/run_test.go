@@ -44,7 +44,8 @@ func replay(t *testing.T) *gpu.ReplaySource {
 func baseOpts(t *testing.T, cmd ...string) runner.Options {
 	var out bytes.Buffer
 	return runner.Options{Experiment: "test-exp", OutDir: t.TempDir(), Command: cmd, Baseline: time.Second,
-		BaselineCache: filepath.Join(t.TempDir(), "baselines.json"), Tail: 1200 * time.Millisecond,
+		BaselineCache: filepath.Join(t.TempDir(), "baselines.json"), IdleHistory: filepath.Join(t.TempDir(), "idle-history.json"),
+		Tail:   1200 * time.Millisecond,
 		Stdout: &out, Stderr: &out, Progress: &out, StopGrace: 2 * time.Second}
 }
 
@@ -215,14 +216,14 @@ func TestBaselineReuse(t *testing.T) {
 	require.NotNil(t, fb.MemUsedBytes)
 	require.NotNil(t, fb.DriftW)
 	assert.Less(t, math.Abs(*fb.DriftW), 2.0)
-	var cache struct {
-		History map[string][][2]float64 `json:"history"`
+	var hist struct {
+		GPUs map[string][][2]float64 `json:"gpus"`
 	}
-	raw, err := os.ReadFile(opts.BaselineCache)
+	raw, err := os.ReadFile(opts.IdleHistory)
 	require.NoError(t, err)
-	require.NoError(t, json.Unmarshal(raw, &cache))
-	require.Len(t, cache.History[first.Manifest.GPUs[0].UUID], 1, "one (temperature, idle) point per baseline measured")
-	assert.Equal(t, [2]float64{*fb.TempMeanC, fb.MedianW}, cache.History[first.Manifest.GPUs[0].UUID][0])
+	require.NoError(t, json.Unmarshal(raw, &hist))
+	require.Len(t, hist.GPUs[first.Manifest.GPUs[0].UUID], 1, "one (temperature, idle) point per baseline measured")
+	assert.Equal(t, [2]float64{*fb.TempMeanC, fb.MedianW}, hist.GPUs[first.Manifest.GPUs[0].UUID][0])
 	begin := time.Now()
 	second, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
 	require.NoError(t, err)
@@ -281,6 +282,35 @@ func TestTimeoutCooldownAndExporterMirror(t *testing.T) {
 	require.NoError(t, err)
 	assert.True(t, res.Manifest.Cooldown.Reached)
 	assert.Less(t, res.Manifest.Cooldown.WaitedS, 2.0)
+}
+
+// The idle gate waits until each GPU is within 2 °C of its usual idle temperature, from the host's history of
+// baselines: a history at 20 °C (the replayed H200 idles at ~33 °C) is never reached; one at 60 °C passes at once.
+func TestIdleCooldownGate(t *testing.T) {
+	wl := build(t, false)
+	src := replay(t)
+	uuid := src.Environment().Devices[0].UUID
+	for _, c := range []struct {
+		historyC float64
+		reached  bool
+	}{{20, false}, {60, true}} {
+		opts := baseOpts(t, wl, "-phases", "a:100ms")
+		opts.Cooldown, opts.CooldownTimeout = runner.CooldownIdle, 1500*time.Millisecond
+		var pts [][2]float64
+		for range 3 {
+			pts = append(pts, [2]float64{c.historyC, 78})
+		}
+		raw, err := json.Marshal(map[string]any{"gpus": map[string][][2]float64{uuid: pts}})
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(opts.IdleHistory, raw, 0o644))
+		res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
+		require.NoError(t, err)
+		cd := res.Manifest.Cooldown
+		require.NotNil(t, cd)
+		assert.Equal(t, "idle", cd.Mode)
+		assert.Equal(t, map[int]float64{0: c.historyC + 2}, cd.TargetsC)
+		assert.Equal(t, c.reached, cd.Reached, "history at %.0f °C", c.historyC)
+	}
 }
 
 // TestObservedGPUs: the workload gets GPU 1 of two; GPU 0 is sampled and bracketed too, its energy reported

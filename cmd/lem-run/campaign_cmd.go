@@ -23,9 +23,14 @@ type campaignCmd struct {
 	Exporter      string `help:"Also post run and phase markers to this lem-exporter URL."`
 	ExporterToken string `name:"exporter-token-file" type:"existingfile" help:"Bearer token file for --exporter."`
 	Force         bool   `help:"Resume even though the campaign file changed since the campaign started (runs already ok under the new plan's ids are kept)."`
+	Cooldown      string `help:"Override the file's cool-down gate: idle (the default: each GPU within 2 °C of its usual idle temperature), stable, a temperature such as 45C, or none."`
+	IdleHistory   string `name:"idle-history" help:"File of this host's measured idle baselines (default: the user cache directory; 'off': none)."`
 }
 
 func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
+	if _, err := runner.ParseCooldown(c.Cooldown); err != nil {
+		return fmt.Errorf("--cooldown: %v%w", err, cli.Usage)
+	}
 	f, err := campaign.Load(c.File)
 	if err != nil {
 		return err
@@ -57,7 +62,8 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs,
 		Sampler: c.SamplerFlags.Config(), ExporterURL: c.Exporter, ExporterToken: token,
 		RequestGPUs: src.Environment().Source.Kind == "nvml", Watchdog: watchdog(0), Stdout: os.Stdout,
-		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log, Force: c.Force})
+		Progress: campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr)), Log: log, Force: c.Force,
+		Cooldown: c.Cooldown, IdleHistory: c.IdleHistory})
 	if st != nil {
 		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)
 		report.ExperimentTable(os.Stdout, st.Experiments)

@@ -33,7 +33,8 @@ type runCmd struct {
 	Baseline        time.Duration `default:"${baseline}" help:"Idle baseline measured before the run (0 disables)."`
 	BaselineTTL     time.Duration `name:"baseline-ttl" help:"Reuse a per-GPU baseline younger than this instead of measuring again."`
 	BaselineCache   string        `name:"baseline-cache" help:"File of cached baselines (default: the user cache directory)."`
-	Cooldown        string        `help:"Before the baseline, wait until the GPUs are at or below a temperature (e.g. 45C) or 'stable' (±1 °C over 10 s)."`
+	IdleHistory     string        `name:"idle-history" help:"File of this host's measured idle baselines, for the idle-temperature fit and --cooldown idle (default: the user cache directory; 'off': none)."`
+	Cooldown        string        `help:"Before the baseline, wait until the GPUs are at or below a temperature (e.g. 45C), within 2 °C of their usual idle temperature ('idle'), or 'stable' (±1 °C over 10 s)."`
 	CooldownTimeout time.Duration `name:"cooldown-timeout" default:"${cooldown_timeout}" help:"Give up waiting for the cool-down after this long (recorded)."`
 	Timeout         time.Duration `help:"Stop the workload after this long."`
 	StopGrace       time.Duration `name:"stop-grace" default:"${stop_grace}" help:"Grace period between SIGTERM and SIGKILL when stopping the workload."`
@@ -135,7 +136,7 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 		summary = os.Stderr
 	}
 	opts := runner.Options{Experiment: c.Experiment, RunID: c.RunID, OutDir: c.Out, Command: c.Command,
-		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, Cooldown: c.Cooldown,
+		Baseline: c.Baseline, BaselineTTL: c.BaselineTTL, BaselineCache: c.BaselineCache, IdleHistory: c.IdleHistory, Cooldown: c.Cooldown,
 		CooldownTimeout: c.CooldownTimeout, Timeout: c.Timeout, StopGrace: c.StopGrace, Sampler: c.SamplerFlags.Config(),
 		ExporterURL: c.Exporter, ExporterToken: token, ExporterCA: c.ExporterCA, Stdout: summary, WorkloadGPUs: workloadGPUs,
 		ProgressTTY: cli.IsTerminal(os.Stderr)}

@@ -132,11 +132,14 @@ type Times struct {
 
 // Cooldown records the gate before the baseline.
 type Cooldown struct {
-	Mode    string  `json:"mode"` // "temperature" or "stable"
+	Mode    string  `json:"mode"` // "temperature", "idle" or "stable"
 	TargetC float64 `json:"target_c,omitempty"`
-	WaitedS float64 `json:"waited_s"`
-	Reached bool    `json:"reached"`
-	Message string  `json:"message,omitempty"`
+	// TargetsC are the per-GPU targets of the "idle" gate (each GPU's usual idle temperature + IdleMarginC), by
+	// GPU index; a GPU without a history waits to be stable instead.
+	TargetsC map[int]float64 `json:"targets_c,omitempty"`
+	WaitedS  float64         `json:"waited_s"`
+	Reached  bool            `json:"reached"`
+	Message  string          `json:"message,omitempty"`
 }
 
 // GPU roles.

@@ -18,6 +18,7 @@ import (
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/runner"
 	"github.com/lem-energy/lem/runner/campaign"
 )
 
@@ -122,6 +123,7 @@ func run(t *testing.T, ctx context.Context, path, out string) (*campaign.State, 
 	src, devs := replay(t)
 	var progress bytes.Buffer
 	st, err := campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs, Progress: campaign.NewProgress(&progress, false),
+		Cooldown: runner.CooldownNone, IdleHistory: runner.IdleHistoryOff,
 		Log: log})
 	return st, err, progress.String()
 }

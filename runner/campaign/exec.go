@@ -78,8 +78,15 @@ func (ex *executor) env(c *Config, cycle int) []string {
 // runOptions are lem-run's options for one run of the campaign.
 func (ex *executor) runOptions(runID, experiment string, cycle int) runner.Options {
 	f := ex.p.File
+	cooldown := f.Cooldown.Target
+	switch {
+	case ex.opts.Cooldown != "":
+		cooldown = ex.opts.Cooldown
+	case cooldown == "":
+		cooldown = runner.CooldownIdle // runs start from the same thermal state (docs/CAMPAIGNS.md)
+	}
 	o := runner.Options{Experiment: experiment, RunID: runID, OutDir: ex.p.out, Baseline: f.BaselineDuration(),
-		Cooldown: f.Cooldown.Target, CooldownTimeout: f.Cooldown.Timeout.D(), Timeout: f.Timeout.D(),
+		Cooldown: cooldown, CooldownTimeout: f.Cooldown.Timeout.D(), Timeout: f.Timeout.D(), IdleHistory: ex.opts.IdleHistory,
 		Sampler: ex.opts.Sampler, ExporterURL: ex.opts.ExporterURL, ExporterToken: ex.opts.ExporterToken,
 		Campaign: f.Name, Cycle: cycle, Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard}
 	state := filepath.Join(ex.p.out, ".state")

@@ -25,6 +25,7 @@ import (
 	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/runner"
 	"github.com/lem-energy/lem/runner/backend"
 	"github.com/lem-energy/lem/runner/campaign"
 )
@@ -118,7 +119,8 @@ func (w *watcher) waitFor(t *testing.T, s string, within time.Duration) {
 // startCampaign starts the built lem-run on a campaign file.
 func startCampaign(t *testing.T, path, out string) (cmd *exec.Cmd, stdout, stderr *watcher) {
 	t.Helper()
-	cmd = exec.Command(lemRunBinary(t), "campaign", "--replay", testutil.TracePath("h200-llm"), "--loop", "--out", out, path)
+	cmd = exec.Command(lemRunBinary(t), "campaign", "--replay", testutil.TracePath("h200-llm"), "--loop", "--out", out,
+		"--cooldown", "none", "--idle-history", "off", path)
 	stdout, stderr = newWatcher(), newWatcher()
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	require.NoError(t, cmd.Start())
@@ -269,7 +271,8 @@ experiments:
 		p, err := campaign.Prepare(ctx, f, out, log)
 		require.NoError(t, err)
 		src, devs := replay(t)
-		return campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs, Progress: campaign.NewProgress(progress, false), Log: log})
+		return campaign.Run(ctx, p, campaign.Options{Source: src, Devices: devs, Progress: campaign.NewProgress(progress, false), Log: log,
+			Cooldown: runner.CooldownNone, IdleHistory: runner.IdleHistoryOff})
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

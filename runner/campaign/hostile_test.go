@@ -17,6 +17,7 @@ import (
 
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/runner"
 	"github.com/lem-energy/lem/runner/campaign"
 )
 
@@ -155,6 +156,7 @@ func runWith(t *testing.T, path, out string, force bool) (*campaign.State, error
 	require.NoError(t, err)
 	src, devs := replay(t)
 	st, err := campaign.Run(context.Background(), p, campaign.Options{Source: src, Devices: devs,
+		Cooldown: runner.CooldownNone, IdleHistory: runner.IdleHistoryOff,
 		Progress: campaign.NewProgress(&bytes.Buffer{}, false), Log: log, Force: force})
 	return st, err, logs.String()
 }

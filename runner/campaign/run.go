@@ -45,6 +45,11 @@ type Options struct {
 	// Force resumes a campaign whose file changed since its state was written: the runs already ok under an id of
 	// the new plan are kept, the others run.
 	Force bool
+	// Cooldown overrides the file's cool-down gate (runner.ParseCooldown); "" keeps the file's, whose default
+	// is the idle gate.
+	Cooldown string
+	// IdleHistory is the host's idle-baseline history file (runner.Options.IdleHistory).
+	IdleHistory string
 }
 
 // RunState is one planned run's outcome.

@@ -1,0 +1,105 @@
+package runner
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/lem-energy/lem/analyze/account"
+	"github.com/lem-energy/lem/internal/fileutil"
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// idleHistory is the host's record of the deep-idle baselines it measured: per GPU UUID, (mean temperature °C,
+// median W) pairs, oldest first. It is the data of the idle-temperature fit and of the "idle" cool-down gate's
+// target, so it is kept per host (the user cache directory), whatever baseline cache a run or campaign uses.
+type idleHistory struct {
+	GPUs map[string][][2]float64 `json:"gpus"`
+	path string
+}
+
+// Bounds of the history.
+const (
+	maxHistory = 200 // points kept per GPU
+	// idleTempPoints is how many recent baselines give a GPU's idle temperature (their median).
+	idleTempPoints = 10
+	// IdleHistoryOff turns the history off (--idle-history off).
+	IdleHistoryOff = "off"
+)
+
+func idleHistoryPath(p string) string {
+	switch p {
+	case IdleHistoryOff:
+		return ""
+	case "":
+		dir, err := os.UserCacheDir()
+		if err != nil {
+			return ""
+		}
+		return filepath.Join(dir, "lem", "idle-history.json")
+	}
+	return p
+}
+
+// loadIdleHistory reads the history; a missing or damaged file is an empty history (it costs only the fit).
+func loadIdleHistory(p string) *idleHistory {
+	h := &idleHistory{GPUs: map[string][][2]float64{}, path: idleHistoryPath(p)}
+	if h.path == "" {
+		return h
+	}
+	if b, err := os.ReadFile(h.path); err == nil {
+		var f idleHistory
+		if json.Unmarshal(b, &f) == nil && f.GPUs != nil {
+			h.GPUs = f.GPUs
+		}
+	}
+	return h
+}
+
+func (h *idleHistory) remember(uuid string, tempC, watts float64) {
+	g := append(h.GPUs[uuid], [2]float64{tempC, watts})
+	if len(g) > maxHistory {
+		g = g[len(g)-maxHistory:]
+	}
+	h.GPUs[uuid] = g
+}
+
+func (h *idleHistory) fit(uuid string) (manifest.TempFit, bool) {
+	var ts, ws []float64
+	for _, p := range h.GPUs[uuid] {
+		ts, ws = append(ts, p[0]), append(ws, p[1])
+	}
+	return account.FitIdleTemperature(ts, ws)
+}
+
+// idleTemp is the GPU's usual idle temperature: the median over its most recent baselines.
+func (h *idleHistory) idleTemp(uuid string) (float64, bool) {
+	g := h.GPUs[uuid]
+	if len(g) == 0 {
+		return 0, false
+	}
+	var ts []float64
+	for _, p := range g[max(0, len(g)-idleTempPoints):] {
+		ts = append(ts, p[0])
+	}
+	slices.Sort(ts)
+	n := len(ts)
+	if n%2 == 1 {
+		return ts[n/2], true
+	}
+	return (ts[n/2-1] + ts[n/2]) / 2, true
+}
+
+func (h *idleHistory) save(log interface{ Debug(string, ...any) }) {
+	if h.path == "" {
+		return
+	}
+	b, _ := json.MarshalIndent(h, "", "  ")
+	if err := os.MkdirAll(filepath.Dir(h.path), 0o755); err == nil {
+		if err := fileutil.WriteAtomic(h.path, b); err == nil {
+			return
+		}
+	}
+	log.Debug("idle history not written", "path", h.path)
+}
