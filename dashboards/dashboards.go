@@ -58,6 +58,10 @@ type Panel struct {
 	Targets     []Target       `json:"targets"`
 	FieldConfig FieldConfig    `json:"fieldConfig"`
 	Options     map[string]any `json:"options,omitempty"`
+	// Repeat names a variable: Grafana draws the panel once per value, with the variable set to that value.
+	Repeat          string `json:"repeat,omitempty"`
+	RepeatDirection string `json:"repeatDirection,omitempty"`
+	MaxPerRow       int    `json:"maxPerRow,omitempty"`
 }
 
 // Variable is a template variable.
@@ -72,6 +76,7 @@ type Variable struct {
 	Multi      bool   `json:"multi,omitempty"`
 	AllValue   string `json:"allValue,omitempty"`
 	Current    any    `json:"current,omitempty"`
+	Sort       int    `json:"sort,omitempty"`
 }
 
 // Annotation is an annotation query.
@@ -118,7 +123,17 @@ func datasourceVar() Variable {
 func queryVar(name, label, query string) Variable {
 	ds := promDS
 	return Variable{Name: name, Label: label, Type: "query", Datasource: &ds, Refresh: 2, IncludeAll: true, Multi: true,
-		AllValue: ".*", Query: map[string]any{"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"}}
+		AllValue: ".*", Sort: 1, Query: map[string]any{"query": query, "refId": "PrometheusVariableQueryEditor-VariableQuery"}}
+}
+
+// jobVar chooses the scrape job, one at a time. lem-exporter's remote-write stream has the same instance as its
+// scrapes and carries the same power and energy series under job "lem_stream": every query matches one job, so
+// the two never add up. The choices come from lem_gpu_info, which only scrapes carry.
+func jobVar() Variable {
+	v := queryVar("job", "Job", `label_values(lem_gpu_info, job)`)
+	v.IncludeAll, v.Multi, v.AllValue = false, false, ""
+	v.Current = map[string]any{"selected": true, "text": "lem-exporter", "value": "lem-exporter"}
+	return v
 }
 
 type builder struct {
@@ -130,13 +145,13 @@ type builder struct {
 func newDashboard(uid, title, desc string) *builder {
 	b := &builder{nextID: 1}
 	b.d = Dashboard{UID: uid, Title: title, Description: desc, Tags: []string{"lem", "gpu", "energy"}, Timezone: "browser",
-		SchemaVersion: 39, Version: 1, Refresh: "10s", Editable: true}
+		SchemaVersion: 39, Version: 1, Refresh: "30s", Editable: true}
 	b.d.Time.From, b.d.Time.To = "now-30m", "now"
 	return b
 }
 
-// add places a panel of width w (of 24) on the grid, row by row.
-func (b *builder) add(typ, title, desc, unit string, w int, targets ...Target) {
+// add places a panel of width w (of 24) on the grid, row by row, and returns it for further settings.
+func (b *builder) add(typ, title, desc, unit string, w int, targets ...Target) *Panel {
 	if b.x+w > 24 {
 		b.x, b.y = 0, b.y+8
 	}
@@ -156,26 +171,35 @@ func (b *builder) add(typ, title, desc, unit string, w int, targets ...Target) {
 	b.nextID++
 	b.x += w
 	b.d.Panels = append(b.d.Panels, p)
+	return &b.d.Panels[len(b.d.Panels)-1]
 }
 
 func t(expr, legend string) Target { return Target{Expr: expr, LegendFormat: legend} }
 
-const sel = `instance=~"$instance",gpu=~"$gpu"`
+// instant is a query evaluated once, at the end of the dashboard's time range.
+func instant(expr, legend string) Target {
+	return Target{Expr: expr, LegendFormat: legend, Instant: true}
+}
+
+const (
+	hostSel = `job="$job",instance=~"$instance"`
+	sel     = hostSel + `,gpu=~"$gpu"`
+)
 
 // Fleet is the "GPU power & energy" dashboard for every GPU host.
 func Fleet() Dashboard {
 	b := newDashboard("lem-gpu-fleet", "lem — GPU power & energy",
-		"Power, energy, temperature, clocks, utilization, memory, throttling and capture quality of every GPU lem-exporter samples.")
-	b.d.Templating.List = []Variable{datasourceVar(),
-		queryVar("instance", "Host", `label_values(lem_gpu_info, instance)`),
-		queryVar("gpu", "GPU", `label_values(lem_gpu_info{instance=~"$instance"}, gpu)`)}
+		"Power, energy, temperature, clocks, utilization, memory, throttling, capture quality and energy by container of every GPU lem-exporter samples.")
+	b.d.Templating.List = []Variable{datasourceVar(), jobVar(),
+		queryVar("instance", "Host", `label_values(lem_gpu_info{job="$job"}, instance)`),
+		queryVar("gpu", "GPU", `label_values(lem_gpu_info{job="$job",instance=~"$instance"}, gpu)`)}
 	leg := "{{instance}} GPU {{gpu}}"
-	b.add("timeseries", "Power", "Latest 50 Hz driver sample, instantaneous (field 186) and 1 s average power.", "watt", 12,
+	b.add("timeseries", "Power", "Power at each scrape: the latest 50 Hz driver sample, the instantaneous reading (field 186) and the 1 s average.", "watt", 12,
 		t(`lem_gpu_power_watts{`+sel+`}`, leg+" {{source}}"))
-	b.add("timeseries", "Energy rate", "Rate of the GPU energy counter: the exact average power between counter reads.", "watt", 12,
+	b.add("timeseries", "Energy rate", "Rate of the GPU energy counter: the exact average power between the counter readings the scrapes stored.", "watt", 12,
 		t(`rate(lem_gpu_energy_joules_total{`+sel+`}[$__rate_interval])`, leg))
 	b.add("stat", "Energy in the time range", "Increase of the GPU energy counter over the dashboard's time range.", "joule", 8,
-		t(`sum by (instance, gpu) (increase(lem_gpu_energy_joules_total{`+sel+`}[$__range]))`, leg))
+		instant(`sum by (instance, gpu) (increase(lem_gpu_energy_joules_total{`+sel+`}[$__range]))`, leg))
 	b.add("timeseries", "Temperature", "", "celsius", 8, t(`lem_gpu_temperature_celsius{`+sel+`}`, leg))
 	b.add("timeseries", "Clocks", "SM and memory clocks.", "hertz", 8,
 		t(`lem_gpu_sm_clock_hertz{`+sel+`}`, leg+" SM"), t(`lem_gpu_memory_clock_hertz{`+sel+`}`, leg+" memory"))
@@ -190,40 +214,20 @@ func Fleet() Dashboard {
 		t(`rate(lem_exporter_sample_buffer_overruns_total{`+sel+`}[$__rate_interval])`, leg+" overruns"),
 		t(`rate(lem_exporter_nvml_errors_total{`+sel+`}[$__rate_interval])`, leg+" {{call}} errors"))
 	b.add("table", "GPUs", "Identity of every GPU; up is 0 while a GPU is lost.", "short", 12,
-		Target{Expr: `lem_gpu_info{` + sel + `} * on (instance, gpu) group_left lem_gpu_up`, Instant: true, Format: "table"})
-	return b.d
-}
-
-// Experiment shows one run: power with its phases as annotations, the idle baseline, energy per phase, J/token.
-func Experiment() Dashboard {
-	b := newDashboard("lem-experiment", "lem — Experiment",
-		"One experiment run from its markers: power with the run's phases as annotations, the idle baseline lem-run measured, energy per phase and per output token.")
-	b.d.Refresh = "5s"
-	b.d.Time.From = "now-15m"
-	runVar := queryVar("run_id", "Run", `label_values(lem_run_active, run_id)`)
-	runVar.IncludeAll, runVar.Multi = false, false
-	b.d.Templating.List = []Variable{datasourceVar(), runVar,
-		queryVar("instance", "Host", `label_values(lem_run_active{run_id=~"$run_id"}, instance)`)}
-	b.d.Annotations.List = []Annotation{
-		{Name: "Phases", Datasource: promDS, Enable: true, IconColor: "orange", Step: "1s",
-			Expr: `lem_run_phase_active{run_id=~"$run_id",instance=~"$instance"} == 1`, TitleFormat: "{{phase}}", TagKeys: "phase"},
-		{Name: "Run", Datasource: promDS, Enable: true, IconColor: "blue", Step: "1s",
-			Expr: `lem_run_active{run_id=~"$run_id",instance=~"$instance"} == 1`, TitleFormat: "{{run_id}} ({{experiment}})"},
+		Target{Expr: `lem_gpu_info{` + sel + `} * on (instance, gpu) group_left lem_gpu_up{` + sel + `}`, Instant: true, Format: "table"})
+	// Per-process energy, per container: the sum of its processes' counters, counting only what it gains between
+	// steps. A process that starts adds its energy since its start; one whose series ends (folded into its
+	// container's exited processes, or an exporter restart) takes nothing away and counts nothing twice, where
+	// increase() would count a fold twice (per process) or read a vanished process as a counter reset (per
+	// container).
+	container := func(offset string) string {
+		return `sum by (instance, namespace, pod, container) (lem_process_gpu_energy_joules_total{` + sel + `}` + offset + `)`
 	}
-	run := `max by (instance) (lem_run_active{run_id=~"$run_id",instance=~"$instance"})`
-	phase := `max by (instance, phase) (lem_run_phase_active{run_id=~"$run_id",instance=~"$instance"})`
-	power := `sum by (instance) (rate(lem_gpu_energy_joules_total{instance=~"$instance"}[5s]))`
-	b.add("timeseries", "Power and idle baseline", "50 Hz power of the run's hosts and the idle baseline lem-run measured (results idle_w_gpuN).", "watt", 24,
-		t(`lem_gpu_power_watts{instance=~"$instance",source="sample"}`, "{{instance}} GPU {{gpu}}"),
-		t(`lem_run_result{run_id=~"$run_id",key=~"idle_w_gpu.*"}`, "idle baseline {{key}}"))
-	b.add("bargauge", "Energy per phase", "Counter energy while each phase was active (all GPUs of the host), joules.", "joule", 12,
-		Target{Expr: `sum by (phase) (sum_over_time((` + power + ` * on (instance) group_right ` + phase + `)[$__range:1s]))`,
-			LegendFormat: "{{phase}}", Instant: true})
-	b.add("stat", "Energy per output token", "Counter energy while the run was active over the output tokens it reported.", "suffix:J/token", 6,
-		Target{Expr: `sum(sum_over_time((` + power + ` * on (instance) group_right ` + run + `)[$__range:1s])) / sum(max_over_time(lem_run_result{run_id=~"$run_id",key="output_tokens"}[$__range]))`,
-			Instant: true})
-	b.add("stat", "Run energy", "Counter energy while the run was active, joules.", "joule", 6,
-		Target{Expr: `sum(sum_over_time((` + power + ` * on (instance) group_right ` + run + `)[$__range:1s]))`, Instant: true})
+	added := `clamp_min(` + container("") + ` - (` + container(" offset $__interval") + ` or ` + container("") + ` * 0), 0)`
+	b.add("table", "GPU energy by container", "GPU energy each container (pod, namespace) used on each host over the time range, as lem-exporter attributes it (host processes: no container). No data until the exporter exposes per-process energy.", "joule", 12,
+		Target{Expr: `sort_desc(sum_over_time((` + added + `)[$__range:$__interval]))`, Instant: true, Format: "table"})
+	b.add("timeseries", "GPU power by container", "Power each container drew on the GPUs of each host: its attributed energy per interval.", "watt", 12,
+		t(`(`+added+`) / ($__interval_ms / 1000)`, "{{instance}} {{namespace}}/{{pod}}/{{container}}"))
 	return b.d
 }
 
