@@ -17,7 +17,7 @@ import (
 // TestAuditOnTransformersCatalogue audits runs whose effective parameters come from the transformers 5.17
 // catalogue captured on an H200 host.
 func TestAuditOnTransformersCatalogue(t *testing.T) {
-	cat, err := catalogue.Load(filepath.Join(testutil.Root(), "runner", "introspect", "testdata", "transformers-5.17.json"))
+	cat, err := catalogue.Load(filepath.Join(testutil.Root(), "internal", "catalogue", "committed", "transformers-5.17.json"))
 	require.NoError(t, err)
 	var runs []report.Run
 	for i, tokens := range []int{128, 256} {

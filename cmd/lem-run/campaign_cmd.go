@@ -35,11 +35,18 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	p, err := campaign.Prepare(ctx, f, c.Out, log)
+	prepare := campaign.Prepare
+	if c.DryRun {
+		prepare = campaign.PrepareDryRun
+	}
+	p, err := prepare(ctx, f, c.Out, log)
 	if err != nil {
 		return err
 	}
 	if c.DryRun {
+		for _, n := range p.Notes {
+			fmt.Fprintln(os.Stderr, "warning: "+n)
+		}
 		f.PrintPlan(os.Stdout, p.Plan, p.Configs)
 		for e, cat := range p.Catalogues {
 			fmt.Printf("experiment %s: backend %s %s (%d parameters; %d set explicitly)\n", e.Name, cat.Backend,

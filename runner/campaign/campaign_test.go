@@ -309,7 +309,7 @@ func TestExampleCampaignsPlan(t *testing.T) {
 }
 
 func TestUnknownBackendParamNamesLineAndSuggestion(t *testing.T) {
-	cat := filepath.Join(testutil.Root(), "runner", "introspect", "testdata", "transformers-5.17.json")
+	cat := filepath.Join(testutil.Root(), "internal", "catalogue", "committed", "transformers-5.17.json")
 	path := write(t, `name: typo
 experiments:
   - name: hf
@@ -325,6 +325,44 @@ experiments:
 	_, err = campaign.Prepare(context.Background(), f, t.TempDir(), slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil)))
 	require.Error(t, err)
 	assert.Equal(t, path+`:8: experiments.0.backend_params.max_new_token: unknown transformers parameter "max_new_token" (did you mean "max_new_tokens"?)`, err.Error())
+}
+
+// A dry run on a machine without the backends checks parameter names against the committed catalogue of the
+// backend, or says it cannot check them, and still plans; a real run refuses.
+func TestDryRunWithoutTheBackend(t *testing.T) {
+	body := `name: dry
+experiments:
+  - name: hf
+    command: [python3, generate.py]
+    backend: transformers
+    python: /nonexistent/python3
+    backend_params: {max_new_tokens: 8}
+  - name: srv
+    command: [python3, bench.py]
+    backend: vllm
+    python: /nonexistent/python3
+    backend_params: {max_num_seqs: 8}
+`
+	quiet := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
+	f, err := campaign.Load(write(t, body))
+	require.NoError(t, err)
+	_, err = campaign.Prepare(context.Background(), f, t.TempDir(), quiet)
+	require.Error(t, err, "a real run needs the backend's own catalogue")
+	p, err := campaign.PrepareDryRun(context.Background(), f, t.TempDir(), quiet)
+	require.NoError(t, err)
+	assert.Len(t, p.Plan, 2)
+	require.Len(t, p.Notes, 2)
+	assert.Contains(t, p.Notes[0], "experiment hf: backend transformers is not available here")
+	assert.Contains(t, p.Notes[0], "checked against the committed catalogue of transformers 5.17.0")
+	assert.Contains(t, p.Notes[1], "experiment srv: backend vllm is not available here")
+	assert.Contains(t, p.Notes[1], "its backend_params are not checked")
+
+	path := write(t, strings.Replace(body, "max_new_tokens", "max_new_token", 1))
+	f, err = campaign.Load(path)
+	require.NoError(t, err)
+	_, err = campaign.PrepareDryRun(context.Background(), f, t.TempDir(), quiet)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), path+`:7: experiments.0.backend_params.max_new_token: unknown transformers parameter "max_new_token" (did you mean "max_new_tokens"?)`)
 }
 
 // TestPersistentRunTimeout: a run inside a backend container that overruns its timeout is stopped (the exec'd

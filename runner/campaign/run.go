@@ -92,7 +92,9 @@ type Prepared struct {
 	Plan       []Planned
 	Configs    []*Config
 	Catalogues map[*Experiment]*catalogue.Catalogue
-	catFiles   map[string]string
+	// Notes say where a dry run could not use the backend's own catalogue, and what it checked instead.
+	Notes    []string
+	catFiles map[string]string
 	out        string
 	params     map[*Config]*manifest.Inference
 }
@@ -110,6 +112,17 @@ func outDir(f *File, out string) string {
 // Prepare validates a campaign beyond its syntax: it expands the plan, captures (or loads, or reuses from the
 // campaign directory) each backend's catalogue and checks every backend_params name against it.
 func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepared, error) {
+	return prepare(ctx, f, out, log, false)
+}
+
+// PrepareDryRun is Prepare for --dry-run on a machine that may not have the backends: a backend whose catalogue
+// cannot be captured here is checked against the committed catalogue of that backend, or not checked at all
+// where none is kept; Notes say which.
+func PrepareDryRun(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepared, error) {
+	return prepare(ctx, f, out, log, true)
+}
+
+func prepare(ctx context.Context, f *File, out string, log *slog.Logger, dry bool) (*Prepared, error) {
 	plan, cfgs, err := f.Plan()
 	if err != nil {
 		return nil, err
@@ -123,6 +136,14 @@ func Prepare(ctx context.Context, f *File, out string, log *slog.Logger) (*Prepa
 		}
 		path := []string{"experiments", fmt.Sprint(e.index)}
 		cat, file, err := p.catalogue(ctx, e, log)
+		if err != nil && dry {
+			if cat, _ = catalogue.Committed(e.Backend); cat == nil {
+				p.Notes = append(p.Notes, fmt.Sprintf("experiment %s: backend %s is not available here (%v) and no catalogue of it is committed: its backend_params are not checked", e.Name, e.Backend, err))
+				continue
+			}
+			p.Notes = append(p.Notes, fmt.Sprintf("experiment %s: backend %s is not available here (%v): backend_params checked against the committed catalogue of %s", e.Name, e.Backend, err, cat))
+			err = nil
+		}
 		if err != nil {
 			errs = append(errs, f.errAt(append(path, "backend"), "%v", err))
 			continue

@@ -151,7 +151,7 @@ func TestCaptureInContainer(t *testing.T) {
 }
 
 func TestTransformersCatalogueAudit(t *testing.T) {
-	c, err := catalogue.Load(filepath.Join("testdata", "transformers-5.17.json"))
+	c, err := catalogue.Load(filepath.Join("..", "..", "internal", "catalogue", "committed", "transformers-5.17.json"))
 	require.NoError(t, err)
 	assert.Equal(t, "transformers", c.Backend)
 	assert.True(t, strings.HasPrefix(c.Version, "5.17"), c.Version)
