@@ -58,4 +58,6 @@ func newer(a, b string) bool {
 }
 
 // String names the catalogue: backend, version and where it was captured.
-func (c *Catalogue) String() string { return fmt.Sprintf("%s %s (captured in %s)", c.Backend, c.Version, c.Source) }
+func (c *Catalogue) String() string {
+	return fmt.Sprintf("%s %s (captured in %s)", c.Backend, c.Version, c.Source)
+}

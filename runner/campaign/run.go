@@ -95,8 +95,8 @@ type Prepared struct {
 	// Notes say where a dry run could not use the backend's own catalogue, and what it checked instead.
 	Notes    []string
 	catFiles map[string]string
-	out        string
-	params     map[*Config]*manifest.Inference
+	out      string
+	params   map[*Config]*manifest.Inference
 }
 
 // OutDir is where the campaign writes.
