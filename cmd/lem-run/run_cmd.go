@@ -43,7 +43,7 @@ type runCmd struct {
 	ExporterCA      string        `name:"exporter-ca-file" type:"existingfile" help:"PEM certificate(s) to trust, beside the system's, for an https --exporter (self-signed or private CA)."`
 	Observe         []string      `sep:"," help:"Also sample these GPUs (indices, UUIDs or all) without giving them to the workload; their energy is reported apart, never in the run's totals."`
 	JSON            bool          `name:"json" help:"Print the manifest as JSON on stdout (the summary goes to stderr)."`
-	PTY             bool          `name:"pty" help:"Give the workload a pseudo-terminal as stdout, so it writes marker lines as it prints them (programs buffer output to pipes; Python gets PYTHONUNBUFFERED=1 anyway)."`
+	PTY             bool          `name:"pty" help:"Give the workload a pseudo-terminal as stdout (a container: a terminal), so it writes marker lines as it prints them (programs buffer output to pipes; Python gets PYTHONUNBUFFERED=1 anyway). Standard error is then merged into standard output."`
 	Command         []string      `arg:"" optional:"" passthrough:"" help:"The workload command (after --)."`
 }
 
@@ -74,9 +74,6 @@ func (c *runCmd) check() error {
 		if parts := strings.Split(v, ":"); len(parts) < 2 || parts[0] == "" || parts[1] == "" {
 			return fmt.Errorf("--volume %q: want SRC:DST[:ro]%w", v, cli.Usage)
 		}
-	}
-	if c.PTY && c.Image != "" {
-		return fmt.Errorf("--pty is for process mode; in a container, set PYTHONUNBUFFERED or flush stdout%w", cli.Usage)
 	}
 	if c.Exporter != "" {
 		if _, err := marker.NewClient(c.Exporter, ""); err != nil {
@@ -121,7 +118,7 @@ func (c *runCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	var be backend.Backend
 	if c.Image != "" {
-		d, err := backend.NewDocker(backend.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name,
+		d, err := backend.NewDocker(backend.DockerOptions{Image: c.Image, Env: c.Env, Volumes: c.Volume, Name: c.Name, TTY: c.PTY,
 			Keep: c.Keep, Pull: c.Pull, RequestGPUs: src.Environment().Source.Kind == "nvml", Watchdog: watchdog(c.StopGrace)})
 		if err != nil {
 			return err

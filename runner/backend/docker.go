@@ -42,13 +42,17 @@ type DockerOptions struct {
 	Labels map[string]string
 	// Watchdog stops the container if lem-run dies (see Watchdog).
 	Watchdog Watchdog
+	// TTY gives the container a pseudo-terminal, so programs that buffer output written to a pipe write each
+	// line as they print it. Standard error then arrives merged into standard output.
+	TTY bool
 }
 
 // Docker runs the workload in a container through the Docker Engine API.
 type Docker struct {
-	opts  DockerOptions
-	cli   *client.Client
-	image manifest.Image
+	opts     DockerOptions
+	cli      *client.Client
+	image    manifest.Image
+	imageEnv []string // the image's own environment
 }
 
 var _ Backend = (*Docker)(nil)
@@ -104,6 +108,9 @@ func (d *Docker) Preflight(ctx context.Context) error {
 		return fmt.Errorf("inspecting image %s: %w", d.opts.Image, err)
 	}
 	d.image = manifest.Image{Name: d.opts.Image, ID: img.ID, Digests: img.RepoDigests}
+	if img.Config != nil {
+		d.imageEnv = img.Config.Env
+	}
 	return nil
 }
 
@@ -143,6 +150,15 @@ func (d *Docker) MarkerHost(ctx context.Context) (string, error) {
 	return "", errors.New("Docker's bridge network has no IPv4 gateway for the marker server")
 }
 
+// workloadEnv is a container's environment with PYTHONUNBUFFERED=1 added (see Unbuffered), unless env or the
+// image's own environment sets it.
+func (d *Docker) workloadEnv(env []string) []string {
+	if setsEnv(d.imageEnv, "PYTHONUNBUFFERED") {
+		return env
+	}
+	return Unbuffered(env)
+}
+
 // Start creates and starts the container and follows its logs with the runtime's timestamps. On error the
 // returned workload, if any, is what was created: its Cleanup records it in the manifest and removes it.
 func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
@@ -150,11 +166,8 @@ func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
 	if err != nil {
 		return nil, fmt.Errorf("results directory: %w", err)
 	}
-	cfg := &container.Config{
-		Image:  d.opts.Image,
-		Env:    append(append([]string{}, d.opts.Env...), append(spec.Env, "LEM_RESULTS_DIR="+ContainerResultsDir)...),
-		Labels: d.labels(spec),
-	}
+	env := d.workloadEnv(append(append([]string{}, d.opts.Env...), append(spec.Env, "LEM_RESULTS_DIR="+ContainerResultsDir)...))
+	cfg := &container.Config{Image: d.opts.Image, Env: env, Labels: d.labels(spec), Tty: d.opts.TTY}
 	if len(spec.Command) > 0 {
 		cfg.Cmd = spec.Command
 	}
@@ -166,7 +179,7 @@ func (d *Docker) Start(ctx context.Context, spec Spec) (Workload, error) {
 		host.Resources.DeviceRequests = []container.DeviceRequest{{Driver: "nvidia", DeviceIDs: spec.GPUs,
 			Capabilities: [][]string{{"gpu"}}}}
 	}
-	w := &dockerWorkload{d: d, lines: make(chan Line, 1024), logsDone: make(chan struct{}),
+	w := &dockerWorkload{d: d, lines: make(chan Line, 1024), logsDone: make(chan struct{}), tty: d.opts.TTY,
 		c: manifest.Container{Name: d.opts.Name, Kept: d.opts.Keep}}
 	created, err := d.cli.ContainerCreate(ctx, client.ContainerCreateOptions{Config: cfg, HostConfig: host, Name: d.opts.Name})
 	if err != nil {
@@ -223,6 +236,7 @@ type dockerWorkload struct {
 	proc *os.Process
 	// lost is set when the Engine stopped or was lost during the run.
 	lost bool
+	tty  bool // the container has a terminal: its log stream is raw, not multiplexed
 }
 
 // noOutput ends the output of a workload that never started.
@@ -271,7 +285,29 @@ func (w *dockerWorkload) follow(logs io.ReadCloser) {
 	defer close(w.logsDone)
 	defer close(w.lines)
 	defer logs.Close()
+	if w.tty {
+		rawLines(logs, w.lines, time.Now)
+		return
+	}
 	demux(logs, w.lines, true, time.Now)
+}
+
+// rawLines splits a terminal container's log stream: one log message per line, each prefixed by its timestamp,
+// ending in the terminal's \r\n. A line longer than the Engine's 16 KB messages arrives in pieces whose later
+// timestamps stay in the text: with --pty, keep marker lines short.
+func rawLines(r io.Reader, lines chan<- Line, now func() time.Time) error {
+	return splitLines(r, func(text []byte, partial bool) {
+		at := time.Time{}
+		if ts, rest, ok := bytes.Cut(text, []byte(" ")); ok {
+			if t, err := time.Parse(time.RFC3339Nano, string(ts)); err == nil {
+				text, at = rest, t
+			}
+		}
+		if at.IsZero() {
+			at = now()
+		}
+		lines <- Line{Time: at, Text: string(bytes.TrimSuffix(text, []byte("\r"))), Partial: partial}
+	})
 }
 
 // demux splits the Engine's multiplexed log stream into lines until it ends. Each frame of the stream is one log

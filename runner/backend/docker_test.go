@@ -135,6 +135,44 @@ func TestContainerLongLinePassedWhole(t *testing.T) {
 	assert.Equal(t, 1, m.Markers.Malformed, "the workload's one malformed marker, not a piece of the long line")
 }
 
+// Containers get PYTHONUNBUFFERED=1 unless the run sets it; with TTY the workload's stdout is a terminal, its
+// lines arrive without the terminal's \r and stderr merged into stdout, and the markers are parsed as usual.
+func TestContainerUnbufferedAndTTY(t *testing.T) {
+	testutil.Workload(t, true)
+	for _, c := range []struct {
+		name string
+		opts backend.DockerOptions
+		want string
+	}{
+		{"default", backend.DockerOptions{Image: image}, `PYTHONUNBUFFERED="1" tty=false`},
+		{"the run's own value", backend.DockerOptions{Image: image, Env: []string{"PYTHONUNBUFFERED=0"}}, `PYTHONUNBUFFERED="0" tty=false`},
+		{"tty", backend.DockerOptions{Image: image, TTY: true}, `PYTHONUNBUFFERED="1" tty=true`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var out bytes.Buffer
+			o := runOptions(t, &out, "-describe", "-phases", "a:200ms,b:200ms")
+			res, err := runner.Run(context.Background(), o, replay(t), nil, newDocker(t, c.opts), slog.Default())
+			require.NoError(t, err)
+			m := res.Manifest
+			require.Equal(t, manifest.StatusOK, m.Status, m.Error)
+			logged, err := os.ReadFile(filepath.Join(res.Dir, manifest.StdoutFile))
+			require.NoError(t, err)
+			first, _, _ := strings.Cut(string(logged), "\n")
+			assert.Equal(t, c.want, first)
+			assert.NotContains(t, string(logged), "\r")
+			assert.Equal(t, []string{"a", "b"}, []string{m.Phases[0].Name, m.Phases[1].Name})
+			assert.Equal(t, "128", m.Results["output_tokens"])
+			errs, _ := os.ReadFile(filepath.Join(res.Dir, manifest.StderrFile))
+			if c.opts.TTY {
+				assert.Contains(t, string(logged), "a line on stderr", "a terminal has one stream")
+				assert.Empty(t, errs)
+			} else {
+				assert.Contains(t, string(errs), "a line on stderr")
+			}
+		})
+	}
+}
+
 // noEntrypointImage is the test workload's image without its entrypoint.
 func noEntrypointImage(t *testing.T) string {
 	t.Helper()

@@ -292,7 +292,7 @@ func (b *startupBackend) Start(ctx context.Context, spec Spec) (Workload, error)
 		return nil, errors.New("backend container already running")
 	}
 	d := p.d
-	cfg := &container.Config{Image: d.opts.Image, Env: append(append([]string{}, d.opts.Env...), spec.Env...),
+	cfg := &container.Config{Image: d.opts.Image, Env: d.workloadEnv(append(append([]string{}, d.opts.Env...), spec.Env...)),
 		Labels: d.labels(spec)}
 	if len(p.opts.Command) > 0 {
 		cfg.Cmd = p.opts.Command
@@ -482,6 +482,9 @@ func (b *execBackend) Start(ctx context.Context, spec Spec) (Workload, error) {
 		}
 	}
 	env := append(append([]string{}, spec.Env...), "LEM_RESULTS_DIR="+resDir)
+	if !setsEnv(p.d.opts.Env, "PYTHONUNBUFFERED") { // the container's own environment, then the image's
+		env = p.d.workloadEnv(env)
+	}
 	ex, err := p.d.cli.ExecCreate(ctx, p.ID(), client.ExecCreateOptions{Cmd: spec.Command, Env: env,
 		AttachStdout: true, AttachStderr: true})
 	if err != nil {

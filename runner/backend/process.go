@@ -185,10 +185,18 @@ func (r ptyReader) Close() error { return r.f.Close() }
 // benchmarks) print marker lines when they happen rather than in blocks when their pipe buffer fills or at exit.
 // A workload that sets PYTHONUNBUFFERED itself keeps its value.
 func Unbuffered(env []string) []string {
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "PYTHONUNBUFFERED=") {
-			return env
-		}
+	if setsEnv(env, "PYTHONUNBUFFERED") {
+		return env
 	}
 	return append(env, "PYTHONUNBUFFERED=1")
+}
+
+// setsEnv says whether env (KEY=VALUE entries) sets key.
+func setsEnv(env []string, key string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, key+"=") {
+			return true
+		}
+	}
+	return false
 }

@@ -45,6 +45,7 @@ func main() {
 	stdoutLine := flag.Int("stdout-line", 0, "first write a line of this many bytes (0123456789abcdef repeated) to stdout")
 	serve := flag.String("serve", "", "act as a persistent backend server: after -load, answer /health on this address until SIGTERM")
 	load := flag.Duration("load", time.Second, "model-load time before /health answers (with -serve)")
+	describe := flag.Bool("describe", false, "first print PYTHONUNBUFFERED and whether stdout is a terminal")
 	flag.Parse()
 	signal.Ignore(syscall.SIGHUP)
 	if *serve != "" {
@@ -57,6 +58,10 @@ func main() {
 		signal.Notify(sig, syscall.SIGTERM, os.Interrupt)
 		<-sig
 		return
+	}
+	if *describe {
+		st, err := os.Stdout.Stat()
+		fmt.Printf("PYTHONUNBUFFERED=%q tty=%v\n", os.Getenv("PYTHONUNBUFFERED"), err == nil && st.Mode()&os.ModeCharDevice != 0)
 	}
 	if *stdoutLine > 0 {
 		line := bytes.Repeat([]byte("0123456789abcdef"), *stdoutLine/16+1)[:*stdoutLine]
