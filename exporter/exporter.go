@@ -73,6 +73,7 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		if e.rec, err = recorder.StartDir(s, *opts.Record, log); err != nil {
 			return nil, err
 		}
+		selfReg.MustRegister(NewRecorderCollector(e.rec))
 	}
 	if opts.RemoteWrite != nil {
 		if e.rw, err = StartRemoteWrite(s, *opts.RemoteWrite, log); err != nil {

@@ -2,9 +2,11 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/http"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -46,6 +48,21 @@ func TestSIGTERMFlushesRecording(t *testing.T) {
 	require.NoError(t, err)
 	resp.Body.Close()
 	time.Sleep(2 * time.Second)
+	// The recorder's health, which the recorder alerts read: no errors, and the free space statfs reports.
+	resp, err = http.Get(url + "/metrics")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	metrics := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if name, v, ok := strings.Cut(line, " "); ok && strings.HasPrefix(name, "lem_exporter_recorder_") {
+			metrics[name], _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	var fs syscall.Statfs_t
+	require.NoError(t, syscall.Statfs(dir, &fs))
+	assert.Equal(t, 0.0, metrics["lem_exporter_recorder_errors_total"])
+	assert.InDelta(t, float64(fs.Bavail)*float64(fs.Bsize), metrics["lem_exporter_recorder_disk_free_bytes"], 256<<20)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait(), "exit status after SIGTERM; logs:\n%s", logs)
 

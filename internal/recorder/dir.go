@@ -4,10 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/lem-energy/lem/internal/sampler"
@@ -39,6 +42,24 @@ type Dir struct {
 	err   error
 	cur   *segmentWriter // the current file's, nil between files
 	fileT time.Time
+	errs  atomic.Uint64 // errors met while recording (each logged)
+}
+
+// DirStats is what the recorder's own metrics show.
+type DirStats struct {
+	Errors uint64 // errors met while recording
+	// FreeBytes is the space left to unprivileged writers on the directory's file system; NaN if unknown.
+	FreeBytes float64
+}
+
+// Stats reads the recorder's error count and the free space where it writes.
+func (d *Dir) Stats() DirStats {
+	st := DirStats{Errors: d.errs.Load(), FreeBytes: math.NaN()}
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs(d.opts.Dir, &fs); err == nil {
+		st.FreeBytes = float64(fs.Bavail) * float64(fs.Bsize)
+	}
+	return st
 }
 
 const (
@@ -116,6 +137,7 @@ func (d *Dir) run() {
 
 func (d *Dir) keep(err error) {
 	if err != nil {
+		d.errs.Add(1)
 		d.log.Error("recorder", "err", err)
 		if d.err == nil {
 			d.err = err

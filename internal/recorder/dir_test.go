@@ -3,8 +3,10 @@ package recorder_test
 import (
 	"context"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -130,4 +132,29 @@ func TestSegmentsCloseWithinTheFlushInterval(t *testing.T) {
 	assert.NoError(t, err, "merged at the end")
 	left, _ := recorder.Segments(dir, "trace")
 	assert.Empty(t, left)
+}
+
+// The recorder counts the errors it meets (a directory gone under it: each segment it then closes fails) and
+// reports the free space where it writes, as the file system reports it.
+func TestDirStats(t *testing.T) {
+	tr, err := trace.ReadFile(lemtest.TracePath("h200-shape"))
+	require.NoError(t, err)
+	dir := filepath.Join(t.TempDir(), "rec")
+	lemtest.VirtualTime(t, func(t *testing.T) {
+		s := replayShape(t, tr)
+		rec, err := recorder.StartDir(s, recorder.DirOptions{Dir: dir, FlushEvery: 200 * time.Millisecond}, slog.Default())
+		require.NoError(t, err)
+		stop := run(s)
+		time.Sleep(500 * time.Millisecond)
+		st := rec.Stats()
+		assert.Zero(t, st.Errors)
+		var fs syscall.Statfs_t
+		require.NoError(t, syscall.Statfs(dir, &fs))
+		assert.InDelta(t, float64(fs.Bavail)*float64(fs.Bsize), st.FreeBytes, 256<<20, "what statfs says, give or take other writers")
+		require.NoError(t, os.RemoveAll(dir))
+		time.Sleep(500 * time.Millisecond)
+		stop()
+		rec.Stop()
+		assert.NotZero(t, rec.Stats().Errors, "segments closed into a directory that is gone")
+	})
 }
