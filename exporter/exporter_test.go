@@ -62,7 +62,7 @@ func get(t *testing.T, url string) (int, string) {
 }
 
 func TestMarkerAPI(t *testing.T) {
-	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{MaxActive: 2, Grace: 300 * time.Millisecond}})
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{Markers: marker.Limits{MaxActive: 2, Grace: 3 * time.Second}})
 	u := r.URL + "/api/v1/runs"
 	cases := []struct {
 		name, path, body string
@@ -100,9 +100,10 @@ func TestMarkerAPI(t *testing.T) {
 	_, body := get(t, r.URL+"/metrics")
 	assert.Contains(t, body, `lem_run_active{experiment="e1",run_id="a"} 0`, "ended: 0 during the grace period")
 	assert.Contains(t, body, `lem_run_phase_active{experiment="e1",phase="decode",run_id="a"} 0`)
-	time.Sleep(400 * time.Millisecond)
-	_, body = get(t, r.URL+"/metrics")
-	assert.NotContains(t, body, `run_id="a"`, "gone after the grace period")
+	require.Eventually(t, func() bool {
+		_, body = get(t, r.URL+"/metrics")
+		return !strings.Contains(body, `run_id="a"`)
+	}, 10*time.Second, 100*time.Millisecond, "gone after the grace period")
 	_, list := get(t, u)
 	assert.Contains(t, list, `"experiment":"e2"`)
 }
