@@ -254,11 +254,12 @@ func (x *streamingExporter) captured(t *testing.T) int {
 }
 
 // The stream against a receiver that fails, stalls or refuses, a minute of data compressed into seconds (a
-// replay sped up 30 times, short timeouts and backoff). Every sample the sampler captured is accounted for:
+// replay sped up 30 times, short backoff; the request timeout long enough that a loaded test host never times out
+// a request the receiver answers). Every sample the sampler captured is accounted for:
 // received, or counted as dropped or rejected; what the queue could hold is received, once.
 func TestRemoteWriteOutages(t *testing.T) {
 	quick := exporter.RemoteWriteOptions{BatchSamples: 500, BatchInterval: 50 * time.Millisecond,
-		Timeout: 100 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
+		Timeout: 2 * time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}
 
 	// 503 with "Retry-After: 3600" until the queue holds a minute of a GPU's 50 Hz samples (3,000): they wait and
 	// are retried (the hour held to the 50 ms backoff cap), and once the receiver accepts again every captured
