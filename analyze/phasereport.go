@@ -53,11 +53,11 @@ func joules(v float64) string {
 // WritePhaseTables renders PhaseEnergies as plain-text tables.
 func WritePhaseTables(w io.Writer, gps []GPUPhases) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "GPU\tsamples\texpected\tcapture\tgaps\tmissed\tgaps at drain\tcounter reads\tread median\tread max\t")
+	fmt.Fprintln(tw, "GPU\tsamples\texpected\tcapture\tgaps\tmissed\tgaps at drain\tcounter reads\tread median\tread p99\tread max\t")
 	for _, gp := range gps {
 		c := gp.Capture
-		fmt.Fprintf(tw, "%d\t%d\t%d\t%.2f%%\t%d\t%d\t%d\t%d\t%s\t%s\t\n", gp.GPU, c.Samples, c.Expected, 100*c.Ratio(),
-			c.Gaps, c.Missed, c.DrainGaps, c.CounterReads, c.ReadMedian.Round(10*time.Microsecond), c.ReadMax.Round(10*time.Microsecond))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%.2f%%\t%d\t%d\t%d\t%d\t%s\t%s\t%s\t\n", gp.GPU, c.Samples, c.Expected, 100*c.Ratio(),
+			c.Gaps, c.Missed, c.DrainGaps, c.CounterReads, c.ReadMedian.Round(10*time.Microsecond), c.ReadP99.Round(10*time.Microsecond), c.ReadMax.Round(10*time.Microsecond))
 	}
 	if err := tw.Flush(); err != nil {
 		return err

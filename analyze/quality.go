@@ -24,6 +24,7 @@ type Capture struct {
 	DrainGaps    int
 	CounterReads int
 	ReadMedian   time.Duration
+	ReadP99      time.Duration
 	ReadMax      time.Duration
 }
 
@@ -61,7 +62,7 @@ func CaptureQuality(g int, s *trace.Series, events []trace.Event) Capture {
 			ds[i] = r.ReadDuration
 		}
 		slices.Sort(ds)
-		c.ReadMedian, c.ReadMax = ds[len(ds)/2], ds[len(ds)-1]
+		c.ReadMedian, c.ReadP99, c.ReadMax = ds[len(ds)/2], ds[min(len(ds)-1, len(ds)*99/100)], ds[len(ds)-1]
 	}
 	return c
 }

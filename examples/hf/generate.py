@@ -4,7 +4,9 @@ Each round is one model.generate() call over a batch of prompts. Prefill (the fo
 the first new token) and decode (the remaining tokens, with the KV cache) are separate phases, marked by
 lem.hf.Streamer without touching the generation loop: decode starts when generate() hands out the first new token,
 which it has copied to the host, so the GPU has finished prefill. Each round is also a window ("generate") with its
-token counts; the run's results are the rounds' input and output tokens and requests.
+token counts; the run's results are the rounds' input and output tokens and requests. After the warm-up, --idle
+seconds with nothing running are marked as a phase and a window named idle: the GPU's active idle, which lem
+subtracts for the energy adjusted to active idle (docs/METHODOLOGY.md, "Two idles").
 
     lem-run --experiment llama-bs8 -- python3 examples/hf/generate.py --batch-size 8
 
@@ -45,6 +47,9 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--model", help="path of real weights (default: random-init Llama, ~1 B parameters)")
     ap.add_argument("--repeats", type=int, default=1, help="generate() rounds (prefill and decode phases repeat)")
+    ap.add_argument("--idle", type=float, default=3.0,
+                    help="seconds of active idle after the warm-up: the model loaded, nothing running (a window named "
+                         "idle, which lem subtracts for energy adjusted to active idle); 0: none")
     ap.add_argument("--markers", choices=["client", "stdout"], default="client",
                     help="post markers over HTTP (lem's Python client) or print them as marker lines")
     args = ap.parse_args()
@@ -80,6 +85,11 @@ def main():
 
     lem.begin_phase("warmup")
     round_trip(measured=False)  # a full round: kernels, allocator and every cache shape
+    if args.idle > 0:
+        # Active idle: the context and the model held, the clocks up, no kernel running.
+        lem.begin_phase("idle")
+        with lem.window("idle"):
+            time.sleep(args.idle)
     t0 = time.time()
     rounds = []
     for _ in range(args.repeats):
