@@ -265,10 +265,13 @@ func (d *replayDevice) Telemetry() (trace.Telemetry, error) {
 const processHold = 2 * time.Second
 
 // Processes returns the processes of the recorded poll in force now, with their recorded identities (they are
-// the recording host's processes, not this one's).
+// the recording host's processes, not this one's). A recording without process rows does not support it.
 func (d *replayDevice) Processes() ([]Process, error) {
 	ps := d.s.Processes
 	if len(ps) == 0 {
+		if len(d.s.ProcessSamples) == 0 {
+			return nil, fmt.Errorf("replay GPU %d: %w (no processes in the recording)", d.info.Index, ErrNotSupported)
+		}
 		return nil, nil
 	}
 	now := d.src.clock.Now()
