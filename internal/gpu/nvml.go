@@ -162,6 +162,8 @@ func deviceInfo(index int, h nvml.Device) meta.Device {
 	in.EnergyCounter = r == nvml.SUCCESS
 	_, _, r = h.GetSamples(nvml.TOTAL_POWER_SAMPLES, 0)
 	in.PowerSamples = r == nvml.SUCCESS || r == nvml.ERROR_NOT_FOUND
+	_, r = h.GetProcessUtilization(uint64(time.Now().UnixMicro()))
+	in.ProcessUtilization = r == nvml.SUCCESS || r == nvml.ERROR_NOT_FOUND
 	return in
 }
 

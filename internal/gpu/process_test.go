@@ -26,6 +26,7 @@ func TestNVMLProcessUtilization(t *testing.T) {
 		d := src.Devices()[0]
 		pu, ok := d.(gpu.ProcessUtilizer)
 		require.True(t, ok, "NVML devices report per-process utilization")
+		assert.True(t, d.Info().ProcessUtilization, "probed at open")
 
 		grid := time.Now().Truncate(time.Second) // the driver's latest sample
 		ss, err := pu.ProcessUtilization(time.Time{})
@@ -60,6 +61,7 @@ func TestNVMLProcessesOnMIG(t *testing.T) {
 	d := src.Devices()[0]
 	require.NotNil(t, d.Info().MIGMode)
 	assert.True(t, *d.Info().MIGMode)
+	assert.False(t, d.Info().ProcessUtilization)
 	_, err = d.(gpu.ProcessUtilizer).ProcessUtilization(time.Time{})
 	assert.ErrorIs(t, err, gpu.ErrNotSupported)
 	ps, err := d.Processes()

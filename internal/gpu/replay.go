@@ -94,6 +94,7 @@ func NewReplay(t *trace.Trace, path string, opts ReplayOptions) (*ReplaySource, 
 		s := t.GPUs[g]
 		info.EnergyCounter = len(s.Counters) > 0
 		info.PowerSamples = len(s.Samples) > 0
+		info.ProcessUtilization = info.ProcessUtilization || len(s.ProcessSamples) > 0
 		r.devs = append(r.devs, newReplayDevice(r, info, s))
 	}
 	if !opts.Loop {

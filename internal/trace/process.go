@@ -40,13 +40,13 @@ type Process struct {
 // as the host tells (procmap resolves them from /proc/PID/cgroup, the Docker Engine and the kubelet's log
 // directories). Empty fields are unknown; a process with no container ID ran on the host.
 type ProcessIdentity struct {
-	Command       string // /proc/PID/comm
-	Runtime       string // docker, containerd, cri-o, podman
-	ContainerID   string // 64 hex digits
-	ContainerName string
-	PodUID        string
-	PodNamespace  string
-	PodName       string
+	Command       string `json:"command,omitempty"` // /proc/PID/comm
+	Runtime       string `json:"runtime,omitempty"` // docker, containerd, cri-o, podman
+	ContainerID   string `json:"container_id,omitempty"`
+	ContainerName string `json:"container_name,omitempty"`
+	PodUID        string `json:"pod_uid,omitempty"`
+	PodNamespace  string `json:"pod_namespace,omitempty"`
+	PodName       string `json:"pod_name,omitempty"`
 }
 
 // Container is the container's name, or its short ID where the name is unknown, or "" for a host process.
