@@ -33,6 +33,7 @@ type Options struct {
 	MaxRequestsInFlight int                  // concurrent scrapes served at most (0: no limit)
 	Record              *recorder.DirOptions // nil: no recorder
 	RemoteWrite         *RemoteWriteOptions  // nil: no stream
+	Processes           ProcessOptions       // per-process energy (off with Sampler.NoProcesses)
 }
 
 // Exporter wires the sampler to the collector, the HTTP APIs, the recorder and the remote-write stream.
@@ -42,6 +43,7 @@ type Exporter struct {
 	handler http.Handler
 	rec     *recorder.Dir
 	rw      *RemoteWriter
+	procs   *Processes // nil: processes not sampled
 	log     *slog.Logger
 	opts    Options
 }
@@ -63,6 +65,10 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 
 	gpuReg := prometheus.NewRegistry()
 	gpuReg.MustRegister(NewGPUCollector(s), NewRunsCollector(e.runs))
+	if !opts.Sampler.NoProcesses {
+		e.procs = NewProcesses(s.Environment(), opts.Processes)
+		gpuReg.MustRegister(e.procs)
+	}
 	selfReg := prometheus.NewRegistry() // the process's own health, apart from the GPU metrics
 	selfReg.MustRegister(NewSelfCollector(s), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
@@ -111,16 +117,25 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 // Handler serves /metrics, the APIs and the landing page.
 func (e *Exporter) Handler() http.Handler { return e.handler }
 
+// Processes is the per-process energy the exporter keeps (nil when processes are not sampled).
+func (e *Exporter) Processes() *Processes { return e.procs }
+
 // Sampler is the exporter's sampler.
 func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
 
 // Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
 func (e *Exporter) Run(ctx context.Context) error {
+	if e.procs != nil {
+		e.procs.start(e.s)
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); e.s.Run(ctx) }()
 	<-ctx.Done()
 	wg.Wait()
+	if e.procs != nil {
+		e.procs.stop()
+	}
 	var err error
 	if e.rec != nil {
 		err = errors.Join(err, e.rec.Stop())

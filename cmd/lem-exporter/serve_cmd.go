@@ -46,6 +46,10 @@ type serveCmd struct {
 	RemoteWritePass  string `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
 	RemoteWriteJob   string `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
 	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
+
+	ProcessMaxSeries int             `name:"processes.max-series" default:"64" help:"Processes with a lem_process_gpu_energy_joules_total series of their own per GPU; later ones go to pid=\"other\"."`
+	ProcessGrace     time.Duration   `name:"processes.grace" default:"5m" help:"How long a process that left the GPU keeps its series."`
+	ProcessIdleW     map[int]float64 `name:"processes.idle-watts" mapsep:"," help:"Idle power the per-process split takes off first, per GPU index (0=75,1=80); default: the lowest power seen with no process on the GPU."`
 }
 
 func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -82,7 +86,8 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: token,
 		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
-		MaxRequestsInFlight: c.MaxRequests}
+		MaxRequestsInFlight: c.MaxRequests,
+		Processes:           exporter.ProcessOptions{MaxSeries: c.ProcessMaxSeries, Grace: c.ProcessGrace, IdleW: c.ProcessIdleW}}
 	if c.RecordDir != "" {
 		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}

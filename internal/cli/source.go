@@ -65,10 +65,12 @@ type SamplerFlags struct {
 	DrainInterval     time.Duration `name:"drain-interval" default:"${drain_interval}" help:"Power-sample buffer drain interval (must stay well inside the ~2.4 s buffer)."`
 	TelemetryInterval time.Duration `name:"telemetry-interval" default:"${telemetry_interval}" help:"Telemetry (temperature, clocks, utilization) interval."`
 	RingSpan          time.Duration `name:"ring-span" default:"${ring_span}" help:"Recent data kept in memory per GPU."`
+	ProcessInterval   time.Duration `name:"process-interval" default:"500ms" help:"Per-process utilization and running-process poll interval, at most 1s (0: no per-process data)."`
 }
 
 // Config returns the sampler configuration.
 func (f SamplerFlags) Config() sampler.Config {
 	return sampler.Config{CounterInterval: f.CounterInterval, DrainInterval: f.DrainInterval,
-		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan}
+		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan, ProcessInterval: f.ProcessInterval,
+		NoProcesses: f.ProcessInterval == 0}
 }
