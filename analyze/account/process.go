@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -389,77 +390,146 @@ func (a *accounting) processes(gpus []GPU, baselines map[int]*manifest.Baseline)
 		return
 	}
 	pe := &manifest.ProcessEnergy{Model: ProcessModel}
-	type ctr struct {
-		c    manifest.ContainerEnergy
-		pids map[uint32]bool
-	}
-	var order []string
-	byID := map[string]*ctr{}
 	for _, g := range gpus {
 		idx := g.Index
-		s := in.Trace.GPUs[idx]
-		if s == nil || len(s.ProcessSamples)+len(s.Processes) == 0 {
-			continue
-		}
 		dev, ok := m.Environment.Device(idx)
 		if !ok {
 			dev, _ = in.Trace.Env.Device(idx)
 		}
-		mig := dev.MIGMode != nil && *dev.MIGMode
-		win := s.Window(in.Start.Add(-ProcessSamplePeriod), in.End.Add(ProcessSamplePeriod))
-		attributable := !mig && (dev.ProcessUtilization || len(win.ProcessSamples) > 0)
 		idleW := math.NaN()
 		if idle, ok := a.idle[idx]; ok && baselines[idx] != nil {
 			idleW = idle
 		}
-		sp, ok := SplitGPU(in.Meters[idx], s, in.Start, in.End, idleW, attributable)
+		pg, ok := processGPU(dev, in.Trace.GPUs[idx], in.Meters[idx], g.Role, in.Start, in.End, idleW)
 		if !ok {
 			continue
 		}
-		role := g.Role
-		if role == "" {
-			role = manifest.RoleWorkload
-		}
-		pg := manifest.ProcessGPU{Index: idx, Role: role, EnergyJ: manifest.Num(float64(sp.Total) / microjoules),
-			IdleW: manifest.Num(sp.IdleW), IdleSource: sp.IdleSource, IdleJ: manifest.Num(float64(sp.Idle) / microjoules),
-			UnattributedJ: manifest.Num(float64(sp.Unattributed) / microjoules), Processes: []manifest.ProcessShare{}}
-		for i, p := range sp.Processes {
-			p.EnergyJ = manifest.Num(float64(sp.Units[i]) / microjoules)
-			pg.Processes = append(pg.Processes, p)
-			if p.ContainerID == "" {
-				continue
-			}
-			c := byID[p.ContainerID]
-			if c == nil {
-				c = &ctr{c: manifest.ContainerEnergy{ContainerID: p.ContainerID}, pids: map[uint32]bool{}}
-				byID[p.ContainerID] = c
-				order = append(order, p.ContainerID)
-			}
-			c.c.ContainerName, c.c.Runtime = firstOf(p.ContainerName, c.c.ContainerName), firstOf(p.Runtime, c.c.Runtime)
-			c.c.PodUID, c.c.PodNamespace, c.c.PodName = firstOf(p.PodUID, c.c.PodUID), firstOf(p.PodNamespace, c.c.PodNamespace),
-				firstOf(p.PodName, c.c.PodName)
-			c.c.EnergyJ += p.EnergyJ
-			c.pids[p.PID] = true
-		}
+		pg.Index = idx
 		pe.GPUs = append(pe.GPUs, pg)
-		if sp.Unattributed > 0 {
+		if pg.UnattributedJ > 0 {
 			why := "the driver gives no per-process utilization here"
-			if mig {
+			if dev.MIGMode != nil && *dev.MIGMode {
 				why = "MIG is on and the driver gives no per-process utilization (nor power per instance)"
 			}
 			a.warn("process_energy_unattributed", &idx, "GPU %d: %.1f J above idle while processes ran is unattributed: %s",
-				idx, float64(sp.Unattributed)/microjoules, why)
+				idx, float64(pg.UnattributedJ), why)
 		}
 	}
 	if len(pe.GPUs) == 0 {
 		return
 	}
-	for _, id := range order {
-		c := byID[id]
-		c.c.Processes = len(c.pids)
-		pe.Containers = append(pe.Containers, c.c)
-	}
+	pe.Containers = containers(pe.GPUs)
 	m.Processes = pe
+}
+
+// processGPU splits one GPU's energy over [start, end] into the manifest's form; ok is false where the GPU had no
+// process then. idleW NaN estimates the idle power from the interval.
+func processGPU(dev meta.Device, s *trace.Series, meter *Meter, role string, start, end time.Time, idleW float64) (manifest.ProcessGPU, bool) {
+	if s == nil || len(s.ProcessSamples)+len(s.Processes) == 0 {
+		return manifest.ProcessGPU{}, false
+	}
+	mig := dev.MIGMode != nil && *dev.MIGMode
+	win := s.Window(start.Add(-ProcessSamplePeriod), end.Add(ProcessSamplePeriod))
+	attributable := !mig && (dev.ProcessUtilization || len(win.ProcessSamples) > 0)
+	sp, ok := SplitGPU(meter, s, start, end, idleW, attributable)
+	if !ok {
+		return manifest.ProcessGPU{}, false
+	}
+	if role == "" {
+		role = manifest.RoleWorkload
+	}
+	pg := manifest.ProcessGPU{Index: dev.Index, Role: role, EnergyJ: manifest.Num(float64(sp.Total) / microjoules),
+		IdleW: manifest.Num(sp.IdleW), IdleSource: sp.IdleSource, IdleJ: manifest.Num(float64(sp.Idle) / microjoules),
+		UnattributedJ: manifest.Num(float64(sp.Unattributed) / microjoules), Processes: []manifest.ProcessShare{}}
+	for i, p := range sp.Processes {
+		p.EnergyJ = manifest.Num(float64(sp.Units[i]) / microjoules)
+		pg.Processes = append(pg.Processes, p)
+	}
+	return pg, true
+}
+
+// containers sums the processes' shares per container over the GPUs, in order of first appearance.
+func containers(gpus []manifest.ProcessGPU) []manifest.ContainerEnergy {
+	var out []manifest.ContainerEnergy
+	at := map[string]int{}
+	pids := map[string]map[uint32]bool{}
+	for _, g := range gpus {
+		for _, p := range g.Processes {
+			if p.ContainerID == "" {
+				continue
+			}
+			i, ok := at[p.ContainerID]
+			if !ok {
+				i = len(out)
+				at[p.ContainerID] = i
+				pids[p.ContainerID] = map[uint32]bool{}
+				out = append(out, manifest.ContainerEnergy{ContainerID: p.ContainerID})
+			}
+			c := &out[i]
+			c.ContainerName, c.Runtime = firstOf(p.ContainerName, c.ContainerName), firstOf(p.Runtime, c.Runtime)
+			c.PodUID, c.PodNamespace, c.PodName = firstOf(p.PodUID, c.PodUID), firstOf(p.PodNamespace, c.PodNamespace),
+				firstOf(p.PodName, c.PodName)
+			c.EnergyJ += p.EnergyJ
+			pids[p.ContainerID][p.PID] = true
+			c.Processes = len(pids[p.ContainerID])
+		}
+	}
+	return out
+}
+
+// PhaseProcesses is the per-process split of a trace's phases.
+type PhaseProcesses struct {
+	RunID string                `json:"run_id,omitempty"`
+	Name  string                `json:"name"`
+	Start time.Time             `json:"start"`
+	End   time.Time             `json:"end"`
+	GPUs  []manifest.ProcessGPU `json:"gpus"`
+}
+
+// TraceProcesses splits every GPU's energy over the whole recording and over each phase occurrence of the trace
+// among the processes, with one idle power per GPU for all of them: idleW's, else the lowest 1 s mean power while
+// no process was on the GPU anywhere in the recording (phases of constant load have no idle moment of their own).
+func TraceProcesses(t *trace.Trace, meters map[int]*Meter, idleW map[int]float64) (whole []manifest.ProcessGPU, phases []PhaseProcesses) {
+	if meters == nil {
+		meters = Meters(t)
+	}
+	first, last := t.Span()
+	idle := map[int]float64{}
+	source := map[int]string{}
+	for _, g := range t.GPUIndices() {
+		dev, _ := t.Env.Device(g)
+		dev.Index = g
+		w, ok := idleW[g]
+		if !ok {
+			w = math.NaN()
+		}
+		pg, ok := processGPU(dev, t.GPUs[g], meters[g], "", first, last, w)
+		if !ok {
+			continue
+		}
+		if !math.IsNaN(w) {
+			pg.IdleSource = manifest.IdleGiven
+		}
+		whole = append(whole, pg)
+		idle[g], source[g] = float64(pg.IdleW), pg.IdleSource
+	}
+	for _, p := range trace.Phases(t.Events, last) {
+		pp := PhaseProcesses{RunID: p.RunID, Name: p.Name, Start: p.Start, End: p.End}
+		for _, g := range t.GPUIndices() {
+			w, ok := idle[g]
+			if !ok {
+				continue
+			}
+			dev, _ := t.Env.Device(g)
+			dev.Index = g
+			if pg, ok := processGPU(dev, t.GPUs[g], meters[g], "", p.Start, p.End, w); ok {
+				pg.IdleSource = source[g]
+				pp.GPUs = append(pp.GPUs, pg)
+			}
+		}
+		phases = append(phases, pp)
+	}
+	return whole, phases
 }
 
 // firstOf returns the first non-empty string.

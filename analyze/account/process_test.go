@@ -232,3 +232,39 @@ func TestSplitSlice(t *testing.T) {
 		})
 	}
 }
+
+// A recording's phases split with one idle power, estimated over the whole recording (the phases themselves have
+// no idle moment): the worked example's numbers phase by phase.
+func TestTraceProcessesPerPhase(t *testing.T) {
+	tr := sharedCounterTrace(false)
+	ph := func(s float64, name string) trace.Event {
+		return trace.Event{Time: at(s), GPU: trace.NoGPU, Type: trace.EventPhase, RunID: "r", Name: name}
+	}
+	tr.Events = []trace.Event{ph(10, "a_alone"), ph(20, "shared"), ph(30, "b_context"),
+		{Time: at(40), GPU: trace.NoGPU, Type: trace.EventPhaseEnd, RunID: "r"}}
+	whole, phases := account.TraceProcesses(tr, nil, nil)
+	require.Len(t, whole, 1)
+	assert.Equal(t, manifest.Num(80), whole[0].IdleW)
+	assert.Equal(t, manifest.Num(wantA), whole[0].Processes[0].EnergyJ)
+	require.Len(t, phases, 3)
+	want := map[string][2]float64{"a_alone": {3200, 0}, "shared": {2520, 1680}, "b_context": {0, 400}}
+	for _, p := range phases {
+		require.Len(t, p.GPUs, 1, p.Name)
+		g := p.GPUs[0]
+		assert.Equal(t, manifest.Num(80), g.IdleW, "%s: the recording's idle power", p.Name)
+		assert.Equal(t, manifest.IdleFromNoProcess, g.IdleSource)
+		got := map[uint32]manifest.Num{}
+		sum := g.IdleJ + g.UnattributedJ
+		for _, pr := range g.Processes {
+			got[pr.PID] = pr.EnergyJ
+			sum += pr.EnergyJ
+		}
+		assert.Equal(t, manifest.Num(want[p.Name][0]), got[101], "%s: A", p.Name)
+		assert.Equal(t, manifest.Num(want[p.Name][1]), got[202], "%s: B", p.Name)
+		assert.Equal(t, g.EnergyJ, sum, "%s: conservation", p.Name)
+	}
+	// A fixed idle power is used as given.
+	whole, _ = account.TraceProcesses(tr, nil, map[int]float64{0: 100})
+	assert.Equal(t, manifest.Num(100), whole[0].IdleW)
+	assert.Equal(t, manifest.IdleGiven, whole[0].IdleSource)
+}

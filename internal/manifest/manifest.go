@@ -331,6 +331,7 @@ const (
 	IdleFromBaseline  = "baseline"   // the run's deep-idle baseline, at the run's temperature
 	IdleFromNoProcess = "no_process" // the lowest 1 s mean power in the run while no process was on the GPU
 	IdleFromLowest    = "lowest"     // the lowest 1 s mean power in the run: some process was always there
+	IdleGiven         = "given"      // set by the user
 )
 
 // ProcessGPU is one GPU's split.
