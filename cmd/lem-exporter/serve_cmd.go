@@ -114,7 +114,7 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 			WebConfigFile: &c.WebConfigFile}, log)
 	}()
 	log.Info("lem-exporter started", "listen", c.ListenAddress, "gpus", len(exp.Sampler().Devices()),
-		"source", exp.Sampler().Environment().Source.Kind)
+		"source", exp.Sampler().Environment().Source.Kind, "per_process_energy", exp.Processes() != nil)
 
 	var err2 error
 	select {
