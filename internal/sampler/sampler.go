@@ -60,8 +60,8 @@ const (
 	DefaultCounterUpdatePeriod = 100 * time.Millisecond
 	DefaultRelockEvery         = 5 * time.Minute
 	// DefaultProcessInterval reads the processes twice per driver sample period: measured on H200 (driver 580)
-	// the per-process samples come once a second and a read costs about 2 ms (the process list 0.15 ms more),
-	// about 0.4 % of a core per GPU.
+	// the per-process samples come once a second and a read takes about 2 ms (the process list 0.15 ms more),
+	// about 4.3 ms a second per GPU.
 	DefaultProcessInterval = 500 * time.Millisecond
 	// MaxProcessInterval keeps per-process reads inside the driver's sample period.
 	MaxProcessInterval = time.Second
