@@ -24,7 +24,9 @@ Beside lem-exporter (the exporter's running per-process totals are read at each 
   python3 scripts/gpu/share.py analyze share-run.json
 
 --mps runs the sharers under an MPS daemon started as this user (nvidia-cuda-mps-control -d, with its pipe and
-log directories in a temporary folder); it never changes the GPU's compute mode. Standard library and torch only.
+log directories in a temporary folder); it never changes the GPU's compute mode. Seen on H200 (driver 580): under
+MPS the driver reports per-process utilization for the MPS server only, so lem charges the server, and the
+analysis lists it among the processes that are no workload. Standard library and torch only.
 """
 
 import argparse
@@ -323,11 +325,20 @@ def analyze(args):
     for name, (j, alone, unattributed) in totals.items():
         ratio = j / alone if alone else float("nan")
         print(f"| {name} | {j:.1f} | {alone:.1f} | {ratio:.3f} | {unattributed:.1f} |")
+    others = []  # processes charged in a phase that are none of its workloads (the MPS server, a stranger)
+    for ph in record["phases"]:
+        split = att.get(ph["name"])
+        if split:
+            mine = {str(w["pid"]) for w in ph["workers"]}
+            others += [f"{ph['name']}: pid {pid} {j:.1f} J" for pid, j in split[0].items() if pid not in mine and j > 0]
+    if others:
+        print()
+        print("charged, but no workload:", "; ".join(others))
+        if record.get("mps"):
+            print("(under MPS the driver reports utilization for the MPS server only: lem charges the server)")
     if missing:
         print()
         print("no attribution found for:", ", ".join(missing))
-        if record.get("mps"):
-            print("(under MPS the driver may report the MPS server, not the clients, as the GPU's process)")
     print()
     print("attributed / alone: 1 means the workload was charged exactly what its work cost alone. The total ratio says")
     print("whether sharing made the work as a whole cheaper or dearer; a workload's ratio above the total's means it")
