@@ -34,6 +34,7 @@ type Options struct {
 	Samples             APIOptions           // bounds of the raw-sample API
 	Record              *recorder.DirOptions // nil: no recorder
 	RemoteWrite         *RemoteWriteOptions  // nil: no stream
+	Processes           ProcessOptions       // per-process energy (off with Sampler.NoProcesses)
 }
 
 // Exporter wires the sampler to the collector, the HTTP APIs, the recorder and the remote-write stream.
@@ -43,6 +44,7 @@ type Exporter struct {
 	handler http.Handler
 	rec     *recorder.Dir
 	rw      *RemoteWriter
+	procs   *Processes // nil: processes not sampled
 	log     *slog.Logger
 	opts    Options
 }
@@ -65,6 +67,10 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 	gpuReg := prometheus.NewRegistry()
 	gpuReg.MustRegister(NewGPUCollector(s), NewRunsCollector(e.runs))
 	api := NewAPI(e.runs, s, opts.Samples, log)
+	if !opts.Sampler.NoProcesses {
+		e.procs = NewProcesses(s.Environment(), opts.Processes)
+		gpuReg.MustRegister(e.procs)
+	}
 	selfReg := prometheus.NewRegistry() // the process's own health, apart from the GPU metrics
 	selfReg.MustRegister(NewSelfCollector(s), NewLimitsCollector(e.runs, api), collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -115,16 +121,25 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 // Handler serves /metrics, the APIs and the landing page.
 func (e *Exporter) Handler() http.Handler { return e.handler }
 
+// Processes is the per-process energy the exporter keeps (nil when processes are not sampled).
+func (e *Exporter) Processes() *Processes { return e.procs }
+
 // Sampler is the exporter's sampler.
 func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
 
 // Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
 func (e *Exporter) Run(ctx context.Context) error {
+	if e.procs != nil {
+		e.procs.start(e.s)
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); e.s.Run(ctx) }()
 	<-ctx.Done()
 	wg.Wait()
+	if e.procs != nil {
+		e.procs.stop()
+	}
 	var err error
 	if e.rec != nil {
 		err = errors.Join(err, e.rec.Stop())

@@ -227,6 +227,7 @@ func (a *accounting) run() {
 	a.phases(gpus, baselines)
 	a.windows(gpus, baselines, runEvents)
 	a.requestWindows(gpus, baselines, runEvents)
+	a.processes(gpus, baselines)
 	a.results(runEvents)
 	a.derive()
 }

@@ -194,6 +194,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 				adjustedText(p.Energy.AdjustedJ, p.Energy.AdjustedClamped, 1), pm(b.ExpandedAdjustedJ, 1), num(capped, 2))
 		}
 	}
+	processesMarkdown(w, runs)
 	fmt.Fprint(w, "\n## Experiments\n\n")
 	ExperimentTable(w, exps)
 	if len(probs) > 0 {
@@ -403,10 +404,11 @@ const (
 	TablePhases      = "phases"
 	TableExperiments = "experiments"
 	TableWindows     = "windows"
+	TableProcesses   = "processes"
 )
 
 // Tables are the CSV tables, the default first.
-var Tables = []string{TableRuns, TablePhases, TableExperiments, TableWindows}
+var Tables = []string{TableRuns, TablePhases, TableExperiments, TableWindows, TableProcesses}
 
 // CSV writes one table for spreadsheets and dataframes, a missing value as an empty cell: runs (one row per run
 // and GPU), phases (per run and phase), experiments (one row per experiment and figure, ratios to the reference
@@ -423,6 +425,8 @@ func CSV(w io.Writer, table string, runs []Run, exps []Experiment) error {
 		csvExperiments(cw, exps)
 	case TableWindows:
 		csvWindows(cw, runs)
+	case TableProcesses:
+		csvProcesses(cw, runs)
 	default:
 		return fmt.Errorf("--table %q: want one of %s", table, strings.Join(Tables, ", "))
 	}

@@ -43,13 +43,16 @@ type serveCmd struct {
 	RecordMaxAge   time.Duration `name:"record.max-age" help:"Delete files older than this (0: keep)."`
 	RecordMaxFiles int           `name:"record.max-files" help:"Keep at most this many files (0: no limit)."`
 
-	RemoteWriteURL   string `name:"remote-write.url" help:"Push every 50 Hz sample and counter reading to this Prometheus remote-write endpoint."`
-	RemoteWriteToken string `name:"remote-write.bearer-token-file" type:"existingfile" help:"Bearer token file for remote write."`
-	RemoteWriteUser  string `name:"remote-write.basic-auth.username" help:"Basic-auth user for remote write."`
-	RemoteWritePass  string `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
-	RemoteWriteJob   string `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
-	RemoteWriteInst  string `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
-	RemoteWriteQueue int    `name:"remote-write.queue-samples" default:"${remote_write_queue}" help:"Samples held while the receiver is down, stalls or fails (the batch being sent included); beyond, the oldest are dropped and counted."`
+	RemoteWriteURL   string          `name:"remote-write.url" help:"Push every 50 Hz sample and counter reading to this Prometheus remote-write endpoint."`
+	RemoteWriteToken string          `name:"remote-write.bearer-token-file" type:"existingfile" help:"Bearer token file for remote write."`
+	RemoteWriteUser  string          `name:"remote-write.basic-auth.username" help:"Basic-auth user for remote write."`
+	RemoteWritePass  string          `name:"remote-write.basic-auth.password-file" type:"existingfile" help:"Basic-auth password file for remote write."`
+	RemoteWriteJob   string          `name:"remote-write.job" default:"lem_stream" help:"job label of the streamed series."`
+	RemoteWriteInst  string          `name:"remote-write.instance" help:"instance label of the streamed series (default: hostname)."`
+	RemoteWriteQueue int             `name:"remote-write.queue-samples" default:"${remote_write_queue}" help:"Samples held while the receiver is down, stalls or fails (the batch being sent included); beyond, the oldest are dropped and counted."`
+	ProcessMaxSeries int             `name:"processes.max-series" default:"64" help:"Processes with a lem_process_gpu_energy_joules_total series of their own per GPU; later ones go to pid=\"other\"."`
+	ProcessGrace     time.Duration   `name:"processes.grace" default:"5m" help:"How long a process that left the GPU keeps its series."`
+	ProcessIdleW     map[int]float64 `name:"processes.idle-watts" mapsep:"," help:"Idle power the per-process split takes off first, per GPU index (0=75,1=80); default: the lowest power seen with no process on the GPU."`
 }
 
 // check rejects limits that would leave the exporter unbounded or useless, before anything starts.
@@ -120,7 +123,8 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
 		MaxRequestsInFlight: c.MaxRequests,
 		Samples: exporter.APIOptions{MaxSampleRequests: c.MaxDownloads, MaxSamplesPerResponse: c.MaxSamples,
-			WriteTimeout: c.SampleWrite}}
+			WriteTimeout: c.SampleWrite},
+		Processes: exporter.ProcessOptions{MaxSeries: c.ProcessMaxSeries, Grace: c.ProcessGrace, IdleW: c.ProcessIdleW}}
 	if c.RecordDir != "" {
 		opts.Record = &recorder.DirOptions{Dir: c.RecordDir, FlushEvery: c.RecordFlush, RotateEvery: c.RecordRotate,
 			MaxBytes: c.RecordMaxSize, MaxAge: c.RecordMaxAge, MaxFiles: c.RecordMaxFiles}
@@ -148,7 +152,7 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 			WebConfigFile: &c.WebConfigFile}, log)
 	}()
 	log.Info("lem-exporter started", "listen", c.ListenAddress, "gpus", len(exp.Sampler().Devices()),
-		"source", exp.Sampler().Environment().Source.Kind)
+		"source", exp.Sampler().Environment().Source.Kind, "per_process_energy", exp.Processes() != nil)
 
 	var err2 error
 	select {

@@ -66,10 +66,12 @@ type SamplerFlags struct {
 	TelemetryInterval time.Duration `name:"telemetry-interval" default:"${telemetry_interval}" help:"Telemetry (temperature, clocks, utilization) interval."`
 	RingSpan          time.Duration `name:"ring-span" default:"${ring_span}" help:"Recent data kept in memory per GPU."`
 	SerialReads       bool          `name:"serial-counter-reads" help:"GPUs read their energy counters in turn, never two at once (for hosts where concurrent reads slow each other)."`
+	ProcessInterval   time.Duration `name:"process-interval" default:"500ms" help:"Per-process utilization and running-process poll interval, at most 1s (0: no per-process data)."`
 }
 
 // Config returns the sampler configuration.
 func (f SamplerFlags) Config() sampler.Config {
 	return sampler.Config{CounterInterval: f.CounterInterval, DrainInterval: f.DrainInterval,
-		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan, SerialCounterReads: f.SerialReads}
+		TelemetryInterval: f.TelemetryInterval, RingSpan: f.RingSpan, SerialCounterReads: f.SerialReads,
+		ProcessInterval: f.ProcessInterval, NoProcesses: f.ProcessInterval == 0}
 }

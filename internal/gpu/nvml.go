@@ -11,6 +11,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 
 	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/procmap"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -30,9 +31,10 @@ func nvmlErr(call string, r nvml.Return) error {
 
 // nvmlSource is the Source over a live NVML library.
 type nvmlSource struct {
-	lib  nvml.Interface
-	env  meta.Environment
-	devs []Device
+	lib   nvml.Interface
+	env   meta.Environment
+	devs  []Device
+	ident *procmap.Resolver
 }
 
 var _ Source = (*nvmlSource)(nil)
@@ -57,7 +59,8 @@ func OpenNVML(lib nvml.Interface, log *slog.Logger) (Source, error) {
 	default:
 		return nil, fmt.Errorf("initialising NVML: %s", nvml.ErrorString(r))
 	}
-	s := &nvmlSource{lib: lib}
+	// The driver reports host PIDs; the host's /proc says whose they are.
+	s := &nvmlSource{lib: lib, ident: procmap.New(procmap.Options{Log: log})}
 	s.env.Source = meta.Source{Kind: "nvml"}
 	s.env.Host = meta.CollectHost()
 	if v, r := lib.SystemGetDriverVersion(); r == nvml.SUCCESS {
@@ -81,7 +84,7 @@ func OpenNVML(lib nvml.Interface, log *slog.Logger) (Source, error) {
 			log.Error("GPU skipped", "gpu", i, "err", nvmlErr("DeviceGetHandleByIndex", r))
 			continue
 		}
-		d := &nvmlDevice{h: h}
+		d := &nvmlDevice{h: h, ident: s.ident}
 		d.info = deviceInfo(i, h)
 		s.devs = append(s.devs, d)
 		s.env.Devices = append(s.env.Devices, d.info)
@@ -98,6 +101,7 @@ func (s *nvmlSource) Devices() []Device             { return s.devs }
 func (s *nvmlSource) Clock() Clock                  { return WallClock{} }
 
 func (s *nvmlSource) Close() error {
+	s.ident.Close()
 	if r := s.lib.Shutdown(); r != nvml.SUCCESS {
 		return fmt.Errorf("shutting NVML down: %s", nvml.ErrorString(r))
 	}
@@ -158,16 +162,22 @@ func deviceInfo(index int, h nvml.Device) meta.Device {
 	in.EnergyCounter = r == nvml.SUCCESS
 	_, _, r = h.GetSamples(nvml.TOTAL_POWER_SAMPLES, 0)
 	in.PowerSamples = r == nvml.SUCCESS || r == nvml.ERROR_NOT_FOUND
+	_, r = h.GetProcessUtilization(uint64(time.Now().UnixMicro()))
+	in.ProcessUtilization = r == nvml.SUCCESS || r == nvml.ERROR_NOT_FOUND
 	return in
 }
 
 // nvmlDevice is one GPU over NVML. NVML handles are safe for concurrent use.
 type nvmlDevice struct {
-	h    nvml.Device
-	info meta.Device
+	h     nvml.Device
+	info  meta.Device
+	ident Identifier
 }
 
-var _ Device = (*nvmlDevice)(nil)
+var (
+	_ Device          = (*nvmlDevice)(nil)
+	_ ProcessUtilizer = (*nvmlDevice)(nil)
+)
 
 func (d *nvmlDevice) Info() meta.Device { return d.info }
 
@@ -293,6 +303,12 @@ func (d *nvmlDevice) Telemetry() (trace.Telemetry, error) {
 	return t, nil
 }
 
+// NVML's markers of a value it does not have: a process outside MIG (instance IDs) and memory it cannot tell.
+const (
+	noInstanceID      = 0xFFFFFFFF
+	valueNotAvailable = 0xFFFFFFFFFFFFFFFF
+)
+
 func (d *nvmlDevice) Processes() ([]Process, error) {
 	ps, r := d.h.GetComputeRunningProcesses()
 	if err := nvmlErr("GetComputeRunningProcesses", r); err != nil {
@@ -300,7 +316,40 @@ func (d *nvmlDevice) Processes() ([]Process, error) {
 	}
 	out := make([]Process, len(ps))
 	for i, p := range ps {
-		out[i] = Process{PID: p.Pid, UsedMemoryBytes: p.UsedGpuMemory}
+		out[i] = Process{PID: p.Pid, UsedMemoryBytes: p.UsedGpuMemory, GPUInstance: trace.NoInstance,
+			ComputeInstance: trace.NoInstance, Identity: d.ident.Identify(p.Pid)}
+		if p.UsedGpuMemory == valueNotAvailable {
+			out[i].UsedMemoryBytes = 0
+		}
+		// Outside MIG the driver leaves the IDs at 0xFFFFFFFF (or, on older drivers, 0).
+		if mig := d.info.MIGMode; mig != nil && *mig && p.GpuInstanceId != noInstanceID {
+			out[i].GPUInstance, out[i].ComputeInstance = int(p.GpuInstanceId), int(p.ComputeInstanceId)
+		}
+	}
+	return out, nil
+}
+
+// ProcessUtilization reads the driver's per-process samples newer than since. The driver answers NOT_FOUND when
+// no process did anything since then, and NOT_SUPPORTED on MIG GPUs.
+func (d *nvmlDevice) ProcessUtilization(since time.Time) ([]trace.ProcessSample, error) {
+	var last uint64
+	if !since.IsZero() {
+		last = uint64(since.UnixMicro())
+	}
+	us, r := d.h.GetProcessUtilization(last)
+	if r == nvml.ERROR_NOT_FOUND {
+		return nil, nil
+	}
+	if err := nvmlErr("GetProcessUtilization", r); err != nil {
+		return nil, err
+	}
+	out := make([]trace.ProcessSample, 0, len(us))
+	for _, u := range us {
+		if u.TimeStamp <= last {
+			continue
+		}
+		out = append(out, trace.ProcessSample{Time: time.UnixMicro(int64(u.TimeStamp)), PID: u.Pid,
+			SM: float64(u.SmUtil) / 100, Mem: float64(u.MemUtil) / 100, Enc: float64(u.EncUtil) / 100, Dec: float64(u.DecUtil) / 100})
 	}
 	return out, nil
 }

@@ -62,7 +62,7 @@ func nvmlMetadataAndReads(t *testing.T) {
 	assert.Equal(t, 0.0, tm.PState, "P0")
 	ps, err := devs[0].Processes()
 	require.NoError(t, err)
-	assert.Equal(t, []gpu.Process{{PID: 42, UsedMemoryBytes: 1 << 20}}, ps)
+	assert.Equal(t, []gpu.Process{{PID: gputest.DefaultPID, UsedMemoryBytes: 1 << 20, GPUInstance: -1, ComputeInstance: -1}}, ps, "a PID no host process has: no identity")
 }
 
 func TestNVMLLibraryMissing(t *testing.T) {

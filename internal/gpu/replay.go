@@ -94,6 +94,7 @@ func NewReplay(t *trace.Trace, path string, opts ReplayOptions) (*ReplaySource, 
 		s := t.GPUs[g]
 		info.EnergyCounter = len(s.Counters) > 0
 		info.PowerSamples = len(s.Samples) > 0
+		info.ProcessUtilization = info.ProcessUtilization || len(s.ProcessSamples) > 0
 		r.devs = append(r.devs, newReplayDevice(r, info, s))
 	}
 	if !opts.Loop {
@@ -180,7 +181,10 @@ type replayDevice struct {
 	energyPerLp uint64 // counter increase over one loop
 }
 
-var _ Device = (*replayDevice)(nil)
+var (
+	_ Device          = (*replayDevice)(nil)
+	_ ProcessUtilizer = (*replayDevice)(nil)
+)
 
 func newReplayDevice(src *ReplaySource, info meta.Device, s *trace.Series) *replayDevice {
 	d := &replayDevice{src: src, info: info, s: s}
@@ -257,5 +261,65 @@ func (d *replayDevice) Telemetry() (trace.Telemetry, error) {
 	return t, nil
 }
 
-// Processes is empty: a recording holds no processes.
-func (d *replayDevice) Processes() ([]Process, error) { return nil, nil }
+// processHold is how long a recorded poll of the running processes stays in force: the recorder writes no row for
+// a poll that found none, so a poll more than this old means the processes had gone.
+const processHold = 2 * time.Second
+
+// Processes returns the processes of the recorded poll in force now, with their recorded identities (they are
+// the recording host's processes, not this one's). A recording without process rows does not support it.
+func (d *replayDevice) Processes() ([]Process, error) {
+	ps := d.s.Processes
+	if len(ps) == 0 {
+		if len(d.s.ProcessSamples) == 0 {
+			return nil, fmt.Errorf("replay GPU %d: %w (no processes in the recording)", d.info.Index, ErrNotSupported)
+		}
+		return nil, nil
+	}
+	now := d.src.clock.Now()
+	_, rec := d.src.at(now)
+	i := sort.Search(len(ps), func(i int) bool { return ps[i].Time.After(rec) }) - 1
+	if i < 0 || rec.Sub(ps[i].Time) > processHold {
+		return nil, nil
+	}
+	at := ps[i].Time
+	for i > 0 && ps[i-1].Time.Equal(at) {
+		i--
+	}
+	var out []Process
+	for ; i < len(ps) && ps[i].Time.Equal(at); i++ {
+		p := ps[i]
+		out = append(out, Process{PID: p.PID, UsedMemoryBytes: p.MemoryBytes, GPUInstance: p.GPUInstance,
+			ComputeInstance: p.ComputeInstance, Identity: p.Identity})
+	}
+	return out, nil
+}
+
+// ProcessUtilization returns the recorded per-process samples newer than since and no later than now, shifted to
+// replay time, each process's latest only, as the driver keeps them. A recording without them does not support it.
+func (d *replayDevice) ProcessUtilization(since time.Time) ([]trace.ProcessSample, error) {
+	ps := d.s.ProcessSamples
+	if len(ps) == 0 {
+		return nil, fmt.Errorf("replay GPU %d: %w (no per-process samples in the recording)", d.info.Index, ErrNotSupported)
+	}
+	now := d.src.clock.Now()
+	loop, _ := d.src.at(now)
+	latest := map[uint32]int{} // PID → index in out
+	var out []trace.ProcessSample
+	for k := max(loop-1, 0); k <= loop; k++ {
+		off := d.src.shift + time.Duration(k)*d.src.period
+		from, to := since.Add(-off), now.Add(-off) // window in recording time
+		i := sort.Search(len(ps), func(i int) bool { return ps[i].Time.After(from) })
+		for ; i < len(ps) && !ps[i].Time.After(to); i++ {
+			p := ps[i]
+			p.Time = p.Time.Add(off)
+			if j, ok := latest[p.PID]; ok {
+				out[j] = p
+				continue
+			}
+			latest[p.PID] = len(out)
+			out = append(out, p)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b trace.ProcessSample) int { return a.Time.Compare(b.Time) })
+	return out, nil
+}

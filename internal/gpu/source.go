@@ -40,7 +40,26 @@ var ClockReasons = []struct {
 // Process is a compute process running on a GPU.
 type Process struct {
 	PID             uint32 `json:"pid"`
-	UsedMemoryBytes uint64 `json:"used_memory_bytes"`
+	UsedMemoryBytes uint64 `json:"used_memory_bytes"` // 0 where the driver does not tell
+	// GPUInstance and ComputeInstance are the MIG instance the process runs in; trace.NoInstance without MIG.
+	GPUInstance     int `json:"gpu_instance"`
+	ComputeInstance int `json:"compute_instance"`
+	// Identity is whose the process is (command, container, pod): resolved on the host for NVML, as recorded for
+	// a replay.
+	Identity trace.ProcessIdentity `json:"identity"`
+}
+
+// ProcessUtilizer is implemented by devices that tell how busy each process kept the GPU.
+type ProcessUtilizer interface {
+	// ProcessUtilization returns the driver's per-process utilization samples stamped strictly after since (zero
+	// time: all it holds). The driver keeps each process's latest sample only, so a caller that wants every
+	// sample asks more often than the driver's sample period (1 s on H200).
+	ProcessUtilization(since time.Time) ([]trace.ProcessSample, error)
+}
+
+// Identifier tells whose a host process is (procmap.Resolver).
+type Identifier interface {
+	Identify(pid uint32) trace.ProcessIdentity
 }
 
 // Device is one GPU as the sampler sees it. Calls may block (a counter read takes milliseconds), so each device

@@ -72,6 +72,7 @@ type Manifest struct {
 	ObservedEnergy *Energy           `json:"observed_energy,omitempty"`
 	Phases         []Phase           `json:"phases,omitempty"`
 	Windows        []Window          `json:"windows,omitempty"`
+	Processes      *ProcessEnergy    `json:"processes,omitempty"` // the GPUs' energy split among their processes
 	Results        map[string]string `json:"results,omitempty"`
 	Derived        *Derived          `json:"derived,omitempty"`
 	Markers        Markers           `json:"markers"`
@@ -322,6 +323,65 @@ type Attribution struct {
 	P90JPerOutputToken    Num    `json:"p90_j_per_output_token"`
 }
 
+// ProcessEnergy is the run's GPU energy split among the processes that used the GPUs (docs/METHODOLOGY.md, "Who
+// used the joules"): on each GPU the processes' energies, idle and unattributed add up to the GPU's raw energy.
+type ProcessEnergy struct {
+	Model      string            `json:"model"`
+	GPUs       []ProcessGPU      `json:"gpus"`
+	Containers []ContainerEnergy `json:"containers,omitempty"`
+}
+
+// Where a GPU's idle power for the split came from (ProcessGPU.IdleSource).
+const (
+	IdleFromBaseline  = "baseline"   // the run's deep-idle baseline, at the run's temperature
+	IdleFromNoProcess = "no_process" // the lowest 1 s mean power in the run while no process was on the GPU
+	IdleFromLowest    = "lowest"     // the lowest 1 s mean power in the run: some process was always there
+	IdleGiven         = "given"      // set by the user
+)
+
+// ProcessGPU is one GPU's split.
+type ProcessGPU struct {
+	Index int    `json:"index"`
+	Role  string `json:"role"`
+	// EnergyJ is the GPU's raw energy over the run (gpus[].energy.hybrid_j), the sum of what follows.
+	EnergyJ    Num    `json:"energy_j"`
+	IdleW      Num    `json:"idle_w"`
+	IdleSource string `json:"idle_source"`
+	// IdleJ is the idle power's energy, plus all energy while no process was on the GPU.
+	IdleJ Num `json:"idle_j"`
+	// UnattributedJ is energy above idle while processes were there but the driver gave no per-process
+	// utilization (MIG, or a GPU or recording without it).
+	UnattributedJ Num            `json:"unattributed_j"`
+	Processes     []ProcessShare `json:"processes"`
+}
+
+// ProcessShare is one process's share of a GPU's energy.
+type ProcessShare struct {
+	PID uint32 `json:"pid"`
+	trace.ProcessIdentity
+	GPUInstance     *int `json:"gpu_instance,omitempty"`
+	ComputeInstance *int `json:"compute_instance,omitempty"`
+	EnergyJ         Num  `json:"energy_j"`
+	// BusyS is the engine-busy time the driver reported for the process in the run (utilization × time).
+	BusyS          float64   `json:"busy_s"`
+	MaxMemoryBytes uint64    `json:"max_memory_bytes,omitempty"`
+	FirstSeen      time.Time `json:"first_seen"`
+	LastSeen       time.Time `json:"last_seen"`
+}
+
+// ContainerEnergy is one container's energy over the run: its processes' shares on every GPU. Host processes
+// are not listed here.
+type ContainerEnergy struct {
+	ContainerID   string `json:"container_id"`
+	ContainerName string `json:"container_name,omitempty"`
+	Runtime       string `json:"runtime,omitempty"`
+	PodUID        string `json:"pod_uid,omitempty"`
+	PodNamespace  string `json:"pod_namespace,omitempty"`
+	PodName       string `json:"pod_name,omitempty"`
+	EnergyJ       Num    `json:"energy_j"`
+	Processes     int    `json:"processes"`
+}
+
 // PhaseGPU is one GPU's energy in a phase.
 type PhaseGPU struct {
 	Index           int  `json:"index"`
@@ -461,6 +521,13 @@ func (m *Manifest) check() error {
 			return fmt.Errorf("gpus[%d].role: %q, want %s or %s", i, g.Role, RoleWorkload, RoleObserved)
 		}
 		seen[g.Index] = true
+	}
+	if p := m.Processes; p != nil {
+		for i, g := range p.GPUs {
+			if g.Index < 0 || g.Index > trace.MaxGPU {
+				return fmt.Errorf("processes.gpus[%d].index: %d outside 0..%d", i, g.Index, trace.MaxGPU)
+			}
+		}
 	}
 	for i, p := range m.Phases {
 		if err := interval(fmt.Sprintf("phases[%d]", i), p.Start, p.End); err != nil {

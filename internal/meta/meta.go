@@ -38,6 +38,9 @@ type Device struct {
 	EnergyCounter bool `json:"energy_counter"`
 	// PowerSamples is false where the driver keeps no power-sample buffer.
 	PowerSamples bool `json:"power_samples"`
+	// ProcessUtilization is true where the driver reports per-process utilization (not on MIG): a process
+	// without samples then did nothing.
+	ProcessUtilization bool `json:"process_utilization,omitempty"`
 }
 
 // Host describes the machine the GPUs are in.

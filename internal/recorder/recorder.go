@@ -107,6 +107,12 @@ func (r *Recorder) record(rec sampler.Record) error {
 			s.Telemetry = append(s.Telemetry, rec.Telemetry)
 		case sampler.KindEvent:
 			r.mem.Events = append(r.mem.Events, rec.Event)
+		case sampler.KindProcesses:
+			if len(rec.ProcessSamples)+len(rec.Processes) > 0 {
+				s := r.mem.Series(rec.GPU)
+				s.ProcessSamples = append(s.ProcessSamples, rec.ProcessSamples...)
+				s.Processes = append(s.Processes, rec.Processes...)
+			}
 		}
 	}
 	if r.seg == nil {
@@ -126,6 +132,12 @@ func Write(w *trace.Writer, rec sampler.Record) error {
 		return w.WriteTelemetry(rec.GPU, rec.Telemetry)
 	case sampler.KindEvent:
 		return w.WriteEvent(rec.Event)
+	case sampler.KindProcesses:
+		// A poll that found nothing writes nothing: a process is on the GPU from its first row to its last.
+		if err := w.WriteProcessSamples(rec.GPU, rec.ProcessSamples); err != nil {
+			return err
+		}
+		return w.WriteProcesses(rec.GPU, rec.Processes)
 	}
 	return nil
 }

@@ -55,6 +55,8 @@ func ReadSegments(dir, name string) (*trace.Trace, error) {
 			dst.Samples = append(dst.Samples, s.Samples...)
 			dst.Counters = append(dst.Counters, s.Counters...)
 			dst.Telemetry = append(dst.Telemetry, s.Telemetry...)
+			dst.ProcessSamples = append(dst.ProcessSamples, s.ProcessSamples...)
+			dst.Processes = append(dst.Processes, s.Processes...)
 		}
 		all.Events = append(all.Events, t.Events...)
 	}

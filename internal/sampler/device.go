@@ -67,6 +67,11 @@ type Stats struct {
 	// Lag is how late the last loop iteration of each kind ran after its tick, and MaxLag the worst seen.
 	Lag    map[string]time.Duration
 	MaxLag map[string]time.Duration
+	// ProcessPolls counts polls of the GPU's processes, ProcessSamples the per-process utilization samples they
+	// returned; Processes is how many processes the latest poll found.
+	ProcessPolls   uint64
+	ProcessSamples uint64
+	Processes      int
 	// Lost is true while the GPU reports itself lost; LastError is the latest failure.
 	Lost      bool
 	LastError string

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"time"
 
@@ -48,6 +49,38 @@ func checkGPU(g int, event bool) error {
 			return nil
 		}
 		return fmt.Errorf("GPU index %d outside 0..%d", g, MaxGPU)
+	}
+	return nil
+}
+
+// MaxProcessRatio bounds a per-process utilization share (1 is the whole sample period): the driver's percentages
+// stay at or below 100, and a bound keeps sums of weights finite.
+const MaxProcessRatio = 10
+
+func checkRatios(p ProcessSample) error {
+	_, err := badRatio(p)
+	return err
+}
+
+// badRatio returns the column of the first utilization share out of bounds, and the error.
+func badRatio(p ProcessSample) (string, error) {
+	for _, r := range []struct {
+		name string
+		v    float64
+	}{{"sm", p.SM}, {"mem", p.Mem}, {"enc", p.Enc}, {"dec", p.Dec}} {
+		if !(r.v >= 0 && r.v <= MaxProcessRatio) { // NaN fails too
+			return "process_" + r.name + "_ratio", fmt.Errorf("%s utilization %g outside 0..%d", r.name, r.v, MaxProcessRatio)
+		}
+	}
+	return "", nil
+}
+
+func checkProcess(p Process) error {
+	switch {
+	case p.MemoryBytes > math.MaxInt64:
+		return fmt.Errorf("memory %d bytes out of range", p.MemoryBytes)
+	case p.GPUInstance > math.MaxInt32 || p.ComputeInstance > math.MaxInt32:
+		return fmt.Errorf("MIG instance %d/%d out of range", p.GPUInstance, p.ComputeInstance)
 	}
 	return nil
 }
@@ -110,7 +143,12 @@ var columnTypes = map[string]format.Type{"kind": format.ByteArray, "gpu": format
 	"sm_clock_hz": format.Double, "mem_clock_hz": format.Double, "util_gpu_ratio": format.Double,
 	"util_mem_ratio": format.Double, "mem_used_bytes": format.Double, "power_limit_w": format.Double,
 	"clock_event_reasons": format.Int64, "performance_state": format.Double, "event": format.ByteArray, "run_id": format.ByteArray,
-	"name": format.ByteArray, "attrs": format.ByteArray}
+	"name": format.ByteArray, "attrs": format.ByteArray,
+	"pid": format.Int64, "process_sm_ratio": format.Double, "process_mem_ratio": format.Double,
+	"process_enc_ratio": format.Double, "process_dec_ratio": format.Double, "process_memory_bytes": format.Int64,
+	"gpu_instance": format.Int32, "compute_instance": format.Int32, "command": format.ByteArray,
+	"container_runtime": format.ByteArray, "container_id": format.ByteArray, "container_name": format.ByteArray,
+	"pod_uid": format.ByteArray, "pod_namespace": format.ByteArray, "pod_name": format.ByteArray}
 
 // checkSchema checks the file's schema from its metadata (not through the Parquet library's types, which panic on
 // some annotations): flat, the trace columns of their documented types and annotations, no more than a trace

@@ -172,7 +172,10 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 
 var columnNames = []string{"kind", "gpu", "time", "power_w", "energy_mj", "read_duration_ns", "instant_power_w",
 	"average_power_w", "temperature_c", "sm_clock_hz", "mem_clock_hz", "util_gpu_ratio", "util_mem_ratio",
-	"mem_used_bytes", "power_limit_w", "clock_event_reasons", "performance_state", "event", "run_id", "name", "attrs"}
+	"mem_used_bytes", "power_limit_w", "clock_event_reasons", "performance_state", "event", "run_id", "name", "attrs",
+	"pid", "process_sm_ratio", "process_mem_ratio", "process_enc_ratio", "process_dec_ratio", "process_memory_bytes",
+	"gpu_instance", "compute_instance", "command", "container_runtime", "container_id", "container_name", "pod_uid",
+	"pod_namespace", "pod_name"}
 
 // telemetryColumns are used by telemetry rows only.
 var telemetryColumns = map[string]bool{"instant_power_w": true, "average_power_w": true, "temperature_c": true,
@@ -184,9 +187,14 @@ const (
 	codeSample = iota
 	codeCounter
 	codeTelemetry
+	codeProcessSample
+	codeProcess
 	codeEvent
-	nCodes = codeTelemetry + 1 // per-GPU series kinds
+	nCodes = codeProcess + 1 // per-GPU series kinds
 )
+
+var kindNames = [...]string{codeSample: KindSample, codeCounter: KindCounter, codeTelemetry: KindTelemetry,
+	codeProcessSample: KindProcessSample, codeProcess: KindProcess, codeEvent: KindEvent}
 
 // rowGroup is a row group's first pass: each row's kind and GPU, and the rows per GPU and kind.
 type rowGroup struct {
@@ -305,6 +313,10 @@ func (pf *fileCols) firstPass(r *rowGroup) error {
 			k = codeCounter
 		case KindTelemetry:
 			k = codeTelemetry
+		case KindProcessSample:
+			k = codeProcessSample
+		case KindProcess:
+			k = codeProcess
 		case KindEvent:
 			k = codeEvent
 		default:
@@ -369,6 +381,16 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	inst, avg, temp, sm, mem := cols["instant_power_w"], cols["average_power_w"], cols["temperature_c"], cols["sm_clock_hz"], cols["mem_clock_hz"]
 	ug, um, used, limit, reasons := cols["util_gpu_ratio"], cols["util_mem_ratio"], cols["mem_used_bytes"], cols["power_limit_w"], cols["clock_event_reasons"]
 	pstate := cols["performance_state"]
+	pid, psm, pmem, penc, pdec := cols["pid"], cols["process_sm_ratio"], cols["process_mem_ratio"], cols["process_enc_ratio"], cols["process_dec_ratio"]
+	pused, gi, ci := cols["process_memory_bytes"], cols["gpu_instance"], cols["compute_instance"]
+	command, runtime, cid, cname := cols["command"], cols["container_runtime"], cols["container_id"], cols["container_name"]
+	podUID, podNS, podName := cols["pod_uid"], cols["pod_namespace"], cols["pod_name"]
+	instance := func(c *column, i int) int {
+		if v, ok := i64(c, i); ok && v >= 0 && v <= math.MaxInt32 {
+			return int(v)
+		}
+		return NoInstance
+	}
 	evType, runID, evName, attrs := cols["event"], cols["run_id"], cols["name"], cols["attrs"]
 	// Per-GPU cursors in small slices, one per GPU present (maps cost a lookup per row).
 	var slot [MaxGPU + 1]uint16
@@ -430,6 +452,27 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 				tm.ClockReasons, tm.ClockReasonsValid = uint64(rr), true
 			}
 			s.Telemetry[j] = tm
+		case codeProcessSample, codeProcess:
+			p, ok := i64(pid, i)
+			if !ok || p < 0 || p > math.MaxUint32 {
+				return r.errorf("pid", "row %d: %s at %s without a valid PID", i, kindNames[k], ts)
+			}
+			if k == codeProcess {
+				used, _ := i64(pused, i)
+				if used < 0 {
+					return r.errorf("process_memory_bytes", "row %d: %d bytes", i, used)
+				}
+				s.Processes[j] = Process{Time: ts, PID: uint32(p), MemoryBytes: uint64(used),
+					GPUInstance: instance(gi, i), ComputeInstance: instance(ci, i),
+					Identity: ProcessIdentity{Command: str(command, i), Runtime: str(runtime, i), ContainerID: str(cid, i),
+						ContainerName: str(cname, i), PodUID: str(podUID, i), PodNamespace: str(podNS, i), PodName: str(podName, i)}}
+				continue
+			}
+			ps := ProcessSample{Time: ts, PID: uint32(p), SM: f(psm, i), Mem: f(pmem, i), Enc: f(penc, i), Dec: f(pdec, i)}
+			if col, err := badRatio(ps); err != nil {
+				return r.errorf(col, "row %d: PID %d at %s: %v", i, p, ts, err)
+			}
+			s.ProcessSamples[j] = ps
 		}
 	}
 	return nil
@@ -506,6 +549,8 @@ func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, op
 		s.Samples = make([]PowerSample, tot[codeSample])
 		s.Counters = make([]CounterReading, tot[codeCounter])
 		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
+		s.ProcessSamples = make([]ProcessSample, tot[codeProcessSample])
+		s.Processes = make([]Process, tot[codeProcess])
 	}
 	if err := parallel(rgs, func(r *rowGroup) error { return fc.secondPass(r, t) }); err != nil {
 		return err

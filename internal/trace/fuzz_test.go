@@ -29,6 +29,14 @@ func checkInvariants(t *testing.T, tr *Trace) {
 				t.Fatalf("GPU %d counter %d: %v", g, i, err)
 			}
 		}
+		for i, p := range s.ProcessSamples {
+			if err := checkTime(p.Time); err != nil {
+				t.Fatalf("GPU %d process sample %d: %v", g, i, err)
+			}
+			if err := checkRatios(p); err != nil {
+				t.Fatalf("GPU %d process sample %d: %v", g, i, err)
+			}
+		}
 	}
 	for i, e := range tr.Events {
 		if err := checkRow(e.GPU, true, e.Time); err != nil {
@@ -52,6 +60,7 @@ func checkInvariants(t *testing.T, tr *Trace) {
 // traces and crafted ones in testdata/fuzz/FuzzReadTrace.
 func FuzzReadTrace(f *testing.F) {
 	f.Add(rowsFile(f, validRows()), false)
+	f.Add(rowsFile(f, processRows()), true)
 	f.Fuzz(func(t *testing.T, b []byte, skipTelemetry bool) {
 		tr, err := read(bytes.NewReader(b), int64(len(b)), ReadOptions{SkipTelemetry: skipTelemetry})
 		if errors.Is(err, errLibraryPanic) {

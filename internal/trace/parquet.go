@@ -31,6 +31,10 @@ const (
 	KindCounter   = "counter"
 	KindTelemetry = "telemetry"
 	KindEvent     = "event"
+	// KindProcessSample rows are the driver's per-process utilization samples, KindProcess rows the compute
+	// processes seen at each poll with who they belong to.
+	KindProcessSample = "process_sample"
+	KindProcess       = "process"
 )
 
 // ErrNotTrace is returned for files that are not (complete) lem traces.
@@ -59,6 +63,22 @@ type row struct {
 	RunID         *string   `parquet:"run_id,optional,dict"`
 	Name          *string   `parquet:"name,optional,dict"`
 	Attrs         *string   `parquet:"attrs,optional"`
+	// Process rows.
+	PID              *int64   `parquet:"pid,optional"`
+	ProcSM           *float64 `parquet:"process_sm_ratio,optional"`
+	ProcMem          *float64 `parquet:"process_mem_ratio,optional"`
+	ProcEnc          *float64 `parquet:"process_enc_ratio,optional"`
+	ProcDec          *float64 `parquet:"process_dec_ratio,optional"`
+	ProcMemoryBytes  *int64   `parquet:"process_memory_bytes,optional"`
+	GPUInstance      *int32   `parquet:"gpu_instance,optional"`
+	ComputeInstance  *int32   `parquet:"compute_instance,optional"`
+	Command          *string  `parquet:"command,optional,dict"`
+	ContainerRuntime *string  `parquet:"container_runtime,optional,dict"`
+	ContainerID      *string  `parquet:"container_id,optional,dict"`
+	ContainerName    *string  `parquet:"container_name,optional,dict"`
+	PodUID           *string  `parquet:"pod_uid,optional,dict"`
+	PodNamespace     *string  `parquet:"pod_namespace,optional,dict"`
+	PodName          *string  `parquet:"pod_name,optional,dict"`
 }
 
 var nan = math.NaN()
@@ -97,6 +117,31 @@ func telemetryRow(gpu int, t Telemetry) row {
 		r.ClockReasons = &c
 	}
 	return r
+}
+
+func processSampleRow(gpu int, p ProcessSample) row {
+	pid := int64(p.PID)
+	sm, mem, enc, dec := p.SM, p.Mem, p.Enc, p.Dec
+	return row{Kind: KindProcessSample, GPU: int32(gpu), Time: p.Time, PID: &pid, ProcSM: &sm, ProcMem: &mem,
+		ProcEnc: &enc, ProcDec: &dec}
+}
+
+func instance(i int) *int32 {
+	if i < 0 {
+		return nil
+	}
+	v := int32(i)
+	return &v
+}
+
+func processRow(gpu int, p Process) row {
+	pid, used := int64(p.PID), int64(p.MemoryBytes)
+	id := p.Identity
+	return row{Kind: KindProcess, GPU: int32(gpu), Time: p.Time, PID: &pid, ProcMemoryBytes: &used,
+		GPUInstance: instance(p.GPUInstance), ComputeInstance: instance(p.ComputeInstance),
+		Command: optStr(id.Command), ContainerRuntime: optStr(id.Runtime), ContainerID: optStr(id.ContainerID),
+		ContainerName: optStr(id.ContainerName), PodUID: optStr(id.PodUID), PodNamespace: optStr(id.PodNamespace),
+		PodName: optStr(id.PodName)}
 }
 
 func eventRow(e Event) (row, error) {
@@ -218,6 +263,38 @@ func (w *Writer) WriteTelemetry(gpu int, t Telemetry) error {
 	return w.add(telemetryRow(gpu, t))
 }
 
+// WriteProcessSamples appends per-process utilization samples of GPU gpu.
+func (w *Writer) WriteProcessSamples(gpu int, ps []ProcessSample) error {
+	for _, p := range ps {
+		if err := checkRow(gpu, false, p.Time); err != nil {
+			return fmt.Errorf("trace %s: process sample: %w", w.final, err)
+		}
+		if err := checkRatios(p); err != nil {
+			return fmt.Errorf("trace %s: process sample of GPU %d, PID %d: %w", w.final, gpu, p.PID, err)
+		}
+		if err := w.add(processSampleRow(gpu, p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// WriteProcesses appends the compute processes seen on GPU gpu.
+func (w *Writer) WriteProcesses(gpu int, ps []Process) error {
+	for _, p := range ps {
+		if err := checkRow(gpu, false, p.Time); err != nil {
+			return fmt.Errorf("trace %s: process: %w", w.final, err)
+		}
+		if err := checkProcess(p); err != nil {
+			return fmt.Errorf("trace %s: process of GPU %d, PID %d: %w", w.final, gpu, p.PID, err)
+		}
+		if err := w.add(processRow(gpu, p)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // WriteEvent appends an event.
 func (w *Writer) WriteEvent(e Event) error {
 	if err := checkRow(e.GPU, true, e.Time); err != nil {
@@ -246,6 +323,12 @@ func (w *Writer) WriteTrace(t *Trace) error {
 			if err := w.WriteTelemetry(g, tm); err != nil {
 				return err
 			}
+		}
+		if err := w.WriteProcessSamples(g, s.ProcessSamples); err != nil {
+			return err
+		}
+		if err := w.WriteProcesses(g, s.Processes); err != nil {
+			return err
 		}
 	}
 	for _, e := range t.Events {

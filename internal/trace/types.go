@@ -111,6 +111,10 @@ type Series struct {
 	Samples   []PowerSample
 	Counters  []CounterReading
 	Telemetry []Telemetry
+	// ProcessSamples are the driver's per-process utilization samples; Processes the compute processes seen at
+	// each poll (a poll that found none has no row).
+	ProcessSamples []ProcessSample
+	Processes      []Process
 }
 
 // Sort puts every slice in time order (stable, so equal stamps keep their recorded order).
@@ -124,6 +128,12 @@ func (s *Series) Sort() {
 	}
 	if !slices.IsSortedFunc(s.Telemetry, func(a, b Telemetry) int { return a.Time.Compare(b.Time) }) {
 		sort.SliceStable(s.Telemetry, func(i, j int) bool { return s.Telemetry[i].Time.Before(s.Telemetry[j].Time) })
+	}
+	if !slices.IsSortedFunc(s.ProcessSamples, func(a, b ProcessSample) int { return a.Time.Compare(b.Time) }) {
+		sort.SliceStable(s.ProcessSamples, func(i, j int) bool { return s.ProcessSamples[i].Time.Before(s.ProcessSamples[j].Time) })
+	}
+	if !slices.IsSortedFunc(s.Processes, func(a, b Process) int { return a.Time.Compare(b.Time) }) {
+		sort.SliceStable(s.Processes, func(i, j int) bool { return s.Processes[i].Time.Before(s.Processes[j].Time) })
 	}
 }
 
@@ -258,9 +268,11 @@ func Phases(events []Event, end time.Time) []Phase {
 // Window is the part of s in [t0, t1]: views of s's slices (found by binary search), not copies.
 func (s *Series) Window(t0, t1 time.Time) *Series {
 	return &Series{
-		Samples:   window(s.Samples, t0, t1, func(x PowerSample) time.Time { return x.Time }),
-		Counters:  window(s.Counters, t0, t1, func(x CounterReading) time.Time { return x.Time }),
-		Telemetry: window(s.Telemetry, t0, t1, func(x Telemetry) time.Time { return x.Time }),
+		Samples:        window(s.Samples, t0, t1, func(x PowerSample) time.Time { return x.Time }),
+		Counters:       window(s.Counters, t0, t1, func(x CounterReading) time.Time { return x.Time }),
+		Telemetry:      window(s.Telemetry, t0, t1, func(x Telemetry) time.Time { return x.Time }),
+		ProcessSamples: window(s.ProcessSamples, t0, t1, func(x ProcessSample) time.Time { return x.Time }),
+		Processes:      window(s.Processes, t0, t1, func(x Process) time.Time { return x.Time }),
 	}
 }
 

@@ -11,13 +11,33 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 )
 
-// Fault says what a mocked GPU does wrong.
+// Fault says what a mocked GPU does wrong, and which processes share it.
 type Fault struct {
 	NoEnergy  bool  // energy counter NOT_SUPPORTED (pre-Volta)
 	LostAfter int32 // calls to GetSamples after which the GPU is lost (0: never)
 	// DuringEnergyRead, when set, runs inside every energy-counter read (to time reads or count overlaps).
 	DuringEnergyRead func()
-	calls            atomic.Int32
+	// Processes run on the GPU (nil: one process, PID DefaultPID, with 1 MiB and no utilization samples).
+	Processes []Load
+	// MIG puts the GPU in MIG mode: processes carry their instances, and per-process utilization is not supported.
+	MIG   bool
+	calls atomic.Int32
+}
+
+// DefaultPID is the mock's process when a Fault names none. PIDs above 2^22 (the kernel's largest pid_max) are
+// never a host process, so no host process's identity leaks into a test.
+const DefaultPID = 1<<22 + 42
+
+// SamplePeriod is the mock driver's per-process sample period, as measured on H200 (driver 580).
+const SamplePeriod = time.Second
+
+// Load is a process on a mocked GPU and how busy it keeps it: every SamplePeriod, on a grid from the Unix epoch,
+// the driver has a sample of it (if any share is above 0) and keeps the latest only.
+type Load struct {
+	PID         uint32
+	SM, Mem     uint32 // percent
+	MemoryBytes uint64
+	GPUInstance uint32 // with MIG
 }
 
 func mockDevice(i int, f *Fault) *mock.Device {
@@ -34,17 +54,50 @@ func mockDevice(i int, f *Fault) *mock.Device {
 		GetEnforcedPowerLimitFunc:              func() (uint32, nvml.Return) { return 700000, ok },
 		GetPowerManagementLimitConstraintsFunc: func() (uint32, uint32, nvml.Return) { return 200000, 700000, ok },
 		GetPersistenceModeFunc:                 func() (nvml.EnableState, nvml.Return) { return nvml.FEATURE_ENABLED, ok },
-		GetMigModeFunc:                         func() (int, int, nvml.Return) { return 0, 0, nvml.ERROR_NOT_SUPPORTED },
-		GetMaxClockInfoFunc:                    func(nvml.ClockType) (uint32, nvml.Return) { return 1980, ok },
-		GetMemoryInfoFunc:                      func() (nvml.Memory, nvml.Return) { return nvml.Memory{Total: 80 << 30, Used: 1 << 30}, ok },
-		GetCurrentClocksEventReasonsFunc:       func() (uint64, nvml.Return) { return 1, ok },
-		GetPowerUsageFunc:                      func() (uint32, nvml.Return) { return 90000, ok },
-		GetTemperatureFunc:                     func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 40, ok },
-		GetClockInfoFunc:                       func(nvml.ClockType) (uint32, nvml.Return) { return 1200, ok },
-		GetPerformanceStateFunc:                func() (nvml.Pstates, nvml.Return) { return nvml.PSTATE_0, ok },
-		GetUtilizationRatesFunc:                func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 50, Memory: 10}, ok },
+		GetMigModeFunc: func() (int, int, nvml.Return) {
+			if f.MIG {
+				return nvml.DEVICE_MIG_ENABLE, nvml.DEVICE_MIG_ENABLE, ok
+			}
+			return 0, 0, nvml.ERROR_NOT_SUPPORTED
+		},
+		GetMaxClockInfoFunc:              func(nvml.ClockType) (uint32, nvml.Return) { return 1980, ok },
+		GetMemoryInfoFunc:                func() (nvml.Memory, nvml.Return) { return nvml.Memory{Total: 80 << 30, Used: 1 << 30}, ok },
+		GetCurrentClocksEventReasonsFunc: func() (uint64, nvml.Return) { return 1, ok },
+		GetPowerUsageFunc:                func() (uint32, nvml.Return) { return 90000, ok },
+		GetTemperatureFunc:               func(nvml.TemperatureSensors) (uint32, nvml.Return) { return 40, ok },
+		GetClockInfoFunc:                 func(nvml.ClockType) (uint32, nvml.Return) { return 1200, ok },
+		GetPerformanceStateFunc:          func() (nvml.Pstates, nvml.Return) { return nvml.PSTATE_0, ok },
+		GetUtilizationRatesFunc:          func() (nvml.Utilization, nvml.Return) { return nvml.Utilization{Gpu: 50, Memory: 10}, ok },
 		GetComputeRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) {
-			return []nvml.ProcessInfo{{Pid: 42, UsedGpuMemory: 1 << 20}}, ok
+			if f.Processes == nil {
+				return []nvml.ProcessInfo{{Pid: DefaultPID, UsedGpuMemory: 1 << 20, GpuInstanceId: 0xFFFFFFFF, ComputeInstanceId: 0xFFFFFFFF}}, ok
+			}
+			out := make([]nvml.ProcessInfo, len(f.Processes))
+			for i, p := range f.Processes {
+				out[i] = nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.MemoryBytes, GpuInstanceId: 0xFFFFFFFF, ComputeInstanceId: 0xFFFFFFFF}
+				if f.MIG {
+					out[i].GpuInstanceId, out[i].ComputeInstanceId = p.GPUInstance, 0
+				}
+			}
+			return out, ok
+		},
+		GetProcessUtilizationFunc: func(last uint64) ([]nvml.ProcessUtilizationSample, nvml.Return) {
+			if f.MIG {
+				return nil, nvml.ERROR_NOT_SUPPORTED
+			}
+			period := uint64(SamplePeriod.Microseconds())
+			now := uint64(time.Now().UnixMicro())
+			ts := now / period * period // the latest sample
+			var out []nvml.ProcessUtilizationSample
+			for _, p := range f.Processes {
+				if ts > last && (p.SM > 0 || p.Mem > 0) {
+					out = append(out, nvml.ProcessUtilizationSample{Pid: p.PID, TimeStamp: ts, SmUtil: p.SM, MemUtil: p.Mem})
+				}
+			}
+			if len(out) == 0 {
+				return nil, nvml.ERROR_NOT_FOUND
+			}
+			return out, ok
 		},
 		GetFieldValuesFunc: func(fv []nvml.FieldValue) nvml.Return {
 			for i := range fv {
