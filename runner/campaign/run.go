@@ -421,6 +421,7 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	if opts.ReadOnly {
 		err = exe.Reconcile(ctx, x)
 		summarise(p, st)
+		st.Status = looked(st, x.readOnly)
 		x.Save()
 		return st, err
 	}
@@ -461,6 +462,32 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		err = errors.Join(err, werr)
 	}
 	return st, err
+}
+
+// looked is the status of a campaign read without executing it: running while another lem-run executes it,
+// submitted while runs are with a cluster, else what its runs say.
+func looked(st *State, inUse bool) string {
+	ok, notOK := 0, 0
+	for _, r := range st.Runs {
+		switch r.Status {
+		case manifest.StatusOK:
+			ok++
+		case StatusPending:
+		default:
+			notOK++
+		}
+	}
+	switch {
+	case inUse:
+		return "running"
+	case len(st.inCluster()) > 0:
+		return StatusSubmitted
+	case ok == len(st.Runs):
+		return "done"
+	case ok+notOK == 0:
+		return StatusPending
+	}
+	return "incomplete"
 }
 
 // current fills a run's state from its run directory's manifest, if it has one: a run whose runner died without

@@ -137,6 +137,7 @@ func (s *Slurm) Execute(ctx context.Context, x *Execution) error {
 			// The controller may be restarting: keep what is known, submit nothing, ask again.
 			x.Options.Log.Warn("reading the jobs' states from Slurm failed; trying again", "err", err, "in", fw.poll)
 		} else {
+			fw.show(runs)
 			left, err := fw.submit(ctx, runs)
 			x.Save()
 			fw.show(runs)
@@ -276,11 +277,19 @@ func (fw *follower) status(r *slurmRun, j *Job) {
 		}
 	case r.mine:
 		rs.Status, rs.Error, rs.DurationS = m.Status, m.Error, m.Times.DurationS
+		note := ""
 		switch {
 		case j.State == "TIMEOUT" && fromLast:
-			rs.Error = strings.TrimSpace(rs.Error + " (job " + j.ID + " reached its Slurm time limit: raise executor.time_limit)")
+			note = "job " + j.ID + " reached its Slurm time limit: raise executor.time_limit"
 		case j.State == "CANCELLED" && fromLast:
-			rs.Error = strings.TrimSpace(rs.Error + " (job " + j.ID + " was cancelled)")
+			note = "job " + j.ID + " was cancelled"
+		}
+		switch {
+		case note == "":
+		case rs.Error == "":
+			rs.Error = note
+		default:
+			rs.Error += " (" + note + ")"
 		}
 	default:
 		rs.Status, rs.DurationS = manifest.StatusError, 0
