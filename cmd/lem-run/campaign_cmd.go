@@ -132,6 +132,9 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if st != nil {
 			campaign.WriteStatus(os.Stdout, st)
 		}
+		if errors.Is(err, campaign.ErrIncomplete) {
+			return nil // cancelled runs did not end ok: that was the point
+		}
 		return err
 	}
 	if st != nil {

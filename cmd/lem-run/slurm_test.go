@@ -610,3 +610,52 @@ func TestSlurmPrologEpilogMarkEveryJob(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, string(msg), "of Slurm job 99999")
 }
+
+// --detach submits and returns; --status shows the jobs as Slurm has them; the local executor refuses a campaign
+// whose runs are with Slurm; --cancel cancels its jobs and records it.
+func TestSlurmCampaignDetachStatusCancel(t *testing.T) {
+	t.Parallel()
+	bin := testutil.BuildBinary(t, "lem-run")
+	wl := testutil.Workload(t, false)
+	s := gpuCluster(t, testutil.SlurmConfig{})
+	out := filepath.Join(t.TempDir(), "out")
+	file := writeCampaign(t, `name: detach
+cycles: 2
+baseline: {duration: 500ms}
+executor: {type: slurm, poll: 200ms, order: serial}
+experiments:
+  - name: w
+    command: `+flagged(wl, filepath.Join(t.TempDir(), "never"))+`
+`)
+	_, code := runCampaign(t, s, bin, "--replay", twoGPUTrace(t), "--loop", "--out", out, "--detach", file)
+	require.Equal(t, 0, code)
+	measuring(t, filepath.Join(out, "detach-w-c1"))
+
+	status := func() string {
+		cmd := exec.Command(bin, "campaign", "--status", "--out", out, file)
+		cmd.Env = s.Env()
+		b, err := cmd.Output()
+		require.NoError(t, err)
+		return string(b)
+	}
+	st := status()
+	assert.Regexp(t, `(?m)^1\s+detach-w-c1\s+running\s+\d+\s+RUNNING\s+n[12]\s+1$`, st)
+	assert.Regexp(t, `(?m)^2\s+detach-w-c2\s+queued\s+\d+\s+PENDING\s+-\s+0\s+waiting: Dependency$`, st)
+	assert.Contains(t, st, "campaign detach (slurm, submitted): 1 queued, 1 running, 0 ok, 0 not ok of 2 runs")
+
+	c, code := runCampaign(t, s, bin, "--executor", "local", "--replay", twoGPUTrace(t), "--out", out, file)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, c.stderr.String(), "campaign detach: 2 run(s) are still with executor slurm (detach-w-c1, …): resume with --executor slurm, or cancel them (--executor slurm --cancel)")
+
+	c, code = runCampaign(t, s, bin, "--cancel", "--out", out, file)
+	require.Equal(t, 0, code, c.stderr.String())
+	assert.Contains(t, c.stderr.String(), "cancelled 2 job(s) of campaign detach")
+	saved, err := campaign.ReadState(out)
+	require.NoError(t, err)
+	for _, r := range saved.Runs {
+		require.Len(t, r.Jobs, 1)
+		assert.Equal(t, "CANCELLED", r.Jobs[0].State, r.RunID)
+		assert.NotContains(t, []string{campaign.StatusQueued, campaign.StatusRunning}, r.Status, r.RunID)
+	}
+	assert.Equal(t, "incomplete", saved.Status)
+}

@@ -97,11 +97,6 @@ func (s *Slurm) follower(x *Execution) (*follower, error) {
 			return nil, fmt.Errorf("lem-run's own path (set executor.lem_run): %w", err)
 		}
 	}
-	for _, d := range []string{"scripts", "logs"} {
-		if err := os.MkdirAll(filepath.Join(fw.out, slurmDir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("campaign directory: %w", err)
-		}
-	}
 	return fw, nil
 }
 
@@ -130,7 +125,7 @@ func (s *Slurm) Execute(ctx context.Context, x *Execution) error {
 	if s.Cancel {
 		return fw.cancel(ctx)
 	}
-	x.Options.Progress.Note("executor slurm: runs are jobs of lem-run %s on the nodes; campaign directory %s", fw.lemRun, fw.out)
+	fw.progress.Note("executor slurm: runs are jobs of lem-run %s on the nodes; campaign directory %s", fw.lemRun, fw.out)
 	for {
 		runs, err := fw.reconcile(ctx)
 		if err != nil {
@@ -411,6 +406,11 @@ func (fw *follower) sbatch(ctx context.Context, r *slurmRun) error {
 	args := []string{"campaign", "--out", fw.out, "--run-one", rs.RunID, "--submission", sub}
 	args = append(args, fw.s.Args...)
 	args = append(args, fw.file)
+	for _, d := range []string{"scripts", "logs"} {
+		if err := os.MkdirAll(filepath.Join(fw.out, slurmDir, d), 0o755); err != nil {
+			return fmt.Errorf("campaign directory: %w", err)
+		}
+	}
 	script := filepath.Join(fw.out, slurmDir, "scripts", fmt.Sprintf("%s.%d.sh", rs.RunID, n))
 	body := fmt.Sprintf("#!/bin/sh\n# lem campaign %s, run %s (cycle %d), submission %d: measured on the node Slurm chose,\n# on the GPUs it granted; the run directory is %s.\nexec %s\n",
 		fw.x.Prepared.File.Name, rs.RunID, rs.Cycle, n, filepath.Join(fw.out, rs.RunID), shellJoin(append([]string{fw.lemRun}, args...)))
@@ -510,7 +510,7 @@ func (fw *follower) cancel(ctx context.Context) error {
 	if err := fw.cli.scancel(ctx, ids); err != nil {
 		return err
 	}
-	fw.x.Options.Progress.Note("cancelled %d job(s) of campaign %s", len(ids), fw.x.Prepared.File.Name)
+	fw.progress.Note("cancelled %d job(s) of campaign %s", len(ids), fw.x.Prepared.File.Name)
 	for deadline := time.Now().Add(time.Minute); ; {
 		if runs, err = fw.reconcile(ctx); err == nil && !fw.busyJobs(runs) || time.Now().After(deadline) {
 			break
