@@ -659,3 +659,39 @@ experiments:
 	}
 	assert.Equal(t, "incomplete", saved.Status)
 }
+
+// Only slurmd dies: Slurm ends the job NODE_FAIL, but its processes run on (slurmstepd outlives slurmd) and
+// lem-run finishes measuring. The campaign sees a runner still alive, submits nothing again, and keeps the run
+// its orphaned job measured.
+func TestSlurmCampaignSlurmdKilledRunFinishes(t *testing.T) {
+	t.Parallel()
+	bin := testutil.BuildBinary(t, "lem-run")
+	wl := testutil.Workload(t, false)
+	s := gpuCluster(t, testutil.SlurmConfig{})
+	out := filepath.Join(t.TempDir(), "out")
+	file := writeCampaign(t, `name: orphan
+baseline: {duration: 500ms}
+executor: {type: slurm, poll: 200ms}
+experiments:
+  - name: w
+    command: [`+wl+`, -phases, "decode:18s"]
+`)
+	c := startCampaign(t, s, bin, "--replay", twoGPUTrace(t), "--loop", "--out", out, file)
+	m := measuring(t, filepath.Join(out, "orphan-w-c1"))
+	s.KillSlurmd(m.Job.Node)
+	require.Equal(t, 0, c.wait(t, 90*time.Second))
+
+	st, err := campaign.ReadState(out)
+	require.NoError(t, err)
+	assert.Equal(t, "done", st.Status)
+	r := st.Runs[0]
+	require.Len(t, r.Jobs, 1, "not submitted again while its runner measured")
+	assert.Equal(t, "NODE_FAIL", r.Jobs[0].State)
+	assert.Equal(t, manifest.StatusOK, r.Status)
+	assert.Equal(t, 1, r.Attempts)
+	got, err := manifest.Read(filepath.Join(out, r.RunID))
+	require.NoError(t, err)
+	assert.Equal(t, m.Job.ID, got.Job.ID)
+	assert.InDelta(t, 18, got.Times.DurationS, 1, "measured to its end")
+	assert.NotContains(t, c.stderr.String(), "crashed")
+}
