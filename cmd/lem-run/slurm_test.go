@@ -46,6 +46,15 @@ var (
 
 var twoGPUUUIDs = []string{"GPU-h200-recording-0", "GPU-h200-recording-1"}
 
+// TestMain removes the two-GPU recording the tests shared.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if twoGPUsPath != "" {
+		os.RemoveAll(filepath.Dir(twoGPUsPath))
+	}
+	os.Exit(code)
+}
+
 func twoGPUTrace(t *testing.T) string {
 	t.Helper()
 	twoGPUsOnce.Do(func() {
