@@ -64,6 +64,7 @@ type Options struct {
 	Position        int                 // place in the campaign's run order
 	Variables       map[string]string   // the campaign grid's values for this run
 	Inference       *manifest.Inference // the inference backend's effective parameters
+	Job             *manifest.Job       // the cluster job the run is measured in
 	// WorkloadGPUs are the indices of the GPUs the workload gets; the other sampled GPUs are observed only
 	// (their energy reported apart). Empty: every sampled GPU.
 	WorkloadGPUs   []int
@@ -191,7 +192,7 @@ func Run(ctx context.Context, opts Options, src gpu.Source, devs []gpu.Device, b
 		m: &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: opts.RunID, Experiment: opts.Experiment,
 			Campaign: opts.Campaign, Cycle: opts.Cycle, Position: opts.Position, Variables: opts.Variables,
 			Inference: opts.Inference, Backend: be.Name(), Command: opts.Command, Status: manifest.StatusRunning,
-			Runner:      ptr(meta.Self()),
+			Runner: ptr(meta.Self()), Job: opts.Job,
 			Environment: smp.Environment(), LemVersion: meta.LemVersion(), Warnings: []manifest.Warning{},
 			Files: manifest.Files{Trace: manifest.TraceFile, Stdout: manifest.StdoutFile, Stderr: manifest.StderrFile,
 				Results: manifest.ResultsDir}}}

@@ -26,6 +26,7 @@ type pullCmd struct {
 	To         time.Time     `help:"End of the window (RFC 3339; default now)." format:"2006-01-02T15:04:05Z07:00"`
 	Since      time.Duration `default:"1h" help:"Window length when --from is not given."`
 	RunIDs     []string      `name:"run" help:"Pull only these run ids (default: every run found in the window)."`
+	SlurmJob   string        `name:"slurm-job" help:"Pull only the runs of this Slurm job (marked by the Slurm Prolog on each of its nodes: run ids slurm-<cluster>-<job>)."`
 	Instance   string        `help:"Pull this instance's series over the window instead of runs (any exporter, incl. dcgm-exporter)."`
 	DCGM       bool          `name:"dcgm" help:"Read dcgm-exporter's DCGM_FI_DEV_POWER_USAGE and DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION."`
 	Chunk      time.Duration `default:"10m" help:"Range-selector window per query."`
@@ -85,6 +86,22 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	names := map[string]string{} // run id → file name, with the instance where a run id is on several nodes
+	if c.SlurmJob != "" {
+		if runs = pull.SelectSlurmJob(runs, c.SlurmJob); len(runs) == 0 {
+			return fmt.Errorf("no run of Slurm job %s found in %s between %s and %s (its Prolog marks it on the node's lem-exporter)",
+				c.SlurmJob, c.Prometheus, from.Format(time.RFC3339), to.Format(time.RFC3339))
+		}
+		count := map[string]int{}
+		for _, r := range runs {
+			count[r.RunID]++
+		}
+		for _, r := range runs {
+			if count[r.RunID] > 1 {
+				names[r.RunID+"\x00"+r.Instance] = r.RunID + "-" + sanitize(r.Instance)
+			}
+		}
+	}
 	var errs []error
 	pulled := 0
 	for _, r := range runs {
@@ -94,7 +111,11 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 		// A little before and after, so the hybrid has counter readings and samples around the edges.
 		t, err := cl.Trace(ctx, r.Instance, r.Start.Add(-5*time.Second), r.End.Add(5*time.Second), &r)
 		if err == nil {
-			err = write(r.RunID, t)
+			name := r.RunID
+			if n, ok := names[r.RunID+"\x00"+r.Instance]; ok {
+				name = n
+			}
+			err = write(name, t)
 		}
 		if err != nil {
 			log.Error("run not pulled", "run_id", r.RunID, "err", err)

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/lem-energy/lem/analyze/pull"
 	"github.com/lem-energy/lem/analyze/report"
 )
 
@@ -17,6 +18,7 @@ type reportCmd struct {
 	Table     string   `default:"runs" enum:"runs,phases,experiments,windows" help:"Table written by --format csv (${enum}): one row per run and GPU, per run and phase, per experiment and figure, or per run and window."`
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals and expanded uncertainties)."`
 	Out       string   `short:"o" env:"LEM_REPORT_FILE" help:"Write the report to this file instead of stdout."`
+	SlurmJob  string   `name:"slurm-job" help:"Report only the runs of this Slurm job: the job's own run (marked by the Slurm Prolog, in a recording or a pull) and campaign runs measured inside it."`
 }
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -25,6 +27,12 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	runs, probs := report.Load(c.Paths)
 	for _, p := range probs {
 		log.Warn("input skipped", "path", p.Path, "err", p.Err)
+	}
+	if c.SlurmJob != "" {
+		runs = slurmJobRuns(runs, c.SlurmJob)
+		if len(runs) == 0 {
+			return fmt.Errorf("%w of Slurm job %s in %v", report.ErrNoRuns, c.SlurmJob, c.Paths)
+		}
 	}
 	if len(runs) == 0 {
 		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
@@ -45,6 +53,19 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 			return report.Markdown(w, runs, exps, probs)
 		}
 	})
+}
+
+// slurmJobRuns keeps the runs of Slurm job id: its own runs (run ids slurm-<cluster>-<id>[-r<n>]) and campaign
+// runs whose manifest names the job.
+func slurmJobRuns(runs []report.Run, id string) []report.Run {
+	var out []report.Run
+	for _, r := range runs {
+		m := r.Manifest
+		if pull.SlurmJobOf(m.RunID) == id || m.Job != nil && m.Job.Scheduler == "slurm" && m.Job.ID == id {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // write sends the report to -o or stdout.

@@ -15,6 +15,7 @@ type app struct {
 	Record     recordCmd     `cmd:"" help:"Record the GPUs' power samples, counter and telemetry to a trace, optionally around a command."`
 	Campaign   campaignCmd   `cmd:"" help:"Run a campaign file: a grid of experiments over repeated cycles, resumable."`
 	Introspect introspectCmd `cmd:"" help:"Print an inference backend's parameter catalogue (versions, parameters, defaults) as JSON."`
+	SlurmJob   slurmJobCmd   `cmd:"" name:"slurm-job" help:"Mark a Slurm job's start or end on the node's lem-exporter (run by Slurm's Prolog and Epilog: deploy/slurm)."`
 	Watchdog   watchdogCmd   `cmd:"" hidden:"" help:"Stop a workload whose lem-run died (started by lem-run)."`
 }
 

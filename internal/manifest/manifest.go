@@ -56,6 +56,7 @@ type Manifest struct {
 	Status        string            `json:"status"`
 	// Runner is the lem-run process measuring the run: a manifest still "running" whose runner is gone crashed.
 	Runner      *meta.Process    `json:"runner,omitempty"`
+	Job         *Job             `json:"job,omitempty"` // the cluster job it was measured in (a campaign on Slurm)
 	ExitCode    *int             `json:"exit_code,omitempty"`
 	Error       string           `json:"error,omitempty"`
 	Backend     string           `json:"backend"` // process or docker
@@ -79,6 +80,25 @@ type Manifest struct {
 	Warnings       []Warning         `json:"warnings"`
 	Files          Files             `json:"files"`
 	LemVersion     string            `json:"lem_version"`
+}
+
+// Job is the scheduler's job a run was measured in: which job, on which node, on the GPUs it was granted.
+type Job struct {
+	Scheduler string `json:"scheduler"` // slurm
+	ID        string `json:"id"`        // the scheduler's job id
+	// Submission is the submitter's own name for this submission (campaign instance, run, submission number): a
+	// job id alone does not identify a job across a controller crash.
+	Submission string `json:"submission,omitempty"`
+	Cluster    string `json:"cluster,omitempty"`
+	Node       string `json:"node"` // the scheduler's name of the node
+	Partition  string `json:"partition,omitempty"`
+	Account    string `json:"account,omitempty"`
+	User       string `json:"user,omitempty"`
+	// GPUs are the scheduler's own ids of the GPUs it granted (Slurm's GRES indices), and GPUMapping how they were
+	// matched to the sampled devices (whose UUIDs are in gpus[]): uuid, minor (device files and the driver's PCI
+	// bus ids), constrained (only the granted GPUs are visible) or index (GRES index taken as device index).
+	GPUs       []string `json:"gpus,omitempty"`
+	GPUMapping string   `json:"gpu_mapping,omitempty"`
 }
 
 // Inference records the inference engine's parameters for the run: versions, the parameters the experiment set,

@@ -38,6 +38,8 @@ type SlurmConfig struct {
 	SlurmdTimeout time.Duration
 	// Timeout bounds every wait (daemon start, job and node states); default 60 s.
 	Timeout time.Duration
+	// KillWait is how long a cancelled job's processes have between SIGTERM and SIGKILL; default 2 s.
+	KillWait time.Duration
 }
 
 // Slurm is a real single-host Slurm cluster (Debian's slurm-wlm and munge) started for one test: its own munged,
@@ -132,6 +134,9 @@ func (c SlurmConfig) Start(t testing.TB) *Slurm {
 	if c.Timeout <= 0 {
 		c.Timeout = 60 * time.Second
 	}
+	if c.KillWait <= 0 {
+		c.KillWait = 2 * time.Second
+	}
 	// Not t.TempDir: munged wants every directory above its socket searchable by all, and a short path keeps
 	// the socket under the 108-byte limit of a unix address.
 	dir, err := os.MkdirTemp("", "lem-slurm-")
@@ -221,7 +226,7 @@ func (s *Slurm) writeConf() error {
 		"Dir": s.Dir, "Cluster": "lemtest", "Host": s.host, "CtldPort": s.ctldPort, "User": "root",
 		"MungeSocket": filepath.Join(s.Dir, "munge-run", "munge.socket"), "CredExpire": slurmCredExpire,
 		"MinJobAge": slurmMinJobAge, "SlurmdTimeout": int(s.cfg.SlurmdTimeout.Round(time.Second).Seconds()),
-		"MessageTimeout": slurmMessageTimeout, "Extra": s.cfg.Extra, "Nodes": nodes, "CPUs": s.cfg.CPUs, "NodeOptions": s.cfg.NodeOptions,
+		"MessageTimeout": slurmMessageTimeout, "KillWait": int(s.cfg.KillWait.Round(time.Second).Seconds()), "Extra": s.cfg.Extra, "Nodes": nodes, "CPUs": s.cfg.CPUs, "NodeOptions": s.cfg.NodeOptions,
 		"Partition": s.Partition, "NodeList": strings.Join(s.Nodes, ","),
 	})
 	if err != nil {

@@ -29,6 +29,7 @@ type executor struct {
 	opts       Options
 	st         *State
 	containers map[string]*backendContainer
+	job        *manifest.Job // the cluster job this executes in (RunOne), if any
 }
 
 // backendContainer is a persistent backend container of the campaign.
@@ -88,8 +89,11 @@ func (ex *executor) runOptions(runID, experiment string, cycle int) runner.Optio
 	o := runner.Options{Experiment: experiment, RunID: runID, OutDir: ex.p.out, Baseline: f.BaselineDuration(),
 		Cooldown: cooldown, CooldownTimeout: f.Cooldown.Timeout.D(), Timeout: f.Timeout.D(), IdleHistory: ex.opts.IdleHistory,
 		Sampler: ex.opts.Sampler, ExporterURL: ex.opts.ExporterURL, ExporterToken: ex.opts.ExporterToken,
-		Campaign: f.Name, Cycle: cycle, Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard}
+		Campaign: f.Name, Cycle: cycle, Stdout: io.Discard, Stderr: io.Discard, Progress: io.Discard, Job: ex.job}
 	state := filepath.Join(ex.p.out, ".state")
+	if ex.job != nil { // baselines are a node's: jobs on other nodes keep their own
+		state = filepath.Join(state, "nodes", sanitise(ex.job.Node))
+	}
 	switch f.Baseline.Policy {
 	case "per_run":
 		o.BaselineCache = filepath.Join(state, "baselines.json") // TTL 0: always measured
@@ -281,6 +285,10 @@ func (ex *executor) warmups(ctx context.Context, remaining map[*Config]bool) err
 		}
 		for k := 1; k <= n; k++ {
 			id := fmt.Sprintf("warmup-%s-%d", c.ID, k) // the id: a configuration name may hold a path
+			if ex.job != nil {
+				// Jobs of one configuration may warm up at once on several nodes.
+				id = fmt.Sprintf("warmup-%s-job%s-%d", c.ID, ex.job.ID, k)
+			}
 			dir := filepath.Join(ex.p.out, ".warmup", id)
 			if err := os.MkdirAll(filepath.Join(dir, manifest.ResultsDir), 0o755); err != nil {
 				return err

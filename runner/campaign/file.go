@@ -68,6 +68,7 @@ type File struct {
 	} `yaml:"baseline"`
 	Backends    map[string]*Persistent `yaml:"backends"`
 	Experiments []*Experiment          `yaml:"experiments"`
+	Executor    ExecutorSpec           `yaml:"executor,omitempty"`
 
 	path string
 	sum  string
@@ -318,6 +319,7 @@ func (f *File) validate() error {
 			bad(append(path, "health"), "needs http (URL, {host} = container address) or command")
 		}
 	}
+	f.validateExecutor(bad)
 	if len(f.Experiments) == 0 {
 		bad([]string{"experiments"}, "at least one experiment is required")
 	}

@@ -31,24 +31,28 @@ type holder struct {
 // lock takes the campaign directory's lock, or fails naming the lem-run (PID and host) that holds it; release
 // gives it back.
 func lock(dir string) (release func(), err error) {
-	path := filepath.Join(dir, LockFile)
+	return lockFile(filepath.Join(dir, LockFile), dir+" is being executed", "use another --out")
+}
+
+// lockFile takes the lock file at path; what says what its holder does, and alternative what else to do.
+func lockFile(path, what, alternative string) (release func(), err error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("campaign directory lock %s: %w", path, err)
+		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		defer f.Close()
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("campaign directory lock %s: %w", path, err)
+			return nil, fmt.Errorf("lock %s: %w", path, err)
 		}
 		var h holder
 		b, _ := io.ReadAll(io.LimitReader(f, 4096))
 		if json.Unmarshal(b, &h) != nil || h.PID == 0 {
-			return nil, fmt.Errorf("%w: %s is locked by another lem-run (%s names none yet): wait for it to end, or use another --out",
-				ErrLocked, dir, path)
+			return nil, fmt.Errorf("%w: %s by another lem-run (%s names none yet): wait for it to end, or %s",
+				ErrLocked, what, path, alternative)
 		}
-		return nil, fmt.Errorf("%w: %s is being executed by lem-run pid %d on host %s since %s: wait for it to end, or use another --out",
-			ErrLocked, dir, h.PID, h.Host, h.Since.Format(time.RFC3339))
+		return nil, fmt.Errorf("%w: %s by lem-run pid %d on host %s since %s: wait for it to end, or %s",
+			ErrLocked, what, h.PID, h.Host, h.Since.Format(time.RFC3339), alternative)
 	}
 	self := meta.Self()
 	b, _ := json.Marshal(holder{Host: self.Host, PID: self.PID, Since: time.Now().UTC().Truncate(time.Second)})

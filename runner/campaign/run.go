@@ -50,6 +50,11 @@ type Options struct {
 	Cooldown string
 	// IdleHistory is the host's idle-baseline history file (runner.Options.IdleHistory).
 	IdleHistory string
+	// Executor carries out the runs (nil: Local, one after another in this process).
+	Executor Executor
+	// ReadOnly only looks: the executor reconciles the state with what it knows (a cluster's queue), nothing is
+	// run or submitted, and campaign.json is rewritten only when no other lem-run holds the campaign directory.
+	ReadOnly bool
 }
 
 // RunState is one planned run's outcome.
@@ -58,10 +63,14 @@ type RunState struct {
 	Cycle      int     `json:"cycle"`
 	Experiment string  `json:"experiment"`
 	RunID      string  `json:"run_id"`
-	Status     string  `json:"status"` // pending, ok, failed, interrupted, timeout, error
+	Status     string  `json:"status"` // pending, queued, running, ok, failed, interrupted, timeout, error, crashed
 	Error      string  `json:"error,omitempty"`
 	Attempts   int     `json:"attempts"`
 	DurationS  float64 `json:"duration_s,omitempty"`
+	// Node is where the current attempt ran, when a cluster executor placed it.
+	Node string `json:"node,omitempty"`
+	// Jobs are the run's submissions to a cluster's scheduler, oldest first (cluster executors only).
+	Jobs []Job `json:"jobs,omitempty"`
 }
 
 // State is campaign.json.
@@ -76,7 +85,7 @@ type State struct {
 	DefinitionSHA256 string              `json:"definition_sha256,omitempty"`
 	Structure        string              `json:"structure"`
 	Cycles           int                 `json:"cycles"`
-	Status           string              `json:"status"` // running, done, interrupted, incomplete
+	Status           string              `json:"status"` // running, done, interrupted, incomplete, submitted
 	Started          time.Time           `json:"started"`
 	Updated          time.Time           `json:"updated"`
 	Runs             []RunState          `json:"runs"`
@@ -84,6 +93,10 @@ type State struct {
 	Catalogues       map[string]string   `json:"catalogues,omitempty"` // experiment → catalogue file
 	Experiments      []report.Experiment `json:"experiments,omitempty"`
 	Problems         []report.Problem    `json:"problems,omitempty"`
+	// Executor is what carried out the runs (local, slurm); Instance tells this campaign directory's campaign
+	// from any other of the same name (its cluster jobs carry it).
+	Executor string `json:"executor,omitempty"`
+	Instance string `json:"instance,omitempty"`
 }
 
 // Prepared is a validated campaign: its plan and every experiment's catalogue.
@@ -360,11 +373,19 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	if err := os.MkdirAll(p.out, 0o755); err != nil {
 		return nil, fmt.Errorf("campaign directory: %w", err)
 	}
-	unlock, err := lock(p.out)
-	if err != nil {
+	exe := opts.Executor
+	if exe == nil {
+		exe = Local{}
+	}
+	locked, err := lock(p.out)
+	switch {
+	case err == nil:
+		defer locked()
+	case opts.ReadOnly && errors.Is(err, ErrLocked):
+		log.Debug("campaign directory in use: reading only", "err", err)
+	default:
 		return nil, err
 	}
-	defer unlock()
 	def, err := f.Definition()
 	if err != nil {
 		return nil, err
@@ -372,7 +393,7 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	dsum := sha256.Sum256(def)
 	st := &State{SchemaVersion: "1", Campaign: f.Name, File: f.path, FileSHA256: f.sum, Definition: def,
 		DefinitionSHA256: hex.EncodeToString(dsum[:]), Structure: f.Structure, Cycles: f.Cycles, Status: "running",
-		Started: time.Now().UTC(), Catalogues: map[string]string{}}
+		Started: time.Now().UTC(), Catalogues: map[string]string{}, Executor: exe.Name()}
 	old, err := ReadState(p.out)
 	switch {
 	case err == nil:
@@ -384,9 +405,18 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 			}
 			log.Warn(what + "; resuming (--force): runs already ok under an id of the new plan are kept")
 		}
-		st.Started = old.Started
+		st.Started, st.Instance = old.Started, old.Instance
+		if inCluster := old.inCluster(); old.Executor != exe.Name() && len(inCluster) > 0 && !opts.ReadOnly {
+			return nil, fmt.Errorf("campaign %s: %d run(s) are still with executor %s (%s, …): resume with --executor %s, or cancel them (--executor %s --cancel)",
+				f.Name, len(inCluster), old.Executor, inCluster[0], old.Executor, old.Executor)
+		}
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("resuming: %w", err)
+	default:
+		old = nil
+	}
+	if st.Instance == "" {
+		st.Instance = newInstance()
 	}
 	for name, file := range p.catFiles {
 		if rel, err := filepath.Rel(p.out, file); err == nil && !strings.HasPrefix(rel, "..") {
@@ -400,65 +430,40 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	if err != nil {
 		return nil, err
 	}
-	remaining := map[*Config]bool{}
+	prior := map[string][]Job{}
+	if old != nil {
+		for _, r := range old.Runs {
+			prior[r.RunID] = r.Jobs
+		}
+	}
 	for _, pl := range p.Plan {
 		rs := RunState{Position: pl.Position, Cycle: pl.Cycle, Experiment: pl.Config.Name, RunID: pl.RunID, Status: "pending",
-			Attempts: report.Attempts(p.out, pl.RunID, earlier)}
+			Attempts: report.Attempts(p.out, pl.RunID, earlier), Jobs: prior[pl.RunID]}
 		current(&rs, filepath.Join(p.out, pl.RunID))
-		if rs.Status != manifest.StatusOK {
-			remaining[pl.Config] = true
-		}
 		st.Runs = append(st.Runs, rs)
 	}
 	st.Startups = startups(p, earlier)
+	x := &Execution{Prepared: p, State: st, Options: opts, Began: time.Now().UTC(), readOnly: locked == nil}
+	if opts.ReadOnly {
+		err = exe.Reconcile(ctx, x)
+		summarise(p, st)
+		st.Status = looked(st, x.readOnly)
+		x.Save()
+		return st, err
+	}
 	if err := writeState(p.out, st); err != nil {
 		return st, err
 	}
-	ex := &executor{p: p, opts: opts, st: st, containers: map[string]*backendContainer{}}
-	defer ex.closeContainers()
-
-	err = ex.warmups(ctx, remaining)
-	done := 0
-	for _, r := range st.Runs {
-		if r.Status == manifest.StatusOK {
-			done++
-		}
-	}
-	opts.Progress.Start(len(st.Runs), done)
-	var prev, stopped *Planned // stopped: the run an interrupt ended
-	for i := range p.Plan {
-		if err != nil {
-			break
-		}
-		pl := &p.Plan[i]
-		rs := &st.Runs[i]
-		if rs.Status == manifest.StatusOK {
-			continue
-		}
-		if prev != nil {
-			gap := f.Gaps.BetweenRuns.D()
-			if prev.Cycle != pl.Cycle {
-				gap = f.Gaps.BetweenCycles.D()
-			}
-			if err = sleep(ctx, gap); err != nil {
-				break
-			}
-		}
-		prev = pl
-		opts.Progress.Begin(pl)
-		if err = ex.run(ctx, pl, rs); err != nil {
-			stopped = pl
-		}
-		opts.Progress.End(pl, rs)
-		if werr := writeState(p.out, st); werr != nil {
-			log.Error("campaign state", "err", werr)
-		}
-	}
-	ex.closeContainers()
-	ex.summarise()
+	err = exe.Execute(ctx, x)
+	summarise(p, st)
 	var failed []RunState
+	queued := 0
 	for _, r := range st.Runs {
-		if r.Status != manifest.StatusOK && r.Status != "pending" {
+		switch r.Status {
+		case manifest.StatusOK, "pending":
+		case StatusQueued, StatusRunning:
+			queued++
+		default:
 			failed = append(failed, r)
 		}
 	}
@@ -466,10 +471,12 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	case err != nil && ctx.Err() != nil:
 		st.Status = "interrupted"
 		err = fmt.Errorf("campaign %s interrupted%s; state in %s; run it again to resume: %w", f.Name,
-			ex.during(stopped), filepath.Join(p.out, StateFile), err)
+			during(p, x.Stopped), filepath.Join(p.out, StateFile), err)
 	case err != nil:
 		st.Status = "incomplete"
-		err = fmt.Errorf("campaign %s stopped%s: %w", f.Name, ex.during(stopped), err)
+		err = fmt.Errorf("campaign %s stopped%s: %w", f.Name, during(p, x.Stopped), err)
+	case queued > 0:
+		st.Status = StatusSubmitted
 	default:
 		st.Status = "done"
 		if len(failed) > 0 {
@@ -481,6 +488,32 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		err = errors.Join(err, werr)
 	}
 	return st, err
+}
+
+// looked is the status of a campaign read without executing it: running while another lem-run executes it,
+// submitted while runs are with a cluster, else what its runs say.
+func looked(st *State, inUse bool) string {
+	ok, notOK := 0, 0
+	for _, r := range st.Runs {
+		switch r.Status {
+		case manifest.StatusOK:
+			ok++
+		case StatusPending:
+		default:
+			notOK++
+		}
+	}
+	switch {
+	case inUse:
+		return "running"
+	case len(st.inCluster()) > 0:
+		return StatusSubmitted
+	case ok == len(st.Runs):
+		return "done"
+	case ok+notOK == 0:
+		return StatusPending
+	}
+	return "incomplete"
 }
 
 // current fills a run's state from its run directory's manifest, if it has one: a run whose runner died without
@@ -519,11 +552,11 @@ func startups(p *Prepared, earlier map[string][]string) []RunState {
 }
 
 // during names the run a campaign stopped in, and its directory.
-func (ex *executor) during(pl *Planned) string {
+func during(p *Prepared, pl *Planned) string {
 	if pl == nil {
 		return ""
 	}
-	return fmt.Sprintf(" during run %s (%s)", pl.RunID, filepath.Join(ex.p.out, pl.RunID))
+	return fmt.Sprintf(" during run %s (%s)", pl.RunID, filepath.Join(p.out, pl.RunID))
 }
 
 // IncompleteError is a campaign that ran to its end with runs that did not end ok.
@@ -569,10 +602,10 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 // summarise fills the per-experiment statistics with the analyzer's own code.
-func (ex *executor) summarise() {
+func summarise(p *Prepared, st *State) {
 	var dirs []string
-	for _, r := range ex.st.Runs {
-		dir := filepath.Join(ex.p.out, r.RunID)
+	for _, r := range st.Runs {
+		dir := filepath.Join(p.out, r.RunID)
 		if _, err := os.Stat(filepath.Join(dir, manifest.FileName)); err == nil {
 			dirs = append(dirs, dir)
 		}
@@ -581,8 +614,8 @@ func (ex *executor) summarise() {
 		return
 	}
 	runs, probs := report.Load(dirs)
-	ex.st.Problems = probs
+	st.Problems = probs
 	if exps, err := report.Experiments(runs, ""); err == nil {
-		ex.st.Experiments = exps
+		st.Experiments = exps
 	}
 }
