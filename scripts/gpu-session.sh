@@ -104,7 +104,10 @@ else
       python3 examples/hf/generate.py --batch-size 1 --new-tokens 16 --repeats 100 --idle 0"
   [ -f scripts/gpu/precision.py ] && part precision 2 200 "${lemrun[@]}" --gpus 2 --baseline 5s --cooldown none \
     --counter-interval 100ms --experiment precision --out "$W/runs/precision" -- python3 scripts/gpu/precision.py
-  [ -f scripts/gpu/share.py ] && part share 3 240 python3 scripts/gpu/share.py --gpu 3 --bin "$BIN" --out "$W/runs/share"
+  mkdir -p "$W/runs/share"
+  part share 3 240 sh -c "$BIN/lem-run record --gpus 3 -o $W/runs/share/share.parquet -- \
+      python3 scripts/gpu/share.py run --gpu 3 --seconds 15 --idle 5 --out $W/runs/share/share-run.json &&
+    $BIN/lem-analyze processes --json $W/runs/share/share.parquet >$W/runs/share/processes.json"
 fi
 sleep 5
 "$BIN/lem-run" record "${src[@]}" --duration "$(D 120)s" -o "$W/all.parquet" \
@@ -173,8 +176,9 @@ stop $LOADEXP
   fi
   [ -f scripts/gpu/precision_table.py ] && [ -d "$W/runs/precision" ] && {
     echo; echo "## Precision"; python3 scripts/gpu/precision_table.py "$W/runs/precision"; }
-  [ -f scripts/gpu/share_table.py ] && [ -d "$W/runs/share" ] && {
-    echo; echo "## GPU sharing"; python3 scripts/gpu/share_table.py "$W/runs/share"; }
+  [ -f "$W/runs/share/processes.json" ] && {
+    echo; echo "## GPU sharing (per-process attribution against solo energies)"
+    python3 scripts/gpu/share.py analyze "$W/runs/share/share-run.json" "$W/runs/share/processes.json"; }
   echo; echo "## Parts' last lines"
   for f in "$W"/campaign.log "$W"/hf.log "$W"/precision.log "$W"/share.log; do
     [ -f "$f" ] && { echo "### $(basename "$f")"; echo '```'; tail -5 "$f"; echo '```'; }
