@@ -223,6 +223,8 @@ var valueSets = map[string]string{
 	"hostPort and remote write": `hostPort: {enabled: true}
 remoteWrite: {url: "http://mimir.mimir:8080/api/v1/push", bearerTokenSecret: {name: mimir-token}}
 image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`,
+	"process containers": `processes: {containers: true, interval: 1s, maxSeries: 16}`,
+	"processes off":      `processes: {enabled: false}`,
 }
 
 func TestChartDefaults(t *testing.T) {
@@ -473,6 +475,36 @@ func TestChartHostPortAndRemoteWrite(t *testing.T) {
 	assert.Equal(t, filepath.Join(mountOf(c, "remote-write-token").MountPath, "token"), f)
 	assert.Equal(t, "mimir-token", volumeOf(r.DaemonSet, "remote-write-token").Secret.SecretName)
 	assert.Equal(t, "ghcr.io/lem-energy/lem-exporter@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef", c.Image)
+}
+
+// Per-process energy is on by default, split per host PID; naming containers and pods shares the node's PID
+// namespace and mounts the kubelet's log directories read-only; off, the exporter polls no process.
+func TestChartProcesses(t *testing.T) {
+	r := mustInstall(t, valueSets["defaults"])
+	c := r.container(t)
+	iv, _ := argValue(c.Args, "process-interval")
+	assert.Equal(t, "500ms", iv)
+	assert.False(t, r.DaemonSet.Spec.Template.Spec.HostPID)
+	assert.Nil(t, mountOf(c, "pod-logs"))
+
+	r = mustInstall(t, valueSets["process containers"])
+	c = r.container(t)
+	assert.True(t, r.DaemonSet.Spec.Template.Spec.HostPID)
+	iv, _ = argValue(c.Args, "process-interval")
+	assert.Equal(t, "1s", iv)
+	ms, _ := argValue(c.Args, "processes.max-series")
+	assert.Equal(t, "16", ms)
+	for _, v := range []struct{ name, path string }{{"pod-logs", "/var/log/pods"}, {"container-logs", "/var/log/containers"}} {
+		m := mountOf(c, v.name)
+		require.NotNil(t, m, v.name)
+		assert.True(t, m.ReadOnly, v.name)
+		assert.Equal(t, v.path, m.MountPath)
+		assert.Equal(t, v.path, volumeOf(r.DaemonSet, v.name).HostPath.Path)
+	}
+
+	r = mustInstall(t, valueSets["processes off"])
+	iv, _ = argValue(r.container(t).Args, "process-interval")
+	assert.Equal(t, "0", iv)
 }
 
 // Values that cannot work fail the install with one line naming them.
