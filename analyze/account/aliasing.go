@@ -120,13 +120,21 @@ func (c AliasCheck) Inside(a, b time.Time) (n, suspect int, worst float64) {
 	return n, suspect, worst
 }
 
+// Overlap returns the checked intervals that overlap [a, b].
+func (c AliasCheck) Overlap(a, b time.Time) []IntervalCheck {
+	k := sort.Search(len(c.Intervals), func(i int) bool { return c.Intervals[i].End.After(a) })
+	j := k
+	for j < len(c.Intervals) && c.Intervals[j].Start.Before(b) {
+		j++
+	}
+	return c.Intervals[k:j]
+}
+
 // Around returns the checked intervals that overlap [a, b] without lying wholly inside it: where a window's edges
 // fall, so where its energy is placed by the samples' shape rather than by counter readings.
 func (c AliasCheck) Around(a, b time.Time) []IntervalCheck {
 	var out []IntervalCheck
-	k := sort.Search(len(c.Intervals), func(i int) bool { return c.Intervals[i].End.After(a) })
-	for ; k < len(c.Intervals) && c.Intervals[k].Start.Before(b); k++ {
-		iv := c.Intervals[k]
+	for _, iv := range c.Overlap(a, b) {
 		if iv.Start.Before(a) || iv.End.After(b) {
 			out = append(out, iv)
 		}

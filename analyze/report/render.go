@@ -151,6 +151,22 @@ func yesNo(ok bool) string {
 	return "no"
 }
 
+// phaseLabel is a phase's name with what the accounting flagged in it: short (shorter than one counter interval,
+// warning short_phase) and aliasing (warning aliasing_suspected). Their budgets are wider for it.
+func phaseLabel(p manifest.Phase) string {
+	var flags []string
+	if p.Short {
+		flags = append(flags, "short")
+	}
+	if p.Aliasing {
+		flags = append(flags, "aliasing")
+	}
+	if len(flags) == 0 {
+		return p.Name
+	}
+	return p.Name + " (" + strings.Join(flags, ", ") + ")"
+}
+
 // perToken divides an energy's budget by the run's output tokens (exact counts: the relative terms carry over).
 func perToken(u manifest.Num, m *manifest.Manifest) manifest.Num {
 	if m.Derived == nil || !m.Derived.OutputTokens.Valid() {
@@ -189,7 +205,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 			if r.Power != nil {
 				capped = manifest.Num(r.PowerCappedS[p.Name])
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", r.Manifest.RunID, p.Name, p.Count,
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", r.Manifest.RunID, phaseLabel(p), p.Count,
 				num(p.DurationS, 3), num(p.Energy.HybridJ, 1), pm(b.ExpandedRawJ, 1),
 				adjustedText(p.Energy.AdjustedJ, p.Energy.AdjustedClamped, 1), pm(b.ExpandedAdjustedJ, 1), num(capped, 2))
 		}
@@ -209,8 +225,10 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 const uncertaintyNote = "Means carry 95 % intervals over the runs that pass `lem-analyze validate` (log scale for " +
 	"positive quantities, studentized bootstrap from 10 runs; fewer than 3 runs are listed, not given an interval). " +
 	"U is the expanded uncertainty (k = 2) of the GUM budget: sensor gain/offset (±5 % of reading, assumed: NVML " +
-	"documents it for Fermi and Kepler boards only), counter lag, edges, baseline, repetition, and marker latency " +
-	"and aliasing (0 until measured). System boundary: the GPU board only (no CPU, DRAM, PSU)."
+	"documents it for Fermi and Kepler boards only), counter lag, edges, baseline, repetition, aliasing (the 50 Hz " +
+	"shape inside the counter intervals at the edges; at least 10 % of it for phases marked short) and marker " +
+	"latency (0 until measured). Phases marked short are shorter than one counter interval; aliasing: the samples " +
+	"disagreed with the counter inside them. System boundary: the GPU board only (no CPU, DRAM, PSU)."
 
 var budgetTerms = []string{TermGain, TermLag, TermBoundary, TermLatency, TermBaseline, TermAliasing}
 
@@ -507,7 +525,7 @@ func orNaN(p *float64) float64 {
 func csvPhases(cw *csv.Writer, runs []Run) {
 	cw.Write([]string{"run_id", "experiment", "cycle", "ok", "phase", "count", "duration_s", "hybrid_j", "adjusted_j",
 		"adjusted_clamped", "u_raw_j", "expanded_raw_j", "u_adjusted_j", "expanded_adjusted_j", "power_capped_s",
-		"adjusted_active_j"})
+		"adjusted_active_j", "short", "aliasing_suspected"})
 	for i := range runs {
 		r := &runs[i]
 		m := r.Manifest
@@ -520,7 +538,8 @@ func csvPhases(cw *csv.Writer, runs []Run) {
 			cw.Write([]string{m.RunID, m.Experiment, strconv.Itoa(m.Cycle), strconv.FormatBool(Passes(m)), p.Name,
 				strconv.Itoa(p.Count), cell(p.DurationS, 3), cell(p.Energy.HybridJ, 3), cell(p.Energy.AdjustedJ, 3),
 				strconv.FormatBool(p.Energy.AdjustedClamped), cell(b.URawJ, 3), cell(b.ExpandedRawJ, 3),
-				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3), cell(p.Energy.AdjustedActiveJ, 3)})
+				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3), cell(p.Energy.AdjustedActiveJ, 3),
+				strconv.FormatBool(p.Short), strconv.FormatBool(p.Aliasing)})
 		}
 	}
 }
