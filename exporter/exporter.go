@@ -42,6 +42,7 @@ type Exporter struct {
 	handler http.Handler
 	rec     *recorder.Dir
 	rw      *RemoteWriter
+	lags    *LagKeeper
 	log     *slog.Logger
 	opts    Options
 }
@@ -86,7 +87,12 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
-	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s}).Register(mux)
+	recDir := ""
+	if opts.Record != nil {
+		recDir = opts.Record.Dir
+	}
+	e.lags = NewLagKeeper(s, s.Config().RingSpan, recDir, log)
+	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s, Fallback: e.lags.Lags}).Register(mux)
 	NewAPI(e.runs, s, log).Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
@@ -117,8 +123,9 @@ func (e *Exporter) Sampler() *sampler.Sampler { return e.s }
 // Run samples until ctx is done, then stops the sampler and flushes the recorder and the stream.
 func (e *Exporter) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); e.s.Run(ctx) }()
+	go func() { defer wg.Done(); e.lags.Run(ctx) }()
 	<-ctx.Done()
 	wg.Wait()
 	var err error
