@@ -25,23 +25,26 @@ type File struct {
 // Board is one board's calibration: P_meter = Gain·P_lem + OffsetW, with the fit's standard errors and what it
 // was fitted on.
 type Board struct {
-	Name      string    `json:"name,omitempty"`
-	Gain      float64   `json:"gain"`
-	GainSE    float64   `json:"gain_se"`
-	OffsetW   float64   `json:"offset_w"`
-	OffsetSEW float64   `json:"offset_se_w"`
-	CovW      float64   `json:"cov_gain_offset_w"`
-	Points    int       `json:"points"`
-	IntervalS float64   `json:"meter_interval_s"`
-	MinW      float64   `json:"min_w"`
-	MaxW      float64   `json:"max_w"`
-	ClockS    float64   `json:"clock_offset_s"`
-	ResidualW float64   `json:"residual_sd_w"`
-	Lag1      float64   `json:"residual_lag1"`
-	Meter     string    `json:"meter"`
-	Format    string    `json:"format"`
-	Trace     string    `json:"trace"`
-	FittedAt  time.Time `json:"fitted_at"`
+	Name      string  `json:"name,omitempty"`
+	Gain      float64 `json:"gain"`
+	GainSE    float64 `json:"gain_se"`
+	OffsetW   float64 `json:"offset_w"`
+	OffsetSEW float64 `json:"offset_se_w"`
+	CovW      float64 `json:"cov_gain_offset_w"`
+	Points    int     `json:"points"`
+	IntervalS float64 `json:"meter_interval_s"`
+	MinW      float64 `json:"min_w"`
+	MaxW      float64 `json:"max_w"`
+	ClockS    float64 `json:"clock_offset_s"`
+	ResidualW float64 `json:"residual_sd_w"`
+	Lag1      float64 `json:"residual_lag1"`
+	// MeterU is the meter's own relative standard uncertainty (its specified accuracy bound over √3), added to
+	// every corrected energy's: the fit transfers the meter's scale, errors included.
+	MeterU   float64   `json:"meter_u"`
+	Meter    string    `json:"meter"`
+	Format   string    `json:"format"`
+	Trace    string    `json:"trace"`
+	FittedAt time.Time `json:"fitted_at"`
 }
 
 // BoardOf is a fit as a board's calibration.
@@ -54,14 +57,16 @@ func BoardOf(r Result) Board {
 // Correct is an energy of e joules over durS seconds on the meter's scale, and the standard uncertainty the fit
 // gives it: u² = (e·u_gain)² + (durS·u_offset)² + 2·e·durS·cov.
 func (b Board) Correct(e, durS float64) (float64, float64) {
-	u2 := e*e*b.GainSE*b.GainSE + durS*durS*b.OffsetSEW*b.OffsetSEW + 2*e*durS*b.CovW
-	return b.Gain*e + b.OffsetW*durS, math.Sqrt(max(u2, 0))
+	c := b.Gain*e + b.OffsetW*durS
+	u2 := e*e*b.GainSE*b.GainSE + durS*durS*b.OffsetSEW*b.OffsetSEW + 2*e*durS*b.CovW + c*c*b.MeterU*b.MeterU
+	return c, math.Sqrt(max(u2, 0))
 }
 
 // CorrectDifference is a difference of two energies over the same time (an energy minus idle power × duration,
 // both read by this board's sensor) on the meter's scale: the offset cancels, the gain scales it.
 func (b Board) CorrectDifference(e float64) (float64, float64) {
-	return b.Gain * e, math.Abs(e) * b.GainSE
+	c := b.Gain * e
+	return c, math.Hypot(e*b.GainSE, c*b.MeterU)
 }
 
 // maxFileSize bounds a calibration file.
@@ -113,6 +118,8 @@ func ParseFile(name string, b []byte) (*File, error) {
 		case !finite(c.GainSE) || c.GainSE < 0 || c.GainSE > 1 || !finite(c.OffsetSEW) || c.OffsetSEW < 0 || c.OffsetSEW > 1e4:
 			return nil, fmt.Errorf("calibration %s: board %s: standard errors must be finite, not negative, at most 1 (gain) "+
 				"and 10 kW (offset)", name, u)
+		case !finite(c.MeterU) || c.MeterU < 0 || c.MeterU > 0.5:
+			return nil, fmt.Errorf("calibration %s: board %s: meter_u %g outside 0–0.5", name, u, c.MeterU)
 		case !finite(c.CovW) || math.Abs(c.CovW) > c.GainSE*c.OffsetSEW*(1+1e-9):
 			return nil, fmt.Errorf("calibration %s: board %s: covariance %g exceeds what the standard errors allow", name, u, c.CovW)
 		}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lem-energy/lem/analyze/account"
+	"github.com/lem-energy/lem/analyze/calibrate"
 	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
@@ -206,4 +207,48 @@ func plainAliasingFloor(s *trace.Series, lag time.Duration, a, b, pa, pb time.Ti
 		s2 += u * u
 	}
 	return math.Sqrt(s2)
+}
+
+// A run on two boards of which the calibration file knows one: that board's energies go to the meter's scale and
+// its gain term is the fit's; the other keeps its energy and the assumed ±5 %; the two add in quadrature.
+func TestCalibrateOneOfTwoBoards(t *testing.T) {
+	dir := mkdir(t, filepath.Join(t.TempDir(), "r2"))
+	g := func(i int, uuid string, e, adj float64) manifest.GPU {
+		return manifest.GPU{Index: i, Role: manifest.RoleWorkload, UUID: uuid, Method: "hybrid", IdleW: 80,
+			MeanPowerW: manifest.Num(e / 10), PeakPowerW: manifest.Num(e / 5),
+			Baseline: &manifest.Baseline{MedianW: 80, P25W: 79, P75W: 81, IQRW: 2, Samples: 500},
+			Energy: manifest.Energy{CounterJ: manifest.Num(e), HybridJ: manifest.Num(e), SampledJ: manifest.Num(e),
+				AdjustedJ: manifest.Num(adj), AdjustedActiveJ: manifest.Null}}
+	}
+	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: "r2", Experiment: "e", Status: manifest.StatusOK,
+		Backend: "process", Times: manifest.Times{Start: p0, End: p0.Add(10 * time.Second), DurationS: 10},
+		GPUs: []manifest.GPU{g(0, "GPU-a", 3000, 2200), g(1, "GPU-b", 2000, 1200)}, Warnings: []manifest.Warning{},
+		Phases: []manifest.Phase{{Name: "p", Count: 1, Start: p0, End: p0.Add(4 * time.Second), DurationS: 4,
+			GPUs: []manifest.PhaseGPU{{Index: 0, HybridJ: 1000, AdjustedJ: 680, AdjustedActiveJ: manifest.Null, SMClockHz: manifest.Null, PState: manifest.Null},
+				{Index: 1, HybridJ: 800, AdjustedJ: 480, AdjustedActiveJ: manifest.Null, SMClockHz: manifest.Null, PState: manifest.Null}},
+			Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null, HybridJ: 1800, AdjustedJ: 1160, AdjustedActiveJ: manifest.Null}}}}
+	m.Energy = manifest.Energy{CounterJ: 5000, HybridJ: 5000, SampledJ: 5000, AdjustedJ: 3400, AdjustedActiveJ: manifest.Null}
+	require.NoError(t, manifest.Write(dir, m))
+	runs, probs := report.LoadManifests([]string{dir})
+	require.Empty(t, probs)
+	cal := &calibrate.File{Boards: map[string]calibrate.Board{"GPU-a": {Gain: 0.98, GainSE: 0.002, OffsetW: 5, OffsetSEW: 1, CovW: -0.001}}}
+	require.Equal(t, 1, report.Calibrate(runs, cal, "cal.json"))
+	r := runs[0]
+	a := cal.Boards["GPU-a"]
+	assert.InDelta(t, 0.98*3000+5*10+2000, float64(r.Manifest.Energy.HybridJ), 1e-9)
+	assert.InDelta(t, 0.98*2200+1200, float64(r.Manifest.Energy.AdjustedJ), 1e-9)
+	assert.InDelta(t, 0.98*1000+5*4+800, float64(r.Manifest.Phases[0].Energy.HybridJ), 1e-9)
+	_, ua := a.Correct(3000, 10)
+	gainU := 0.05 / math.Sqrt(3)
+	assert.InDelta(t, math.Hypot(ua, gainU*2000), float64(r.Uncertainty.Term(report.TermGain).RawJ), 1e-9)
+	_, uda := a.CorrectDifference(2200)
+	assert.InDelta(t, math.Hypot(uda, gainU*1200), float64(r.Uncertainty.Term(report.TermGain).AdjustedJ), 1e-9)
+	pb, _ := r.PhaseBudget("p")
+	_, upa := a.Correct(1000, 4)
+	assert.InDelta(t, math.Hypot(upa, gainU*800), float64(pb.Term(report.TermGain).RawJ), 1e-9)
+	assert.InDelta(t, 0.98*80+5, float64(r.Manifest.GPUs[0].IdleW), 1e-9)
+	assert.Equal(t, manifest.Num(80), r.Manifest.GPUs[1].IdleW, "the board the file does not know")
+	var md bytes.Buffer
+	require.NoError(t, report.Markdown(&md, runs, nil, nil))
+	assert.Contains(t, md.String(), "- r2: calibrated by cal.json: GPU 0 (GPU-a) gain 0.9800 ± 0.0040, offset +5.0 ± 2.0 W")
 }

@@ -151,6 +151,22 @@ func yesNo(ok bool) string {
 	return "no"
 }
 
+// calibrationNotes lists the runs whose energies a calibration file corrected, each with the fits used.
+func calibrationNotes(w io.Writer, runs []Run) {
+	first := true
+	for _, r := range runs {
+		if r.Calibrated == nil {
+			continue
+		}
+		if first {
+			fmt.Fprint(w, "\nEnergies corrected to the external meter's scale (docs/METHODOLOGY.md, \"Calibration\"); the gain "+
+				"term of their budgets is the fit's:\n\n")
+			first = false
+		}
+		fmt.Fprintf(w, "- %s: %s\n", r.Manifest.RunID, r.Calibrated)
+	}
+}
+
 // phaseLabel is a phase's name with what the accounting flagged in it: short (shorter than one counter interval,
 // warning short_phase) and aliasing (warning aliasing_suspected). Their budgets are wider for it.
 func phaseLabel(p manifest.Phase) string {
@@ -191,6 +207,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 			pm(perToken(u.ExpandedAdjustedJ, m), 4), num(f.tpj, 3), num(f.mean, 1), num(f.peak, 1), f.steady,
 			strings.Join(f.codes, ", "))
 	}
+	calibrationNotes(w, runs)
 	fmt.Fprint(w, "\n### Uncertainty budgets of the runs (standard uncertainties, J)\n\n")
 	budgetHeader(w, "run")
 	for _, r := range runs {
@@ -385,6 +402,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		PhaseUncertainty map[string]Budget  `json:"phase_uncertainty"`
 		PowerCappedS     map[string]float64 `json:"power_capped_s"`
 		Steady           []steadyOut        `json:"steady_state"`
+		Calibrated       *Calibrated        `json:"calibrated,omitempty"`
 	}
 	out := struct {
 		Runs        []runOut     `json:"runs"`
@@ -395,7 +413,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		r := &runs[i]
 		v := Violations(r.Manifest)
 		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, OK: len(v) == 0, Violations: v, Uncertainty: r.Uncertainty,
-			PhaseUncertainty: map[string]Budget{}, PowerCappedS: r.PowerCappedS}
+			PhaseUncertainty: map[string]Budget{}, PowerCappedS: r.PowerCappedS, Calibrated: r.Calibrated}
 		for _, p := range r.Manifest.Phases {
 			ro.PhaseUncertainty[p.Name], _ = r.PhaseBudget(p.Name)
 		}

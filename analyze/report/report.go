@@ -33,6 +33,8 @@ type Run struct {
 	Power map[int][]trace.PowerSample
 	// PowerCappedS is, per phase, the time a workload GPU held its clocks under the software power cap.
 	PowerCappedS map[string]float64
+	// Calibrated is how Calibrate corrected the run's energies (nil: not corrected).
+	Calibrated *Calibrated
 }
 
 // PhaseBudget is the uncertainty budget of one of the run's phases.

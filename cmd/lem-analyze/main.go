@@ -19,6 +19,7 @@ type app struct {
 	Validate    validateCmd    `cmd:"" help:"Check runs against the quality rules; exits non-zero when any fails."`
 	Audit       auditCmd       `cmd:"" help:"Backend-parameter coverage: every parameter's effective value, explicit vs defaulted, energy-relevant ones highlighted."`
 	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`
+	Calibrate   calibrateCmd   `cmd:"" help:"Fit a board's gain and offset against an external power meter's log recorded alongside a lem trace."`
 	Synth       synthCmd       `cmd:"" hidden:"" help:"Tile a real recording into a large trace (benchmarks)."`
 }
 
