@@ -190,6 +190,9 @@ func plainAliasingFloor(s *trace.Series, lag time.Duration, a, b, pa, pb time.Ti
 		}
 	}
 	rms = math.Sqrt(rms / float64(k))
+	if floor < 0 { // the edges' own departure and the 1 % floor only: what the spread adds is left out
+		rms, floor = 0, 0.01
+	}
 	var s2 float64
 	for i, v := range ivs {
 		if !v.b.After(pa) || !v.a.Before(pb) || (!v.a.Before(pa) && !v.b.After(pb)) {
@@ -251,4 +254,21 @@ func TestCalibrateOneOfTwoBoards(t *testing.T) {
 	var md bytes.Buffer
 	require.NoError(t, report.Markdown(&md, runs, nil, nil))
 	assert.Contains(t, md.String(), "- r2: calibrated by cal.json: GPU 0 (GPU-a) gain 0.9800 ± 0.0040, offset +5.0 ± 2.0 W")
+}
+
+// A phase whose edges fall in idle counter intervals around an aliased wave: the edges' own intervals agree with
+// the counter, but the intervals the phase overlaps depart by a third, and that spread is what the edges' shape
+// is worth (the plain computation, and several times what the 1 % floor alone would give).
+func TestAliasingTermUsesOccurrenceSpread(t *testing.T) {
+	sq := testutil.Square{Start: p0, Duration: 16 * time.Second, Low: 100, High: 500, Period: 40 * time.Millisecond,
+		Duty: 0.25, On: 6 * time.Second, Off: 10 * time.Second, SampleOffset: 5 * time.Millisecond}
+	tr := sq.Trace(pev(1, trace.EventRunStart, "e"), pev(1, trace.EventPhase, "before"), pev(5.95, trace.EventPhase, "wave"),
+		pev(10.05, trace.EventPhase, "after"), pev(15, trace.EventRunEnd, "e"))
+	r := loadOne(t, writeRunDir(t, tr, pat(1), pat(15), nil))
+	b, _ := r.PhaseBudget("wave")
+	lag := time.Duration(r.Manifest.GPUs[0].Lag.MS * 1e6)
+	want := plainAliasingFloor(tr.GPUs[0], lag, pat(1), pat(15), pat(5.95), pat(10.05), 0.01)
+	floorOnly := plainAliasingFloor(tr.GPUs[0], lag, pat(1), pat(15), pat(5.95), pat(10.05), -1) // no spread, no floor
+	assert.InDelta(t, want, float64(b.Term(report.TermAliasing).RawJ), 1e-6)
+	assert.Greater(t, want, 5*floorOnly, "the occurrence's spread, not the edges' own agreement")
 }
