@@ -130,7 +130,10 @@ func TestFitCoverage(t *testing.T) {
 	p := truePower(s)
 	ser := s.Series()
 	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time, ser.Samples[len(ser.Samples)-1].Time)
-	const trials = 200
+	trials := 200
+	if raceEnabled {
+		trials = 30
+	}
 	inGain, inOffset := 0, 0
 	var worstClock time.Duration
 	var seGain float64
@@ -149,13 +152,15 @@ func TestFitCoverage(t *testing.T) {
 		}
 		// The readings are stamped 0–15 ms late: the offset found is the clock's plus their mean lateness.
 		worstClock = max(worstClock, (res.ClockOffset - clock - 7*time.Millisecond).Abs())
-		seGain += res.GainSE / trials
+		seGain += res.GainSE / float64(trials)
 	}
 	t.Logf("coverage over %d trials: gain %d, offset %d; mean u(gain) %.5f; worst clock offset error %s",
 		trials, inGain, inOffset, seGain, worstClock)
-	assert.GreaterOrEqual(t, inGain, 180)
-	assert.GreaterOrEqual(t, inOffset, 180)
-	assert.LessOrEqual(t, inGain, 199, "intervals not absurdly wide")
+	assert.GreaterOrEqual(t, inGain, trials*9/10)
+	assert.GreaterOrEqual(t, inOffset, trials*9/10)
+	if !raceEnabled {
+		assert.LessOrEqual(t, inGain, 199, "intervals not absurdly wide")
+	}
 	assert.Less(t, worstClock, 20*time.Millisecond)
 	assert.Less(t, seGain, 0.002, "300 readings over 80–700 W pin the gain to a fraction of a percent")
 }
@@ -169,7 +174,10 @@ func TestFitCoverageCorrelatedNoise(t *testing.T) {
 	p := truePower(s)
 	ser := s.Series()
 	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time, ser.Samples[len(ser.Samples)-1].Time)
-	const trials = 100
+	trials := 100
+	if raceEnabled {
+		trials = 20
+	}
 	in := 0
 	for seed := range uint64(trials) {
 		r := rand.New(rand.NewPCG(seed, 31))
@@ -188,7 +196,7 @@ func TestFitCoverageCorrelatedNoise(t *testing.T) {
 		}
 	}
 	t.Logf("gain and offset both covered in %d of %d trials", in, trials)
-	assert.GreaterOrEqual(t, in, 85)
+	assert.GreaterOrEqual(t, in, trials*85/100)
 }
 
 // What the fit cannot do it says: flat power, too few readings, a clock offset beyond the search, a log beside
