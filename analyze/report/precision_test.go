@@ -272,3 +272,20 @@ func TestAliasingTermUsesOccurrenceSpread(t *testing.T) {
 	assert.InDelta(t, want, float64(b.Term(report.TermAliasing).RawJ), 1e-6)
 	assert.Greater(t, want, 5*floorOnly, "the occurrence's spread, not the edges' own agreement")
 }
+
+// The HTML report shows where a kept lag came from, with its date, and survives a manifest that names the cache
+// without one.
+func TestHTMLShowsKeptLag(t *testing.T) {
+	s := testutil.Synth{Start: p0, Duration: 8 * time.Second, Lag: 60 * time.Millisecond, Levels: []testutil.Level{
+		{At: 0, W: 90}, {At: 5 * time.Second, W: 600}}}
+	tr := s.Trace(pev(0.5, trace.EventRunStart, "e"), pev(7, trace.EventRunEnd, "e"))
+	kept := map[string]account.LagRecord{"GPU-synthetic-0": {MS: 60, UMS: 1.5, At: time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)}}
+	r := loadOne(t, writeRunDir(t, tr, pat(0.5), pat(7), kept))
+	var b bytes.Buffer
+	require.NoError(t, report.HTML(&b, []report.Run{r}, nil, nil))
+	assert.Contains(t, b.String(), "60 (kept from 2026-11-30)")
+	r.Manifest.GPUs[0].Lag.CacheDate = nil
+	b.Reset()
+	require.NoError(t, report.HTML(&b, []report.Run{r}, nil, nil))
+	assert.Contains(t, b.String(), "60 (kept)")
+}

@@ -117,7 +117,7 @@ def main():
     t_end = time.perf_counter() + (1.0 if args.quick else 3.0)
     while time.perf_counter() < t_end:
         torch.matmul(ba, bb)
-    torch.cuda.synchronize()
+        torch.cuda.synchronize()  # the phase ends when its work does, not a queue of launches later
 
     for period in [float(x) for x in args.periods_ms.split(",")]:
         for duty in [int(x) for x in args.duties.split(",")]:
