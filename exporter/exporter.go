@@ -45,6 +45,7 @@ type Exporter struct {
 	rec     *recorder.Dir
 	rw      *RemoteWriter
 	procs   *Processes // nil: processes not sampled
+	lags    *LagKeeper
 	log     *slog.Logger
 	opts    Options
 }
@@ -96,7 +97,12 @@ func New(src gpu.Source, devs []gpu.Device, opts Options, log *slog.Logger) (*Ex
 		promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelError),
 			MaxRequestsInFlight: opts.MaxRequestsInFlight, Registry: selfReg}))
 	mux.Handle("GET "+opts.MetricsPath, metrics)
-	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s}).Register(mux)
+	recDir := ""
+	if opts.Record != nil {
+		recDir = opts.Record.Dir
+	}
+	e.lags = NewLagKeeper(s, s.Config().RingSpan, recDir, log)
+	marker.NewHandler(e.runs, opts.MarkerToken, log).WithMeter(&account.IntervalMeter{Src: s, Fallback: e.lags.Lags}).Register(mux)
 	api.Register(mux)
 	if opts.MetricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
@@ -133,8 +139,9 @@ func (e *Exporter) Run(ctx context.Context) error {
 		e.procs.start(e.s)
 	}
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() { defer wg.Done(); e.s.Run(ctx) }()
+	go func() { defer wg.Done(); e.lags.Run(ctx) }()
 	<-ctx.Done()
 	wg.Wait()
 	if e.procs != nil {

@@ -415,10 +415,12 @@ func (r *run) finish(t *trace.Trace, start, end time.Time, baselines map[int]*ma
 	if baselines == nil {
 		baselines = map[int]*manifest.Baseline{}
 	}
+	lags := r.keptLags()
 	r.mu.Lock()
 	account.Fill(r.m, account.Input{Trace: t, RunID: r.opts.RunID, Start: start, End: end, GPUs: gpus,
-		Baselines: baselines, Brackets: brackets})
+		Baselines: baselines, Brackets: brackets, FallbackLags: lags})
 	r.m.Markers = r.markers
+	r.keepLags()
 	r.mu.Unlock()
 	if n := r.markers.Rejected; n > 0 {
 		r.warn("marker_rejected", nil, "%d marker(s) were rejected (see the log): phases or results are missing", n)

@@ -57,15 +57,22 @@ const (
 type Meter struct {
 	series *trace.Series
 	hybrid *energy.Hybrid
-	Lag    energy.LagEstimate
-	Method string // "" when the GPU has neither samples nor counter readings
+	Lag    energy.LagEstimate // the fit on this trace
+	Method string             // "" when the GPU has neither samples nor counter readings
+	// Source is where the lag the hybrid uses came from: manifest.LagFit (Lag), manifest.LagCache (Kept, when
+	// the trace could not resolve its own) or manifest.LagNone (unresolved, 0 used).
+	Source string
+	Kept   *LagRecord
 }
 
 // NewMeter fits a GPU's meter: the hybrid with its lag estimated from the series, or the fallback.
 func NewMeter(s *trace.Series) *Meter {
 	m := &Meter{series: s}
 	if h, lag, err := energy.FitHybrid(s.Counters, s.Samples); err == nil {
-		m.hybrid, m.Lag, m.Method = h, lag, MethodHybrid
+		m.hybrid, m.Lag, m.Method, m.Source = h, lag, MethodHybrid, manifest.LagNone
+		if lag.OK {
+			m.Source = manifest.LagFit
+		}
 		return m
 	}
 	switch {
@@ -75,6 +82,29 @@ func NewMeter(s *trace.Series) *Meter {
 		m.Method = MethodCounter
 	}
 	return m
+}
+
+// WithKept is the meter with a kept lag where the trace could not resolve its own; m itself where it could, or
+// where it has no hybrid. Meters are shared by the runs of a trace: m is not changed.
+func (m *Meter) WithKept(r LagRecord) *Meter {
+	if m.Method != MethodHybrid || m.Lag.OK {
+		return m
+	}
+	c := *m
+	c.hybrid = m.hybrid.WithLag(time.Duration(r.MS * 1e6))
+	c.Source, c.Kept = manifest.LagCache, &r
+	return &c
+}
+
+// Hybrid is the meter's hybrid (nil when the GPU's energy is not the hybrid's).
+func (m *Meter) Hybrid() *energy.Hybrid { return m.hybrid }
+
+// UsedLag is the lag the meter's hybrid uses and its standard uncertainty.
+func (m *Meter) UsedLag() (lag, u time.Duration) {
+	if m.Source == manifest.LagCache && m.Kept != nil {
+		return time.Duration(m.Kept.MS * 1e6), m.Kept.fallbackU()
+	}
+	return m.Lag.Lag, m.Lag.U
 }
 
 // Energy returns the energy over [t0, t1]; NaN when the data does not cover it.
@@ -150,13 +180,16 @@ type Input struct {
 	Brackets map[int]Bracket
 	// Results are the run's results; nil: accumulated from its result events (marker.AddResults).
 	Results map[string]string
+	// FallbackLags are lags kept from earlier traces (LagCache), by GPU UUID or by the GPU's index in decimal: a
+	// GPU whose lag this trace cannot resolve uses its entry, and its manifest counter_lag says so (source cache).
+	FallbackLags map[string]LagRecord
 }
 
 // Fill accounts the run into m: Times (start, end, duration), GPUs (identity from m.Environment), Energy,
 // ObservedEnergy, Phases, Results, Derived, and the data's warnings appended to m.Warnings. Whatever else m holds
 // (ids, status, command, the runner's own warnings) is kept.
 func Fill(m *manifest.Manifest, in Input) {
-	a := accounting{m: m, in: in, idle: map[int]float64{}, active: map[int]float64{}}
+	a := accounting{m: m, in: in, idle: map[int]float64{}, active: map[int]float64{}, checks: map[int]AliasCheck{}}
 	a.run()
 }
 
@@ -165,6 +198,8 @@ type accounting struct {
 	in Input
 	// Per GPU, what the phases subtract: deep idle at the run's temperature, and active idle.
 	idle, active map[int]float64
+	// checks are the hybrid GPUs' aliasing checks over the run.
+	checks map[int]AliasCheck
 }
 
 func (a *accounting) warn(code string, g *int, format string, args ...any) {
@@ -184,6 +219,10 @@ func (a *accounting) run() {
 	}
 	if in.Meters == nil && in.Trace != nil {
 		in.Meters = Meters(in.Trace)
+		a.in.Meters = in.Meters
+	}
+	if len(in.FallbackLags) > 0 && in.Meters != nil {
+		in.Meters = a.withKeptLags(in.Meters)
 		a.in.Meters = in.Meters
 	}
 	gpus := in.GPUs
@@ -224,7 +263,9 @@ func (a *accounting) run() {
 	if len(gpus) == 0 {
 		m.Energy = manifest.Unmeasured()
 	}
-	a.phases(gpus, baselines)
+	occ := a.phases(gpus, baselines)
+	a.shortPhases(gpus, occ)
+	a.aliasing(occ)
 	a.windows(gpus, baselines, runEvents)
 	a.requestWindows(gpus, baselines, runEvents)
 	a.processes(gpus, baselines)
@@ -295,8 +336,14 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 	mg.Energy.HybridJ = manifest.Num(meter.Energy(in.Start, in.End))
 	switch meter.Method {
 	case MethodHybrid:
-		mg.Lag = &manifest.Lag{MS: float64(meter.Lag.Lag) / 1e6, Resolved: meter.Lag.OK, Contrast: meter.Lag.Contrast,
-			Intervals: meter.Lag.Intervals}
+		lag, u := meter.UsedLag()
+		mg.Lag = &manifest.Lag{MS: float64(lag) / 1e6, Resolved: meter.Lag.OK, Contrast: meter.Lag.Contrast,
+			Intervals: meter.Lag.Intervals, UMS: manifest.Num(float64(u) / 1e6), Source: meter.Source}
+		if meter.Kept != nil {
+			at := meter.Kept.At
+			mg.Lag.CacheDate = &at
+		}
+		a.checks[idx] = CheckAliasing(meter.hybrid, in.Start, in.End)
 	case MethodSamples:
 		a.warn("no_counter", &idx, "GPU %d: no usable energy counter; energy integrates the 50 Hz power samples", idx)
 	case MethodCounter:
@@ -479,13 +526,15 @@ func (a *accounting) counterQuality(mg *manifest.GPU, s *trace.Series) {
 	}
 }
 
-// phases accounts every phase occurrence of the run on the workload's GPUs and sums them per name.
-func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
+// phases accounts every phase occurrence of the run on the workload's GPUs and sums them per name; it returns the
+// occurrences, clipped to the run, by name.
+func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) map[string][]trace.Phase {
 	in, m := a.in, a.m
 	m.Phases = nil
 	if in.Trace == nil {
-		return
+		return nil
 	}
+	occ := map[string][]trace.Phase{}
 	var evs []trace.Event
 	for _, e := range in.Trace.Events {
 		if (e.Type == trace.EventPhase || e.Type == trace.EventPhaseEnd || e.Type == trace.EventRunEnd) &&
@@ -507,6 +556,7 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 			m.Phases = append(m.Phases, manifest.Phase{Name: p.Name, Start: start})
 		}
 		mp := &m.Phases[i]
+		occ[p.Name] = append(occ[p.Name], trace.Phase{Name: p.Name, RunID: p.RunID, Start: start, End: end})
 		mp.Count++
 		mp.End = end
 		mp.DurationS += end.Sub(start).Seconds()
@@ -554,6 +604,27 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) {
 				p.Name, p.Count)
 		}
 	}
+	return occ
+}
+
+// withKeptLags gives the GPUs whose lag the trace could not resolve the lag kept for them, in a copy of the
+// trace's meters (other runs share them).
+func (a *accounting) withKeptLags(ms map[int]*Meter) map[int]*Meter {
+	out := maps.Clone(ms)
+	for g, meter := range ms {
+		uuid := ""
+		if d, ok := a.m.Environment.Device(g); ok {
+			uuid = d.UUID
+		} else if a.in.Trace != nil {
+			if d, ok := a.in.Trace.Env.Device(g); ok {
+				uuid = d.UUID
+			}
+		}
+		if r, ok := fallback(a.in.FallbackLags, uuid, g); ok {
+			out[g] = meter.WithKept(r)
+		}
+	}
+	return out
 }
 
 // buffered warns when the run's phase markers arrived together rather than as the phases happened: a workload

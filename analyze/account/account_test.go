@@ -82,7 +82,13 @@ func TestAnalyticRun(t *testing.T) {
 	assert.Less(t, rel(d.JPerOutputTokenAdj, (raw-idle*8)/700), tol*raw/(raw-idle*8))
 	assert.Less(t, rel(d.JPerRequest, raw/7), tol)
 	assert.Less(t, rel(d.OutputTokensPerJ, 700/raw), tol)
-	assert.Empty(t, codes(m), "nothing to warn about")
+	// The prefill (0.5 s) lies between two of the 1 s counter reads: it is placed by the samples' shape alone.
+	assert.Equal(t, []string{"short_phase"}, codes(m), "nothing else to warn about")
+	assert.True(t, m.Phases[0].Short, "prefill")
+	assert.False(t, m.Phases[1].Short, "decode")
+	require.NotNil(t, g.Aliasing)
+	assert.Zero(t, g.Aliasing.Suspect, "the samples describe the curve exactly")
+	assert.Equal(t, manifest.LagFit, g.Lag.Source)
 }
 
 // The lag estimate lands within one sample of the lag the counter has, for lags from −40 to +120 ms, and every

@@ -27,6 +27,9 @@ type IntervalMeter struct {
 	Src Recent
 	// Context is how much data before the interval the hybrid's lag fit sees (default 30 s: thirty 1 s reads).
 	Context time.Duration
+	// Fallback returns lags kept for the GPUs (Input.FallbackLags), used where the context cannot resolve its own;
+	// nil: none.
+	Fallback func() map[string]LagRecord
 }
 
 var _ marker.Meter = (*IntervalMeter)(nil)
@@ -79,7 +82,11 @@ func (im *IntervalMeter) Energy(ctx context.Context, q marker.EnergyQuery) (mark
 		roles = append(roles, GPU{Index: g, Role: manifest.RoleWorkload})
 	}
 	m := &manifest.Manifest{Environment: env}
-	Fill(m, Input{Trace: tr, Start: q.Start, End: q.End, GPUs: roles, Baselines: baselines})
+	var kept map[string]LagRecord
+	if im.Fallback != nil {
+		kept = im.Fallback()
+	}
+	Fill(m, Input{Trace: tr, Start: q.Start, End: q.End, GPUs: roles, Baselines: baselines, FallbackLags: kept})
 	ans := marker.EnergyAnswer{Start: q.Start, End: q.End, DurationS: q.End.Sub(q.Start).Seconds(),
 		EnergyJ: m.Energy.HybridJ, AdjustedJ: m.Energy.AdjustedJ, SampledJ: m.Energy.SampledJ, Final: final}
 	for _, g := range m.GPUs {

@@ -293,3 +293,37 @@ func estimateLag(pts []point, in *Integral) LagEstimate {
 	est.U = time.Duration(math.Sqrt(ss*(lagBlocks-1)/lagBlocks + step*step/12))
 	return est
 }
+
+// Interval is one counter interval as the hybrid allocates it: between two distinct counter values, both moved
+// back by the lag, with the counter's energy over it and the samples' energy over the same span.
+type Interval struct {
+	Start, End time.Time
+	CounterJ   float64
+	SampledJ   float64
+}
+
+// Ratio is the interval's counter energy over its sampled energy (NaN without sampled energy): the factor by which
+// the hybrid rescales the samples inside it.
+func (iv Interval) Ratio() float64 {
+	if iv.SampledJ <= 0 {
+		return math.NaN()
+	}
+	return iv.CounterJ / iv.SampledJ
+}
+
+// Intervals lists the counter intervals that overlap [t0, t1] and that the samples cover, in time order.
+func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
+	n := len(h.pts)
+	k := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
+	var out []Interval
+	cur := h.in.Cursor()
+	for ; k+1 < n && h.pts[k].t.Before(t1); k++ {
+		a, b := h.pts[k], h.pts[k+1]
+		if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
+			continue
+		}
+		s0 := cur.At(a.t)
+		out = append(out, Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0})
+	}
+	return out
+}

@@ -26,14 +26,18 @@ func detail(r *Run, t *trace.Trace, from time.Time) {
 		r.Power[g] = thin(s.Samples, from, m.Times.End)
 	}
 	r.PowerCappedS = powerCapped(m, t, occ)
-	lms := sharedLagMeters(t)
+	ev := evalRun(m, sharedLagMeters(t))
 	if m.Times.End.After(m.Times.Start) {
-		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, m, t, lms)
+		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, m, t, ev, 0)
 	}
 	r.PhaseUncertainty = map[string]Budget{}
 	for _, p := range m.Phases {
 		if ws := occ[p.Name]; len(ws) > 0 {
-			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, m, t, lms)
+			short := ev.shortBelow
+			if short == 0 && p.Short {
+				short = math.MaxInt64 // the accounting found it short; no check here says by how much: every occurrence
+			}
+			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, m, t, ev, short)
 		}
 	}
 }
@@ -45,7 +49,7 @@ func phaseBudgets(m *manifest.Manifest) map[string]Budget {
 	for _, p := range m.Phases {
 		var gpus []gpuInput
 		for _, pg := range p.GPUs {
-			gi := gpuInput{lagJ: math.NaN()}
+			gi := gpuInput{lagJ: math.NaN(), aliasJ: math.NaN()}
 			for _, g := range m.GPUs {
 				if g.Index == pg.Index {
 					gi.baseline = g.Baseline

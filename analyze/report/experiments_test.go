@@ -411,7 +411,7 @@ func TestSteadyStateInsideWorkloadPhase(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, report.Markdown(&md, runs, exps, probs))
 	assert.Contains(t, md.String(), fmt.Sprintf("| %.1f |", st.MeanW))
-	assert.True(t, strings.Contains(md.String(), "| bs32 |"))
+	assert.True(t, strings.Contains(md.String(), "| bs32 (aliasing) |"), "batch-32 decode departs from the counter")
 	t.Logf("steady state in %s: %.1f W over %s", in, st.MeanW, st.End.Sub(st.Start))
 }
 
@@ -427,11 +427,12 @@ func TestExperimentUncertaintyCombination(t *testing.T) {
 	require.NoError(t, err)
 	e := exps[0]
 	require.Equal(t, 3, e.Valid)
-	var xs, lagRel []float64
+	var xs, lagRel, aliasRel []float64
 	for _, r := range loaded {
 		x := float64(r.Manifest.Energy.HybridJ)
 		xs = append(xs, x)
 		lagRel = append(lagRel, float64(r.Uncertainty.Term(report.TermLag).RawJ)/x)
+		aliasRel = append(aliasRel, float64(r.Uncertainty.Term(report.TermAliasing).RawJ)/x)
 	}
 	m := mean(xs)
 	var ss float64
@@ -441,7 +442,8 @@ func TestExperimentUncertaintyCombination(t *testing.T) {
 	rep := math.Sqrt(ss/2) / math.Sqrt(3)
 	gain := 0.05 / math.Sqrt(3) * m
 	lag := mean(lagRel) * m
-	want := math.Sqrt(rep*rep + gain*gain + lag*lag)
+	alias := mean(aliasRel) * m
+	want := math.Sqrt(rep*rep + gain*gain + lag*lag + alias*alias)
 	assert.InDelta(t, rep, float64(e.EnergyU.Term(report.TermRepetition).U), 1e-9)
 	assert.InDelta(t, want, float64(e.EnergyU.U), 1e-9)
 	assert.InDelta(t, 2*want, float64(e.EnergyU.Expanded), 1e-9)

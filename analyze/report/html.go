@@ -268,14 +268,15 @@ func barsSVG(exps []Experiment) template.HTML {
 }
 
 var funcs = template.FuncMap{
-	"ci":       ci,
-	"num":      numAny,
-	"pm":       func(v manifest.Num, prec int) string { return pm(v, prec) },
-	"svg":      powerSVG,
-	"ratio":    ratioText,
-	"yesno":    yesNo,
-	"passes":   Passes,
-	"adjusted": adjustedText,
+	"ci":         ci,
+	"num":        numAny,
+	"pm":         func(v manifest.Num, prec int) string { return pm(v, prec) },
+	"svg":        powerSVG,
+	"ratio":      ratioText,
+	"yesno":      yesNo,
+	"passes":     Passes,
+	"adjusted":   adjustedText,
+	"phaseLabel": phaseLabel,
 	"phaseU": func(r Run, name string) Budget {
 		b, _ := r.PhaseBudget(name)
 		return b
@@ -346,11 +347,12 @@ svg{display:block;margin:0.5em 0 1.5em;background:#fff;border:1px solid #eee}
 <h2>Runs</h2>
 {{range .Runs}}{{$r := .}}{{$m := .Manifest}}
 <h3 id="{{$m.RunID}}">{{$m.RunID}} — {{$m.Experiment}}, {{$m.Status}}, {{num $m.Times.DurationS 2}} s, passes the rules: {{yesno (passes $m)}}</h3>
-<table><tr><th>GPU</th><th>idle W</th><th>counter J</th><th>hybrid J</th><th>adjusted J</th><th>mean W</th><th>peak W</th><th>lag ms</th></tr>
-{{range $m.GPUs}}<tr><td>{{.Index}} {{.Name}}{{if eq .Role "observed"}} (observed){{end}}</td><td>{{if .Baseline}}{{num .Baseline.MedianW 1}}{{else}}—{{end}}</td><td>{{num .Energy.CounterJ 1}}</td><td>{{num .Energy.HybridJ 1}}</td><td>{{adjusted .Energy.AdjustedJ .Energy.AdjustedClamped 1}}</td><td>{{num .MeanPowerW 1}}</td><td>{{num .PeakPowerW 1}}</td><td>{{if .Lag}}{{num .Lag.MS 0}}{{if not .Lag.Resolved}} (not resolved){{end}}{{else}}—{{end}}</td></tr>
+{{if $r.Calibrated}}<p class="calibrated">Energies corrected to the external meter's scale: {{$r.Calibrated}}</p>
+{{end}}<table><tr><th>GPU</th><th>idle W</th><th>counter J</th><th>hybrid J</th><th>adjusted J</th><th>mean W</th><th>peak W</th><th>lag ms</th></tr>
+{{range $m.GPUs}}<tr><td>{{.Index}} {{.Name}}{{if eq .Role "observed"}} (observed){{end}}</td><td>{{if .Baseline}}{{num .Baseline.MedianW 1}}{{else}}—{{end}}</td><td>{{num .Energy.CounterJ 1}}</td><td>{{num .Energy.HybridJ 1}}</td><td>{{adjusted .Energy.AdjustedJ .Energy.AdjustedClamped 1}}</td><td>{{num .MeanPowerW 1}}</td><td>{{num .PeakPowerW 1}}</td><td>{{if .Lag}}{{num .Lag.MS 0}}{{if eq .Lag.Source "cache"}} (kept{{with .Lag.CacheDate}} from {{.Format "2006-01-02"}}{{end}}){{else if not .Lag.Resolved}} (not resolved){{end}}{{else}}—{{end}}</td></tr>
 {{end}}</table>
 {{if $m.Phases}}<table class="run-phases"><tr><th>phase</th><th>times</th><th>start (s)</th><th>seconds</th><th>hybrid J</th><th>U J</th><th>adjusted J</th><th>U J</th><th>power-capped s</th></tr>
-{{range $m.Phases}}{{$b := phaseU $r .Name}}<tr><td>{{.Name}}</td><td>{{.Count}}</td><td>{{since .Start $m.Times.Start}}</td><td>{{num .DurationS 3}}</td><td>{{num .Energy.HybridJ 1}}</td><td>{{pm $b.ExpandedRawJ 1}}</td><td>{{adjusted .Energy.AdjustedJ .Energy.AdjustedClamped 1}}</td><td>{{pm $b.ExpandedAdjustedJ 1}}</td><td>{{num (capped $r .Name) 2}}</td></tr>
+{{range $m.Phases}}{{$b := phaseU $r .Name}}<tr><td>{{phaseLabel .}}</td><td>{{.Count}}</td><td>{{since .Start $m.Times.Start}}</td><td>{{num .DurationS 3}}</td><td>{{num .Energy.HybridJ 1}}</td><td>{{pm $b.ExpandedRawJ 1}}</td><td>{{adjusted .Energy.AdjustedJ .Energy.AdjustedClamped 1}}</td><td>{{pm $b.ExpandedAdjustedJ 1}}</td><td>{{num (capped $r .Name) 2}}</td></tr>
 {{end}}</table>{{end}}
 <table class="run-budget"><tr><th>energy</th>{{range terms}}<th>{{.}} J</th>{{end}}<th>u_c J</th><th>U (k=2) J</th></tr>
 <tr><td>raw {{num $r.Uncertainty.RawJ 1}}</td>{{range terms}}<td>{{num (term $r.Uncertainty .).RawJ 2}}</td>{{end}}<td>{{num $r.Uncertainty.URawJ 2}}</td><td>{{num $r.Uncertainty.ExpandedRawJ 2}}</td></tr>

@@ -151,6 +151,38 @@ func yesNo(ok bool) string {
 	return "no"
 }
 
+// calibrationNotes lists the runs whose energies a calibration file corrected, each with the fits used.
+func calibrationNotes(w io.Writer, runs []Run) {
+	first := true
+	for _, r := range runs {
+		if r.Calibrated == nil {
+			continue
+		}
+		if first {
+			fmt.Fprint(w, "\nEnergies corrected to the external meter's scale (docs/METHODOLOGY.md, \"Calibration\"); the gain "+
+				"term of their budgets is the fit's:\n\n")
+			first = false
+		}
+		fmt.Fprintf(w, "- %s: %s\n", r.Manifest.RunID, r.Calibrated)
+	}
+}
+
+// phaseLabel is a phase's name with what the accounting flagged in it: short (shorter than one counter interval,
+// warning short_phase) and aliasing (warning aliasing_suspected). Their budgets are wider for it.
+func phaseLabel(p manifest.Phase) string {
+	var flags []string
+	if p.Short {
+		flags = append(flags, "short")
+	}
+	if p.Aliasing {
+		flags = append(flags, "aliasing")
+	}
+	if len(flags) == 0 {
+		return p.Name
+	}
+	return p.Name + " (" + strings.Join(flags, ", ") + ")"
+}
+
 // perToken divides an energy's budget by the run's output tokens (exact counts: the relative terms carry over).
 func perToken(u manifest.Num, m *manifest.Manifest) manifest.Num {
 	if m.Derived == nil || !m.Derived.OutputTokens.Valid() {
@@ -175,6 +207,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 			pm(perToken(u.ExpandedAdjustedJ, m), 4), num(f.tpj, 3), num(f.mean, 1), num(f.peak, 1), f.steady,
 			strings.Join(f.codes, ", "))
 	}
+	calibrationNotes(w, runs)
 	fmt.Fprint(w, "\n### Uncertainty budgets of the runs (standard uncertainties, J)\n\n")
 	budgetHeader(w, "run")
 	for _, r := range runs {
@@ -189,7 +222,7 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 			if r.Power != nil {
 				capped = manifest.Num(r.PowerCappedS[p.Name])
 			}
-			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", r.Manifest.RunID, p.Name, p.Count,
+			fmt.Fprintf(w, "| %s | %s | %d | %s | %s | %s | %s | %s | %s |\n", r.Manifest.RunID, phaseLabel(p), p.Count,
 				num(p.DurationS, 3), num(p.Energy.HybridJ, 1), pm(b.ExpandedRawJ, 1),
 				adjustedText(p.Energy.AdjustedJ, p.Energy.AdjustedClamped, 1), pm(b.ExpandedAdjustedJ, 1), num(capped, 2))
 		}
@@ -210,8 +243,10 @@ func Markdown(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error
 const uncertaintyNote = "Means carry 95 % intervals over the runs that pass `lem-analyze validate` (log scale for " +
 	"positive quantities, studentized bootstrap from 10 runs; fewer than 3 runs are listed, not given an interval). " +
 	"U is the expanded uncertainty (k = 2) of the GUM budget: sensor gain/offset (±5 % of reading, assumed: NVML " +
-	"documents it for Fermi and Kepler boards only), counter lag, edges, baseline, repetition, and marker latency " +
-	"and aliasing (0 until measured). System boundary: the GPU board only (no CPU, DRAM, PSU)."
+	"documents it for Fermi and Kepler boards only), counter lag, edges, baseline, repetition, aliasing (the 50 Hz " +
+	"shape inside the counter intervals at the edges; at least 10 % of it for phases marked short) and marker " +
+	"latency (0 until measured). Phases marked short are shorter than one counter interval; aliasing: the samples " +
+	"disagreed with the counter inside them. System boundary: the GPU board only (no CPU, DRAM, PSU)."
 
 var budgetTerms = []string{TermGain, TermLag, TermBoundary, TermLatency, TermBaseline, TermAliasing}
 
@@ -369,6 +404,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		PhaseUncertainty map[string]Budget  `json:"phase_uncertainty"`
 		PowerCappedS     map[string]float64 `json:"power_capped_s"`
 		Steady           []steadyOut        `json:"steady_state"`
+		Calibrated       *Calibrated        `json:"calibrated,omitempty"`
 	}
 	out := struct {
 		Runs        []runOut     `json:"runs"`
@@ -379,7 +415,7 @@ func JSON(w io.Writer, runs []Run, exps []Experiment, probs []Problem) error {
 		r := &runs[i]
 		v := Violations(r.Manifest)
 		ro := runOut{Dir: r.Dir, Manifest: r.Manifest, OK: len(v) == 0, Violations: v, Attempts: r.Attempts, Uncertainty: r.Uncertainty,
-			PhaseUncertainty: map[string]Budget{}, PowerCappedS: r.PowerCappedS}
+			PhaseUncertainty: map[string]Budget{}, PowerCappedS: r.PowerCappedS, Calibrated: r.Calibrated}
 		for _, p := range r.Manifest.Phases {
 			ro.PhaseUncertainty[p.Name], _ = r.PhaseBudget(p.Name)
 		}
@@ -512,7 +548,7 @@ func orNaN(p *float64) float64 {
 func csvPhases(cw *csv.Writer, runs []Run) {
 	cw.Write([]string{"run_id", "experiment", "cycle", "ok", "phase", "count", "duration_s", "hybrid_j", "adjusted_j",
 		"adjusted_clamped", "u_raw_j", "expanded_raw_j", "u_adjusted_j", "expanded_adjusted_j", "power_capped_s",
-		"adjusted_active_j"})
+		"adjusted_active_j", "short", "aliasing_suspected"})
 	for i := range runs {
 		r := &runs[i]
 		m := r.Manifest
@@ -525,7 +561,8 @@ func csvPhases(cw *csv.Writer, runs []Run) {
 			cw.Write([]string{m.RunID, m.Experiment, strconv.Itoa(m.Cycle), strconv.FormatBool(Passes(m)), p.Name,
 				strconv.Itoa(p.Count), cell(p.DurationS, 3), cell(p.Energy.HybridJ, 3), cell(p.Energy.AdjustedJ, 3),
 				strconv.FormatBool(p.Energy.AdjustedClamped), cell(b.URawJ, 3), cell(b.ExpandedRawJ, 3),
-				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3), cell(p.Energy.AdjustedActiveJ, 3)})
+				cell(b.UAdjustedJ, 3), cell(b.ExpandedAdjustedJ, 3), cell(capped, 3), cell(p.Energy.AdjustedActiveJ, 3),
+				strconv.FormatBool(p.Short), strconv.FormatBool(p.Aliasing)})
 		}
 	}
 }

@@ -36,6 +36,8 @@ type Run struct {
 	// Attempts is how often the run was measured (Attempts: its run directory and the earlier attempts its
 	// campaign kept); 0 for a run read from a trace.
 	Attempts int
+	// Calibrated is how Calibrate corrected the run's energies (nil: not corrected).
+	Calibrated *Calibrated
 }
 
 // PhaseBudget is the uncertainty budget of one of the run's phases.

@@ -1,10 +1,12 @@
 package report
 
 import (
+	"maps"
 	"math"
 	"sort"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/analyze/stats"
 	"github.com/lem-energy/lem/internal/manifest"
@@ -31,9 +33,21 @@ const (
 	TermBoundary   = "boundary"       // one sample period of power at each edge
 	TermLatency    = "marker_latency" // marker timestamp latency (stdout vs HTTP): not yet measured
 	TermBaseline   = "baseline"       // error of the idle median × duration (adjusted only)
-	TermAliasing   = "aliasing"       // 50 Hz sampling of fast periodic loads: not yet measured
+	TermAliasing   = "aliasing"       // energy the samples' shape places inside the counter intervals at the edges
 	TermRepetition = "repetition"     // between runs: s/√n
 )
+
+// ShortShapeU is the relative error given to the samples' shape inside a counter interval when a phase occurrence
+// is shorter than one (short_phase), at least: the spread (RMS) of the counter/sampled ratio over the 100 ms
+// intervals of the aliased medium phase of the H200 known-shape recording, 10 % — what the shape is worth over one
+// counter interval when the load is faster than the samples resolve. The burst characterisation
+// (scripts/gpu/precision.py) measures it for short kernels directly.
+const ShortShapeU = 0.10
+
+// SampledAliasingU bounds the aliasing of a GPU whose energy is the samples' integral alone (no counter to rescale
+// them): square waves commensurate with the 20 ms sampling integrated up to 4 % above the counter over 4 s on an
+// H200.
+const SampledAliasingU = 0.04
 
 // Kinds of term.
 const (
@@ -102,6 +116,8 @@ type gpuInput struct {
 	lagJ float64
 	// edgeW holds the power at each window edge (mean power where the trace is not at hand).
 	edgeW []float64
+	// aliasJ is the GPU's aliasing term (aliasTerm); NaN when not evaluated.
+	aliasJ float64
 }
 
 // medianU is the standard error of a baseline's median idle power: 1.2533·σ/√n with σ = IQR/1.349 (normal
@@ -126,9 +142,10 @@ func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
 		return t
 	}
 	gain := Term{Name: TermGain, Kind: Systematic, RawJ: manifest.Num(gainU) * raw, AdjustedJ: manifest.Num(gainU) * adj}
-	var lag2, edge2, base2 float64
+	var lag2, edge2, base2, alias2 float64
 	for _, g := range gpus {
 		lag2 += (g.lagJ / 2) * (g.lagJ / 2)
+		alias2 += g.aliasJ * g.aliasJ
 		for _, p := range g.edgeW {
 			// An edge resolves to one sample period: its energy lies within ±T·P, a rectangular ±T·P/√3.
 			u := p * energy.DefaultSamplePeriod.Seconds() / math.Sqrt(3)
@@ -150,13 +167,13 @@ func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
 		base.AdjustedJ = manifest.Null
 	}
 	b.Terms = []Term{gain, both(TermLag, Systematic, math.Sqrt(lag2)), both(TermBoundary, Random, math.Sqrt(edge2)),
-		both(TermLatency, Systematic, 0), base, both(TermAliasing, Systematic, 0)}
+		both(TermLatency, Systematic, 0), base, both(TermAliasing, Systematic, math.Sqrt(alias2))}
 	b.combine()
 	return b
 }
 
-// budget is a run's budget from its manifest alone: edges at the GPUs' mean power, the lag not evaluated (null)
-// until the trace is read (detail).
+// budget is a run's budget from its manifest alone: edges at the GPUs' mean power, the lag and aliasing terms not
+// evaluated (null) until the trace is read (detail).
 func budget(m *manifest.Manifest) Budget {
 	var gpus []gpuInput
 	for _, g := range m.GPUs {
@@ -164,15 +181,16 @@ func budget(m *manifest.Manifest) Budget {
 			continue // not in the result
 		}
 		p := g.MeanPowerW.Or(math.NaN())
-		gpus = append(gpus, gpuInput{baseline: g.Baseline, lagJ: math.NaN(), edgeW: []float64{p, p}})
+		gpus = append(gpus, gpuInput{baseline: g.Baseline, lagJ: math.NaN(), edgeW: []float64{p, p}, aliasJ: math.NaN()})
 	}
 	return makeBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, m.Times.DurationS, gpus)
 }
 
-// lagMeter is one GPU's hybrid refitted from the trace with its lag uncertainty, and the hybrids at lag ± u.
+// lagMeter is one GPU's hybrid refitted from the trace with its lag uncertainty: h at the lag the accounting
+// used, lo and hi at that lag ± its uncertainty.
 type lagMeter struct {
-	est    energy.LagEstimate
-	lo, hi *energy.Hybrid
+	est       energy.LagEstimate
+	h, lo, hi *energy.Hybrid
 }
 
 // shift is E(lag + u) − E(lag − u) over [a, b]; NaN where the hybrid does not cover it.
@@ -197,7 +215,80 @@ func lagMeters(t *trace.Trace) map[int]*lagMeter {
 		if err != nil {
 			continue
 		}
-		out[g] = &lagMeter{est: est, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
+		out[g] = &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
+	}
+	return out
+}
+
+// forRun is the trace's lag meters as a run used them: a GPU whose manifest says its lag came from the host's
+// cache (the trace could not resolve its own) gets the hybrid at that lag, ± the uncertainty recorded with it.
+func forRun(lms map[int]*lagMeter, m *manifest.Manifest) map[int]*lagMeter {
+	out := maps.Clone(lms)
+	for _, g := range m.GPUs {
+		lm := lms[g.Index]
+		l := g.Lag
+		if lm == nil || l == nil || l.Source != manifest.LagCache || !l.UMS.Valid() {
+			continue
+		}
+		lag, u := time.Duration(l.MS*1e6), time.Duration(float64(l.UMS)*1e6)
+		out[g.Index] = &lagMeter{est: lm.est, h: lm.h.WithLag(lag), lo: lm.h.WithLag(lag - u), hi: lm.h.WithLag(lag + u)}
+	}
+	return out
+}
+
+// aliasTerm is one GPU's aliasing term over windows. Inside a counter interval the hybrid places energy by the
+// samples' shape; the interval's total is the counter's. So only the counter intervals a window's edges fall in
+// carry the shape's error, and of each only the smaller side of the split: u = min(E_in, E_out) · ρ/√3, read as a
+// rectangular bound, intervals in quadrature. ρ is how far the samples are from the counter there: the largest of
+// the interval's own departure from the run's median ratio, the RMS departure over the intervals the occurrence
+// overlaps (an aliased stretch misdescribes its intervals' insides even where one interval's total happens to
+// agree), account.AliasFloor, and ShortShapeU where the occurrence is shorter than shortBelow.
+func aliasTerm(h *energy.Hybrid, ck account.AliasCheck, ws []edgeWindow, shortBelow time.Duration) float64 {
+	var s2 float64
+	for _, w := range ws {
+		short := w.end.Sub(w.start) < shortBelow
+		rms := 0.0
+		if ov := ck.Overlap(w.start, w.end); len(ov) > 0 {
+			for _, iv := range ov {
+				rms += iv.Deviation * iv.Deviation
+			}
+			rms = math.Sqrt(rms / float64(len(ov)))
+		}
+		for _, iv := range edgeIntervals(h, ck, w) {
+			a, b := iv.Start, iv.End
+			if a.Before(w.start) {
+				a = w.start
+			}
+			if b.After(w.end) {
+				b = w.end
+			}
+			in, err := h.Energy(a, b)
+			if err != nil || !b.After(a) {
+				continue
+			}
+			e := max(min(in.Joules, iv.CounterJ-in.Joules), 0)
+			rho := max(math.Abs(iv.Deviation), rms, account.AliasFloor)
+			if short {
+				rho = max(rho, ShortShapeU)
+			}
+			u := e * rho / math.Sqrt(3)
+			s2 += u * u
+		}
+	}
+	return math.Sqrt(s2)
+}
+
+// edgeIntervals are the counter intervals across a window's edges, with their departure where the run's check
+// has them (a trace with too few intervals for a check: none known, 0).
+func edgeIntervals(h *energy.Hybrid, ck account.AliasCheck, w edgeWindow) []account.IntervalCheck {
+	if len(ck.Intervals) > 0 {
+		return ck.Around(w.start, w.end)
+	}
+	var out []account.IntervalCheck
+	for _, iv := range h.Intervals(w.start, w.end) {
+		if iv.Start.Before(w.start) || iv.End.After(w.end) {
+			out = append(out, account.IntervalCheck{Interval: iv})
+		}
 	}
 	return out
 }
@@ -216,9 +307,37 @@ func edgePower(ss []trace.PowerSample, t time.Time) float64 {
 	return best
 }
 
+// runEval is what a run's budgets are evaluated with: its lag meters, its GPUs' aliasing checks over the run, and
+// the occurrence length below which a phase is short (what one counter interval resolves).
+type runEval struct {
+	lms        map[int]*lagMeter
+	checks     map[int]account.AliasCheck
+	shortBelow time.Duration
+}
+
+// evalRun prepares a run's budgets on its trace.
+func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval {
+	ev := runEval{lms: forRun(lms, m), checks: map[int]account.AliasCheck{}}
+	for _, g := range m.GPUs {
+		lm := ev.lms[g.Index]
+		if lm == nil || g.Role == manifest.RoleObserved || (g.Method != "" && g.Method != account.MethodHybrid) {
+			continue
+		}
+		ck := account.CheckAliasing(lm.h, m.Times.Start, m.Times.End)
+		ev.checks[g.Index] = ck
+		if len(ck.Intervals) > 0 {
+			ev.shortBelow = max(ev.shortBelow, ck.ShortPhase())
+		}
+	}
+	return ev
+}
+
 // traceBudget is the budget of an energy over windows, evaluated on the trace: the lag term from the hybrids at
-// lag ± u, the edges at the power found there.
-func traceBudget(raw, adj manifest.Num, ws []edgeWindow, m *manifest.Manifest, t *trace.Trace, lms map[int]*lagMeter) Budget {
+// lag ± u, the edges at the power found there, the aliasing term from the counter intervals at the edges.
+// shortBelow: occurrences shorter than this are short (their shape counts at least ShortShapeU).
+func traceBudget(raw, adj manifest.Num, ws []edgeWindow, m *manifest.Manifest, t *trace.Trace, ev runEval,
+	shortBelow time.Duration) Budget {
+	lms := ev.lms
 	var dur float64
 	for _, w := range ws {
 		dur += w.end.Sub(w.start).Seconds()
@@ -247,8 +366,24 @@ func traceBudget(raw, adj manifest.Num, ws []edgeWindow, m *manifest.Manifest, t
 				gi.edgeW = append(gi.edgeW, p)
 			}
 		}
+		switch {
+		case s == nil:
+			gi.aliasJ = math.NaN()
+		case lm != nil:
+			gi.aliasJ = aliasTerm(lm.h, ev.checks[g.Index], ws, shortBelow)
+		case g.Method == account.MethodSamples:
+			// No counter rescales the samples: the whole energy carries their aliasing.
+			var e float64
+			for _, w := range ws {
+				if r, err := energy.Sampled(s.Samples, w.start, w.end); err == nil {
+					e += r.Joules
+				}
+			}
+			gi.aliasJ = SampledAliasingU / math.Sqrt(3) * e
+		}
 		if s == nil || (lm == nil && g.Method == "hybrid") {
 			gi.lagJ = math.NaN() // the trace lacks this GPU's data: not evaluated
+			gi.aliasJ = math.NaN()
 		}
 		gpus = append(gpus, gi)
 	}

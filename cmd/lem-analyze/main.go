@@ -20,6 +20,8 @@ type app struct {
 	Audit       auditCmd       `cmd:"" help:"Backend-parameter coverage: every parameter's effective value, explicit vs defaulted, energy-relevant ones highlighted."`
 	Phases      phasesCmd      `cmd:"" help:"Energy per phase by counter, 50 Hz samples and hybrid, with capture quality."`
 	Processes   processesCmd   `cmd:"" help:"Each GPU's energy split among its processes, over the recording and per phase."`
+	Calibrate   calibrateCmd   `cmd:"" help:"Fit a board's gain and offset against an external power meter's log recorded alongside a lem trace."`
+	Precision   precisionCmd   `cmd:"" help:"Tables of a run of the GPU characterisation workload (scripts/gpu/precision.py): square waves and known-energy bursts."`
 	Synth       synthCmd       `cmd:"" hidden:"" help:"Tile a real recording into a large trace (benchmarks)."`
 }
 

@@ -8,8 +8,10 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/lem-energy/lem/analyze/calibrate"
 	"github.com/lem-energy/lem/analyze/pull"
 	"github.com/lem-energy/lem/analyze/report"
+	"github.com/lem-energy/lem/internal/cli"
 )
 
 type reportCmd struct {
@@ -19,12 +21,25 @@ type reportCmd struct {
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals and expanded uncertainties)."`
 	Out       string   `short:"o" env:"LEM_REPORT_FILE" help:"Write the report to this file instead of stdout."`
 	SlurmJob  string   `name:"slurm-job" help:"Report only the runs of this Slurm job: the job's own run (marked by the Slurm Prolog, in a recording or a pull) and campaign runs measured inside it."`
+	// Calibration corrects energies to an external meter's scale (lem-analyze calibrate).
+	Calibration string `type:"existingfile" help:"Calibration file (lem-analyze calibrate): energies of the boards it holds corrected to the meter's scale, their gain uncertainty the fit's."`
 }
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
+	var cal *calibrate.File
+	if c.Calibration != "" {
+		var err error
+		if cal, err = calibrate.ReadFile(c.Calibration); err != nil {
+			return fmt.Errorf("--calibration: %v%w", err, cli.Usage)
+		}
+	}
 	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
 	runs, probs := report.Load(c.Paths)
+	if cal != nil {
+		n := report.Calibrate(runs, cal, c.Calibration)
+		log.Info("energies corrected by the calibration", "file", c.Calibration, "runs", n, "of", len(runs))
+	}
 	for _, p := range probs {
 		log.Warn("input skipped", "path", p.Path, "err", p.Err)
 	}

@@ -242,8 +242,10 @@ type GPU struct {
 	CounterEnd   *CounterRead `json:"counter_end,omitempty"`
 	Energy       Energy       `json:"energy"`
 	// Method is how Energy.HybridJ was obtained: hybrid, samples (no usable counter) or counter (no samples).
-	Method     string             `json:"energy_method,omitempty"`
-	Lag        *Lag               `json:"counter_lag,omitempty"`
+	Method string `json:"energy_method,omitempty"`
+	Lag    *Lag   `json:"counter_lag,omitempty"`
+	// Aliasing is the check of the 50 Hz samples against the counter, interval by interval (hybrid GPUs only).
+	Aliasing   *Aliasing          `json:"aliasing,omitempty"`
 	MeanPowerW Num                `json:"mean_power_w"`
 	PeakPowerW Num                `json:"peak_power_w"`
 	TempStartC *float64           `json:"temp_start_c,omitempty"`
@@ -252,12 +254,41 @@ type GPU struct {
 	Capture    Capture            `json:"capture"`
 }
 
-// Lag is the counter lag the hybrid used on one GPU, as estimated from the trace.
+// Lag is the counter lag the hybrid used on one GPU. Resolved, Contrast and Intervals describe the fit on this
+// run's trace; Source says which lag was used: the fit's (LagFit), a well-resolved lag kept from an earlier trace
+// of the same GPU because this one could not resolve its own (LagCache, with the date it was measured), or none
+// (LagNone: unresolved and nothing kept, 0 used).
 type Lag struct {
 	MS        float64 `json:"ms"`
-	Resolved  bool    `json:"resolved"` // false: flat power, the lag could not be told; the hybrid used 0
+	Resolved  bool    `json:"resolved"` // false: the trace could not tell lags apart (flat power, too few intervals)
 	Contrast  float64 `json:"contrast"`
 	Intervals int     `json:"intervals"`
+	// UMS is the standard uncertainty of the lag used, ms; null in manifests written before it was recorded.
+	UMS       Num        `json:"u_ms"`
+	Source    string     `json:"source,omitempty"`
+	CacheDate *time.Time `json:"cache_date,omitempty"`
+}
+
+// Lag sources.
+const (
+	LagFit   = "fit"
+	LagCache = "cache"
+	LagNone  = "none"
+)
+
+// Aliasing is one GPU's check of the 50 Hz samples against the counter over the run: each counter interval's
+// ratio of counter to sampled energy against the run's median ratio. An interval is suspect when it departs by
+// more than Threshold (relative); docs/METHODOLOGY.md derives the threshold.
+type Aliasing struct {
+	Intervals int     `json:"intervals"`
+	Suspect   int     `json:"suspect"`
+	Fraction  float64 `json:"fraction"`
+	// MedianRatio is the run's median counter/sampled ratio; Spread its robust relative spread (1.4826·MAD over
+	// the median); Threshold the relative departure beyond which an interval is suspect; MaxDeviation the largest.
+	MedianRatio  float64 `json:"median_ratio"`
+	Spread       float64 `json:"spread"`
+	Threshold    float64 `json:"threshold"`
+	MaxDeviation float64 `json:"max_deviation"`
 }
 
 // Energy by method, in joules; null where not measured. CounterJ is the counter difference over the run (the
@@ -309,6 +340,10 @@ type Phase struct {
 	DurationS float64    `json:"duration_s"`
 	GPUs      []PhaseGPU `json:"gpus"`
 	Energy    Energy     `json:"energy"` // summed over the workload's GPUs
+	// Short: an occurrence was shorter than the data resolves (warning short_phase); Aliasing: the samples
+	// disagreed with the counter inside it beyond the noise (warning aliasing_suspected).
+	Short    bool `json:"short,omitempty"`
+	Aliasing bool `json:"aliasing_suspected,omitempty"`
 }
 
 // Window is one window name of a run (windows are named intervals the workload begins and ends; they may overlap

@@ -131,8 +131,15 @@ func TestReadsVersion1(t *testing.T) {
 func TestFieldsAddedLaterReadAsNull(t *testing.T) {
 	var m Manifest
 	require.NoError(t, json.Unmarshal([]byte(`{"schema_version": "2", "gpus": [{"index": 0, "energy": {"hybrid_j": 10,
-		"adjusted_j": 4}}], "energy": {"hybrid_j": 10}, "phases": [{"name": "p", "gpus": [{"index": 0, "hybrid_j": 3}]}]}`), &m))
+		"adjusted_j": 4}, "counter_lag": {"ms": 85, "resolved": true, "contrast": 36, "intervals": 390}}],
+		"energy": {"hybrid_j": 10}, "phases": [{"name": "p", "gpus": [{"index": 0, "hybrid_j": 3}]}]}`), &m))
 	g := m.GPUs[0]
+	require.NotNil(t, g.Lag)
+	assert.Equal(t, 85.0, g.Lag.MS)
+	assert.False(t, g.Lag.UMS.Valid(), "counter_lag.u_ms")
+	assert.Empty(t, g.Lag.Source, "counter_lag.source: not said")
+	assert.Nil(t, g.Aliasing)
+	assert.False(t, m.Phases[0].Short)
 	assert.False(t, g.IdleW.Valid(), "idle_w")
 	assert.False(t, g.Energy.AdjustedActiveJ.Valid(), "adjusted_active_j")
 	assert.Equal(t, Num(4), g.Energy.AdjustedJ)

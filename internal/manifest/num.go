@@ -82,3 +82,14 @@ func (g *PhaseGPU) UnmarshalJSON(b []byte) error {
 	*g = PhaseGPU(p)
 	return nil
 }
+
+// UnmarshalJSON reads a counter lag; u_ms, when absent, is null.
+func (l *Lag) UnmarshalJSON(b []byte) error {
+	type plain Lag
+	p := plain{UMS: Null}
+	if err := json.Unmarshal(b, &p); err != nil {
+		return err
+	}
+	*l = Lag(p)
+	return nil
+}

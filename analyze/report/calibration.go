@@ -1,0 +1,230 @@
+package report
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/lem-energy/lem/analyze/calibrate"
+	"github.com/lem-energy/lem/internal/manifest"
+)
+
+// Calibrated says how a run's energies were corrected by a calibration file: for each GPU the file knew, its fit.
+type Calibrated struct {
+	File   string          `json:"file"`
+	Boards []CalibratedGPU `json:"boards"`
+}
+
+// CalibratedGPU is one GPU of a run corrected by its board's fit.
+type CalibratedGPU struct {
+	Index int    `json:"index"`
+	UUID  string `json:"uuid"`
+	calibrate.Board
+}
+
+// Calibrate corrects runs' energies with a calibration file (docs/METHODOLOGY.md, "Calibration"): on every GPU
+// whose UUID the file holds, energies over a time T become gain·E + offset·T (raw, counter, samples; runs, phases
+// and, on runs with one workload GPU, windows), idle-adjusted ones gain·E (the offset cancels: idle was read by
+// the same sensor), derived per-token figures follow; the budgets' gain term becomes the fit's uncertainty on
+// those GPUs (the assumed ±5 % stays on the others), and their other terms scale with the gain. Runs whose GPUs
+// the file does not know are left as they are. It returns how many runs it corrected.
+func Calibrate(runs []Run, c *calibrate.File, name string) int {
+	n := 0
+	for i := range runs {
+		if calibrateRun(&runs[i], c, name) {
+			n++
+		}
+	}
+	return n
+}
+
+func calibrateRun(r *Run, c *calibrate.File, name string) bool {
+	m := r.Manifest
+	boards := map[int]calibrate.Board{}
+	var cal Calibrated
+	for _, g := range m.GPUs {
+		if b, ok := c.Boards[g.UUID]; ok && g.UUID != "" {
+			boards[g.Index] = b
+			cal.Boards = append(cal.Boards, CalibratedGPU{Index: g.Index, UUID: g.UUID, Board: b})
+		}
+	}
+	if len(boards) == 0 {
+		return false
+	}
+	cal.File = name
+	if r.PhaseUncertainty == nil {
+		r.PhaseUncertainty = phaseBudgets(m) // from the figures before correction, recalibrated below
+	}
+	dur := m.Times.DurationS
+	// The budgets' terms before, per run and phase: the raw and adjusted energy per GPU they are spread over.
+	runGPU := map[int][2]float64{}
+	for _, g := range m.GPUs {
+		if g.Role != manifest.RoleObserved {
+			runGPU[g.Index] = [2]float64{g.Energy.HybridJ.Or(math.NaN()), g.Energy.AdjustedJ.Or(math.NaN())}
+		}
+	}
+	m.Energy, m.ObservedEnergy = manifest.Energy{}, nil
+	workload := 0
+	for i := range m.GPUs {
+		g := &m.GPUs[i]
+		if b, ok := boards[g.Index]; ok {
+			correctEnergy(&g.Energy, b, dur)
+			g.MeanPowerW = cnum(b.Gain*g.MeanPowerW.Or(math.NaN()) + b.OffsetW)
+			g.PeakPowerW = cnum(b.Gain*g.PeakPowerW.Or(math.NaN()) + b.OffsetW)
+			g.IdleW = cnum(b.Gain*g.IdleW.Or(math.NaN()) + b.OffsetW)
+		}
+		if g.Role == manifest.RoleObserved {
+			if m.ObservedEnergy == nil {
+				m.ObservedEnergy = &manifest.Energy{}
+			}
+			m.ObservedEnergy.Sum(g.Energy)
+			continue
+		}
+		workload++
+		m.Energy.Sum(g.Energy)
+	}
+	phaseGPU := map[string]map[int][2]float64{}
+	for i := range m.Phases {
+		p := &m.Phases[i]
+		phaseGPU[p.Name] = map[int][2]float64{}
+		p.Energy.HybridJ, p.Energy.AdjustedJ, p.Energy.AdjustedActiveJ = 0, 0, 0
+		for j := range p.GPUs {
+			pg := &p.GPUs[j]
+			phaseGPU[p.Name][pg.Index] = [2]float64{pg.HybridJ.Or(math.NaN()), pg.AdjustedJ.Or(math.NaN())}
+			if b, ok := boards[pg.Index]; ok {
+				pg.HybridJ = cnum(b.Gain*pg.HybridJ.Or(math.NaN()) + b.OffsetW*p.DurationS)
+				pg.AdjustedJ = cnum(b.Gain * pg.AdjustedJ.Or(math.NaN()))
+				pg.AdjustedActiveJ = cnum(b.Gain * pg.AdjustedActiveJ.Or(math.NaN()))
+			}
+			p.Energy.HybridJ += pg.HybridJ
+			p.Energy.AdjustedJ += pg.AdjustedJ
+			p.Energy.AdjustedActiveJ += pg.AdjustedActiveJ
+		}
+	}
+	if workload == 1 {
+		var b calibrate.Board
+		ok := false
+		for _, g := range m.GPUs {
+			if g.Role != manifest.RoleObserved {
+				b, ok = boards[g.Index]
+			}
+		}
+		for i := range m.Windows {
+			w := &m.Windows[i]
+			if !ok {
+				break
+			}
+			correctEnergy(&w.Energy, b, w.DurationS)
+			w.MedianJ = cnum(b.Gain * w.MedianJ.Or(math.NaN())) // an occurrence's own duration is not kept: gain only
+			w.P90J = cnum(b.Gain * w.P90J.Or(math.NaN()))
+		}
+	}
+	derived(m)
+	r.Uncertainty = recalibrated(r.Uncertainty, runGPU, boards, dur)
+	for i, p := range m.Phases {
+		if b, ok := r.PhaseUncertainty[p.Name]; ok {
+			r.PhaseUncertainty[p.Name] = recalibrated(b, phaseGPU[p.Name], boards, m.Phases[i].DurationS)
+		}
+	}
+	r.Calibrated = &cal
+	return true
+}
+
+// correctEnergy puts one GPU's energy over durS seconds on the meter's scale.
+func correctEnergy(e *manifest.Energy, b calibrate.Board, durS float64) {
+	lin := func(v manifest.Num) manifest.Num { return cnum(b.Gain*v.Or(math.NaN()) + b.OffsetW*durS) }
+	e.CounterJ, e.HybridJ, e.SampledJ = lin(e.CounterJ), lin(e.HybridJ), lin(e.SampledJ)
+	e.AdjustedJ = cnum(b.Gain * e.AdjustedJ.Or(math.NaN()))
+	e.AdjustedActiveJ = cnum(b.Gain * e.AdjustedActiveJ.Or(math.NaN()))
+}
+
+func cnum(v float64) manifest.Num {
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return manifest.Null
+	}
+	return manifest.Num(v)
+}
+
+// derived recomputes the per-token and per-request figures from corrected energies.
+func derived(m *manifest.Manifest) {
+	d := m.Derived
+	if d == nil {
+		return
+	}
+	per := func(e, n manifest.Num) manifest.Num {
+		if !e.Valid() || !n.Valid() || n <= 0 {
+			return manifest.Null
+		}
+		return e / n
+	}
+	inv := func(e, n manifest.Num) manifest.Num {
+		if !e.Valid() || !n.Valid() || e <= 0 {
+			return manifest.Null
+		}
+		return n / e
+	}
+	e, adj := m.Energy.HybridJ, m.Energy.AdjustedJ
+	d.JPerOutputToken, d.JPerOutputTokenAdj = per(e, d.OutputTokens), per(adj, d.OutputTokens)
+	d.OutputTokensPerJ, d.OutputTokensPerJAdj = inv(e, d.OutputTokens), inv(adj, d.OutputTokens)
+	d.JPerRequest, d.JPerRequestAdj = per(e, d.Requests), per(adj, d.Requests)
+}
+
+// recalibrated is a budget after correction: the energies the corrected ones, the gain term from the fit on the
+// calibrated GPUs (each GPU's energy before correction, gpuE: raw and adjusted) and the assumed ±5 % on the
+// others, GPUs in quadrature; the other terms, joules read by the same sensors, scaled by the energy-weighted gain.
+func recalibrated(b Budget, gpuE map[int][2]float64, boards map[int]calibrate.Board, durS float64) Budget {
+	if len(b.Terms) == 0 {
+		return b
+	}
+	var raw, adj, raw0, adj0, g2raw, g2adj float64
+	for idx, e := range gpuE {
+		if bd, ok := boards[idx]; ok {
+			cr, ur := bd.Correct(e[0], durS)
+			ca, ua := bd.CorrectDifference(e[1])
+			raw, adj = raw+cr, adj+ca
+			g2raw, g2adj = g2raw+ur*ur, g2adj+ua*ua
+		} else {
+			raw, adj = raw+e[0], adj+e[1]
+			g2raw += (gainU * e[0]) * (gainU * e[0])
+			g2adj += (gainU * e[1]) * (gainU * e[1])
+		}
+		raw0, adj0 = raw0+e[0], adj0+e[1]
+	}
+	scale := func(after, before float64) manifest.Num {
+		if !(before > 0) {
+			return 1
+		}
+		return manifest.Num(after / before)
+	}
+	sr, sa := scale(raw, raw0), scale(adj, adj0)
+	out := Budget{RawJ: cnum(raw), AdjustedJ: cnum(adj)}
+	if !b.AdjustedJ.Valid() {
+		out.AdjustedJ = manifest.Null
+	}
+	for _, t := range b.Terms {
+		switch t.Name {
+		case TermGain:
+			t.RawJ, t.AdjustedJ = cnum(math.Sqrt(g2raw)), cnum(math.Sqrt(g2adj))
+			if !b.AdjustedJ.Valid() {
+				t.AdjustedJ = manifest.Null
+			}
+		default:
+			t.RawJ, t.AdjustedJ = t.RawJ*sr, t.AdjustedJ*sa
+		}
+		out.Terms = append(out.Terms, t)
+	}
+	out.combine()
+	return out
+}
+
+// String says in one line how a run was corrected (uncertainties expanded, k = 2).
+func (c *Calibrated) String() string {
+	if c == nil {
+		return ""
+	}
+	s := "calibrated by " + c.File + ":"
+	for _, b := range c.Boards {
+		s += fmt.Sprintf(" GPU %d (%s) gain %.4f ± %.4f, offset %+.1f ± %.1f W;", b.Index, b.UUID, b.Gain, K*b.GainSE,
+			b.OffsetW, K*b.OffsetSEW)
+	}
+	return s[:len(s)-1]
+}
