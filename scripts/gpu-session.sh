@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every real-GPU measurement lem's docs quote that needs a multi-GPU host, in one go (about 8 minutes on a 4-GPU
+# Every real-GPU measurement lem's docs quote that needs a multi-GPU host, in one go (about 4 minutes on a 4-GPU
 # host; parts that need more GPUs than the host has are skipped and say so). Binaries built elsewhere in bin/
 # (make build); the host needs the NVIDIA driver and python3 with torch, transformers, nvidia-ml-py and pyarrow.
 #
@@ -8,11 +8,11 @@
 #      nvidia-smi -lms 20 on GPU 0, with 200 scrapes a second for 30 s (scrape latency p99); and
 #      `lem-run record --gpus all` around the same load (its capture table).
 #   2. The load, one part per GPU at once:
-#      GPU 0: docs/RESULTS.md §2 with both idles (scripts/gpu/hf-idle.yaml: HF generate at batch 1/8/32, 2 cycles);
-#      GPU 1: the HF example with markers through the Python client and through stdout (batch 8, 3 rounds each),
-#             then 100 generate() calls, a window each (the J per call);
-#      GPU 2: the precision workload (scripts/gpu/precision.py: square waves and known-energy bursts);
-#      GPU 3: GPU sharing (scripts/gpu/share.py: per-process attribution against solo energies).
+#      GPU 0: docs/RESULTS.md §2 with both idles (scripts/gpu/hf-idle.yaml: HF generate at batch 1/8/32);
+#      GPU 1: GPU sharing (scripts/gpu/share.py: per-process attribution against solo energies);
+#      GPU 2: the precision workload (scripts/gpu/precision.py: square waves and known-energy bursts, shortened);
+#      GPU 3: the HF example with markers through the Python client and through stdout (batch 8, 2 rounds each),
+#             then 100 generate() calls, a window each (the J per call).
 #   3. Summaries of each, and everything packed into $OUT/session.tar.gz.
 #
 # Usage: scripts/gpu-session.sh [OUTDIR]    (GPU_SESSION_DRY=1: replay a recorded trace, no GPU, short sleeps)
@@ -72,10 +72,10 @@ cpu_over() {
 }
 
 # 1a/1b. Idle: defaults, then counter reads in turn.
-say "exporter idle, defaults, 30 s (pynvml and nvidia-smi beside it on GPU 0)"
-exporter idle-default 19636 && { peers idle; sleep 2; cpu_over idle-default "$(D 28)" $EXP $PEERS; stop $EXP $PEERS; }
-say "exporter idle, --serial-counter-reads, 30 s"
-exporter idle-serial 19637 --serial-counter-reads && { sleep 2; cpu_over idle-serial "$(D 28)" $EXP; stop $EXP; }
+say "exporter idle, defaults, 15 s (pynvml and nvidia-smi beside it on GPU 0)"
+exporter idle-default 19636 && { peers idle; sleep 2; cpu_over idle-default "$(D 15)" $EXP $PEERS; stop $EXP $PEERS; }
+say "exporter idle, --serial-counter-reads, 15 s"
+exporter idle-serial 19637 --serial-counter-reads && { sleep 2; cpu_over idle-serial "$(D 15)" $EXP; stop $EXP; }
 
 # 2. The load, with the exporter at defaults beside it.
 say "load: exporter at defaults on every GPU, the parts on GPUs 0-$((NGPU - 1))"
@@ -94,28 +94,29 @@ lemrun=("$BIN/lem-run" "${src[@]}")
 if [ "$DRY" = 1 ]; then
   part campaign 0 60 "${lemrun[@]}" --gpus 0 --baseline 2s --experiment dry --out "$W/runs/dry" -- sh -c 'echo LEM_PHASE a; sleep 3'
 else
-  part campaign 0 330 "${lemrun[@]}" campaign scripts/gpu/hf-idle.yaml --out "$W/runs/campaign"
-  part hf 1 260 sh -c "
-    for m in client stdout; do
-      ${BIN}/lem-run --gpus 1 --baseline 5s --cooldown none --experiment hf-bs8-\$m --out $W/runs/hf -- \
-        python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 3 --markers \$m || exit
-    done
-    ${BIN}/lem-run --gpus 1 --baseline 5s --cooldown none --experiment hf-100-calls --out $W/runs/hf -- \
-      python3 examples/hf/generate.py --batch-size 1 --new-tokens 16 --repeats 100 --idle 0"
-  [ -f scripts/gpu/precision.py ] && part precision 2 200 "${lemrun[@]}" --gpus 2 --baseline 5s --cooldown none \
-    --counter-interval 100ms --experiment precision --out "$W/runs/precision" -- python3 scripts/gpu/precision.py
+  part campaign 0 160 "${lemrun[@]}" campaign scripts/gpu/hf-idle.yaml --out "$W/runs/campaign"
   mkdir -p "$W/runs/share"
-  part share 3 240 sh -c "$BIN/lem-run record --gpus 3 -o $W/runs/share/share.parquet -- \
-      python3 scripts/gpu/share.py run --gpu 3 --seconds 15 --idle 5 --out $W/runs/share/share-run.json &&
+  part share 1 160 sh -c "$BIN/lem-run record --gpus 1 -o $W/runs/share/share.parquet -- \
+      python3 scripts/gpu/share.py run --gpu 1 --seconds 10 --idle 4 --out $W/runs/share/share-run.json &&
     $BIN/lem-analyze processes --json $W/runs/share/share.parquet >$W/runs/share/processes.json"
+  part precision 2 160 "${lemrun[@]}" --gpus 2 --baseline 4s --cooldown none --counter-interval 100ms \
+    --experiment precision --out "$W/runs/precision" -- python3 scripts/gpu/precision.py --device cuda:0 \
+    --periods-ms 6,10,20,40,100,400 --duties 50 --square-seconds 3 --burst-ms 10,50,200 --bursts 8
+  part hf 3 160 sh -c "
+    for m in client stdout; do
+      ${BIN}/lem-run --gpus 3 --baseline 3s --cooldown none --experiment hf-bs8-\$m --out $W/runs/hf -- \
+        python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 2 --markers \$m || exit
+    done
+    ${BIN}/lem-run --gpus 3 --baseline 3s --cooldown none --experiment hf-100-calls --out $W/runs/hf -- \
+      python3 examples/hf/generate.py --batch-size 1 --new-tokens 8 --repeats 100 --idle 0"
 fi
 sleep 5
-"$BIN/lem-run" record "${src[@]}" --duration "$(D 120)s" -o "$W/all.parquet" \
+"$BIN/lem-run" record "${src[@]}" --duration "$(D 90)s" -o "$W/all.parquet" \
   >"$W/record-all.txt" 2>"$W/record-all.log" &
 REC=$!
 sleep 5
 # 200 scrapes a second for 30 s, and the exporter's CPU meanwhile (all parts running).
-python3 - "http://127.0.0.1:19638/metrics" 200 "$(D 30)" >"$W/scrape.txt" <<'PY' &
+python3 - "http://127.0.0.1:19638/metrics" 200 "$(D 20)" >"$W/scrape.txt" <<'PY' &
 import sys, threading, time, urllib.request
 url, rps, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 lat, errs, lock = [], [0], threading.Lock()
@@ -174,8 +175,9 @@ stop $LOADEXP
     echo; echo "## HF example: markers through the client vs stdout; 100 generate() calls"
     python3 scripts/gpu/session_hf.py "$W/runs/hf"
   fi
-  [ -f scripts/gpu/precision_table.py ] && [ -d "$W/runs/precision" ] && {
-    echo; echo "## Precision"; python3 scripts/gpu/precision_table.py "$W/runs/precision"; }
+  for d in "$W"/runs/precision/*/; do
+    [ -f "$d/manifest.json" ] && { echo; echo "## Precision"; "$BIN/lem-analyze" precision "$d"; }
+  done
   [ -f "$W/runs/share/processes.json" ] && {
     echo; echo "## GPU sharing (per-process attribution against solo energies)"
     python3 scripts/gpu/share.py analyze "$W/runs/share/share-run.json" "$W/runs/share/processes.json"; }
