@@ -514,7 +514,7 @@ func TraceProcesses(t *trace.Trace, meters map[int]*Meter, idleW map[int]float64
 		idle[g], source[g] = float64(pg.IdleW), pg.IdleSource
 	}
 	for _, p := range trace.Phases(t.Events, last) {
-		pp := PhaseProcesses{RunID: p.RunID, Name: p.Name, Start: p.Start, End: p.End}
+		pp := PhaseProcesses{RunID: p.RunID, Name: p.Name, Start: p.Start, End: p.End, GPUs: []manifest.ProcessGPU{}}
 		for _, g := range t.GPUIndices() {
 			w, ok := idle[g]
 			if !ok {

@@ -266,7 +266,7 @@ def attributed(record, procs):
         for p in procs["phases"]:
             if p["name"] in out:
                 continue
-            for g in p["gpus"]:
+            for g in p["gpus"] or []:  # a phase with no process on the GPU has none
                 if g["index"] == record["gpu"]:
                     out[p["name"]] = ({str(x["pid"]): x["energy_j"] for x in g["processes"]},
                                       g["unattributed_j"], g["idle_w"])
