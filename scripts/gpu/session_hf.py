@@ -53,7 +53,8 @@ def main():
         ws = [w for w in calls.get("windows", []) if w["name"] == "generate"]
         if ws:
             w = ws[0]
-            print(f"\n100 generate() calls (batch 1, 16 new tokens each): {w['count']} windows, "
+            tok = (calls.get("derived") or {}).get("output_tokens") or 0
+            print(f"\n{w['count']} generate() calls (batch 1, {tok / w['count']:.0f} new tokens each): {w['count']} windows, "
                   f"{w['duration_s']:.2f} s, {w['energy']['hybrid_j']:.1f} J in all; per call median "
                   f"{num(w.get('median_j'), '{:.2f}')} J, p90 {num(w.get('p90_j'), '{:.2f}')} J; "
                   f"mean {w['energy']['hybrid_j'] / w['count']:.2f} J")
