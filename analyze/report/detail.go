@@ -28,7 +28,7 @@ func detail(r *Run, t *trace.Trace, from time.Time) {
 	r.PowerCappedS = powerCapped(m, t, occ)
 	ev := evalRun(m, sharedLagMeters(t))
 	if m.Times.End.After(m.Times.Start) {
-		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, m, t, ev, 0)
+		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, 0, m, t, ev, 0)
 	}
 	r.PhaseUncertainty = map[string]Budget{}
 	for _, p := range m.Phases {
@@ -37,7 +37,7 @@ func detail(r *Run, t *trace.Trace, from time.Time) {
 			if short == 0 && p.Short {
 				short = math.MaxInt64 // the accounting found it short; no check here says by how much: every occurrence
 			}
-			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, m, t, ev, short)
+			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, markerU(m), m, t, ev, short)
 		}
 	}
 }
@@ -64,7 +64,7 @@ func phaseBudgets(m *manifest.Manifest) map[string]Budget {
 			}
 			gpus = append(gpus, gi)
 		}
-		out[p.Name] = makeBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, p.DurationS, gpus)
+		out[p.Name] = makeBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, p.DurationS, markerU(m), gpus)
 	}
 	return out
 }

@@ -515,3 +515,27 @@ func TestTwoIdles(t *testing.T) {
 	assert.Equal(t, "300.000", rows[1][col(t, rows[0], "adjusted_active_j")])
 	assert.Equal(t, "78.000", rows[1][col(t, rows[0], "idle_w")])
 }
+
+// A phase whose edges came as stdout lines carries the marker-latency term: each edge's power times the lines'
+// timing uncertainty, in quadrature; posted markers carry the caller's time and no such term.
+func TestMarkerLatencyTerm(t *testing.T) {
+	runs, _ := loadSynth(t, []synth{{id: "m1", exp: "m", at: 0, raw: 1000, adj: 400, tokens: 10}}, "")
+	r := runs[0]
+	latency := func() float64 {
+		r.PhaseUncertainty = nil // from the manifest alone
+		b, ok := r.PhaseBudget("decode")
+		require.True(t, ok)
+		for _, term := range b.Terms {
+			if term.Name == report.TermLatency {
+				return float64(term.RawJ)
+			}
+		}
+		t.Fatal("no marker latency term")
+		return 0
+	}
+	r.Manifest.Markers = manifest.Markers{Parsed: 4}
+	p := 900.0 / 9 // the decode phase's mean power at both its edges
+	assert.InDelta(t, math.Sqrt(2)*p*report.StdoutMarkerU.Seconds(), latency(), 1e-9)
+	r.Manifest.Markers = manifest.Markers{HTTP: 4}
+	assert.Zero(t, latency())
+}

@@ -31,7 +31,7 @@ const (
 	TermGain       = "gain"           // sensor gain/offset: ±5 % of reading, assumed
 	TermLag        = "lag"            // the counter lag's uncertainty from its fit
 	TermBoundary   = "boundary"       // one sample period of power at each edge
-	TermLatency    = "marker_latency" // marker timestamp latency (stdout vs HTTP): not yet measured
+	TermLatency    = "marker_latency" // when a marker line was stamped against when the workload printed it
 	TermBaseline   = "baseline"       // error of the idle median × duration (adjusted only)
 	TermAliasing   = "aliasing"       // energy the samples' shape places inside the counter intervals at the edges
 	TermRepetition = "repetition"     // between runs: s/√n
@@ -130,8 +130,24 @@ func medianU(b *manifest.Baseline) float64 {
 	return 1.2533 * (b.IQRW / 1.349) / math.Sqrt(float64(b.Samples))
 }
 
-// makeBudget builds the budget of an energy measured over windows lasting durS seconds in total.
-func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
+// StdoutMarkerU is the standard uncertainty of a marker line's time: lem-run stamps a line when it reads it,
+// measured 0.1 ms after the workload printed it (median), p90 0.13 ms on a quiet host and 2.2 ms on a loaded one
+// (docs/BENCHMARKS.md, "Marker latency"); the loaded p90 is taken. A marker posted over HTTP carries the caller's
+// own time.
+const StdoutMarkerU = 2 * time.Millisecond
+
+// markerU is the timing uncertainty of a run's phase edges: the stdout one where any marker came as a line (the
+// manifest does not say which phase came which way), none where every marker was posted.
+func markerU(m *manifest.Manifest) float64 {
+	if m.Markers.Parsed > 0 {
+		return StdoutMarkerU.Seconds()
+	}
+	return 0
+}
+
+// makeBudget builds the budget of an energy measured over windows lasting durS seconds in total; latS is the
+// timing uncertainty of the windows' edges (marker latency; 0 for a run's own edges, its bracketing reads).
+func makeBudget(raw, adj manifest.Num, durS, latS float64, gpus []gpuInput) Budget {
 	b := Budget{RawJ: raw, AdjustedJ: adj}
 	adjOK := adj.Valid()
 	both := func(name, kind string, v float64) Term {
@@ -142,7 +158,7 @@ func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
 		return t
 	}
 	gain := Term{Name: TermGain, Kind: Systematic, RawJ: manifest.Num(gainU) * raw, AdjustedJ: manifest.Num(gainU) * adj}
-	var lag2, edge2, base2, alias2 float64
+	var lag2, edge2, lat2, base2, alias2 float64
 	for _, g := range gpus {
 		lag2 += (g.lagJ / 2) * (g.lagJ / 2)
 		alias2 += g.aliasJ * g.aliasJ
@@ -150,6 +166,7 @@ func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
 			// An edge resolves to one sample period: its energy lies within ±T·P, a rectangular ±T·P/√3.
 			u := p * energy.DefaultSamplePeriod.Seconds() / math.Sqrt(3)
 			edge2 += u * u
+			lat2 += (p * latS) * (p * latS) // the edge's time uncertain by latS moves its power that long
 		}
 		if g.baseline != nil {
 			u := medianU(g.baseline) * durS
@@ -167,7 +184,7 @@ func makeBudget(raw, adj manifest.Num, durS float64, gpus []gpuInput) Budget {
 		base.AdjustedJ = manifest.Null
 	}
 	b.Terms = []Term{gain, both(TermLag, Systematic, math.Sqrt(lag2)), both(TermBoundary, Random, math.Sqrt(edge2)),
-		both(TermLatency, Systematic, 0), base, both(TermAliasing, Systematic, math.Sqrt(alias2))}
+		both(TermLatency, Random, math.Sqrt(lat2)), base, both(TermAliasing, Systematic, math.Sqrt(alias2))}
 	b.combine()
 	return b
 }
@@ -183,7 +200,7 @@ func budget(m *manifest.Manifest) Budget {
 		p := g.MeanPowerW.Or(math.NaN())
 		gpus = append(gpus, gpuInput{baseline: g.Baseline, lagJ: math.NaN(), edgeW: []float64{p, p}, aliasJ: math.NaN()})
 	}
-	return makeBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, m.Times.DurationS, gpus)
+	return makeBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, m.Times.DurationS, 0, gpus)
 }
 
 // lagMeter is one GPU's hybrid refitted from the trace with its lag uncertainty: h at the lag the accounting
@@ -335,8 +352,8 @@ func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval {
 // traceBudget is the budget of an energy over windows, evaluated on the trace: the lag term from the hybrids at
 // lag ± u, the edges at the power found there, the aliasing term from the counter intervals at the edges.
 // shortBelow: occurrences shorter than this are short (their shape counts at least ShortShapeU).
-func traceBudget(raw, adj manifest.Num, ws []edgeWindow, m *manifest.Manifest, t *trace.Trace, ev runEval,
-	shortBelow time.Duration) Budget {
+func traceBudget(raw, adj manifest.Num, ws []edgeWindow, latS float64, m *manifest.Manifest, t *trace.Trace,
+	ev runEval, shortBelow time.Duration) Budget {
 	lms := ev.lms
 	var dur float64
 	for _, w := range ws {
@@ -387,7 +404,7 @@ func traceBudget(raw, adj manifest.Num, ws []edgeWindow, m *manifest.Manifest, t
 		}
 		gpus = append(gpus, gi)
 	}
-	return makeBudget(raw, adj, dur, gpus)
+	return makeBudget(raw, adj, dur, latS, gpus)
 }
 
 // Uncert is the uncertainty of an experiment-level figure (a mean over runs, or a ratio): the terms as standard
