@@ -38,11 +38,22 @@ const (
 )
 
 // ShortShapeU is the relative error given to the samples' shape inside a counter interval when a phase occurrence
-// is shorter than one (short_phase), at least: the spread (RMS) of the counter/sampled ratio over the 100 ms
-// intervals of the aliased medium phase of the H200 known-shape recording, 10 % — what the shape is worth over one
-// counter interval when the load is faster than the samples resolve. The burst characterisation
-// (scripts/gpu/precision.py) measures it for short kernels directly.
-const ShortShapeU = 0.10
+// of length d is shorter than one (short_phase), at least: 10 %, the spread (RMS) of the counter/sampled ratio over
+// the 100 ms intervals of the aliased medium phase of the H200 known-shape recording — what the shape is worth over
+// one counter interval when the load is faster than the samples resolve; and for the shortest occurrences the
+// spread measured between identical matmul bursts on an H200 (scripts/gpu/precision.py: 27 % at 10 ms, 8 % at
+// 50 ms, docs/RESULTS.md §5.3), log-linear in between.
+func ShortShapeU(d time.Duration) float64 {
+	const floor, at10, at50 = 0.10, 0.27, 0.08
+	switch {
+	case d <= 10*time.Millisecond:
+		return at10
+	case d >= 50*time.Millisecond:
+		return floor
+	}
+	f := math.Log(float64(d)/float64(10*time.Millisecond)) / math.Log(5)
+	return max(floor, at10*math.Pow(at50/at10, f))
+}
 
 // SampledAliasingU bounds the aliasing of a GPU whose energy is the samples' integral alone (no counter to rescale
 // them): square waves commensurate with the 20 ms sampling integrated up to 4 % above the counter over 4 s on an
@@ -259,7 +270,7 @@ func forRun(lms map[int]*lagMeter, m *manifest.Manifest) map[int]*lagMeter {
 // rectangular bound, intervals in quadrature. ρ is how far the samples are from the counter there: the largest of
 // the interval's own departure from the run's median ratio, the RMS departure over the intervals the occurrence
 // overlaps (an aliased stretch misdescribes its intervals' insides even where one interval's total happens to
-// agree), account.AliasFloor, and ShortShapeU where the occurrence is shorter than shortBelow.
+// agree), account.AliasFloor, and ShortShapeU of its length where the occurrence is shorter than shortBelow.
 func aliasTerm(h *energy.Hybrid, ck account.AliasCheck, ws []edgeWindow, shortBelow time.Duration) float64 {
 	var s2 float64
 	for _, w := range ws {
@@ -286,7 +297,7 @@ func aliasTerm(h *energy.Hybrid, ck account.AliasCheck, ws []edgeWindow, shortBe
 			e := max(min(in.Joules, iv.CounterJ-in.Joules), 0)
 			rho := max(math.Abs(iv.Deviation), rms, account.AliasFloor)
 			if short {
-				rho = max(rho, ShortShapeU)
+				rho = max(rho, ShortShapeU(w.end.Sub(w.start)))
 			}
 			u := e * rho / math.Sqrt(3)
 			s2 += u * u
@@ -351,7 +362,7 @@ func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval {
 
 // traceBudget is the budget of an energy over windows, evaluated on the trace: the lag term from the hybrids at
 // lag ± u, the edges at the power found there, the aliasing term from the counter intervals at the edges.
-// shortBelow: occurrences shorter than this are short (their shape counts at least ShortShapeU).
+// shortBelow: occurrences shorter than this are short (their shape counts at least ShortShapeU of their length).
 func traceBudget(raw, adj manifest.Num, ws []edgeWindow, latS float64, m *manifest.Manifest, t *trace.Trace,
 	ev runEval, shortBelow time.Duration) Budget {
 	lms := ev.lms
