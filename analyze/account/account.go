@@ -444,9 +444,27 @@ func (a *accounting) telemetry(mg *manifest.GPU, win *trace.Series, s *trace.Ser
 // throttleSeconds sums, per clock-event reason that slows the GPU down, the time it was active in [start, end].
 func throttleSeconds(tel []trace.Telemetry, start, end time.Time) map[string]float64 {
 	out := map[string]float64{}
-	for i := 1; i < len(tel); i++ {
-		a, b := tel[i-1], tel[i]
-		if !a.ClockReasonsValid || !b.Time.After(start) || !a.Time.Before(end) {
+	for _, cr := range gpu.ClockReasons {
+		if !slowsDown(cr.Name) {
+			continue
+		}
+		if sec := ReasonSeconds(tel, start, end, cr.Bit); sec > 0 {
+			out[cr.Name] = sec
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// ReasonSeconds is the time in [start, end] during which telemetry showed the clock-event bit.
+func ReasonSeconds(tel []trace.Telemetry, start, end time.Time, bit uint64) float64 {
+	var sec float64
+	i := max(sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(start) })-1, 0)
+	for ; i+1 < len(tel) && tel[i].Time.Before(end); i++ {
+		a, b := tel[i], tel[i+1]
+		if !a.ClockReasonsValid || a.ClockReasons&bit == 0 {
 			continue
 		}
 		t0, t1 := a.Time, b.Time
@@ -456,17 +474,11 @@ func throttleSeconds(tel []trace.Telemetry, start, end time.Time) map[string]flo
 		if t1.After(end) {
 			t1 = end
 		}
-		dt := t1.Sub(t0).Seconds()
-		for _, cr := range gpu.ClockReasons {
-			if a.ClockReasons&cr.Bit != 0 && slowsDown(cr.Name) {
-				out[cr.Name] += dt
-			}
+		if t1.After(t0) {
+			sec += t1.Sub(t0).Seconds()
 		}
 	}
-	if len(out) == 0 {
-		return nil
-	}
-	return out
+	return sec
 }
 
 // slowsDown says whether a clock-event reason holds clocks below what the workload asks for.
@@ -797,8 +809,19 @@ func (a *accounting) derive() {
 		m.Derived = nil
 		return
 	}
+	m.Derived = &manifest.Derived{OutputTokens: tokens, Requests: reqs}
+	Derive(m)
+}
+
+// Derive computes a run's per-token and per-request figures from its energies and the counts in m.Derived (the
+// accounting, and a report that corrected the energies afterwards): null where a count or an energy is missing.
+func Derive(m *manifest.Manifest) {
+	d := m.Derived
+	if d == nil {
+		return
+	}
 	per := func(e, n manifest.Num) manifest.Num {
-		if !e.Valid() || !n.Valid() {
+		if !e.Valid() || !n.Valid() || n <= 0 {
 			return manifest.Null
 		}
 		return e / n
@@ -810,10 +833,9 @@ func (a *accounting) derive() {
 		return n / e
 	}
 	e, adj := m.Energy.HybridJ, m.Energy.AdjustedJ
-	m.Derived = &manifest.Derived{OutputTokens: tokens, Requests: reqs,
-		JPerOutputToken: per(e, tokens), JPerOutputTokenAdj: per(adj, tokens),
-		OutputTokensPerJ: inv(e, tokens), OutputTokensPerJAdj: inv(adj, tokens),
-		JPerRequest: per(e, reqs), JPerRequestAdj: per(adj, reqs)}
+	d.JPerOutputToken, d.JPerOutputTokenAdj = per(e, d.OutputTokens), per(adj, d.OutputTokens)
+	d.OutputTokensPerJ, d.OutputTokensPerJAdj = inv(e, d.OutputTokens), inv(adj, d.OutputTokens)
+	d.JPerRequest, d.JPerRequestAdj = per(e, d.Requests), per(adj, d.Requests)
 }
 
 // WorkloadGPUs reads a run's workload_gpus label ("0,2"); nil when the run has no such label (every GPU is the

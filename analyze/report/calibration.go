@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/calibrate"
 	"github.com/lem-energy/lem/internal/manifest"
 )
@@ -118,7 +119,7 @@ func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 			w.P90J = cnum(b.Gain * w.P90J.Or(math.NaN()))
 		}
 	}
-	derived(m)
+	account.Derive(m)
 	r.Uncertainty = recalibrated(r.Uncertainty, runGPU, boards, dur)
 	for i, p := range m.Phases {
 		if b, ok := r.PhaseUncertainty[p.Name]; ok {
@@ -142,30 +143,6 @@ func cnum(v float64) manifest.Num {
 		return manifest.Null
 	}
 	return manifest.Num(v)
-}
-
-// derived recomputes the per-token and per-request figures from corrected energies.
-func derived(m *manifest.Manifest) {
-	d := m.Derived
-	if d == nil {
-		return
-	}
-	per := func(e, n manifest.Num) manifest.Num {
-		if !e.Valid() || !n.Valid() || n <= 0 {
-			return manifest.Null
-		}
-		return e / n
-	}
-	inv := func(e, n manifest.Num) manifest.Num {
-		if !e.Valid() || !n.Valid() || e <= 0 {
-			return manifest.Null
-		}
-		return n / e
-	}
-	e, adj := m.Energy.HybridJ, m.Energy.AdjustedJ
-	d.JPerOutputToken, d.JPerOutputTokenAdj = per(e, d.OutputTokens), per(adj, d.OutputTokens)
-	d.OutputTokensPerJ, d.OutputTokensPerJAdj = inv(e, d.OutputTokens), inv(adj, d.OutputTokens)
-	d.JPerRequest, d.JPerRequestAdj = per(e, d.Requests), per(adj, d.Requests)
 }
 
 // recalibrated is a budget after correction: the energies the corrected ones, the gain term from the fit on the

@@ -3,11 +3,11 @@ package report
 import (
 	"math"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
@@ -213,7 +213,7 @@ func powerCapped(m *manifest.Manifest, t *trace.Trace, occ map[string][]edgeWind
 		}
 		for name, ws := range occ {
 			for _, w := range ws {
-				if sec := reasonSeconds(s.Telemetry, w.start, w.end, bit); sec > 0 {
+				if sec := account.ReasonSeconds(s.Telemetry, w.start, w.end, bit); sec > 0 {
 					out[name] += sec
 				}
 			}
@@ -223,29 +223,6 @@ func powerCapped(m *manifest.Manifest, t *trace.Trace, occ map[string][]edgeWind
 		return nil
 	}
 	return out
-}
-
-// reasonSeconds is the time in [start, end] during which telemetry showed the clock-event bit.
-func reasonSeconds(tel []trace.Telemetry, start, end time.Time, bit uint64) float64 {
-	var sec float64
-	i := max(sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(start) })-1, 0)
-	for ; i+1 < len(tel) && tel[i].Time.Before(end); i++ {
-		a, b := tel[i], tel[i+1]
-		if !a.ClockReasonsValid || a.ClockReasons&bit == 0 {
-			continue
-		}
-		t0, t1 := a.Time, b.Time
-		if t0.Before(start) {
-			t0 = start
-		}
-		if t1.After(end) {
-			t1 = end
-		}
-		if t1.After(t0) {
-			sec += t1.Sub(t0).Seconds()
-		}
-	}
-	return sec
 }
 
 // Each run of a trace is detailed on its own (in parallel, for a recording of many runs), but the lag fit belongs

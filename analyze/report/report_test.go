@@ -295,55 +295,5 @@ func checkHTML(t *testing.T, runs []report.Run, exps []report.Experiment, probs 
 // the hybrid's split times the largest of |departure|, the RMS departure over the window's intervals and 1 %, over
 // √3; in quadrature.
 func plainAliasing(s *trace.Series, lag time.Duration, a, b time.Time) float64 {
-	type iv struct {
-		a, b time.Time
-		j    float64
-	}
-	var ivs []iv
-	var prev *trace.CounterReading
-	for i := range s.Counters {
-		c := &s.Counters[i]
-		if prev != nil && c.EnergyMJ == prev.EnergyMJ {
-			continue
-		}
-		if prev != nil {
-			x, y := prev.Time.Add(-lag), c.Time.Add(-lag)
-			if y.After(a) && x.Before(b) && !x.Before(s.Samples[0].Time) && !y.After(s.Samples[len(s.Samples)-1].Time) {
-				ivs = append(ivs, iv{x, y, c.Joules() - prev.Joules()})
-			}
-		}
-		prev = c
-	}
-	ratios := make([]float64, len(ivs))
-	for i, v := range ivs {
-		ratios[i] = v.j / testutil.PlainSampled(s.Samples, v.a, v.b)
-	}
-	sorted := append([]float64(nil), ratios...)
-	sort.Float64s(sorted)
-	med := sorted[len(sorted)/2]
-	if len(sorted)%2 == 0 {
-		med = (sorted[len(sorted)/2-1] + sorted[len(sorted)/2]) / 2
-	}
-	var rms float64 // over the intervals the window overlaps: here all of them
-	for _, r := range ratios {
-		rms += (r/med - 1) * (r/med - 1)
-	}
-	rms = math.Sqrt(rms / float64(len(ratios)))
-	var s2 float64
-	for i, v := range ivs {
-		if !v.a.Before(a) && !v.b.After(b) {
-			continue // wholly inside: the counter's own
-		}
-		x, y := v.a, v.b
-		if x.Before(a) {
-			x = a
-		}
-		if y.After(b) {
-			y = b
-		}
-		in := testutil.PlainHybrid(s.Counters, s.Samples, lag, x, y)
-		u := math.Min(in, v.j-in) * math.Max(math.Max(math.Abs(ratios[i]/med-1), rms), 0.01) / math.Sqrt(3)
-		s2 += u * u
-	}
-	return math.Sqrt(s2)
+	return plainAliasingFloor(s, lag, a, b, a, b, 0.01)
 }

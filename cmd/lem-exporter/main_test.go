@@ -20,11 +20,11 @@ import (
 )
 
 // run starts the exporter on a free loopback port and waits until it answers.
-func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *lockedBuffer) {
+func run(t *testing.T, bin string, args ...string) (*exec.Cmd, string, *testutil.Watcher) {
 	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	cmd := exec.Command(bin, append([]string{"--web.listen-address", addr}, args...)...)
-	logs := &lockedBuffer{}
+	logs := &testutil.Watcher{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })

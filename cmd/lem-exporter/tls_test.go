@@ -20,7 +20,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,24 +30,6 @@ import (
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/testutil"
 )
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and its key into dir and returns their paths.
 func selfSigned(t *testing.T, dir string) (certFile, keyFile string) {
@@ -102,7 +83,7 @@ func TestTLSBasicAuthAndTokenWithLemRun(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	exp := exec.Command(testutil.BuildBinary(t, "lem-exporter"), "--web.listen-address", addr, "--web.config.file",
 		webConfig, "--markers.token-file", tokenFile, "--replay", testutil.TracePath("h200-llm"), "--loop")
-	expLogs := &lockedBuffer{}
+	expLogs := &testutil.Watcher{}
 	exp.Stdout, exp.Stderr = expLogs, expLogs
 	require.NoError(t, exp.Start())
 	t.Cleanup(func() { exp.Process.Kill(); exp.Wait() })

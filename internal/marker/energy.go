@@ -88,16 +88,25 @@ func runGPUs(r Run) []int {
 	return out
 }
 
-// windowEnergy answers GET /api/v1/runs/{id}/windows/{name}?id=&wait=: the window's energy on the run's GPUs
-// with its baselines (so far, while it is open).
-func (h *Handler) windowEnergy(w http.ResponseWriter, r *http.Request) {
+// energyQuery reads an energy query's common parameters, or answers the request itself (no meter, bad input).
+func (h *Handler) energyQuery(w http.ResponseWriter, r *http.Request) (wait time.Duration, gpus []int, ok bool) {
 	if h.meter == nil {
 		WriteJSON(w, http.StatusNotImplemented, map[string]string{"error": "this server answers no energy queries"})
-		return
+		return 0, nil, false
 	}
 	wait, gpus, err := query(r)
 	if err != nil {
 		WriteError(w, err)
+		return 0, nil, false
+	}
+	return wait, gpus, true
+}
+
+// windowEnergy answers GET /api/v1/runs/{id}/windows/{name}?id=&wait=: the window's energy on the run's GPUs
+// with its baselines (so far, while it is open).
+func (h *Handler) windowEnergy(w http.ResponseWriter, r *http.Request) {
+	wait, gpus, ok := h.energyQuery(w, r)
+	if !ok {
 		return
 	}
 	runID, name, id := r.PathValue("id"), r.PathValue("name"), r.URL.Query().Get("id")
@@ -131,13 +140,8 @@ func (h *Handler) windowEnergy(w http.ResponseWriter, r *http.Request) {
 // intervalEnergy answers GET /api/v1/energy?start=&end=[&run=][&gpus=][&wait=]: any recent interval's energy,
 // adjusted with a run's baselines when run is given.
 func (h *Handler) intervalEnergy(w http.ResponseWriter, r *http.Request) {
-	if h.meter == nil {
-		WriteJSON(w, http.StatusNotImplemented, map[string]string{"error": "this server answers no energy queries"})
-		return
-	}
-	wait, gpus, err := query(r)
-	if err != nil {
-		WriteError(w, err)
+	wait, gpus, ok := h.energyQuery(w, r)
+	if !ok {
 		return
 	}
 	q := EnergyQuery{Wait: wait, GPUs: gpus}
@@ -150,6 +154,7 @@ func (h *Handler) intervalEnergy(w http.ResponseWriter, r *http.Request) {
 			WriteError(w, invalid("query parameter %q is required", p.name))
 			return
 		}
+		var err error
 		if *p.t, err = ParseTime(v); err != nil {
 			WriteError(w, fmt.Errorf("%s: %w", p.name, err))
 			return

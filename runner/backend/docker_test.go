@@ -333,11 +333,11 @@ func TestContainerKill9(t *testing.T) {
 			removeContainers(t, backend.LabelRunID+"="+id)
 			cmd := exec.Command(bin, "--replay", testutil.TracePath("h200-llm"), "--experiment", "k9", "--baseline", "1s",
 				"--out", out, "--run-id", id, "--stop-grace", "2s", "--image", image, "--", "-phases", "a:1s,b:120s")
-			stdout, stderr := newWatcher(), newWatcher()
+			stdout, stderr := testutil.NewWatcher(), testutil.NewWatcher()
 			cmd.Stdout, cmd.Stderr = stdout, stderr
 			require.NoError(t, cmd.Start())
 			t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-			stdout.waitFor(t, "LEM_PHASE b\n", time.Minute)
+			stdout.WaitFor(t, "LEM_PHASE b\n", time.Minute)
 			dir := filepath.Join(out, id)
 			// Kill it once a trace segment holds part of the run: what it measured must be reported.
 			require.Eventually(t, func() bool {
@@ -408,7 +408,7 @@ func TestEngineLostMidRun(t *testing.T)    { engineGone(t, syscall.SIGKILL) }
 func engineGone(t *testing.T, sig syscall.Signal) {
 	e := newEngine(t)
 	t.Setenv("DOCKER_HOST", e.host)
-	out := newWatcher()
+	out := testutil.NewWatcher()
 	o := runOptions(t, out, "-phases", "a:300ms,long:120s")
 	d := newDocker(t, backend.DockerOptions{Image: image})
 	type result struct {
@@ -420,7 +420,7 @@ func engineGone(t *testing.T, sig syscall.Signal) {
 		res, err := runner.Run(context.Background(), o, replay(t), nil, d, slog.Default())
 		done <- result{res, err}
 	}()
-	out.waitFor(t, "LEM_PHASE long\n", time.Minute)
+	out.WaitFor(t, "LEM_PHASE long\n", time.Minute)
 	cid, cname, pid, running := containerOf(t, engineClient(t), o.RunID)
 	require.True(t, running)
 	require.True(t, runningProcess(pid))

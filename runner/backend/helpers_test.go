@@ -59,49 +59,6 @@ func lemRunBinary(t *testing.T) string {
 	return filepath.Join(lemRun.dir, "lem-run")
 }
 
-// watcher is an output that tests can wait on for a string, without sleeping.
-type watcher struct {
-	mu      sync.Mutex
-	buf     strings.Builder
-	changed chan struct{}
-}
-
-func newWatcher() *watcher { return &watcher{changed: make(chan struct{})} }
-
-func (w *watcher) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(b)
-	close(w.changed)
-	w.changed = make(chan struct{})
-	return len(b), nil
-}
-
-func (w *watcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
-// waitFor waits until the output holds s.
-func (w *watcher) waitFor(t *testing.T, s string, within time.Duration) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		w.mu.Lock()
-		ok, ch := strings.Contains(w.buf.String(), s), w.changed
-		w.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("%q not written within %s; output:\n%s", s, within, w.String())
-		}
-	}
-}
-
 // errorLines are the lines lem-run itself ends with ("lem-run: …"), as opposed to its log.
 func errorLines(stderr string) []string {
 	var out []string

@@ -74,54 +74,12 @@ func uniqueName(prefix string) string {
 	return prefix + hex.EncodeToString(b[:])
 }
 
-// watcher is an output that tests can wait on for a string, without sleeping.
-type watcher struct {
-	mu      sync.Mutex
-	buf     strings.Builder
-	changed chan struct{}
-}
-
-func newWatcher() *watcher { return &watcher{changed: make(chan struct{})} }
-
-func (w *watcher) Write(b []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(b)
-	close(w.changed)
-	w.changed = make(chan struct{})
-	return len(b), nil
-}
-
-func (w *watcher) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.buf.String()
-}
-
-func (w *watcher) waitFor(t *testing.T, s string, within time.Duration) {
-	t.Helper()
-	deadline := time.After(within)
-	for {
-		w.mu.Lock()
-		ok, ch := strings.Contains(w.buf.String(), s), w.changed
-		w.mu.Unlock()
-		if ok {
-			return
-		}
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("%q not written within %s; output:\n%s", s, within, w.String())
-		}
-	}
-}
-
 // startCampaign starts the built lem-run on a campaign file.
-func startCampaign(t *testing.T, path, out string) (cmd *exec.Cmd, stdout, stderr *watcher) {
+func startCampaign(t *testing.T, path, out string) (cmd *exec.Cmd, stdout, stderr *testutil.Watcher) {
 	t.Helper()
 	cmd = exec.Command(lemRunBinary(t), "campaign", "--replay", testutil.TracePath("h200-llm"), "--loop", "--out", out,
 		"--cooldown", "none", "--idle-history", "off", path)
-	stdout, stderr = newWatcher(), newWatcher()
+	stdout, stderr = testutil.NewWatcher(), testutil.NewWatcher()
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
@@ -195,7 +153,7 @@ experiments:
 `)
 	killed := name + "-e-20-c1"
 	cmd, _, stderr := startCampaign(t, path, out)
-	stderr.waitFor(t, "run 2/4 e-20 (cycle 1, "+killed+") started", 2*time.Minute)
+	stderr.WaitFor(t, "run 2/4 e-20 (cycle 1, "+killed+") started", 2*time.Minute)
 	require.Eventually(t, func() bool {
 		b, _ := os.ReadFile(filepath.Join(out, killed, manifest.StdoutFile))
 		return bytes.Contains(b, []byte("LEM_PHASE decode\n"))
@@ -267,7 +225,7 @@ experiments:
 	f, err := campaign.Load(path)
 	require.NoError(t, err)
 	log := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
-	execute := func(ctx context.Context, progress *watcher) (*campaign.State, error) {
+	execute := func(ctx context.Context, progress *testutil.Watcher) (*campaign.State, error) {
 		p, err := campaign.Prepare(ctx, f, out, log)
 		require.NoError(t, err)
 		src, devs := replay(t)
@@ -276,12 +234,12 @@ experiments:
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	progress := newWatcher()
+	progress := testutil.NewWatcher()
 	first := make(chan error, 1)
 	go func() { _, err := execute(ctx, progress); first <- err }()
-	progress.waitFor(t, "run 1/1 w (cycle 1, locked-w-c1) started", time.Minute)
+	progress.WaitFor(t, "run 1/1 w (cycle 1, locked-w-c1) started", time.Minute)
 
-	_, err = execute(context.Background(), newWatcher())
+	_, err = execute(context.Background(), testutil.NewWatcher())
 	require.ErrorIs(t, err, campaign.ErrLocked)
 	host, _ := os.Hostname()
 	assert.Regexp(t, fmt.Sprintf(`^campaign directory in use: %s is being executed by lem-run pid %d on host %s since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ: wait for it to end, or use another --out$`,
@@ -327,7 +285,7 @@ experiments:
     command: [`+wl+`, -phases, "a:60s"]
 `)
 		cmd, stdout, stderr := startCampaign(t, path, out)
-		stderr.waitFor(t, "run 1/1 long (cycle 1, "+name+"-long-c1) started", time.Minute)
+		stderr.WaitFor(t, "run 1/1 long (cycle 1, "+name+"-long-c1) started", time.Minute)
 		require.NoError(t, cmd.Process.Signal(os.Interrupt))
 		assert.Equal(t, 130, exitCode(t, cmd))
 		assert.Equal(t, []string{lastLine(stderr.String())}, errorLines(stderr.String()), "one error line, the last")
