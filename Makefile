@@ -25,15 +25,11 @@ test-short:
 services:
 	scripts/services.sh
 
-# Every Go fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME each, seeded from its testdata/fuzz corpus;
-# an input that fails is written there. fuzz-short is the quick pass make test runs.
+# Every Go fuzz target for FUZZTIME each, seeded from its testdata/fuzz corpus; an input that fails is written
+# there. fuzz-short is the quick pass make test runs.
 FUZZTIME ?= 60s
 fuzz:
-	@set -e; for file in $$(git grep -l --untracked '^func Fuzz' -- '*_test.go'); do \
-	  for target in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$file); do \
-	    echo "fuzz: $$target in ./$$(dirname $$file) for $(FUZZTIME)"; \
-	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 100x ./$$(dirname $$file); \
-	  done; done
+	@FUZZTIME=$(FUZZTIME) GO=$(GO) scripts/fuzz.sh
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
