@@ -71,7 +71,7 @@ func fromTrace(r *Run) error {
 	if from.IsZero() {
 		from = m.Times.Start
 	}
-	detail(r, t, from)
+	detail(r, t, from, lagMeters(t))
 	return nil
 }
 
@@ -83,13 +83,16 @@ type Problem struct {
 
 // Load reads run directories: each path is a run directory (holding manifest.json) or a directory searched for
 // them. Unreadable manifests and duplicate run ids become problems naming the file.
-func Load(paths []string) ([]Run, []Problem) { return load(paths, true) }
+func Load(paths []string) ([]Run, []Problem) { return load(paths, true, LoadOptions{}) }
+
+// LoadWith is Load with a choice of how lem traces are read.
+func LoadWith(paths []string, opts LoadOptions) ([]Run, []Problem) { return load(paths, true, opts) }
 
 // LoadManifests is Load without the run directories' traces and without steady state and plots for trace
 // inputs: for tables, audits and listings.
-func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false) }
+func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false, LoadOptions{}) }
 
-func load(paths []string, traces bool) ([]Run, []Problem) {
+func load(paths []string, traces bool, opts LoadOptions) ([]Run, []Problem) {
 	var runs []Run
 	var probs []Problem
 	seen := map[string]string{}
@@ -121,7 +124,7 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 		runs = append(runs, r)
 	}
 	addTrace := func(p string) {
-		trs, err := fromTraceFile(p, traces)
+		trs, err := fromTraceFile(p, traces, opts)
 		if err != nil {
 			probs = append(probs, Problem{Path: p, Err: err.Error()})
 		}

@@ -2,6 +2,7 @@ package trace
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -21,6 +22,7 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 	}
 	period := last.Sub(first) + time.Second
 	phases := Phases(src.Events, last)
+	gapMJ := bridgeMJ(s, first, last, period)
 	var (
 		n     int
 		ss    []PowerSample
@@ -50,7 +52,7 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 				lastE = c.EnergyMJ - base
 				cs = append(cs, CounterReading{Time: c.Time.Add(shift), EnergyMJ: total[g] + lastE, ReadDuration: c.ReadDuration})
 			}
-			total[g] += lastE + 1
+			total[g] += lastE + gapMJ
 			for _, t := range s.Telemetry {
 				if !t.Time.Before(first) && !t.Time.After(last) {
 					t.Time = t.Time.Add(shift)
@@ -89,4 +91,57 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// bridgeMJ is the energy, by the samples, from the last counter reading of one copy to the first of the next: the
+// copies' counters continue as the samples do (a reader interpolates the samples linearly across the second
+// between copies), so every counter interval of the tiled trace agrees with its samples as in the recording.
+func bridgeMJ(s *Series, first, last time.Time, period time.Duration) uint64 {
+	var c0, c1 time.Time
+	for _, c := range s.Counters {
+		if c.Time.Before(first) || c.Time.After(last) {
+			continue
+		}
+		if c0.IsZero() {
+			c0 = c.Time
+		}
+		c1 = c.Time
+	}
+	var ss []PowerSample
+	for _, x := range s.Samples {
+		if !x.Time.Before(first) && !x.Time.After(last) {
+			ss = append(ss, x)
+		}
+	}
+	if len(ss) < 2 || c0.IsZero() {
+		return 1
+	}
+	// The samples from c1 to the end of the copy, the bridge, and the next copy's from its start to c0.
+	ext := append(slices.Clone(ss), PowerSample{Time: ss[0].Time.Add(period), PowerW: ss[0].PowerW})
+	j := integrate(ext, c1, last) + integrate(ext, last, ss[0].Time.Add(period)) + integrate(ss, first, c0)
+	return uint64(max(j*1000, 1))
+}
+
+// integrate is the trapezoid integral of ss over [a, b] (within their span), in joules.
+func integrate(ss []PowerSample, a, b time.Time) float64 {
+	var j float64
+	for i := 1; i < len(ss); i++ {
+		t0, t1 := ss[i-1].Time, ss[i].Time
+		lo, hi := t0, t1
+		if lo.Before(a) {
+			lo = a
+		}
+		if hi.After(b) {
+			hi = b
+		}
+		if !hi.After(lo) {
+			continue
+		}
+		at := func(t time.Time) float64 {
+			f := float64(t.Sub(t0)) / float64(t1.Sub(t0))
+			return ss[i-1].PowerW + f*(ss[i].PowerW-ss[i-1].PowerW)
+		}
+		j += (at(lo) + at(hi)) / 2 * hi.Sub(lo).Seconds()
+	}
+	return j
 }
