@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"runtime"
@@ -33,7 +34,8 @@ type Stream struct {
 
 type streamFile struct {
 	path    string
-	f       *os.File
+	f       io.ReaderAt
+	close   func() error
 	pf      *parquet.File
 	size    int64
 	dataEnd int64
@@ -119,8 +121,12 @@ type Part struct {
 
 // OpenStream opens the files of one trace, in order (a file, or a recording's closed segments); the first file's
 // environment is the trace's. Close releases them.
-func OpenStream(paths ...string) (_ *Stream, err error) {
-	if len(paths) == 0 {
+func OpenStream(paths ...string) (*Stream, error) {
+	return openStream(len(paths), func(i int) (*streamFile, *Trace, error) { return openStreamFile(paths[i]) })
+}
+
+func openStream(n int, file func(i int) (*streamFile, *Trace, error)) (_ *Stream, err error) {
+	if n == 0 {
 		return nil, fmt.Errorf("%w: no files", ErrNotTrace)
 	}
 	s := &Stream{extra: map[string]string{}}
@@ -129,8 +135,8 @@ func OpenStream(paths ...string) (_ *Stream, err error) {
 			s.Close()
 		}
 	}()
-	for i, p := range paths {
-		sf, t, err := openStreamFile(p)
+	for i := range n {
+		sf, t, err := file(i)
 		if err != nil {
 			return nil, err
 		}
@@ -144,7 +150,7 @@ func OpenStream(paths ...string) (_ *Stream, err error) {
 			}
 		}
 		if err := s.addGroups(i); err != nil {
-			return nil, fmt.Errorf("reading trace %s: %w", p, err)
+			return nil, fmt.Errorf("reading trace %s: %w", sf.path, err)
 		}
 	}
 	s.after = make([]int64, len(s.groups))
@@ -166,12 +172,21 @@ func openStreamFile(path string) (*streamFile, *Trace, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("opening trace: %w", err)
 	}
-	pf, t, dataEnd, err := open(f, st.Size())
+	sf, t, err := newStreamFile(path, f, st.Size())
 	if err != nil {
 		f.Close()
+		return nil, nil, err
+	}
+	sf.close = f.Close
+	return sf, t, nil
+}
+
+func newStreamFile(path string, r io.ReaderAt, size int64) (*streamFile, *Trace, error) {
+	pf, t, dataEnd, err := open(r, size)
+	if err != nil {
 		return nil, nil, fmt.Errorf("reading trace %s: %w", path, err)
 	}
-	return &streamFile{path: path, f: f, pf: pf, size: st.Size(), dataEnd: dataEnd}, t, nil
+	return &streamFile{path: path, f: r, pf: pf, size: size, dataEnd: dataEnd}, t, nil
 }
 
 // addGroups lists file i's row groups with their time range: from the time column's statistics, or, where a
@@ -246,7 +261,10 @@ func (s *Stream) Size() int64 {
 func (s *Stream) Close() error {
 	var first error
 	for _, f := range s.files {
-		if err := f.f.Close(); err != nil && first == nil {
+		if f.close == nil {
+			continue
+		}
+		if err := f.close(); err != nil && first == nil {
 			first = err
 		}
 	}
@@ -279,7 +297,6 @@ func (s *Stream) Scan(ctx context.Context, kinds Kinds, fn func(Part) error) err
 		results[i] = make(chan result, 1)
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	slots := make(chan struct{}, 2*workers) // row groups decoded ahead of fn: bounds memory
 	jobs := make(chan int)
 	var wg sync.WaitGroup
@@ -310,7 +327,7 @@ func (s *Stream) Scan(ctx context.Context, kinds Kinds, fn func(Part) error) err
 			}
 		}()
 	}
-	defer wg.Wait() // after cancel (deferred later, so run first): no goroutine outlives Scan
+	defer func() { cancel(); wg.Wait() }() // no goroutine outlives Scan
 	for i := range n {
 		var r result
 		select {
