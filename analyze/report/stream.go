@@ -33,11 +33,14 @@ import (
 
 // LoadOptions choose how Load reads lem traces.
 type LoadOptions struct {
-	// Stream reads traces in windows: StreamAuto (traces whose rows would take more than MemoryLimit in memory),
-	// StreamAlways or StreamNever.
+	// Stream reads traces in windows: StreamAuto (traces whose rows would take more than half of MemoryLimit in
+	// memory: the rest is for the results and the garbage collector), StreamAlways or StreamNever.
 	Stream string
-	// MemoryLimit is what a trace read whole may take (bytes); 0: DefaultMemoryLimit.
+	// MemoryLimit is the memory the report aims to stay within (bytes); 0: DefaultMemoryLimit.
 	MemoryLimit int64
+	// NoPlots leaves out the runs' power plot data (only the HTML report draws it): a recording of thousands of
+	// runs would otherwise keep a plot's worth of samples for each.
+	NoPlots bool
 }
 
 // Ways to read traces (LoadOptions.Stream).
@@ -47,7 +50,7 @@ const (
 	StreamNever  = "never"
 )
 
-// DefaultMemoryLimit is the size above which traces are streamed by default.
+// DefaultMemoryLimit is the memory a report aims to stay within by default.
 const DefaultMemoryLimit = 1 << 30
 
 // bytesPerRow is what a row read whole costs, with the hybrids' integrals (measured: ~89 bytes a row for the
@@ -71,7 +74,7 @@ func (o LoadOptions) stream(paths []string) bool {
 	if limit <= 0 {
 		limit = DefaultMemoryLimit
 	}
-	return s.Rows()*bytesPerRow > limit
+	return s.Rows()*bytesPerRow > limit/2
 }
 
 // gpuFacts is what the first two passes learn about a GPU's series.
@@ -88,7 +91,7 @@ type gpuFacts struct {
 
 // streamRuns accounts the runs of a trace read in windows. name is the trace's path for the reports (the final
 // file's, for segments).
-func streamRuns(ctx context.Context, paths []string, name string, detailed bool) ([]Run, error) {
+func streamRuns(ctx context.Context, paths []string, name string, detailed bool, plots bool) ([]Run, error) {
 	t0 := time.Now()
 	s, err := trace.OpenStream(paths...)
 	if err != nil {
@@ -171,7 +174,7 @@ func streamRuns(ctx context.Context, paths []string, name string, detailed bool)
 	t2 := time.Now()
 	spans := spansOf(events, lastOf(facts), commonOf(facts), commonEnd(facts),
 		strings.TrimSuffix(filepath.Base(name), filepath.Ext(name)))
-	a := &streamAccount{facts: facts, events: events, spans: spans, name: name, detailed: detailed,
+	a := &streamAccount{facts: facts, events: events, spans: spans, name: name, detailed: detailed, plots: plots,
 		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}}
 	err = a.run(ctx, s)
 	slog.Debug("stream: runs accounted", "runs", len(spans), "took", time.Since(t2))
@@ -252,6 +255,7 @@ type streamAccount struct {
 	spans    []Span
 	name     string
 	detailed bool
+	plots    bool
 	runs     []Run
 	buf      map[int]*trace.Series
 	complete time.Time // every row before it is in buf
@@ -409,5 +413,5 @@ func (a *streamAccount) account(i int, w *trace.Trace) Run {
 			lms[g] = &lagMeter{est: f.lag, lo: lo, hi: hi}
 		}
 	}
-	return traceRun(w, a.name, sp, meters, lms, a.detailed)
+	return traceRun(w, a.name, sp, meters, lms, a.detailed, a.plots)
 }

@@ -248,7 +248,7 @@ func TestStreamBufferBounded(t *testing.T) {
 	s, err := trace.OpenStream(tiled)
 	require.NoError(t, err)
 	defer s.Close()
-	runs, err := streamRuns(context.Background(), []string{tiled}, tiled, false)
+	runs, err := streamRuns(context.Background(), []string{tiled}, tiled, false, false)
 	require.NoError(t, err)
 	require.Len(t, runs, 16)
 	assert.Equal(t, "interrupted", runs[15].Manifest.Status)

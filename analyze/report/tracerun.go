@@ -100,7 +100,7 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 		paths = segs
 	}
 	if opts.stream(paths) {
-		return streamRuns(context.Background(), paths, path, detailed)
+		return streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
 	}
 	t0 := time.Now()
 	t, err := trace.ReadFile(path)
@@ -115,12 +115,12 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 		return nil, err
 	}
 	slog.Debug("trace read", "path", path, "took", time.Since(t0))
-	return runsOfTrace(t, path, detailed), err
+	return runsOfTrace(t, path, detailed, !opts.NoPlots), err
 }
 
 // runsOfTrace accounts every run of a trace on its window: the GPUs' meters (and, detailed, the budget's lag
 // meters) fitted once on the whole trace, the runs in parallel.
-func runsOfTrace(t *trace.Trace, path string, detailed bool) []Run {
+func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	spans := Spans(t, strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)))
 	t1 := time.Now()
 	meters := account.Meters(t)
@@ -136,7 +136,7 @@ func runsOfTrace(t *trace.Trace, path string, detailed bool) []Run {
 	runs := make([]Run, len(spans))
 	parallel(len(spans), func(i int) {
 		w := windowOf(t, spans[i], sh)
-		runs[i] = traceRun(w, path, spans[i], meters, lms, detailed)
+		runs[i] = traceRun(w, path, spans[i], meters, lms, detailed, plots)
 	})
 	return runs
 }
@@ -190,11 +190,14 @@ func TraceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account
 }
 
 // traceRun computes one run of a trace from its window.
-func traceRun(w *trace.Trace, path string, sp Span, meters map[int]*account.Meter, lms map[int]*lagMeter, detailed bool) Run {
+func traceRun(w *trace.Trace, path string, sp Span, meters map[int]*account.Meter, lms map[int]*lagMeter, detailed, plots bool) Run {
 	m := TraceManifest(w, path, sp, meters)
 	r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
 	if detailed {
 		detail(&r, w, sp.Start, lms)
+		if !plots {
+			clear(r.Power) // read, not kept
+		}
 	}
 	return r
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/lem-energy/lem/analyze/report"
 )
@@ -17,12 +18,21 @@ type reportCmd struct {
 	Table     string   `default:"runs" enum:"runs,phases,experiments,windows" help:"Table written by --format csv (${enum}): one row per run and GPU, per run and phase, per experiment and figure, or per run and window."`
 	Reference string   `help:"Experiment the others are compared with (ratios with 95 % intervals and expanded uncertainties)."`
 	Out       string   `short:"o" env:"LEM_REPORT_FILE" help:"Write the report to this file instead of stdout."`
+	Stream    string   `default:"auto" enum:"auto,always,never" help:"Read lem traces in windows, a row group at a time, memory bounded by the longest run (${enum}); auto: traces too large to read whole within --memory-limit."`
+	MemoryMiB int64    `name:"memory-limit" default:"1024" help:"Memory (MiB) the report aims to stay within: traces whose rows would take more than half of it are streamed, and the garbage collector works harder near it (GOMEMLIMIT overrides)."`
 }
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
 	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
-	runs, probs := report.Load(c.Paths)
+	if c.MemoryMiB <= 0 {
+		return fmt.Errorf("--memory-limit %d: must be positive (MiB)", c.MemoryMiB)
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(c.MemoryMiB << 20)
+	}
+	runs, probs := report.LoadWith(c.Paths, report.LoadOptions{Stream: c.Stream,
+		MemoryLimit: c.MemoryMiB << 20, NoPlots: c.Format != "html"})
 	for _, p := range probs {
 		log.Warn("input skipped", "path", p.Path, "err", p.Err)
 	}
