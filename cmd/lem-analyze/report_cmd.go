@@ -25,8 +25,11 @@ type reportCmd struct {
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
 	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
-	if c.MemoryMiB <= 0 {
+	if c.MemoryMiB < 0 {
 		return fmt.Errorf("--memory-limit %d: must be positive (MiB)", c.MemoryMiB)
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = report.DefaultMemoryLimit >> 20
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(c.MemoryMiB << 20)
