@@ -15,6 +15,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -176,20 +177,38 @@ func load(paths []string, traces bool, opts LoadOptions) ([]Run, []Problem) {
 }
 
 // walk finds run directories' manifests under dir and, elsewhere, lem traces (a recording directory): a run
-// directory's own trace and hidden segments are not separate inputs.
+// directory's own trace and hidden segments are not separate inputs, but the closed segments of a recording never
+// merged (no final file beside them) are, read as the trace they make up.
 func walk(dir string) (manifests, traces []string, err error) {
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
+		name := d.Name()
 		switch {
 		case d.IsDir():
-		case d.Name() == manifest.FileName:
+		case name == manifest.FileName:
 			manifests = append(manifests, path)
-		case strings.HasSuffix(d.Name(), ".parquet") && !strings.HasPrefix(d.Name(), "."):
+		case !strings.HasSuffix(name, ".parquet"):
+		case !strings.HasPrefix(name, "."):
 			if _, err := os.Stat(filepath.Join(filepath.Dir(path), manifest.FileName)); err != nil {
 				traces = append(traces, path)
 			}
+		case strings.HasPrefix(name, recorder.SegmentPrefix):
+			// .seg-<name>-<seq>.parquet: the first segment stands for the recording <name>.parquet.
+			base := strings.TrimSuffix(strings.TrimPrefix(name, recorder.SegmentPrefix), ".parquet")
+			i := strings.LastIndex(base, "-")
+			if i <= 0 {
+				return nil
+			}
+			final := filepath.Join(filepath.Dir(path), base[:i]+".parquet")
+			if _, err := os.Stat(final); err == nil || slices.Contains(traces, final) {
+				return nil
+			}
+			if _, err := os.Stat(filepath.Join(filepath.Dir(path), manifest.FileName)); err == nil {
+				return nil // a run directory's: its manifest is the input
+			}
+			traces = append(traces, final)
 		}
 		return nil
 	})

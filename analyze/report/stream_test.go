@@ -1,9 +1,9 @@
 package report
 
 import (
-	"context"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -192,9 +192,10 @@ func tiledRecording(t *testing.T, dir string) (file, segmented string) {
 				part.Events = append(part.Events, e)
 			}
 		}
-		require.NoError(t, trace.WriteFile(filepath.Join(dir, fmt.Sprintf("%srec-%06d.parquet", recorder.SegmentPrefix, k)), part))
+		require.NoError(t, os.MkdirAll(filepath.Join(dir, "rec"), 0o755))
+		require.NoError(t, trace.WriteFile(filepath.Join(dir, "rec", fmt.Sprintf("%srec-%06d.parquet", recorder.SegmentPrefix, k)), part))
 	}
-	return file, filepath.Join(dir, "rec.parquet")
+	return file, filepath.Join(dir, "rec", "rec.parquet")
 }
 
 // The report of a recording accounts each run on its window: read whole or streamed in windows, every number —
@@ -213,7 +214,7 @@ func TestStreamedReportEqualsWholeTrace(t *testing.T) {
 			var whole *trace.Trace
 			var err error
 			if path == segmented {
-				whole, err = recorder.ReadSegments(dir, "rec")
+				whole, err = recorder.ReadSegments(filepath.Dir(segmented), "rec")
 			} else {
 				whole, err = trace.ReadFile(path)
 			}
@@ -240,16 +241,15 @@ func TestStreamedReportEqualsWholeTrace(t *testing.T) {
 	}
 }
 
-// The streamed pass drops what no pending run needs: the buffer never holds much more than the longest run's
-// window.
-func TestStreamBufferBounded(t *testing.T) {
-	dir := t.TempDir()
-	tiled, _ := tiledRecording(t, dir)
-	s, err := trace.OpenStream(tiled)
-	require.NoError(t, err)
-	defer s.Close()
-	runs, err := streamRuns(context.Background(), []string{tiled}, tiled, false, false)
-	require.NoError(t, err)
-	require.Len(t, runs, 16)
-	assert.Equal(t, "interrupted", runs[15].Manifest.Status)
+// A recording directory whose segments were never merged is one input: its runs, streamed or read whole.
+func TestRecordingDirectoryOfSegments(t *testing.T) {
+	_, segmented := tiledRecording(t, t.TempDir())
+	for _, mode := range []string{StreamAlways, StreamNever} {
+		runs, probs := LoadWith([]string{filepath.Dir(segmented)}, LoadOptions{Stream: mode})
+		require.Empty(t, probs, mode)
+		require.Len(t, runs, 16, mode)
+		assert.Equal(t, "run-0", runs[0].Manifest.RunID)
+		assert.Equal(t, "interrupted", runs[15].Manifest.Status)
+		assert.Equal(t, "rec.parquet", runs[3].Manifest.Files.Trace)
+	}
 }

@@ -11,30 +11,60 @@ import (
 // first GPU back to back, on gpus GPUs, each copy marked as one run (run_start/run_end, its phases, an
 // output_tokens result) of one of three experiments. It returns the number of power samples written.
 func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
+	t, err := NewTiler(src, gpus)
+	if err != nil {
+		return 0, err
+	}
+	return t.Write(w, copies)
+}
+
+// Tiler writes the copies of WriteTiled a batch at a time, each batch to its own writer if wanted (a recording's
+// segments): the copies continue one another whatever the writer.
+type Tiler struct {
+	s           *Series
+	first, last time.Time
+	period      time.Duration
+	phases      []Phase
+	gapMJ       uint64
+	gpus, k     int
+	total       []uint64 // counters keep increasing across copies
+}
+
+// NewTiler prepares copies of src's first GPU on gpus GPUs.
+func NewTiler(src *Trace, gpus int) (*Tiler, error) {
 	idx := src.GPUIndices()
 	if len(idx) == 0 {
-		return 0, fmt.Errorf("source trace has no GPU data")
+		return nil, fmt.Errorf("source trace has no GPU data")
 	}
 	s := src.GPUs[idx[0]]
 	first, last := s.Common()
 	if !last.After(first) {
-		return 0, fmt.Errorf("source trace has no span with both samples and counter readings")
+		return nil, fmt.Errorf("source trace has no span with both samples and counter readings")
 	}
 	period := last.Sub(first) + time.Second
-	phases := Phases(src.Events, last)
-	gapMJ := bridgeMJ(s, first, last, period)
+	return &Tiler{s: s, first: first, last: last, period: period, phases: Phases(src.Events, last),
+		gapMJ: bridgeMJ(s, first, last, period), gpus: gpus, total: make([]uint64, gpus)}, nil
+}
+
+// Period is the time one copy takes.
+func (t *Tiler) Period() time.Duration { return t.period }
+
+// Write writes the next copies to w and returns the number of power samples written.
+func (t *Tiler) Write(w *Writer, copies int) (int, error) {
+	s, first, last := t.s, t.first, t.last
 	var (
-		n     int
-		ss    []PowerSample
-		cs    []CounterReading
-		tel   []Telemetry
-		total = make([]uint64, gpus) // counters keep increasing across copies
+		n   int
+		ss  []PowerSample
+		cs  []CounterReading
+		tel []Telemetry
 	)
-	for k := range copies {
-		shift := time.Duration(k) * period
+	for range copies {
+		k := t.k
+		t.k++
+		shift := time.Duration(k) * t.period
 		run := "run-" + strconv.Itoa(k)
 		exp := "exp-" + strconv.Itoa(k%3)
-		for g := range gpus {
+		for g := range t.gpus {
 			ss, cs, tel = ss[:0], cs[:0], tel[:0]
 			for _, x := range s.Samples {
 				if !x.Time.Before(first) && !x.Time.After(last) {
@@ -50,13 +80,13 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 					base = c.EnergyMJ
 				}
 				lastE = c.EnergyMJ - base
-				cs = append(cs, CounterReading{Time: c.Time.Add(shift), EnergyMJ: total[g] + lastE, ReadDuration: c.ReadDuration})
+				cs = append(cs, CounterReading{Time: c.Time.Add(shift), EnergyMJ: t.total[g] + lastE, ReadDuration: c.ReadDuration})
 			}
-			total[g] += lastE + gapMJ
-			for _, t := range s.Telemetry {
-				if !t.Time.Before(first) && !t.Time.After(last) {
-					t.Time = t.Time.Add(shift)
-					tel = append(tel, t)
+			t.total[g] += lastE + t.gapMJ
+			for _, x := range s.Telemetry {
+				if !x.Time.Before(first) && !x.Time.After(last) {
+					x.Time = x.Time.Add(shift)
+					tel = append(tel, x)
 				}
 			}
 			if err := w.WriteSamples(g, ss); err != nil {
@@ -67,8 +97,8 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 					return n, err
 				}
 			}
-			for _, t := range tel {
-				if err := w.WriteTelemetry(g, t); err != nil {
+			for _, x := range tel {
+				if err := w.WriteTelemetry(g, x); err != nil {
 					return n, err
 				}
 			}
@@ -76,7 +106,7 @@ func WriteTiled(w *Writer, src *Trace, copies, gpus int) (int, error) {
 		}
 		start, end := first.Add(shift+100*time.Millisecond), last.Add(shift-100*time.Millisecond)
 		evs := []Event{{Time: start, GPU: NoGPU, Type: EventRunStart, RunID: run, Name: exp}}
-		for _, p := range phases {
+		for _, p := range t.phases {
 			if p.Start.After(first) && p.Start.Before(last) {
 				evs = append(evs, Event{Time: p.Start.Add(shift), GPU: NoGPU, Type: EventPhase, RunID: run, Name: p.Name})
 			}
