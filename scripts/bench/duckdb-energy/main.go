@@ -40,6 +40,15 @@ func run(files []string) error {
 		return err
 	}
 	defer db.Close()
+	// DuckDB takes 80 % of the machine's memory by default and spills beyond; DUCKDB_MEMORY_LIMIT (e.g. 8GB)
+	// bounds it on a shared machine, DUCKDB_TEMP_DIR says where it spills.
+	for env, setting := range map[string]string{"DUCKDB_MEMORY_LIMIT": "memory_limit", "DUCKDB_TEMP_DIR": "temp_directory"} {
+		if v := os.Getenv(env); v != "" {
+			if _, err := db.Exec("SET " + setting + " = " + quote(v)); err != nil {
+				return fmt.Errorf("%s=%s: %w", env, v, err)
+			}
+		}
+	}
 	var q []string
 	for _, f := range files {
 		q = append(q, quote(f))
