@@ -6,6 +6,6 @@ export CGO_CFLAGS=${CGO_CFLAGS:--Wno-deprecated-declarations}
 go test -run '^$' -bench . -benchmem -count 3 ./... | tee "${BENCH_OUT:-/tmp/lem-bench.txt}"
 # The analyzer against DuckDB and (where installed) the pandas/pyarrow script, on the 10 M-sample file and a
 # recording scaled up to a week of 8 GPUs, as a file and as segments (BENCH_ANALYZE_INPUTS picks).
-[ -x bin/lem-analyze ] || go build -trimpath -o bin/ ./cmd/lem-analyze
+if command -v go >/dev/null; then go build -trimpath -o bin/ ./cmd/lem-analyze; fi
 scripts/bench-analyze.sh "${BENCH_ANALYZE_OUT:-/tmp/lem-bench-analyze}" "${BENCH_ANALYZE_REPEATS:-3}" \
   "${BENCH_ANALYZE_INPUTS:-10m 1x 4x 16x 16x-seg}"

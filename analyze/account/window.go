@@ -6,18 +6,17 @@ import (
 )
 
 // FittedMeter is a GPU's meter over a window of its series (a run and its margins, from a trace read in windows)
-// with what the whole series gave: its method and, for the hybrid, the lag estimate and the gain at the series'
-// ends (energy.LagStream). Inside the window its energies are those of NewMeter on the whole series.
-func FittedMeter(w *trace.Series, method string, lag energy.LagEstimate, gain float64) *Meter {
+// with what the whole series gave: its method and, for the hybrid, the window's hybrid built with the whole
+// series' lag and gain (energy.NewHybridsFitted) and the lag estimate. Inside the window its energies are those of
+// NewMeter on the whole series.
+func FittedMeter(w *trace.Series, method string, h *energy.Hybrid, lag energy.LagEstimate) *Meter {
 	m := &Meter{series: w, Method: method}
-	if method != MethodHybrid {
-		return m
+	if method == MethodHybrid {
+		if h == nil {
+			return &Meter{series: w} // no hybrid over the window: no energy rather than another method's
+		}
+		m.hybrid, m.Lag = h, lag
 	}
-	h, err := energy.NewHybridFitted(w.Counters, w.Samples, lag.Lag, gain)
-	if err != nil {
-		return &Meter{series: w} // the window lacks what the hybrid reads: no energy rather than another method's
-	}
-	m.hybrid, m.Lag = h, lag
 	return m
 }
 

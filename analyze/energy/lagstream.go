@@ -2,6 +2,7 @@ package energy
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -10,7 +11,7 @@ import (
 
 // A trace too large to hold is read in windows (a run and its margins), but the hybrid's lag and its gain at the
 // ends belong to the whole series: LagStream fits them in one pass over the series, exactly as FitHybrid does on
-// the whole series, and NewHybridFitted builds a window's hybrid with them.
+// the whole series, and NewHybridsFitted builds a window's hybrids with them.
 
 // MinShift and MaxShift bound how far any hybrid moves the counter readings back: the lag's range widened by the largest
 // uncertainty the jackknife can give (ten lags inside [MinLag, MaxLag] spread at most √(0.9·10·0.25²) s = 0.75 s),
@@ -220,12 +221,6 @@ func (l *LagStream) pruneTail() {
 	}
 }
 
-// Distinct is the number of distinct counter readings seen.
-func (l *LagStream) Distinct() int { return l.n }
-
-// Samples is the number of samples seen.
-func (l *LagStream) Samples() int { return l.seq }
-
 // Fit is the lag FitHybrid estimates on the whole series.
 func (l *LagStream) Fit() LagEstimate {
 	ivs := make([]lagInterval, 0, len(l.ivs))
@@ -275,16 +270,30 @@ func (l *LagStream) Gain(lag time.Duration) (float64, error) {
 	return 1, nil
 }
 
-// NewHybridFitted prepares the hybrid over a window of a series with the lag and gain fitted on the whole series
-// (LagStream): inside the window it gives the whole series' hybrid energies, provided the window holds the
-// readings and samples the hybrid reads there (every reading from the last at or before its start+MinShift that
-// first showed its value to the first after its end+MaxShift, and the samples around them).
-func NewHybridFitted(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Duration, gain float64) (*Hybrid, error) {
+// NewHybridsFitted prepares hybrids over a window of a series, at several lags with the gains the whole series
+// gives them (LagStream), sharing the window's readings and the samples' running integral: inside the window they
+// give the whole series' hybrid energies, provided the window holds the readings and samples the hybrid reads
+// there (every reading from the last at or before its start+MinShift that first showed its value to the first
+// after its end+MaxShift, and the samples around them).
+func NewHybridsFitted(cs []trace.CounterReading, ss []trace.PowerSample, lags []time.Duration, gains []float64) ([]*Hybrid, error) {
 	pts, resets := normalize(dedupe(cs))
-	h, err := newHybrid(pts, resets, NewIntegral(ss), lag)
-	if err != nil {
-		return nil, err
+	in := NewIntegral(ss)
+	if len(pts) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))
 	}
-	h.gain = gain
-	return h, nil
+	if len(in.ns) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
+	}
+	out := make([]*Hybrid, len(lags))
+	for i, lag := range lags {
+		p := pts
+		if i < len(lags)-1 {
+			p = slices.Clone(pts)
+		}
+		for k := range p {
+			p[k].t = p[k].t.Add(-lag)
+		}
+		out[i] = &Hybrid{pts: p, in: in, Lag: lag, Resets: resets, gain: gains[i]}
+	}
+	return out, nil
 }

@@ -403,14 +403,23 @@ func (a *streamAccount) account(i int, w *trace.Trace) Run {
 	}
 	for g, s := range w.GPUs {
 		f := a.facts[g]
-		meters[g] = account.FittedMeter(s, f.method, f.lag, f.gain[0])
-		if lms == nil || f.method != account.MethodHybrid {
+		if f.method != account.MethodHybrid {
+			meters[g] = account.FittedMeter(s, f.method, nil, f.lag)
 			continue
 		}
-		lo, err1 := energy.NewHybridFitted(s.Counters, s.Samples, f.lag.Lag-f.lag.U, f.gain[1])
-		hi, err2 := energy.NewHybridFitted(s.Counters, s.Samples, f.lag.Lag+f.lag.U, f.gain[2])
-		if err1 == nil && err2 == nil {
-			lms[g] = &lagMeter{est: f.lag, lo: lo, hi: hi}
+		// One window's readings and integral for the meter's hybrid and the budget's at lag ± u.
+		lags, gains := []time.Duration{f.lag.Lag}, f.gain[:1]
+		if lms != nil {
+			lags, gains = []time.Duration{f.lag.Lag, f.lag.Lag - f.lag.U, f.lag.Lag + f.lag.U}, f.gain[:]
+		}
+		hs, err := energy.NewHybridsFitted(s.Counters, s.Samples, lags, gains)
+		if err != nil {
+			meters[g] = account.FittedMeter(s, "", nil, f.lag) // the window lacks what the hybrid reads: no energy
+			continue
+		}
+		meters[g] = account.FittedMeter(s, f.method, hs[0], f.lag)
+		if lms != nil {
+			lms[g] = &lagMeter{est: f.lag, lo: hs[1], hi: hs[2]}
 		}
 	}
 	return traceRun(w, a.name, sp, meters, lms, a.detailed, a.plots)

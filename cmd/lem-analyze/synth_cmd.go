@@ -52,7 +52,12 @@ func (c *synthCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if err != nil {
 			return err
 		}
-		m, err := t.Write(w, min(per, c.Copies-k*per))
+		var m int
+		if c.Segments > 0 {
+			m, err = t.Write(w, min(per, c.Copies-k*per))
+		} else {
+			m, err = trace.WriteTiled(w, src, c.Copies, c.GPUs)
+		}
 		n += m
 		if err != nil {
 			w.Abort()

@@ -28,7 +28,6 @@ type Stream struct {
 	// after[i] is the earliest time of any row in the row groups after group i (Unix ns).
 	after []int64
 	env   meta.Environment
-	extra map[string]string
 	rows  int64
 }
 
@@ -129,7 +128,7 @@ func openStream(n int, file func(i int) (*streamFile, *Trace, error)) (_ *Stream
 	if n == 0 {
 		return nil, fmt.Errorf("%w: no files", ErrNotTrace)
 	}
-	s := &Stream{extra: map[string]string{}}
+	s := &Stream{}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -143,11 +142,6 @@ func openStream(n int, file func(i int) (*streamFile, *Trace, error)) (_ *Stream
 		s.files = append(s.files, sf)
 		if i == 0 {
 			s.env = t.Env
-		}
-		for k, v := range t.Extra {
-			if _, ok := s.extra[k]; !ok {
-				s.extra[k] = v
-			}
 		}
 		if err := s.addGroups(i); err != nil {
 			return nil, fmt.Errorf("reading trace %s: %w", sf.path, err)
@@ -242,20 +236,8 @@ func (s *Stream) timeRange(sf *streamFile, ref *groupRef) error {
 // Env is the trace's environment (its first file's).
 func (s *Stream) Env() meta.Environment { return s.env }
 
-// Extra is the files' key-value metadata that lem does not interpret (the first file's value of each key).
-func (s *Stream) Extra() map[string]string { return s.extra }
-
 // Rows is the number of rows in all files.
 func (s *Stream) Rows() int64 { return s.rows }
-
-// Size is the files' total size in bytes.
-func (s *Stream) Size() int64 {
-	var n int64
-	for _, f := range s.files {
-		n += f.size
-	}
-	return n
-}
 
 // Close closes the files.
 func (s *Stream) Close() error {
