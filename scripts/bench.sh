@@ -9,3 +9,8 @@ go test -run '^$' -bench . -benchmem -count 3 ./... | tee "${BENCH_OUT:-/tmp/lem
 if command -v go >/dev/null; then go build -trimpath -o bin/ ./cmd/lem-analyze; fi
 scripts/bench-analyze.sh "${BENCH_ANALYZE_OUT:-/tmp/lem-bench-analyze}" "${BENCH_ANALYZE_REPEATS:-3}" \
   "${BENCH_ANALYZE_INPUTS:-10m 1x 4x 16x 16x-seg}"
+# lem-analyze pull of a fleet's day (16 GPUs × 24 h at 50 Hz) from a real Prometheus backfilled with promtool,
+# Prometheus measured beside it; BENCH_PULL=0 leaves it out.
+if [ "${BENCH_PULL:-1}" = 1 ] && command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+  scripts/bench-pull.sh "${BENCH_PULL_OUT:-/tmp/lem-bench-pull}" "${BENCH_PULL_GPUS:-16}" "${BENCH_PULL_HOURS:-24}"
+fi
