@@ -72,6 +72,9 @@ for input in $INPUTS; do
   read -r _ path samples files < <(grep "^$input " "$OUT/inputs.txt")
   for rep in $(seq "$reps"); do
     measure "$input" lem "$rep" "$BIN/lem-analyze" report -f csv "$path"
+    # LEM_WHOLE=1: lem reading the trace whole as well (a limit it fits in), for the two paths side by side.
+    [ "${LEM_WHOLE:-0}" = 1 ] && [ "$input" != 16x-seg ] &&
+      measure "$input" lem-whole "$rep" "$BIN/lem-analyze" report -f csv --stream never --memory-limit 65536 "$path"
     # shellcheck disable=SC2086
     [ -n "$DUCKDB" ] && measure "$input" duckdb "$rep" "$DUCKDB" $files
     if [ "$PANDAS" = 1 ] && [ "$input" != 16x-seg ] && [ "$samples" -le $((PANDAS_MAX_ROWS * 5 / 7)) ]; then

@@ -143,9 +143,11 @@ func streamRuns(ctx context.Context, paths []string, name string, detailed bool,
 	}
 	var lmerge trace.Merge
 	fit := func(rel map[int]*trace.Series) {
+		var wg sync.WaitGroup // GPUs' fits are independent
 		for g, r := range rel {
-			lags[g].Add(r.Counters, r.Samples)
+			wg.Go(func() { lags[g].Add(r.Counters, r.Samples) })
 		}
+		wg.Wait()
 	}
 	err = s.Scan(ctx, trace.RowSamples|trace.RowCounters, func(p trace.Part) error {
 		lmerge.Add(p.Trace)

@@ -36,8 +36,9 @@ def num(s):
         return float("nan")
 
 
-tools = ["lem", "duckdb", "pandas"]
-names = {"lem": "lem-analyze report -f csv", "duckdb": "DuckDB (duckdb-go, SQL)", "pandas": "pandas/pyarrow script"}
+tools = ["lem", "lem-whole", "duckdb", "pandas"]
+names = {"lem": "lem-analyze report -f csv", "lem-whole": "lem-analyze, trace read whole (--stream never)",
+         "duckdb": "DuckDB (duckdb-go, SQL)", "pandas": "pandas/pyarrow script"}
 print("| input | samples | tool | wall s | CPU s | peak RSS MB | samples/s | lem faster by | rows compared | largest diff: counter J | 50 Hz |")
 print("|---|---|---|---|---|---|---|---|---|---|---|")
 per_sample = {}
