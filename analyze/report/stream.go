@@ -14,6 +14,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/energy"
+	"github.com/lem-energy/lem/internal/meta"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -262,7 +263,7 @@ type streamAccount struct {
 	buf      map[int]*trace.Series
 	complete time.Time // every row before it is in buf
 	pending  []int     // spans not yet accounted, by start
-	env      trace.Trace
+	env      meta.Environment
 }
 
 type job struct {
@@ -271,7 +272,7 @@ type job struct {
 }
 
 func (a *streamAccount) run(ctx context.Context, s *trace.Stream) error {
-	a.env.Env = s.Env()
+	a.env = s.Env()
 	for g, f := range a.facts {
 		if f.ext.Samples.N+f.ext.Counters.N+f.ext.Telemetry.N > 0 {
 			a.buf[g] = &trace.Series{}
@@ -366,7 +367,7 @@ func (a *streamAccount) window(sp Span, end time.Time) *trace.Trace {
 	if !a.complete.After(end) {
 		return nil
 	}
-	w := &trace.Trace{Env: a.env.Env, GPUs: make(map[int]*trace.Series, len(a.buf)), Events: runEvents(a.events, sp)}
+	w := &trace.Trace{Env: a.env, GPUs: make(map[int]*trace.Series, len(a.buf)), Events: runEvents(a.events, sp)}
 	for g, b := range a.buf {
 		x, ok := spanOf(b, sp.Start, end, a.facts[g].shifts, a.more(g))
 		if !ok {
