@@ -165,7 +165,7 @@ func (c *Client) Stream(ctx context.Context, instance string, from, to time.Time
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	workers := min(c.opts.Workers, max(n, 1))
-	slots := make(chan struct{}, 2*workers) // chunks fetched ahead of the sink: bounds memory
+	slots := make(chan struct{}, workers+1) // chunks fetched ahead of the sink: bounds memory
 	jobs := make(chan int)
 	var wg sync.WaitGroup
 	wg.Add(1)

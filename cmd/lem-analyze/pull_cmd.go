@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -49,6 +50,11 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	}
 	if c.Chunk <= 0 || c.Workers <= 0 {
 		return fmt.Errorf("--chunk %s and --workers %d must be positive", c.Chunk, c.Workers)
+	}
+	// A pull holds a few chunks at a time and makes garbage of each: collect as usual, not as the batch
+	// analyses do (main's 400), so its memory stays a few chunks' (GOGC still overrides).
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(100)
 	}
 	hc := config.DefaultHTTPClientConfig
 	hc.TLSConfig.InsecureSkipVerify = c.Insecure
