@@ -186,26 +186,39 @@ const minContrast = 3
 // lagBlocks is the number of contiguous stretches of counter intervals the jackknife leaves out in turn.
 const lagBlocks = 10
 
+// lagInterval is one counter interval of the lag fit: the increment dE between two readings at a and b.
+type lagInterval struct {
+	a, b time.Time
+	dE   float64
+}
+
+// lagStride is the step between the counter intervals the lag fit uses, for a series of n distinct readings: the
+// lag is the device's, and hours of counter intervals add cost, not information, so the fit takes an even spread
+// of at most maxLagIntervals.
+func lagStride(n int) int { return max(1, (n-1)/maxLagIntervals) }
+
+// lagUsable says whether the interval from a to b enters the fit: usable at every candidate lag, so all
+// candidates are scored on the same data.
+func lagUsable(a, b point, in *Integral) bool {
+	return b.j >= a.j && in.Covers(a.t.Add(-MaxLag)) && in.Covers(b.t.Add(-MinLag))
+}
+
 // estimateLag finds the lag L in [MinLag, MaxLag] that makes each counter increment best proportional to the
 // samples' energy over the same interval moved back by L (least squares, one gain for all intervals), and its
 // uncertainty by a delete-a-block jackknife over the same candidate lags.
 func estimateLag(pts []point, in *Integral) LagEstimate {
-	// Intervals usable at every candidate lag, so all candidates are scored on the same data.
-	type iv struct {
-		a, b time.Time
-		dE   float64
-	}
-	// The lag is the device's; hours of counter intervals add cost, not information: fit an even spread of
-	// at most maxLagIntervals.
-	stride := max(1, (len(pts)-1)/maxLagIntervals)
-	ivs := make([]iv, 0, min(len(pts), maxLagIntervals+1))
+	stride := lagStride(len(pts))
+	ivs := make([]lagInterval, 0, min(len(pts), maxLagIntervals+1))
 	for i := 1; i < len(pts); i += stride {
-		a, b := pts[i-1], pts[i]
-		if b.j < a.j || !in.Covers(a.t.Add(-MaxLag)) || !in.Covers(b.t.Add(-MinLag)) {
-			continue
+		if a, b := pts[i-1], pts[i]; lagUsable(a, b, in) {
+			ivs = append(ivs, lagInterval{a.t, b.t, b.j - a.j})
 		}
-		ivs = append(ivs, iv{a.t, b.t, b.j - a.j})
 	}
+	return fitLag(ivs, in)
+}
+
+// fitLag scores the candidate lags on the chosen intervals; in must hold the samples around each interval.
+func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 	if len(ivs) < 10 {
 		return LagEstimate{Intervals: len(ivs), U: UnresolvedLagU}
 	}

@@ -20,7 +20,6 @@ import (
 	"github.com/prometheus/common/config"
 	"github.com/prometheus/common/model"
 
-	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/marker"
 	"github.com/lem-energy/lem/internal/meta"
@@ -33,10 +32,11 @@ type Options struct {
 	HTTP     config.HTTPClientConfig // bearer token, basic auth, TLS
 	From, To time.Time
 	Chunk    time.Duration // range-selector window per query (default 10 min)
+	Workers  int           // chunks queried at once (default 4)
 	Timeout  time.Duration // per query (default 2 min)
 	Retries  int           // per query (default 3)
 	DCGM     bool          // read dcgm-exporter's series instead of lem's
-	Progress io.Writer
+	Progress io.Writer     // a terminal: progress bars (nil: none)
 	Log      *slog.Logger
 }
 
@@ -53,6 +53,9 @@ func New(opts Options) (*Client, error) {
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = 2 * time.Minute
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 4
 	}
 	if opts.Retries <= 0 {
 		opts.Retries = 3
@@ -105,6 +108,8 @@ func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) (
 	from, to = from.Truncate(time.Millisecond), to.Truncate(time.Millisecond)
 	byKey := map[string]*model.SampleStream{}
 	var order []string
+	bar := newProgress(c.opts.Progress, selector, from, to)
+	var n int64
 	for start := from; start.Before(to); start = start.Add(c.opts.Chunk) {
 		end := start.Add(c.opts.Chunk)
 		if end.After(to) {
@@ -134,15 +139,12 @@ func (c *Client) Raw(ctx context.Context, selector string, from, to time.Time) (
 					continue
 				}
 				dst.Values = append(dst.Values, p)
+				n++
 			}
 		}
-		if c.opts.Progress != nil {
-			fmt.Fprintf(c.opts.Progress, "\r%s: %s of %s", selector, end.Sub(from).Round(time.Second), to.Sub(from).Round(time.Second))
-		}
+		bar.update(end, n)
 	}
-	if c.opts.Progress != nil {
-		fmt.Fprintln(c.opts.Progress)
-	}
+	bar.done(n)
 	out := make([]*model.SampleStream, 0, len(order))
 	for _, k := range order {
 		out = append(out, byKey[k])
@@ -212,72 +214,59 @@ func (c *Client) selectors(instance string) (power, energy string) {
 		fmt.Sprintf(`lem_gpu_energy_joules_total{instance=%q}`, instance)
 }
 
-// Trace pulls one instance's power and energy series over [from, to] into a lem trace, with the phases of run
-// (if given) as events. lem's full-rate remote-write stream is preferred to scraped values where both exist.
+// Trace pulls one instance's power and energy series over [from, to] into a lem trace in memory, with the phases
+// of run (if given) as events (Stream writes a trace of any length as it arrives).
 func (c *Client) Trace(ctx context.Context, instance string, from, to time.Time, run *RunInfo) (*trace.Trace, error) {
-	tr := trace.New(meta.Environment{Source: meta.Source{Kind: "prometheus", Path: c.opts.URL}})
-	psel, esel := c.selectors(instance)
-	power, err := c.Raw(ctx, psel, from, to)
+	devs, err := c.Devices(ctx, instance, from, to)
 	if err != nil {
 		return nil, err
 	}
-	energy, err := c.Raw(ctx, esel, from, to)
-	if err != nil {
+	tr := trace.New(c.Environment(devs))
+	if _, err := c.Stream(ctx, instance, from, to, devs, memorySink{tr}); err != nil {
 		return nil, err
-	}
-	power, energy = preferStream(power), preferStream(energy)
-	if len(power) == 0 && len(energy) == 0 {
-		return nil, fmt.Errorf("no %s or %s series between %s and %s", psel, esel,
-			from.Format(time.RFC3339), to.Format(time.RFC3339))
-	}
-	seen := map[int]bool{}
-	for _, s := range power {
-		g := gpuLabel(s.Metric)
-		ser := tr.Series(g)
-		for _, p := range s.Values {
-			ser.Samples = append(ser.Samples, trace.PowerSample{Time: p.Timestamp.Time(), PowerW: float64(p.Value)})
-		}
-		c.device(tr, g, s.Metric, seen)
-	}
-	for _, s := range energy {
-		g := gpuLabel(s.Metric)
-		ser := tr.Series(g)
-		for _, p := range s.Values {
-			mj := float64(p.Value) * 1000 // lem: joules
-			if c.opts.DCGM {
-				mj = float64(p.Value) // dcgm: millijoules
-			}
-			ser.Counters = append(ser.Counters, trace.CounterReading{Time: p.Timestamp.Time(), EnergyMJ: uint64(mj + 0.5)})
-		}
-		c.device(tr, g, s.Metric, seen)
 	}
 	for _, s := range tr.GPUs {
 		s.Sort()
 	}
-	if !c.opts.DCGM {
-		if err := c.telemetry(ctx, tr, instance, from, to); err != nil {
+	if run != nil {
+		if tr.Events, err = c.RunEvents(ctx, *run, from, to); err != nil {
 			return nil, err
 		}
-	}
-	if run != nil && !c.opts.DCGM {
-		evs, err := c.phases(ctx, *run, from, to)
-		if err != nil {
-			return nil, err
-		}
-		more, workload, err := c.runEvents(ctx, *run, from, to)
-		if err != nil {
-			return nil, err
-		}
-		for i := range evs {
-			if evs[i].Type == trace.EventRunStart && workload != "" {
-				evs[i].Attrs = map[string]string{trace.AttrWorkloadGPUs: workload}
-			}
-		}
-		tr.Events = append(evs, more...)
-		sort.SliceStable(tr.Events, func(i, j int) bool { return tr.Events[i].Time.Before(tr.Events[j].Time) })
-		tr.Extra["lem.run_id"] = run.RunID
+		tr.Extra[MetaRunID] = run.RunID
 	}
 	return tr, nil
+}
+
+// MetaRunID is the trace metadata key naming the run a pulled trace holds.
+const MetaRunID = "lem.run_id"
+
+// Environment is a pulled trace's: the source and the GPUs.
+func (c *Client) Environment(devs []meta.Device) meta.Environment {
+	return meta.Environment{Source: meta.Source{Kind: "prometheus", Path: c.opts.URL}, Devices: devs}
+}
+
+// RunEvents rebuilds a run's events from its series: start, phases, end, results, baselines and which GPUs were
+// the workload's, in time order (none for dcgm-exporter, which has no runs).
+func (c *Client) RunEvents(ctx context.Context, run RunInfo, from, to time.Time) ([]trace.Event, error) {
+	if c.opts.DCGM {
+		return nil, nil
+	}
+	evs, err := c.phases(ctx, run, from, to)
+	if err != nil {
+		return nil, err
+	}
+	more, workload, err := c.runEvents(ctx, run, from, to)
+	if err != nil {
+		return nil, err
+	}
+	for i := range evs {
+		if evs[i].Type == trace.EventRunStart && workload != "" {
+			evs[i].Attrs = map[string]string{trace.AttrWorkloadGPUs: workload}
+		}
+	}
+	evs = append(evs, more...)
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Time.Before(evs[j].Time) })
+	return evs, nil
 }
 
 // telemetryGauges are the scraped telemetry gauges pulled back into the trace, and the field each fills.
@@ -290,68 +279,6 @@ var telemetryGauges = []struct {
 	{"lem_gpu_memory_used_bytes", func(t *trace.Telemetry, v float64) { t.MemUsedBytes = v }},
 	{"lem_gpu_sm_clock_hertz", func(t *trace.Telemetry, v float64) { t.SMClockHz = v }},
 	{"lem_gpu_performance_state", func(t *trace.Telemetry, v float64) { t.PState = v }},
-}
-
-// telemetry pulls the scraped telemetry gauges and clock-event reasons into the trace's telemetry, so the
-// accounting's temperature, active-idle and throttling findings hold for pulled runs too.
-func (c *Client) telemetry(ctx context.Context, tr *trace.Trace, instance string, from, to time.Time) error {
-	gauges := make([][]*model.SampleStream, len(telemetryGauges))
-	for i, g := range telemetryGauges {
-		ss, err := c.Raw(ctx, fmt.Sprintf(`%s{instance=%q}`, g.metric, instance), from, to)
-		if err != nil {
-			return err
-		}
-		gauges[i] = ss
-	}
-	reasons, err := c.Raw(ctx, fmt.Sprintf(`lem_gpu_clock_event_reason_active{instance=%q}`, instance), from, to)
-	if err != nil {
-		return err
-	}
-	bits := map[string]uint64{}
-	for _, r := range gpu.ClockReasons {
-		bits[r.Name] = r.Bit
-	}
-	type key struct {
-		g  int
-		ms int64
-	}
-	snaps := map[key]*trace.Telemetry{}
-	at := func(g int, p model.SamplePair) *trace.Telemetry {
-		k := key{g, int64(p.Timestamp)}
-		if snaps[k] == nil {
-			tm := trace.NewTelemetry(p.Timestamp.Time())
-			tm.ClockReasonsValid = false
-			snaps[k] = &tm
-		}
-		return snaps[k]
-	}
-	for i, ss := range gauges {
-		for _, s := range ss {
-			g := gpuLabel(s.Metric)
-			for _, p := range s.Values {
-				telemetryGauges[i].set(at(g, p), float64(p.Value))
-			}
-		}
-	}
-	for _, s := range reasons {
-		g, bit := gpuLabel(s.Metric), bits[string(s.Metric["reason"])]
-		for _, p := range s.Values {
-			tm := at(g, p)
-			tm.ClockReasonsValid = true
-			if p.Value == 1 {
-				tm.ClockReasons |= bit
-			}
-		}
-	}
-	for k, tm := range snaps {
-		if s := tr.GPUs[k.g]; s != nil {
-			s.Telemetry = append(s.Telemetry, *tm)
-		}
-	}
-	for _, s := range tr.GPUs {
-		s.Sort()
-	}
-	return nil
 }
 
 // latest returns, per series of selector, its last value in [from, to].
@@ -433,19 +360,6 @@ func (c *Client) runEvents(ctx context.Context, run RunInfo, from, to time.Time)
 		workload = marker.FormatGPUs(idx)
 	}
 	return evs, workload, nil
-}
-
-func (c *Client) device(tr *trace.Trace, g int, m model.Metric, seen map[int]bool) {
-	if seen[g] {
-		return
-	}
-	seen[g] = true
-	uuid := string(m["uuid"])
-	if uuid == "" {
-		uuid = string(m["UUID"]) // dcgm-exporter's label
-	}
-	tr.Env.Devices = append(tr.Env.Devices, meta.Device{Index: g, UUID: uuid, Name: string(m["modelName"]),
-		EnergyCounter: true, PowerSamples: true})
 }
 
 // preferStream keeps, per GPU, the series of lem's remote-write stream (job lem_stream: every sample) when it is

@@ -4,7 +4,6 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/account"
@@ -14,10 +13,11 @@ import (
 	"github.com/lem-energy/lem/internal/trace"
 )
 
-// detail adds what needs the run's trace: each GPU's steady state inside the workload's own phases, its power from
-// `from` on (thinned, for plots), the time each phase spent power-capped, and the uncertainty budgets of the run
-// and its phases with the lag term evaluated.
-func detail(r *Run, t *trace.Trace, from time.Time) {
+// detail adds what needs the run's trace (the whole trace, or the run's window of it): each GPU's steady state
+// inside the workload's own phases, its power from `from` on (thinned, for plots), the time each phase spent
+// power-capped, and the uncertainty budgets of the run and its phases with the lag term evaluated on lms (the
+// whole trace's lag meters).
+func detail(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter) {
 	m := r.Manifest
 	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	occ := occurrences(m, t)
@@ -26,7 +26,7 @@ func detail(r *Run, t *trace.Trace, from time.Time) {
 		r.Power[g] = thin(s.Samples, from, m.Times.End)
 	}
 	r.PowerCappedS = powerCapped(m, t, occ)
-	ev := evalRun(m, sharedLagMeters(t))
+	ev := evalRun(m, lms)
 	if m.Times.End.After(m.Times.Start) {
 		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, 0, m, t, ev, 0)
 	}
@@ -223,39 +223,4 @@ func powerCapped(m *manifest.Manifest, t *trace.Trace, occ map[string][]edgeWind
 		return nil
 	}
 	return out
-}
-
-// Each run of a trace is detailed on its own (in parallel, for a recording of many runs), but the lag fit belongs
-// to the trace: the last few traces' fits are kept so that runs sharing a trace share them.
-var lagCache struct {
-	sync.Mutex
-	entries []*lagEntry
-}
-
-type lagEntry struct {
-	t    *trace.Trace
-	once sync.Once
-	lms  map[int]*lagMeter
-}
-
-const lagCacheSize = 4
-
-func sharedLagMeters(t *trace.Trace) map[int]*lagMeter {
-	lagCache.Lock()
-	var e *lagEntry
-	for _, x := range lagCache.entries {
-		if x.t == t {
-			e = x
-		}
-	}
-	if e == nil {
-		e = &lagEntry{t: t}
-		lagCache.entries = append(lagCache.entries, e)
-		if len(lagCache.entries) > lagCacheSize {
-			lagCache.entries = lagCache.entries[1:]
-		}
-	}
-	lagCache.Unlock()
-	e.once.Do(func() { e.lms = lagMeters(t) })
-	return e.lms
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -76,7 +77,7 @@ func fromTrace(r *Run) error {
 	if from.IsZero() {
 		from = m.Times.Start
 	}
-	detail(r, t, from)
+	detail(r, t, from, lagMeters(t))
 	return nil
 }
 
@@ -89,13 +90,16 @@ type Problem struct {
 // Load reads run directories: each path is a run directory (holding manifest.json) or a directory searched for
 // them (a campaign's earlier attempts under .attempts/ are counted, not read: the run directory holds the current
 // attempt). Unreadable manifests and duplicate run ids become problems naming the file.
-func Load(paths []string) ([]Run, []Problem) { return load(paths, true) }
+func Load(paths []string) ([]Run, []Problem) { return load(paths, true, LoadOptions{}) }
+
+// LoadWith is Load with a choice of how lem traces are read.
+func LoadWith(paths []string, opts LoadOptions) ([]Run, []Problem) { return load(paths, true, opts) }
 
 // LoadManifests is Load without the run directories' traces and without steady state and plots for trace
 // inputs: for tables, audits and listings.
-func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false) }
+func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false, LoadOptions{}) }
 
-func load(paths []string, traces bool) ([]Run, []Problem) {
+func load(paths []string, traces bool, opts LoadOptions) ([]Run, []Problem) {
 	var runs []Run
 	var probs []Problem
 	seen := map[string]string{}
@@ -138,7 +142,7 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 		runs = append(runs, r)
 	}
 	addTrace := func(p string) {
-		trs, err := fromTraceFile(p, traces)
+		trs, err := fromTraceFile(p, traces, opts)
 		if err != nil {
 			probs = append(probs, Problem{Path: p, Err: err.Error()})
 		}
@@ -191,22 +195,40 @@ func load(paths []string, traces bool) ([]Run, []Problem) {
 
 // walk finds run directories' manifests under dir and, elsewhere, lem traces (a recording directory): a run
 // directory's own trace and hidden segments are not separate inputs, nor are a campaign's earlier attempts
-// (unless dir is its .attempts/ itself).
+// (unless dir is its .attempts/ itself), but the closed segments of a recording never merged (no final file beside
+// them) are, read as the trace they make up.
 func walk(dir string) (manifests, traces []string, err error) {
 	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
+		name := d.Name()
 		switch {
-		case d.IsDir() && d.Name() == AttemptsDir && path != dir:
+		case d.IsDir() && name == AttemptsDir && path != dir:
 			return filepath.SkipDir
 		case d.IsDir():
-		case d.Name() == manifest.FileName:
+		case name == manifest.FileName:
 			manifests = append(manifests, path)
-		case strings.HasSuffix(d.Name(), ".parquet") && !strings.HasPrefix(d.Name(), "."):
+		case !strings.HasSuffix(name, ".parquet"):
+		case !strings.HasPrefix(name, "."):
 			if _, err := os.Stat(filepath.Join(filepath.Dir(path), manifest.FileName)); err != nil {
 				traces = append(traces, path)
 			}
+		case strings.HasPrefix(name, recorder.SegmentPrefix):
+			// .seg-<name>-<seq>.parquet: the first segment stands for the recording <name>.parquet.
+			base := strings.TrimSuffix(strings.TrimPrefix(name, recorder.SegmentPrefix), ".parquet")
+			i := strings.LastIndex(base, "-")
+			if i <= 0 {
+				return nil
+			}
+			final := filepath.Join(filepath.Dir(path), base[:i]+".parquet")
+			if _, err := os.Stat(final); err == nil || slices.Contains(traces, final) {
+				return nil
+			}
+			if _, err := os.Stat(filepath.Join(filepath.Dir(path), manifest.FileName)); err == nil {
+				return nil // a run directory's: its manifest is the input
+			}
+			traces = append(traces, final)
 		}
 		return nil
 	})

@@ -1,6 +1,7 @@
 package report
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"os"
@@ -31,9 +32,17 @@ type Span struct {
 // run gives one span over the whole recording (where every GPU has both samples and counter readings), named
 // name.
 func Spans(t *trace.Trace, name string) []Span {
+	_, last := t.Span()
+	first, end := t.Common()
+	return spansOf(t.Events, last, first, end, name)
+}
+
+// spansOf is Spans from a trace's events, the last time of any sample or counter reading, and the span where every
+// GPU has both.
+func spansOf(events []trace.Event, last, commonFirst, commonLast time.Time, name string) []Span {
 	byID := map[string]*Span{}
 	var order []string
-	for _, e := range t.Events {
+	for _, e := range events {
 		if e.RunID == "" || (e.Type != trace.EventRunStart && e.Type != trace.EventRunEnd) {
 			continue
 		}
@@ -55,7 +64,6 @@ func Spans(t *trace.Trace, name string) []Span {
 			}
 		}
 	}
-	_, last := t.Span()
 	var out []Span
 	for _, id := range order {
 		sp := byID[id]
@@ -73,15 +81,27 @@ func Spans(t *trace.Trace, name string) []Span {
 	if len(out) > 0 {
 		return out
 	}
-	first, last := t.Common()
-	return []Span{{ID: name, Experiment: name, Status: manifest.StatusOK, Start: first, End: last, AllPhases: true}}
+	return []Span{{ID: name, Experiment: name, Status: manifest.StatusOK, Start: commonFirst, End: commonLast, AllPhases: true}}
 }
 
 // fromTraceFile makes report runs from a lem trace file (lem-run record, the exporter's recorder, lem-analyze
-// pull): one per run marked in it, or one spanning the whole trace when it marks none, each accounted by the one
-// accounting with the baselines the run carries (lem-run posts them with its markers). It reads the trace (telemetry included: temperatures and throttling are part of the accounting);
-// detailed adds each run's steady state and plot data.
-func fromTraceFile(path string, detailed bool) ([]Run, error) {
+// pull), or from the closed segments of a recording whose writer died before merging them: one per run marked in
+// it, or one spanning the whole trace when it marks none, each accounted by the one accounting with the baselines
+// the run carries (lem-run posts them with its markers). Telemetry is read too: temperatures and throttling are
+// part of the accounting. detailed adds each run's steady state, plot data and budgets evaluated on the trace.
+// Traces too large for memory are streamed (stream.go).
+func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) {
+	paths := []string{path}
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		segs, serr := recorder.Segments(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".parquet"))
+		if serr != nil || len(segs) == 0 {
+			return nil, err
+		}
+		paths = segs
+	}
+	if opts.stream(paths) {
+		return streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
+	}
 	t0 := time.Now()
 	t, err := trace.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -95,33 +115,61 @@ func fromTraceFile(path string, detailed bool) ([]Run, error) {
 		return nil, err
 	}
 	slog.Debug("trace read", "path", path, "took", time.Since(t0))
-	return runsOfTrace(t, path, detailed), nil
+	return runsOfTrace(t, path, detailed, !opts.NoPlots), err
 }
 
-// runsOfTrace accounts every run of a trace: the GPUs' meters fitted once, the runs in parallel.
-func runsOfTrace(t *trace.Trace, path string, detailed bool) []Run {
+// runsOfTrace accounts every run of a trace on its window: the GPUs' meters (and, detailed, the budget's lag
+// meters) fitted once on the whole trace, the runs in parallel.
+func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	spans := Spans(t, strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)))
 	t1 := time.Now()
 	meters := account.Meters(t)
+	var lms map[int]*lagMeter
+	if detailed {
+		lms = lagMeters(t)
+	}
+	sh := map[int]shifts{}
+	for g, m := range meters {
+		sh[g] = shiftsOf(m.Lag, m.Method == account.MethodHybrid)
+	}
 	slog.Debug("meters fitted", "took", time.Since(t1))
 	runs := make([]Run, len(spans))
+	parallel(len(spans), func(i int) {
+		w := windowOf(t, spans[i], sh)
+		runs[i] = traceRun(w, path, spans[i], meters, lms, detailed, plots)
+	})
+	return runs
+}
+
+// parallel runs fn(0..n-1) on all cores.
+func parallel(n int, fn func(i int)) {
 	next := make(chan int)
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(spans)) {
+	for range min(runtime.GOMAXPROCS(0), n) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				runs[i] = traceRun(t, path, spans[i], meters, detailed)
+				fn(i)
 			}
 		}()
 	}
-	for i := range spans {
+	for i := range n {
 		next <- i
 	}
 	close(next)
 	wg.Wait()
-	return runs
+}
+
+// windowOf is a run's window of a whole trace in memory.
+func windowOf(t *trace.Trace, sp Span, sh map[int]shifts) *trace.Trace {
+	w := &trace.Trace{Env: t.Env, GPUs: make(map[int]*trace.Series, len(t.GPUs)), Events: runEvents(t.Events, sp)}
+	end := maxT(sp.End, sp.Start)
+	for g, s := range t.GPUs {
+		x, _ := spanOf(s, sp.Start, end, sh[g], func(int) bool { return false })
+		w.GPUs[g] = cut(s, x)
+	}
+	return w
 }
 
 // TraceManifest accounts one span of a trace into a manifest.
@@ -141,12 +189,15 @@ func TraceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account
 	return m
 }
 
-// traceRun computes one run of a trace.
-func traceRun(t *trace.Trace, path string, sp Span, meters map[int]*account.Meter, detailed bool) Run {
-	m := TraceManifest(t, path, sp, meters)
+// traceRun computes one run of a trace from its window.
+func traceRun(w *trace.Trace, path string, sp Span, meters map[int]*account.Meter, lms map[int]*lagMeter, detailed, plots bool) Run {
+	m := TraceManifest(w, path, sp, meters)
 	r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
 	if detailed {
-		detail(&r, t, sp.Start)
+		detail(&r, w, sp.Start, lms)
+		if !plots {
+			clear(r.Power) // read, not kept
+		}
 	}
 	return r
 }

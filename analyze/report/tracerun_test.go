@@ -55,8 +55,10 @@ func TestReportOnTraceFile(t *testing.T) {
 	for _, r := range runs {
 		m := r.Manifest
 		require.Len(t, m.GPUs, 2)
-		// Every copy is the same recording: the same energies on both GPUs and in every run.
-		assert.InDelta(t, float64(runs[0].Manifest.Energy.HybridJ), float64(m.Energy.HybridJ), 0.01)
+		// Every copy is the same recording: the same energies on both GPUs and in every run (to 0.5 J of 16 kJ:
+		// the last copy's end lies past its last counter reading, where the hybrid extrapolates by its gain, the
+		// others' end between their last reading and the next copy's first).
+		assert.InDelta(t, float64(runs[0].Manifest.Energy.HybridJ), float64(m.Energy.HybridJ), 0.5)
 		assert.InDelta(t, float64(m.GPUs[0].Energy.CounterJ), float64(m.GPUs[1].Energy.CounterJ), 1e-9)
 		assert.InDelta(t, float64(m.GPUs[0].Energy.CounterJ), float64(m.GPUs[0].Energy.HybridJ), 0.5)
 		assert.Equal(t, manifest.Num(1000), m.Derived.OutputTokens)

@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
 	"github.com/prometheus/common/config"
+	"golang.org/x/term"
 
 	"github.com/lem-energy/lem/analyze/pull"
 	"github.com/lem-energy/lem/internal/trace"
@@ -30,6 +33,7 @@ type pullCmd struct {
 	Instance   string        `help:"Pull this instance's series over the window instead of runs (any exporter, incl. dcgm-exporter)."`
 	DCGM       bool          `name:"dcgm" help:"Read dcgm-exporter's DCGM_FI_DEV_POWER_USAGE and DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION."`
 	Chunk      time.Duration `default:"10m" help:"Range-selector window per query."`
+	Workers    int           `default:"4" help:"Chunks queried at once; each chunk is written to the trace as soon as those before it are (memory: a few chunks)."`
 	Out        string        `short:"o" default:"pulled" env:"LEM_PULL_DIR" help:"Directory for the pulled traces."`
 }
 
@@ -45,6 +49,14 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if !to.After(from) {
 		return fmt.Errorf("--from %s is not before --to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
 	}
+	if c.Chunk <= 0 || c.Workers <= 0 {
+		return fmt.Errorf("--chunk %s and --workers %d must be positive", c.Chunk, c.Workers)
+	}
+	// A pull holds a few chunks at a time and makes garbage of each: collect as usual, not as the batch
+	// analyses do (main's 400), so its memory stays a few chunks' (GOGC still overrides).
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(100)
+	}
 	hc := config.DefaultHTTPClientConfig
 	hc.TLSConfig.InsecureSkipVerify = c.Insecure
 	if c.BearerFile != "" {
@@ -53,34 +65,25 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if c.BasicUser != "" {
 		hc.BasicAuth = &config.BasicAuth{Username: c.BasicUser, PasswordFile: c.BasicPass}
 	}
-	cl, err := pull.New(pull.Options{URL: c.Prometheus, HTTP: hc, Chunk: c.Chunk, DCGM: c.DCGM, Progress: os.Stderr, Log: log})
+	// Progress bars only on a terminal: a log or a pipe gets the summary lines alone.
+	var progress io.Writer
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		progress = os.Stderr
+	}
+	cl, err := pull.New(pull.Options{URL: c.Prometheus, HTTP: hc, Chunk: c.Chunk, Workers: c.Workers, DCGM: c.DCGM,
+		Progress: progress, Log: log})
 	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(c.Out, 0o755); err != nil {
 		return fmt.Errorf("--out: %w", err)
 	}
-	write := func(name string, t *trace.Trace) error {
-		p := filepath.Join(c.Out, name+".parquet")
-		if err := trace.WriteFile(p, t); err != nil {
-			return err
-		}
-		var n int
-		for _, s := range t.GPUs {
-			n += len(s.Samples)
-		}
-		fmt.Printf("%s: %d GPUs, %d power samples\n", p, len(t.GPUs), n)
-		return nil
-	}
 	if c.Instance != "" || c.DCGM {
 		if c.Instance == "" {
 			return errors.New("--dcgm needs --instance (dcgm-exporter has no run markers)")
 		}
-		t, err := cl.Trace(ctx, c.Instance, from, to, nil)
-		if err != nil {
-			return err
-		}
-		return write(fmt.Sprintf("%s-%s", sanitize(c.Instance), from.UTC().Format("20060102T150405Z")), t)
+		return c.write(ctx, cl, fmt.Sprintf("%s-%s", sanitize(c.Instance), from.UTC().Format("20060102T150405Z")),
+			c.Instance, from, to, nil)
 	}
 	runs, err := cl.FindRuns(ctx, from, to)
 	if err != nil {
@@ -109,15 +112,11 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 			continue
 		}
 		// A little before and after, so the hybrid has counter readings and samples around the edges.
-		t, err := cl.Trace(ctx, r.Instance, r.Start.Add(-5*time.Second), r.End.Add(5*time.Second), &r)
-		if err == nil {
-			name := r.RunID
-			if n, ok := names[r.RunID+"\x00"+r.Instance]; ok {
-				name = n
-			}
-			err = write(name, t)
+		name := r.RunID
+		if n, ok := names[r.RunID+"\x00"+r.Instance]; ok {
+			name = n
 		}
-		if err != nil {
+		if err := c.write(ctx, cl, name, r.Instance, r.Start.Add(-5*time.Second), r.End.Add(5*time.Second), &r); err != nil {
 			log.Error("run not pulled", "run_id", r.RunID, "err", err)
 			errs = append(errs, fmt.Errorf("run %s: %w", r.RunID, err))
 			continue
@@ -129,6 +128,44 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 			from.Format(time.RFC3339), to.Format(time.RFC3339))
 	}
 	return errors.Join(errs...)
+}
+
+// write pulls one instance's series over [from, to] (and a run's events) straight into the trace name.parquet:
+// chunk after chunk as they arrive, never the whole window in memory.
+func (c *pullCmd) write(ctx context.Context, cl *pull.Client, name, instance string, from, to time.Time, run *pull.RunInfo) error {
+	devs, err := cl.Devices(ctx, instance, from, to)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(c.Out, name+".parquet")
+	w, err := trace.Create(p, cl.Environment(devs))
+	if err != nil {
+		return err
+	}
+	begin := time.Now()
+	st, err := cl.Stream(ctx, instance, from, to, devs, pull.WriterSink{W: w})
+	if err == nil && run != nil {
+		var evs []trace.Event
+		evs, err = cl.RunEvents(ctx, *run, from, to)
+		for _, e := range evs {
+			if err == nil {
+				err = w.WriteEvent(e)
+			}
+		}
+		w.SetMetadata(pull.MetaRunID, run.RunID)
+	}
+	if err != nil {
+		w.Abort()
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	took := time.Since(begin)
+	fmt.Printf("%s: %d GPUs, %d power samples, %d counter readings, %d telemetry snapshots (%d queries, %s, %.0f samples/s)\n",
+		p, len(devs), st.Samples, st.Counters, st.Telemetry, st.Queries, took.Round(time.Millisecond),
+		float64(st.Samples)/max(took.Seconds(), 1e-3))
+	return nil
 }
 
 func sanitize(s string) string {

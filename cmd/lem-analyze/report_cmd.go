@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 
 	"github.com/lem-energy/lem/analyze/calibrate"
 	"github.com/lem-energy/lem/analyze/pull"
@@ -23,6 +24,8 @@ type reportCmd struct {
 	SlurmJob  string   `name:"slurm-job" help:"Report only the runs of this Slurm job: the job's own run (marked by the Slurm Prolog, in a recording or a pull) and campaign runs measured inside it."`
 	// Calibration corrects energies to an external meter's scale (lem-analyze calibrate).
 	Calibration string `type:"existingfile" help:"Calibration file (lem-analyze calibrate): energies of the boards it holds corrected to the meter's scale, their gain uncertainty the fit's."`
+	Stream      string `default:"auto" enum:"auto,always,never" help:"Read lem traces in windows, a row group at a time, memory bounded by the longest run (${enum}); auto: traces too large to read whole within --memory-limit."`
+	MemoryMiB   int64  `name:"memory-limit" default:"1024" help:"Memory (MiB) the report aims to stay within: traces whose rows would take more than half of it are streamed, and the garbage collector works harder from three quarters of it (GOMEMLIMIT overrides)."`
 }
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
@@ -34,8 +37,20 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 			return fmt.Errorf("--calibration: %v%w", err, cli.Usage)
 		}
 	}
+	if c.MemoryMiB < 0 {
+		return fmt.Errorf("--memory-limit %d: must be positive (MiB)", c.MemoryMiB)
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = report.DefaultMemoryLimit >> 20
+	}
+	if os.Getenv("GOMEMLIMIT") == "" {
+		// The collector's soft limit a quarter below: it lets garbage grow (GOGC 400) up to there, and what is
+		// not heap (stacks, the runtime's own) and its overshoot under load stay inside the limit.
+		debug.SetMemoryLimit(c.MemoryMiB << 20 * 3 / 4)
+	}
 	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
-	runs, probs := report.Load(c.Paths)
+	runs, probs := report.LoadWith(c.Paths, report.LoadOptions{Stream: c.Stream,
+		MemoryLimit: c.MemoryMiB << 20, NoPlots: c.Format != "html"})
 	if cal != nil {
 		n := report.Calibrate(runs, cal, c.Calibration)
 		log.Info("energies corrected by the calibration", "file", c.Calibration, "runs", n, "of", len(runs))

@@ -57,7 +57,7 @@ func TestPullSlurmJob(t *testing.T) {
 
 	out := t.TempDir()
 	log := slog.New(slog.NewTextHandler(&bytes.Buffer{}, nil))
-	c := &pullCmd{Prometheus: prom.URL, Since: 10 * time.Minute, Chunk: 10 * time.Minute, Out: out, SlurmJob: "17"}
+	c := &pullCmd{Prometheus: prom.URL, Since: 10 * time.Minute, Chunk: 10 * time.Minute, Workers: 4, Out: out, SlurmJob: "17"}
 	_, err = captureStdout(t, func() error { return c.Run(ctx, log) })
 	require.NoError(t, err)
 	files, err := filepath.Glob(filepath.Join(out, "*.parquet"))

@@ -177,10 +177,18 @@ var columnNames = []string{"kind", "gpu", "time", "power_w", "energy_mj", "read_
 	"gpu_instance", "compute_instance", "command", "container_runtime", "container_id", "container_name", "pod_uid",
 	"pod_namespace", "pod_name"}
 
-// telemetryColumns are used by telemetry rows only.
-var telemetryColumns = map[string]bool{"instant_power_w": true, "average_power_w": true, "temperature_c": true,
-	"sm_clock_hz": true, "mem_clock_hz": true, "util_gpu_ratio": true, "util_mem_ratio": true, "mem_used_bytes": true,
-	"power_limit_w": true, "clock_event_reasons": true, "performance_state": true}
+// kindColumns are the columns only one row kind uses (kind, gpu and time are every row's): a read that skips the
+// kind does not decode them.
+var kindColumns = map[string]uint8{"power_w": codeSample, "energy_mj": codeCounter, "read_duration_ns": codeCounter,
+	"instant_power_w": codeTelemetry, "average_power_w": codeTelemetry, "temperature_c": codeTelemetry,
+	"sm_clock_hz": codeTelemetry, "mem_clock_hz": codeTelemetry, "util_gpu_ratio": codeTelemetry,
+	"util_mem_ratio": codeTelemetry, "mem_used_bytes": codeTelemetry, "power_limit_w": codeTelemetry,
+	"clock_event_reasons": codeTelemetry, "performance_state": codeTelemetry, "event": codeEvent, "run_id": codeEvent,
+	"name": codeEvent, "attrs": codeEvent, "process_sm_ratio": codeProcessSample, "process_mem_ratio": codeProcessSample,
+	"process_enc_ratio": codeProcessSample, "process_dec_ratio": codeProcessSample, "process_memory_bytes": codeProcess,
+	"gpu_instance": codeProcess, "compute_instance": codeProcess, "command": codeProcess, "container_runtime": codeProcess,
+	"container_id": codeProcess, "container_name": codeProcess, "pod_uid": codeProcess, "pod_namespace": codeProcess,
+	"pod_name": codeProcess}
 
 // Row kinds as small codes for the first pass.
 const (
@@ -202,9 +210,12 @@ type rowGroup struct {
 	rg     parquet.RowGroup
 	kinds  []uint8
 	gpus   []int32
-	counts map[int32]*[nCodes]int
+	counts map[int32]*[nCodes]int // rows per GPU and kind, skipped kinds included
 	off    map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
 	events []Event
+	// extents are each GPU's rows per kind with their first and last time, skipped kinds included (their times
+	// are decoded all the same): what a scan that leaves a kind out still learns about it.
+	extents map[int32]*[nCodes]Extent
 	// expanded is the decompressed size of the columns read, as the pages declare and their compression confirms.
 	expanded int64
 }
@@ -236,6 +247,7 @@ type fileCols struct {
 	r       io.ReaderAt
 	dataEnd int64            // where the column data ends and the footer begins
 	skip    [nCodes + 1]bool // row kinds not wanted: not decoded, not allocated
+	extents bool             // collect each row group's extents (rowGroup.extents)
 	bufs    sync.Pool        // map[string]*column decode buffers, one set per worker at a time
 	scans   sync.Pool        // *chunkScan
 }
@@ -244,7 +256,10 @@ type fileCols struct {
 func (pf *fileCols) wanted() []string {
 	var out []string
 	for _, name := range columnNames {
-		if !(pf.skip[codeTelemetry] && telemetryColumns[name]) {
+		if name == "pid" && pf.skip[codeProcessSample] && pf.skip[codeProcess] {
+			continue // the two process kinds' column
+		}
+		if k, ok := kindColumns[name]; !ok || !pf.skip[k] {
 			out = append(out, name)
 		}
 	}
@@ -288,57 +303,165 @@ func (pf *fileCols) buffers() map[string]*column {
 	return map[string]*column{}
 }
 
+// kindCode maps a row kind to its code; ok is false for anything else.
+func kindCode(s string) (uint8, bool) {
+	switch s {
+	case KindSample:
+		return codeSample, true
+	case KindCounter:
+		return codeCounter, true
+	case KindTelemetry:
+		return codeTelemetry, true
+	case KindProcessSample:
+		return codeProcessSample, true
+	case KindProcess:
+		return codeProcess, true
+	case KindEvent:
+		return codeEvent, true
+	}
+	return 0, false
+}
+
+// badKind marks a row whose kind is null or unknown in readKinds' output.
+const badKind = 0xff
+
+// readKinds decodes the kind column of n rows straight into codes (no strings per row: the column is a dictionary
+// of a few values), badKind where a row's kind is null or unknown; bad is the first unknown value.
+func readKinds(cc parquet.ColumnChunk, n int, out []uint8) (bad string, err error) {
+	defer recoverLibrary(&err)
+	if cc.Type().Kind() != parquet.ByteArray {
+		return "", fmt.Errorf("unexpected physical type %s", cc.Type().Kind())
+	}
+	code := func(s string) uint8 {
+		c, ok := kindCode(s)
+		if !ok {
+			if bad == "" {
+				bad = s
+			}
+			return badKind
+		}
+		return c
+	}
+	pages := cc.Pages()
+	defer pages.Close()
+	off := 0
+	var dict parquet.Dictionary
+	var dictCodes []uint8
+	var vals []uint8
+	for {
+		p, err := pages.ReadPage()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", err
+		}
+		data := p.Data()
+		vals = vals[:0]
+		if d := p.Dictionary(); d != nil {
+			if d != dict {
+				dict, dictCodes = d, dictCodes[:0]
+				for _, s := range dictStrings(d) {
+					dictCodes = append(dictCodes, code(s))
+				}
+			}
+			for _, x := range data.Int32() {
+				if int(x) >= len(dictCodes) || x < 0 {
+					parquet.Release(p)
+					return "", fmt.Errorf("dictionary index %d out of range", x)
+				}
+				vals = append(vals, dictCodes[x])
+			}
+		} else {
+			b, offs := data.ByteArray()
+			for i := 0; i+1 < len(offs); i++ {
+				vals = append(vals, code(string(b[offs[i]:offs[i+1]])))
+			}
+		}
+		def := p.DefinitionLevels()
+		var k int
+		if len(def) == 0 {
+			if off+len(vals) > n {
+				err = errors.New("page overruns its row group")
+			}
+			k = copy(out[off:min(off+len(vals), n)], vals)
+		} else if off+len(def) > n {
+			err = errors.New("page overruns its row group")
+		} else {
+			j := 0
+			for i, d := range def {
+				out[off+i] = badKind
+				if d > 0 {
+					if j >= len(vals) {
+						err = errors.New("fewer values than definition levels")
+						break
+					}
+					out[off+i] = vals[j]
+					j++
+				}
+			}
+			k = len(def)
+		}
+		parquet.Release(p)
+		if err != nil {
+			return "", err
+		}
+		off += k
+	}
+	if off != n {
+		return "", fmt.Errorf("%d of %d rows decoded", off, n)
+	}
+	return bad, nil
+}
+
 // firstPass decodes the kind and GPU columns and counts the rows per GPU and kind.
 func (pf *fileCols) firstPass(r *rowGroup) error {
 	bufs := pf.buffers()
 	defer pf.bufs.Put(bufs)
-	kc, err := pf.column(r, "kind", bufs["kind"])
-	if err != nil {
-		return err
+	n := int(r.rg.NumRows())
+	r.kinds, r.gpus, r.counts = make([]uint8, n), make([]int32, n), map[int32]*[nCodes]int{}
+	leaf, ok := pf.f.Schema().Lookup("kind")
+	if !ok {
+		return fmt.Errorf("%w: column %q missing", ErrNotTrace, "kind")
 	}
-	bufs["kind"] = kc
+	bad, err := readKinds(r.rg.ColumnChunks()[leaf.ColumnIndex], n, r.kinds)
+	if err != nil {
+		return r.errorf("kind", "%v", err)
+	}
 	gc, err := pf.column(r, "gpu", bufs["gpu"])
 	if err != nil {
 		return err
 	}
 	bufs["gpu"] = gc
-	n := int(r.rg.NumRows())
-	r.kinds, r.gpus, r.counts = make([]uint8, n), make([]int32, n), map[int32]*[nCodes]int{}
-	for i := range n {
-		var k uint8
-		switch kc.str[i] {
-		case KindSample:
-			k = codeSample
-		case KindCounter:
-			k = codeCounter
-		case KindTelemetry:
-			k = codeTelemetry
-		case KindProcessSample:
-			k = codeProcessSample
-		case KindProcess:
-			k = codeProcess
-		case KindEvent:
-			k = codeEvent
-		default:
-			return r.errorf("kind", "row %d: unknown row kind %q", i, kc.str[i])
+	// Counts per GPU in a small slice indexed by slot (a map lookup per row costs more than the rest).
+	var slot [MaxGPU + 2]uint16 // 0: not seen yet
+	var counts []*[nCodes]int
+	for i, k := range r.kinds {
+		if k == badKind {
+			return r.errorf("kind", "row %d: unknown row kind %q", i, bad)
 		}
 		if !gc.valid[i] {
 			return r.errorf("gpu", "row %d: null", i)
 		}
-		if err := checkGPU(int(gc.i64[i]), k == codeEvent); err != nil {
-			return r.errorf("gpu", "row %d (%s): %v", i, kc.str[i], err)
+		g64 := gc.i64[i]
+		if g64 < 0 || g64 > MaxGPU {
+			if err := checkGPU(int(g64), k == codeEvent); err != nil {
+				return r.errorf("gpu", "row %d (%s): %v", i, kindNames[k], err)
+			}
 		}
-		g := int32(gc.i64[i])
-		r.kinds[i], r.gpus[i] = k, g
-		if k == codeEvent || pf.skip[k] {
+		g := int32(g64)
+		r.gpus[i] = g
+		if k == codeEvent {
 			continue
 		}
-		c := r.counts[g]
-		if c == nil {
-			c = &[nCodes]int{}
-			r.counts[g] = c
+		sl := slot[g]
+		if sl == 0 {
+			counts = append(counts, &[nCodes]int{})
+			sl = uint16(len(counts))
+			slot[g] = sl
+			r.counts[g] = counts[sl-1]
 		}
-		c[k]++
+		counts[sl-1][k]++
 	}
 	return nil
 }
@@ -401,7 +524,20 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 		next, dst = append(next, *o), append(dst, t.GPUs[int(g)])
 	}
 	timeCol := cols["time"]
+	var ext [][nCodes]Extent
+	if pf.extents {
+		ext = make([][nCodes]Extent, len(next))
+		defer func() {
+			r.extents = make(map[int32]*[nCodes]Extent, len(ext))
+			for g := range r.off {
+				r.extents[g] = &ext[slot[g]]
+			}
+		}()
+	}
 	for i, k := range r.kinds {
+		if ext != nil && k != codeEvent && timeCol.valid[i] && times[i] >= 0 && times[i] < maxTimeNS {
+			ext[slot[r.gpus[i]]][k].add(times[i])
+		}
 		if pf.skip[k] {
 			continue
 		}
@@ -505,6 +641,26 @@ func parallel(rgs []*rowGroup, fn func(*rowGroup) error) error {
 	return nil
 }
 
+// allocate makes each GPU's slices at their final size; GPUs with rows of skipped kinds only get no series.
+func allocate(t *Trace, total map[int32]*[nCodes]int, skip [nCodes + 1]bool) {
+	for g, tot := range total {
+		for k := range nCodes {
+			if skip[k] {
+				tot[k] = 0
+			}
+		}
+		if tot[codeSample]+tot[codeCounter]+tot[codeTelemetry]+tot[codeProcessSample]+tot[codeProcess] == 0 {
+			continue
+		}
+		s := t.Series(int(g))
+		s.Samples = make([]PowerSample, tot[codeSample])
+		s.Counters = make([]CounterReading, tot[codeCounter])
+		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
+		s.ProcessSamples = make([]ProcessSample, tot[codeProcessSample])
+		s.Processes = make([]Process, tot[codeProcess])
+	}
+}
+
 // readRows reads every row group in two parallel passes: kinds and GPUs first, so each GPU's slices are
 // allocated once at their final size; then every row straight into its place (no merge copies).
 func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, opts ReadOptions) error {
@@ -544,14 +700,7 @@ func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, op
 			}
 		}
 	}
-	for g, tot := range total {
-		s := t.Series(int(g))
-		s.Samples = make([]PowerSample, tot[codeSample])
-		s.Counters = make([]CounterReading, tot[codeCounter])
-		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
-		s.ProcessSamples = make([]ProcessSample, tot[codeProcessSample])
-		s.Processes = make([]Process, tot[codeProcess])
-	}
+	allocate(t, total, fc.skip)
 	if err := parallel(rgs, func(r *rowGroup) error { return fc.secondPass(r, t) }); err != nil {
 		return err
 	}

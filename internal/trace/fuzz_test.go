@@ -2,6 +2,7 @@ package trace
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"testing"
@@ -70,6 +71,54 @@ func FuzzReadTrace(f *testing.F) {
 			return
 		}
 		checkInvariants(t, tr)
+	})
+}
+
+// FuzzStream feeds bytes to the streaming reader as a trace of two files (lem-analyze report on a recording too
+// large for memory, or on a recording's segments): what it hands over, merged in time order, keeps the format's
+// promises, and never reaches a panic of the Parquet library. Seeds: small valid traces and crafted ones in
+// testdata/fuzz/FuzzStream.
+func FuzzStream(f *testing.F) {
+	f.Add(rowsFile(f, validRows()), 0, uint8(AllRows))
+	f.Fuzz(func(t *testing.T, b []byte, split int, kinds uint8) {
+		// The bytes as one file, or, split at a point, as two segments.
+		files := [][]byte{b}
+		if split > 0 && split < len(b) {
+			files = [][]byte{b[:split], b[split:]}
+		}
+		s, err := openStream(len(files), func(i int) (*streamFile, *Trace, error) {
+			return newStreamFile("f", bytes.NewReader(files[i]), int64(len(files[i])))
+		})
+		if errors.Is(err, errLibraryPanic) {
+			t.Fatalf("input reached a panic of the Parquet library: %v", err)
+		}
+		if err != nil {
+			return
+		}
+		out := New(s.Env())
+		var m Merge
+		take := func(rel map[int]*Series) {
+			for g, r := range rel {
+				d := out.Series(g)
+				d.Samples = append(d.Samples, r.Samples...)
+				d.Counters = append(d.Counters, r.Counters...)
+				d.Telemetry = append(d.Telemetry, r.Telemetry...)
+			}
+		}
+		err = s.Scan(context.Background(), Kinds(kinds)&AllRows, func(p Part) error {
+			m.Add(p.Trace)
+			out.Events = append(out.Events, p.Trace.Events...)
+			take(m.Release(p.Complete))
+			return nil
+		})
+		if errors.Is(err, errLibraryPanic) {
+			t.Fatalf("input reached a panic of the Parquet library: %v", err)
+		}
+		if err != nil {
+			return
+		}
+		take(m.Release(maxTime))
+		checkInvariants(t, out)
 	})
 }
 

@@ -441,42 +441,55 @@ func ReadFileWith(path string, opts ReadOptions) (*Trace, error) {
 var parquetMagic = []byte("PAR1")
 
 func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
+	pf, t, dataEnd, err := open(r, size)
+	if err != nil {
+		return nil, err
+	}
+	if err := readRows(pf, r, size, dataEnd, t, opts); err != nil { // sorts each GPU's series
+		return nil, err
+	}
+	return t, nil
+}
+
+// open checks a file's header, footer and schema and opens it: an empty trace with its environment and extra
+// metadata, and where its column data ends.
+func open(r io.ReaderAt, size int64) (*parquet.File, *Trace, int64, error) {
 	if size < 12 {
-		return nil, fmt.Errorf("%w: %d bytes is too short for a Parquet file", ErrNotTrace, size)
+		return nil, nil, 0, fmt.Errorf("%w: %d bytes is too short for a Parquet file", ErrNotTrace, size)
 	}
 	var head, tail [4]byte
 	if _, err := r.ReadAt(head[:], 0); err != nil {
-		return nil, fmt.Errorf("reading header: %w", err)
+		return nil, nil, 0, fmt.Errorf("reading header: %w", err)
 	}
 	if _, err := r.ReadAt(tail[:], size-4); err != nil {
-		return nil, fmt.Errorf("reading footer: %w", err)
+		return nil, nil, 0, fmt.Errorf("reading footer: %w", err)
 	}
 	if !bytes.Equal(head[:], parquetMagic) {
-		return nil, fmt.Errorf("%w: no Parquet header", ErrNotTrace)
+		return nil, nil, 0, fmt.Errorf("%w: no Parquet header", ErrNotTrace)
 	}
 	if !bytes.Equal(tail[:], parquetMagic) {
-		return nil, fmt.Errorf("%w: Parquet footer missing (truncated or still being written)", ErrNotTrace)
+		return nil, nil, 0, fmt.Errorf("%w: Parquet footer missing (truncated or still being written)", ErrNotTrace)
 	}
 	footer, err := readFooter(r, size)
 	if err != nil {
-		return nil, err
+		return nil, nil, 0, err
 	}
 	// Page and column indexes and bloom filters are not used; not reading them leaves less to trust.
 	pf, err := openFile(r, size)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrNotTrace, err)
+		return nil, nil, 0, fmt.Errorf("%w: %v", ErrNotTrace, err)
 	}
 	ver, ok := pf.Lookup(MetaSchema)
 	if !ok {
-		return nil, fmt.Errorf("%w: Parquet file without %s metadata", ErrNotTrace, MetaSchema)
+		return nil, nil, 0, fmt.Errorf("%w: Parquet file without %s metadata", ErrNotTrace, MetaSchema)
 	}
 	if ver != SchemaVersion {
-		return nil, fmt.Errorf("%w: schema version %q, this lem reads %q", ErrNotTrace, ver, SchemaVersion)
+		return nil, nil, 0, fmt.Errorf("%w: schema version %q, this lem reads %q", ErrNotTrace, ver, SchemaVersion)
 	}
 	var env meta.Environment
 	if s, ok := pf.Lookup(MetaEnvironment); ok {
 		if err := json.Unmarshal([]byte(s), &env); err != nil {
-			return nil, fmt.Errorf("%w: bad %s metadata: %v", ErrNotTrace, MetaEnvironment, err)
+			return nil, nil, 0, fmt.Errorf("%w: bad %s metadata: %v", ErrNotTrace, MetaEnvironment, err)
 		}
 	}
 	t := New(env)
@@ -485,8 +498,5 @@ func read(r io.ReaderAt, size int64, opts ReadOptions) (*Trace, error) {
 			t.Extra[kv.Key] = kv.Value
 		}
 	}
-	if err := readRows(pf, r, size, size-8-footer, t, opts); err != nil { // sorts each GPU's series
-		return nil, err
-	}
-	return t, nil
+	return pf, t, size - 8 - footer, nil
 }

@@ -1,0 +1,207 @@
+package trace
+
+import (
+	"context"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/internal/meta"
+)
+
+// streamAll reads a stream part by part, releasing through Merge at each part's Complete time, and checks that
+// nothing released later lies before anything released earlier.
+func streamAll(t *testing.T, kinds Kinds, paths ...string) (*Trace, map[int]Extents, int) {
+	t.Helper()
+	s, err := OpenStream(paths...)
+	require.NoError(t, err)
+	defer s.Close()
+	out := New(s.Env())
+	ext := map[int]Extents{}
+	var m Merge
+	parts := 0
+	var released time.Time
+	err = s.Scan(context.Background(), kinds, func(p Part) error {
+		parts++
+		m.Add(p.Trace)
+		out.Events = append(out.Events, p.Trace.Events...)
+		for g, e := range p.Extents {
+			x := ext[g]
+			x.Samples.Merge(e.Samples)
+			x.Counters.Merge(e.Counters)
+			x.Telemetry.Merge(e.Telemetry)
+			ext[g] = x
+		}
+		for g, r := range m.Release(p.Complete) {
+			for _, x := range r.Samples {
+				require.False(t, x.Time.Before(released), "sample at %s released after %s", x.Time, released)
+			}
+			dst := out.Series(g)
+			dst.Samples = append(dst.Samples, r.Samples...)
+			dst.Counters = append(dst.Counters, r.Counters...)
+			dst.Telemetry = append(dst.Telemetry, r.Telemetry...)
+		}
+		released = p.Complete
+		return nil
+	})
+	require.NoError(t, err)
+	return out, ext, parts
+}
+
+// shuffledFile writes rows the way a recorder does: GPUs interleaved, samples delivered in batches up to a second
+// after the counter reads and telemetry of the same time, with equal timestamps across kinds and GPUs.
+func shuffledFile(t *testing.T, dir, name string, t0 time.Time, seconds int) string {
+	p := filepath.Join(dir, name)
+	w, err := Create(p, meta.Environment{Host: meta.Host{Hostname: "h"}})
+	require.NoError(t, err)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for sec := range seconds {
+		for g := range 3 {
+			base := t0.Add(time.Duration(sec) * time.Second)
+			for k := range 10 {
+				ts := base.Add(time.Duration(k) * 100 * time.Millisecond)
+				require.NoError(t, w.WriteCounter(g, CounterReading{Time: ts, EnergyMJ: uint64(sec*1000 + k*100 + rng.IntN(3))}))
+				tm := NewTelemetry(ts)
+				tm.TemperatureC = float64(40 + g)
+				require.NoError(t, w.WriteTelemetry(g, tm))
+			}
+			var ss []PowerSample
+			for k := range 50 {
+				ss = append(ss, PowerSample{Time: base.Add(time.Duration(k) * 20 * time.Millisecond).Add(-time.Second),
+					PowerW: float64(100 + rng.IntN(400))})
+			}
+			require.NoError(t, w.WriteSamples(g, ss))
+		}
+		if sec%7 == 0 {
+			require.NoError(t, w.WriteEvent(Event{Time: t0.Add(time.Duration(sec) * time.Second), GPU: NoGPU, Type: EventMark,
+				Name: "m", RunID: "r"}))
+		}
+	}
+	require.NoError(t, w.Close())
+	return p
+}
+
+func sameSeries(t *testing.T, want, got *Trace) {
+	t.Helper()
+	require.Equal(t, want.GPUIndices(), got.GPUIndices())
+	for g, w := range want.GPUs {
+		s := got.GPUs[g]
+		require.Equal(t, len(w.Samples), len(s.Samples), "GPU %d samples", g)
+		require.Equal(t, len(w.Counters), len(s.Counters), "GPU %d counters", g)
+		require.Equal(t, len(w.Telemetry), len(s.Telemetry), "GPU %d telemetry", g)
+		for i := range w.Samples {
+			require.True(t, w.Samples[i].Time.Equal(s.Samples[i].Time) && w.Samples[i].PowerW == s.Samples[i].PowerW,
+				"GPU %d sample %d: %v vs %v", g, i, w.Samples[i], s.Samples[i])
+		}
+		for i := range w.Counters {
+			require.True(t, w.Counters[i].Time.Equal(s.Counters[i].Time) && w.Counters[i].EnergyMJ == s.Counters[i].EnergyMJ,
+				"GPU %d counter %d", g, i)
+		}
+		for i := range w.Telemetry {
+			require.True(t, w.Telemetry[i].Time.Equal(s.Telemetry[i].Time) && same(w.Telemetry[i].TemperatureC, s.Telemetry[i].TemperatureC),
+				"GPU %d telemetry %d", g, i)
+		}
+	}
+}
+
+// A stream released through Merge holds exactly what a whole read holds, in the same order (equal timestamps
+// included), whether the trace is one file of many row groups, the same rows as segments, or a real recording.
+func TestStreamMatchesWholeRead(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Unix(1795735590, 0).UTC()
+	one := shuffledFile(t, dir, "one.parquet", t0, 1000) // 1000 s × 3 GPUs: 4 row groups of 64 Ki rows
+	segs := []string{shuffledFile(t, dir, "s0.parquet", t0, 150), shuffledFile(t, dir, "s1.parquet", t0.Add(150*time.Second), 150),
+		shuffledFile(t, dir, "s2.parquet", t0.Add(300*time.Second), 100)}
+	real, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "traces", "*.parquet"))
+	require.NotEmpty(t, real)
+	cases := map[string][]string{"one file": {one}, "segments": segs}
+	for _, p := range real {
+		cases[filepath.Base(p)] = []string{p}
+	}
+	for name, paths := range cases {
+		t.Run(name, func(t *testing.T) {
+			want := New(meta.Environment{})
+			for _, p := range paths {
+				w, err := ReadFile(p)
+				require.NoError(t, err)
+				for g, s := range w.GPUs {
+					d := want.Series(g)
+					d.Samples = append(d.Samples, s.Samples...)
+					d.Counters = append(d.Counters, s.Counters...)
+					d.Telemetry = append(d.Telemetry, s.Telemetry...)
+				}
+				want.Events = append(want.Events, w.Events...)
+			}
+			for _, s := range want.GPUs {
+				s.Sort()
+			}
+			got, ext, parts := streamAll(t, AllRows, paths...)
+			sameSeries(t, want, got)
+			require.Equal(t, len(want.Events), len(got.Events))
+			for i := range want.Events {
+				assert.True(t, want.Events[i].Time.Equal(got.Events[i].Time) && want.Events[i].Type == got.Events[i].Type)
+			}
+			for g, s := range want.GPUs {
+				e := ext[g]
+				assert.Equal(t, len(s.Samples), e.Samples.N)
+				assert.Equal(t, len(s.Telemetry), e.Telemetry.N)
+				if len(s.Samples) > 0 {
+					assert.True(t, s.Samples[0].Time.Equal(e.Samples.First()) && s.Samples[len(s.Samples)-1].Time.Equal(e.Samples.Last()))
+				}
+			}
+			if name == "one file" {
+				assert.Equal(t, 4, parts)
+			}
+		})
+	}
+}
+
+// A scan of some kinds decodes only those, and still counts the others' rows.
+func TestStreamKinds(t *testing.T) {
+	p := shuffledFile(t, t.TempDir(), "k.parquet", time.Unix(1795735590, 0), 50)
+	got, ext, _ := streamAll(t, RowCounters|RowEvents, p)
+	for g := range 3 {
+		require.NotNil(t, got.GPUs[g])
+		assert.Empty(t, got.GPUs[g].Samples)
+		assert.Empty(t, got.GPUs[g].Telemetry)
+		assert.Len(t, got.GPUs[g].Counters, 500)
+		assert.Equal(t, 2500, ext[g].Samples.N)
+		assert.Equal(t, 500, ext[g].Telemetry.N)
+	}
+	assert.Len(t, got.Events, 8)
+}
+
+// A row group whose time statistics do not hold its rows is refused: the stream's order rests on them.
+func TestStreamRefusesFalseStatistics(t *testing.T) {
+	rows := validRows()
+	b := rowsFile(t, rows)
+	c := parseCraft(t, b)
+	// Declare the time column's range one second later than its rows.
+	leaf := 2 // kind, gpu, time
+	st := &c.md.RowGroups[0].Columns[leaf].MetaData.Statistics
+	require.Len(t, st.MinValue, 8)
+	for _, v := range []*[]byte{&st.MinValue, &st.MaxValue} {
+		ns := int64(0)
+		for i := 7; i >= 0; i-- {
+			ns = ns<<8 | int64((*v)[i])
+		}
+		ns += int64(time.Second)
+		for i := range 8 {
+			(*v)[i] = byte(ns >> (8 * i))
+		}
+	}
+	p := filepath.Join(t.TempDir(), "false.parquet")
+	require.NoError(t, os.WriteFile(p, c.bytes(t), 0o644))
+	s, err := OpenStream(p)
+	require.NoError(t, err)
+	defer s.Close()
+	err = s.Scan(context.Background(), AllRows, func(Part) error { return nil })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "outside its time statistics")
+	assert.Contains(t, err.Error(), "false.parquet")
+}
