@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/lem-energy/lem/internal/meta"
 )
@@ -76,10 +78,14 @@ func FuzzReadTrace(f *testing.F) {
 
 // FuzzStream feeds bytes to the streaming reader as a trace of two files (lem-analyze report on a recording too
 // large for memory, or on a recording's segments): what it hands over, merged in time order, keeps the format's
-// promises, and never reaches a panic of the Parquet library. Seeds: small valid traces and crafted ones in
-// testdata/fuzz/FuzzStream.
+// promises, every kind in time order, and never reaches a panic of the Parquet library; read with every kind, it
+// holds what whole reads of the files hold, row for row. Seeds: small valid traces (with process rows, and as two
+// segments) and crafted ones in testdata/fuzz/FuzzStream.
 func FuzzStream(f *testing.F) {
 	f.Add(rowsFile(f, validRows()), 0, uint8(AllRows))
+	f.Add(rowsFile(f, processRows()), 0, uint8(AllRows))
+	a, b := splitRows(processRows())
+	f.Add(append(rowsFile(f, a), rowsFile(f, b)...), len(rowsFile(f, a)), uint8(AllRows))
 	f.Fuzz(func(t *testing.T, b []byte, split int, kinds uint8) {
 		// The bytes as one file, or, split at a point, as two segments.
 		files := [][]byte{b}
@@ -103,6 +109,8 @@ func FuzzStream(f *testing.F) {
 				d.Samples = append(d.Samples, r.Samples...)
 				d.Counters = append(d.Counters, r.Counters...)
 				d.Telemetry = append(d.Telemetry, r.Telemetry...)
+				d.ProcessSamples = append(d.ProcessSamples, r.ProcessSamples...)
+				d.Processes = append(d.Processes, r.Processes...)
 			}
 		}
 		err = s.Scan(context.Background(), Kinds(kinds)&AllRows, func(p Part) error {
@@ -119,7 +127,78 @@ func FuzzStream(f *testing.F) {
 		}
 		take(m.Release(maxTime))
 		checkInvariants(t, out)
+		for g, sr := range out.GPUs {
+			if err := inOrder(sr); err != nil {
+				t.Fatalf("GPU %d: %v", g, err)
+			}
+		}
+		if Kinds(kinds)&AllRows != AllRows {
+			return
+		}
+		// The files read whole, each GPU's rows put together and sorted, as a recording's segments are.
+		whole := New(s.Env())
+		for _, fb := range files {
+			w, err := read(bytes.NewReader(fb), int64(len(fb)), ReadOptions{})
+			if err != nil {
+				return // the stream refuses more (time statistics), the whole read other things first
+			}
+			for g, sr := range w.GPUs {
+				d := whole.Series(g)
+				d.Samples = append(d.Samples, sr.Samples...)
+				d.Counters = append(d.Counters, sr.Counters...)
+				d.Telemetry = append(d.Telemetry, sr.Telemetry...)
+				d.ProcessSamples = append(d.ProcessSamples, sr.ProcessSamples...)
+				d.Processes = append(d.Processes, sr.Processes...)
+			}
+			whole.Events = append(whole.Events, w.Events...)
+		}
+		for _, sr := range whole.GPUs {
+			sr.Sort()
+		}
+		if got, want := fmt.Sprint(out.GPUIndices()), fmt.Sprint(whole.GPUIndices()); got != want {
+			t.Fatalf("streamed GPUs %s, whole read's %s", got, want)
+		}
+		for _, g := range whole.GPUIndices() {
+			// Printed, floats are exact and NaN equals NaN.
+			if got, want := fmt.Sprint(*out.GPUs[g]), fmt.Sprint(*whole.GPUs[g]); got != want {
+				t.Fatalf("GPU %d streamed differs from the whole read:\n%s\n%s", g, got, want)
+			}
+		}
+		if got, want := fmt.Sprint(out.Events), fmt.Sprint(whole.Events); got != want {
+			t.Fatalf("streamed events differ from the whole read's:\n%s\n%s", got, want)
+		}
 	})
+}
+
+// splitRows splits a trace's rows in two by time, as a recorder's two segments.
+func splitRows(rows []row) (a, b []row) {
+	mid := rows[len(rows)/2].Time
+	for _, r := range rows {
+		if r.Time.Before(mid) {
+			a = append(a, r)
+		} else {
+			b = append(b, r)
+		}
+	}
+	return a, b
+}
+
+// inOrder says where a series' rows of some kind are out of time order.
+func inOrder(s *Series) error {
+	check := func(kind string, n int, at func(int) time.Time) error {
+		for i := 1; i < n; i++ {
+			if at(i).Before(at(i - 1)) {
+				return fmt.Errorf("%s %d at %s before %s", kind, i, at(i), at(i-1))
+			}
+		}
+		return nil
+	}
+	return errors.Join(
+		check("sample", len(s.Samples), func(i int) time.Time { return s.Samples[i].Time }),
+		check("counter", len(s.Counters), func(i int) time.Time { return s.Counters[i].Time }),
+		check("telemetry", len(s.Telemetry), func(i int) time.Time { return s.Telemetry[i].Time }),
+		check("process sample", len(s.ProcessSamples), func(i int) time.Time { return s.ProcessSamples[i].Time }),
+		check("process", len(s.Processes), func(i int) time.Time { return s.Processes[i].Time }))
 }
 
 // FuzzImportProbe feeds the probe importer its three files (lem-analyze import).

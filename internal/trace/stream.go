@@ -105,7 +105,21 @@ func (e Extent) at(ns int64) time.Time {
 }
 
 // Extents are a GPU's rows of each kind.
-type Extents struct{ Samples, Counters, Telemetry Extent }
+type Extents struct{ Samples, Counters, Telemetry, ProcessSamples, Processes Extent }
+
+// Merge adds o's rows of every kind to e.
+func (e *Extents) Merge(o Extents) {
+	e.Samples.Merge(o.Samples)
+	e.Counters.Merge(o.Counters)
+	e.Telemetry.Merge(o.Telemetry)
+	e.ProcessSamples.Merge(o.ProcessSamples)
+	e.Processes.Merge(o.Processes)
+}
+
+// Rows is the number of rows of every kind.
+func (e Extents) Rows() int {
+	return e.Samples.N + e.Counters.N + e.Telemetry.N + e.ProcessSamples.N + e.Processes.N
+}
 
 // Part is one row group's rows.
 type Part struct {
@@ -365,7 +379,8 @@ func (s *Stream) decode(fc *fileCols, i int) (*Part, int64, error) {
 	t.Events = r.events
 	p := &Part{Trace: t, Extents: make(map[int]Extents, len(r.extents))}
 	for g, e := range r.extents {
-		p.Extents[int(g)] = Extents{Samples: e[codeSample], Counters: e[codeCounter], Telemetry: e[codeTelemetry]}
+		p.Extents[int(g)] = Extents{Samples: e[codeSample], Counters: e[codeCounter], Telemetry: e[codeTelemetry],
+			ProcessSamples: e[codeProcessSample], Processes: e[codeProcess]}
 		for _, x := range e {
 			if x.N > 0 && (x.first < ref.minNS || x.last > ref.maxNS) {
 				return nil, 0, fmt.Errorf("row group %d: rows from %d to %d ns outside its time statistics", ref.index,
@@ -386,9 +401,15 @@ func (s *Stream) decode(fc *fileCols, i int) (*Part, int64, error) {
 
 // Merge puts a stream's parts back in time order. Add each part's series in turn; Release returns, per GPU, the
 // rows before a time, sorted, and keeps the rest. Rows of equal time keep their order in the files, as a whole
-// read's sort keeps them, so released rows are exactly those a whole read would hold, in the same order.
+// read's sort keeps them, so released rows are exactly those a whole read would hold, in the same order: power
+// samples, counter readings, telemetry, process samples and processes alike.
 type Merge struct {
 	pending map[int][]*Series // per GPU, sorted runs in file order
+}
+
+// rows is how many rows of every kind s holds.
+func rows(s *Series) int {
+	return len(s.Samples) + len(s.Counters) + len(s.Telemetry) + len(s.ProcessSamples) + len(s.Processes)
 }
 
 // Add queues a part's rows.
@@ -397,7 +418,7 @@ func (m *Merge) Add(t *Trace) {
 		m.pending = map[int][]*Series{}
 	}
 	for g, s := range t.GPUs {
-		if len(s.Samples)+len(s.Counters)+len(s.Telemetry) > 0 {
+		if rows(s) > 0 {
 			m.pending[g] = append(m.pending[g], s)
 		}
 	}
@@ -410,12 +431,16 @@ func (m *Merge) Release(t time.Time) map[int]*Series {
 		var ss [][]PowerSample
 		var cs [][]CounterReading
 		var ts [][]Telemetry
+		var ps [][]ProcessSample
+		var qs [][]Process
 		keep := runs[:0]
 		for _, r := range runs {
 			r.Samples = splitBefore(r.Samples, t, func(x PowerSample) time.Time { return x.Time }, &ss)
 			r.Counters = splitBefore(r.Counters, t, func(x CounterReading) time.Time { return x.Time }, &cs)
 			r.Telemetry = splitBefore(r.Telemetry, t, func(x Telemetry) time.Time { return x.Time }, &ts)
-			if len(r.Samples)+len(r.Counters)+len(r.Telemetry) > 0 {
+			r.ProcessSamples = splitBefore(r.ProcessSamples, t, func(x ProcessSample) time.Time { return x.Time }, &ps)
+			r.Processes = splitBefore(r.Processes, t, func(x Process) time.Time { return x.Time }, &qs)
+			if rows(r) > 0 {
 				keep = append(keep, r)
 			}
 		}
@@ -426,11 +451,13 @@ func (m *Merge) Release(t time.Time) map[int]*Series {
 			m.pending[g] = keep
 		}
 		s := &Series{
-			Samples:   mergeRuns(ss, func(x PowerSample) time.Time { return x.Time }),
-			Counters:  mergeRuns(cs, func(x CounterReading) time.Time { return x.Time }),
-			Telemetry: mergeRuns(ts, func(x Telemetry) time.Time { return x.Time }),
+			Samples:        mergeRuns(ss, func(x PowerSample) time.Time { return x.Time }),
+			Counters:       mergeRuns(cs, func(x CounterReading) time.Time { return x.Time }),
+			Telemetry:      mergeRuns(ts, func(x Telemetry) time.Time { return x.Time }),
+			ProcessSamples: mergeRuns(ps, func(x ProcessSample) time.Time { return x.Time }),
+			Processes:      mergeRuns(qs, func(x Process) time.Time { return x.Time }),
 		}
-		if len(s.Samples)+len(s.Counters)+len(s.Telemetry) > 0 {
+		if rows(s) > 0 {
 			out[g] = s
 		}
 	}

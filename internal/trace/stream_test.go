@@ -2,9 +2,11 @@ package trace
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -32,19 +34,20 @@ func streamAll(t *testing.T, kinds Kinds, paths ...string) (*Trace, map[int]Exte
 		out.Events = append(out.Events, p.Trace.Events...)
 		for g, e := range p.Extents {
 			x := ext[g]
-			x.Samples.Merge(e.Samples)
-			x.Counters.Merge(e.Counters)
-			x.Telemetry.Merge(e.Telemetry)
+			x.Merge(e)
 			ext[g] = x
 		}
 		for g, r := range m.Release(p.Complete) {
 			for _, x := range r.Samples {
 				require.False(t, x.Time.Before(released), "sample at %s released after %s", x.Time, released)
 			}
-			dst := out.Series(g)
-			dst.Samples = append(dst.Samples, r.Samples...)
-			dst.Counters = append(dst.Counters, r.Counters...)
-			dst.Telemetry = append(dst.Telemetry, r.Telemetry...)
+			for _, x := range r.ProcessSamples {
+				require.False(t, x.Time.Before(released), "process sample at %s released after %s", x.Time, released)
+			}
+			for _, x := range r.Processes {
+				require.False(t, x.Time.Before(released), "process at %s released after %s", x.Time, released)
+			}
+			appendSeries(out.Series(g), r)
 		}
 		released = p.Complete
 		return nil
@@ -53,8 +56,20 @@ func streamAll(t *testing.T, kinds Kinds, paths ...string) (*Trace, map[int]Exte
 	return out, ext, parts
 }
 
+// appendSeries appends every row of src to dst.
+func appendSeries(dst, src *Series) {
+	dst.Samples = append(dst.Samples, src.Samples...)
+	dst.Counters = append(dst.Counters, src.Counters...)
+	dst.Telemetry = append(dst.Telemetry, src.Telemetry...)
+	dst.ProcessSamples = append(dst.ProcessSamples, src.ProcessSamples...)
+	dst.Processes = append(dst.Processes, src.Processes...)
+}
+
 // shuffledFile writes rows the way a recorder does: GPUs interleaved, samples delivered in batches up to a second
-// after the counter reads and telemetry of the same time, with equal timestamps across kinds and GPUs.
+// after the counter reads and telemetry of the same time, with equal timestamps across kinds and GPUs. Each GPU has
+// a process throughout and GPU 0 a second one from 300 s to 700 s: their utilization samples, stamped by the driver
+// 700 ms before the poll that delivers them (both processes at the same stamp, written in an order that alternates
+// each second), and the poll's list of processes at the time of a counter reading.
 func shuffledFile(t *testing.T, dir, name string, t0 time.Time, seconds int) string {
 	p := filepath.Join(dir, name)
 	w, err := Create(p, meta.Environment{Host: meta.Host{Hostname: "h"}})
@@ -76,6 +91,22 @@ func shuffledFile(t *testing.T, dir, name string, t0 time.Time, seconds int) str
 					PowerW: float64(100 + rng.IntN(400))})
 			}
 			require.NoError(t, w.WriteSamples(g, ss))
+			pids := []uint32{uint32(1000 + g)}
+			if g == 0 && base.Sub(t0) >= 300*time.Second && base.Sub(t0) < 700*time.Second {
+				pids = append(pids, 2000)
+				if sec%2 == 1 {
+					pids[0], pids[1] = pids[1], pids[0]
+				}
+			}
+			var ps []ProcessSample
+			var procs []Process
+			for _, pid := range pids {
+				ps = append(ps, ProcessSample{Time: base.Add(-700 * time.Millisecond), PID: pid, SM: float64(rng.IntN(101)) / 100})
+				procs = append(procs, Process{Time: base, PID: pid, MemoryBytes: uint64(pid) << 20, GPUInstance: NoInstance,
+					ComputeInstance: NoInstance, Identity: ProcessIdentity{Command: fmt.Sprint("p", pid), ContainerID: containerID}})
+			}
+			require.NoError(t, w.WriteProcessSamples(g, ps))
+			require.NoError(t, w.WriteProcesses(g, procs))
 		}
 		if sec%7 == 0 {
 			require.NoError(t, w.WriteEvent(Event{Time: t0.Add(time.Duration(sec) * time.Second), GPU: NoGPU, Type: EventMark,
@@ -106,6 +137,15 @@ func sameSeries(t *testing.T, want, got *Trace) {
 			require.True(t, w.Telemetry[i].Time.Equal(s.Telemetry[i].Time) && same(w.Telemetry[i].TemperatureC, s.Telemetry[i].TemperatureC),
 				"GPU %d telemetry %d", g, i)
 		}
+		// Process rows are compared whole, row for row (rows of equal time in their order in the files).
+		require.Equal(t, len(w.ProcessSamples), len(s.ProcessSamples), "GPU %d process samples", g)
+		require.Equal(t, len(w.Processes), len(s.Processes), "GPU %d processes", g)
+		for i := range w.ProcessSamples {
+			require.Equal(t, w.ProcessSamples[i], s.ProcessSamples[i], "GPU %d process sample %d", g, i)
+		}
+		for i := range w.Processes {
+			require.Equal(t, w.Processes[i], s.Processes[i], "GPU %d process %d", g, i)
+		}
 	}
 }
 
@@ -130,10 +170,7 @@ func TestStreamMatchesWholeRead(t *testing.T) {
 				w, err := ReadFile(p)
 				require.NoError(t, err)
 				for g, s := range w.GPUs {
-					d := want.Series(g)
-					d.Samples = append(d.Samples, s.Samples...)
-					d.Counters = append(d.Counters, s.Counters...)
-					d.Telemetry = append(d.Telemetry, s.Telemetry...)
+					appendSeries(want.Series(g), s)
 				}
 				want.Events = append(want.Events, w.Events...)
 			}
@@ -153,9 +190,28 @@ func TestStreamMatchesWholeRead(t *testing.T) {
 				if len(s.Samples) > 0 {
 					assert.True(t, s.Samples[0].Time.Equal(e.Samples.First()) && s.Samples[len(s.Samples)-1].Time.Equal(e.Samples.Last()))
 				}
+				assert.Equal(t, len(s.ProcessSamples), e.ProcessSamples.N)
+				assert.Equal(t, len(s.Processes), e.Processes.N)
+				if n := len(s.ProcessSamples); n > 0 {
+					assert.True(t, s.ProcessSamples[0].Time.Equal(e.ProcessSamples.First()) && s.ProcessSamples[n-1].Time.Equal(e.ProcessSamples.Last()))
+				}
+				if n := len(s.Processes); n > 0 {
+					assert.True(t, s.Processes[0].Time.Equal(e.Processes.First()) && s.Processes[n-1].Time.Equal(e.Processes.Last()))
+				}
 			}
 			if name == "one file" {
 				assert.Equal(t, 4, parts)
+				// One process a second on each GPU, two on GPU 0 for 400 s.
+				for g, n := range []int{1400, 1000, 1000} {
+					assert.Len(t, got.GPUs[g].ProcessSamples, n, "GPU %d", g)
+					assert.Len(t, got.GPUs[g].Processes, n, "GPU %d", g)
+				}
+				// At equal stamps the rows keep their order in the file, which alternates between the two PIDs.
+				ps := got.GPUs[0].ProcessSamples
+				i := slices.IndexFunc(ps, func(p ProcessSample) bool { return p.PID == 2000 })
+				require.Positive(t, i)
+				assert.Equal(t, []uint32{1000, 2000, 2000, 1000}, []uint32{ps[i-1].PID, ps[i].PID, ps[i+1].PID, ps[i+2].PID})
+				assert.True(t, ps[i-1].Time.Equal(ps[i].Time) && ps[i+1].Time.Equal(ps[i+2].Time))
 			}
 		})
 	}
@@ -172,8 +228,21 @@ func TestStreamKinds(t *testing.T) {
 		assert.Len(t, got.GPUs[g].Counters, 500)
 		assert.Equal(t, 2500, ext[g].Samples.N)
 		assert.Equal(t, 500, ext[g].Telemetry.N)
+		assert.Empty(t, got.GPUs[g].ProcessSamples)
+		assert.Empty(t, got.GPUs[g].Processes)
+		assert.Equal(t, 50, ext[g].ProcessSamples.N)
+		assert.Equal(t, 50, ext[g].Processes.N)
 	}
 	assert.Len(t, got.Events, 8)
+	// Process rows alone: a GPU with nothing else scanned still hands them over.
+	got, _, _ = streamAll(t, RowProcesses, p)
+	for g := range 3 {
+		require.NotNil(t, got.GPUs[g])
+		assert.Empty(t, got.GPUs[g].Counters)
+		assert.Len(t, got.GPUs[g].ProcessSamples, 50)
+		assert.Len(t, got.GPUs[g].Processes, 50)
+		assert.Equal(t, uint32(1000+g), got.GPUs[g].Processes[49].PID)
+	}
 }
 
 // A row group whose time statistics do not hold its rows is refused: the stream's order rests on them.
