@@ -93,6 +93,15 @@ type gpuFacts struct {
 // streamRuns accounts the runs of a trace read in windows. name is the trace's path for the reports (the final
 // file's, for segments).
 func streamRuns(ctx context.Context, paths []string, name string, detailed bool, plots bool) ([]Run, error) {
+	a, err := streamAccounted(ctx, paths, name, detailed, plots)
+	if err != nil {
+		return nil, err
+	}
+	return a.runs, nil
+}
+
+// streamAccounted is streamRuns with what its third pass kept.
+func streamAccounted(ctx context.Context, paths []string, name string, detailed bool, plots bool) (*streamAccount, error) {
 	t0 := time.Now()
 	s, err := trace.OpenStream(paths...)
 	if err != nil {
@@ -123,9 +132,7 @@ func streamRuns(ctx context.Context, paths []string, name string, detailed bool,
 				f = &gpuFacts{}
 				facts[g] = f
 			}
-			f.ext.Samples.Merge(e.Samples)
-			f.ext.Counters.Merge(e.Counters)
-			f.ext.Telemetry.Merge(e.Telemetry)
+			f.ext.Merge(e)
 		}
 		cmerge.Add(p.Trace)
 		count(cmerge.Release(p.Complete))
@@ -180,11 +187,12 @@ func streamRuns(ctx context.Context, paths []string, name string, detailed bool,
 	a := &streamAccount{facts: facts, events: events, spans: spans, name: name, detailed: detailed, plots: plots,
 		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}}
 	err = a.run(ctx, s)
-	slog.Debug("stream: runs accounted", "runs", len(spans), "took", time.Since(t2))
+	slog.Debug("stream: runs accounted", "runs", len(spans), "peak rows buffered", a.peakRows,
+		"of them process rows", a.peakProcessRows, "took", time.Since(t2))
 	if err != nil {
 		return nil, err
 	}
-	return a.runs, nil
+	return a, nil
 }
 
 var endOfTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
@@ -216,7 +224,7 @@ func commonEnd(facts map[int]*gpuFacts) time.Time {
 func common(facts map[int]*gpuFacts) (first, last time.Time) {
 	gs := make([]int, 0, len(facts))
 	for g, f := range facts {
-		if f.ext.Samples.N+f.ext.Counters.N+f.ext.Telemetry.N > 0 {
+		if f.ext.Rows() > 0 { // the GPUs a whole read has a series for
 			gs = append(gs, g)
 		}
 	}
@@ -264,6 +272,8 @@ type streamAccount struct {
 	complete time.Time // every row before it is in buf
 	pending  []int     // spans not yet accounted, by start
 	env      meta.Environment
+	// peakRows and peakProcessRows are the most rows, and process rows, the buffer held at once: the memory bound.
+	peakRows, peakProcessRows int
 }
 
 type job struct {
@@ -274,7 +284,7 @@ type job struct {
 func (a *streamAccount) run(ctx context.Context, s *trace.Stream) error {
 	a.env = s.Env()
 	for g, f := range a.facts {
-		if f.ext.Samples.N+f.ext.Counters.N+f.ext.Telemetry.N > 0 {
+		if f.ext.Rows() > 0 {
 			a.buf[g] = &trace.Series{}
 		}
 	}
@@ -325,11 +335,14 @@ func (a *streamAccount) take(rel map[int]*trace.Series) {
 		b.Samples = append(b.Samples, r.Samples...)
 		b.Counters = append(b.Counters, r.Counters...)
 		b.Telemetry = append(b.Telemetry, r.Telemetry...)
+		b.ProcessSamples = append(b.ProcessSamples, r.ProcessSamples...)
+		b.Processes = append(b.Processes, r.Processes...)
 	}
 }
 
-// more says whether GPU g has rows of a kind not yet buffered.
-func (a *streamAccount) more(g int) func(int) bool {
+// more says whether GPU g has rows of a kind not yet buffered that a window ending at end reads: process rows only
+// up to end+processMargin, the other kinds' at any time (a window reads up to their first row past its end).
+func (a *streamAccount) more(g int, end time.Time) func(int) bool {
 	f := a.facts[g]
 	return func(kind int) bool {
 		var e trace.Extent
@@ -338,6 +351,14 @@ func (a *streamAccount) more(g int) func(int) bool {
 			e = f.ext.Counters
 		case kindSamples:
 			e = f.ext.Samples
+		case kindProcessSamples, kindProcesses:
+			if a.complete.After(end.Add(processMargin)) {
+				return false
+			}
+			e = f.ext.ProcessSamples
+			if kind == kindProcesses {
+				e = f.ext.Processes
+			}
 		default:
 			e = f.ext.Telemetry
 		}
@@ -348,6 +369,12 @@ func (a *streamAccount) more(g int) func(int) bool {
 // dispatch hands every pending run whose window is complete to the workers, then drops the rows no pending run
 // needs.
 func (a *streamAccount) dispatch(jobs chan<- job) {
+	rows, procs := 0, 0
+	for _, b := range a.buf {
+		p := len(b.ProcessSamples) + len(b.Processes)
+		rows, procs = rows+len(b.Samples)+len(b.Counters)+len(b.Telemetry)+p, procs+p
+	}
+	a.peakRows, a.peakProcessRows = max(a.peakRows, rows), max(a.peakProcessRows, procs)
 	keep := a.pending[:0]
 	for _, i := range a.pending {
 		sp := a.spans[i]
@@ -369,7 +396,7 @@ func (a *streamAccount) window(sp Span, end time.Time) *trace.Trace {
 	}
 	w := &trace.Trace{Env: a.env, GPUs: make(map[int]*trace.Series, len(a.buf)), Events: runEvents(a.events, sp)}
 	for g, b := range a.buf {
-		x, ok := spanOf(b, sp.Start, end, a.facts[g].shifts, a.more(g))
+		x, ok := spanOf(b, sp.Start, end, a.facts[g].shifts, a.more(g, end))
 		if !ok {
 			return nil
 		}
@@ -393,6 +420,8 @@ func (a *streamAccount) trim() {
 		b.Samples = b.Samples[min(x.s0, len(b.Samples)):]
 		b.Counters = b.Counters[min(x.c0, len(b.Counters)):]
 		b.Telemetry = b.Telemetry[min(x.t0, len(b.Telemetry)):]
+		b.ProcessSamples = b.ProcessSamples[min(x.p0, len(b.ProcessSamples)):]
+		b.Processes = b.Processes[min(x.q0, len(b.Processes)):]
 	}
 }
 

@@ -41,6 +41,8 @@ func wholeRuns(t *trace.Trace, path string) []Run {
 type differ struct {
 	diffs    []string
 	energies int
+	// processEnergies counts the per-process and per-container energies among them.
+	processEnergies int
 }
 
 func (d *differ) cmp(path string, a, b reflect.Value) {
@@ -61,6 +63,9 @@ func (d *differ) cmp(path string, a, b reflect.Value) {
 		}
 		if strings.HasSuffix(path, "J") && !math.IsNaN(x) && x != 0 {
 			d.energies++
+			if strings.Contains(path, ".Processes.") {
+				d.processEnergies++
+			}
 		}
 		if !(math.Abs(x-y) <= 1e-9*max(math.Abs(x), math.Abs(y), 1)) {
 			d.diffs = append(d.diffs, fmt.Sprintf("%s: %.12g vs %.12g", path, x, y))
@@ -251,5 +256,217 @@ func TestRecordingDirectoryOfSegments(t *testing.T) {
 		assert.Equal(t, "run-0", runs[0].Manifest.RunID)
 		assert.Equal(t, "interrupted", runs[15].Manifest.Status)
 		assert.Equal(t, "rec.parquet", runs[3].Manifest.Files.Trace)
+	}
+}
+
+// Identities of the processes in processRecording.
+var (
+	serverID = strings.Repeat("5e", 32) // the inference server's container, a process on each GPU
+	sideID   = strings.Repeat("a7", 32) // a side container whose only listing comes 400 ms before run c starts
+)
+
+// processRecording is markedLLM with the processes of a GPU shared by several: on GPU 0 the inference server's
+// process (a container) from a second into the recording to its end, a benchmark on the host that appears in the
+// middle of run b and leaves a second after it, a side container's process listed once 400 ms before run c starts
+// (and never again) that keeps the GPU busy for 4 s in it, and a process listed once at start-up with no
+// utilization at all; on GPU 1 the server's second process (the same container) from a second into run a on. The
+// driver's samples come every second, the polls every 500 ms; each process is busy in proportion to the GPU's
+// power. Written as a recorder writes, in time order with a row group every 2 s: every run spans several.
+func processRecording(t *testing.T, dir string) string {
+	tr, err := trace.ReadFile(markedLLM(t, dir))
+	require.NoError(t, err)
+	first, last := tr.Span()
+	run := map[string]*[2]time.Time{} // start, end
+	for _, e := range tr.Events {
+		if run[e.RunID] == nil {
+			run[e.RunID] = &[2]time.Time{}
+		}
+		switch e.Type {
+		case trace.EventRunStart:
+			run[e.RunID][0] = e.Time
+		case trace.EventRunEnd:
+			run[e.RunID][1] = e.Time
+		}
+	}
+	require.Len(t, run, 4)
+	b, runC := run["b"], run["c"][0]
+	require.False(t, b[0].IsZero() || b[1].IsZero() || runC.IsZero())
+	busyAt := func(g int, at time.Time) float64 { // the GPU's power above 100 W, as a share of 500 W
+		s := tr.GPUs[g].Window(at.Add(-time.Second), at)
+		if len(s.Samples) == 0 {
+			return 0
+		}
+		return min(1, max(0, (s.Samples[len(s.Samples)-1].PowerW-100)/500))
+	}
+	type proc struct {
+		gpu      int
+		pid      uint32
+		id       trace.ProcessIdentity
+		from, to time.Time // listed every 500 ms in [from, to]; from == to: once
+		busy     [2]time.Time
+		share    float64 // of the GPU's busy share
+	}
+	server := trace.ProcessIdentity{Command: "python3", Runtime: "docker", ContainerID: serverID, ContainerName: "vllm-server"}
+	procs := []proc{
+		{0, 4100, server, first.Add(time.Second), last, [2]time.Time{first.Add(time.Second), last}, 0.8},
+		{0, 4200, trace.ProcessIdentity{Command: "bench"}, b[0].Add(2 * time.Second), b[1].Add(time.Second),
+			[2]time.Time{b[0].Add(2 * time.Second), b[1]}, 0.2},
+		{0, 4300, trace.ProcessIdentity{Command: "loader", Runtime: "docker", ContainerID: sideID, ContainerName: "side"},
+			runC.Add(-400 * time.Millisecond), runC.Add(-400 * time.Millisecond), [2]time.Time{runC, runC.Add(4 * time.Second)}, 0.5},
+		{0, 4400, trace.ProcessIdentity{Command: "probe"}, first.Add(500 * time.Millisecond), first.Add(500 * time.Millisecond), [2]time.Time{}, 0},
+		{1, 4500, server, run["a"][0].Add(time.Second), last, [2]time.Time{run["a"][0].Add(time.Second), last}, 1},
+	}
+	for _, p := range procs {
+		s := tr.GPUs[p.gpu]
+		for at := p.from.Truncate(500 * time.Millisecond).Add(120 * time.Millisecond); !at.After(p.to); at = at.Add(500 * time.Millisecond) {
+			if at.Before(p.from) {
+				continue
+			}
+			s.Processes = append(s.Processes, trace.Process{Time: at, PID: p.pid, MemoryBytes: uint64(p.pid) << 20,
+				GPUInstance: trace.NoInstance, ComputeInstance: trace.NoInstance, Identity: p.id})
+		}
+		if p.from.Equal(p.to) {
+			s.Processes = append(s.Processes, trace.Process{Time: p.from, PID: p.pid, GPUInstance: trace.NoInstance,
+				ComputeInstance: trace.NoInstance, Identity: p.id})
+		}
+		// Driver stamps at µs resolution, 370 ms into each second.
+		for at := p.busy[0].Truncate(time.Second).Add(370 * time.Millisecond); !p.busy[0].IsZero() && !at.After(p.busy[1]); at = at.Add(time.Second) {
+			if at.Before(p.busy[0]) {
+				continue
+			}
+			if b := p.share * busyAt(p.gpu, at); b > 0 {
+				s.ProcessSamples = append(s.ProcessSamples, trace.ProcessSample{Time: at, PID: p.pid, SM: b, Mem: b / 4})
+			}
+		}
+	}
+	for _, s := range tr.GPUs {
+		s.Sort()
+	}
+	path := filepath.Join(dir, "processes.parquet")
+	w, err := trace.Create(path, tr.Env)
+	require.NoError(t, err)
+	for a := first.Truncate(2 * time.Second); !a.After(last); a = a.Add(2 * time.Second) {
+		part := trace.New(tr.Env)
+		for g, s := range tr.GPUs {
+			*part.Series(g) = *s.Window(a, a.Add(2*time.Second-1))
+		}
+		for _, e := range tr.Events {
+			if !e.Time.Before(a) && e.Time.Before(a.Add(2*time.Second)) {
+				part.Events = append(part.Events, e)
+			}
+		}
+		require.NoError(t, w.WriteTrace(part))
+		require.NoError(t, w.Flush())
+	}
+	require.NoError(t, w.Close())
+	return path
+}
+
+// A recording of processes sharing GPUs, reported whole, on windows in memory and streamed: every number equal,
+// the per-process and per-container energies included — processes that were there before a run started, ones
+// that appear in it, one whose only listing comes before the run (its name and container still the run's), a
+// container with a process on each GPU.
+func TestStreamedReportProcesses(t *testing.T) {
+	dir := t.TempDir()
+	path := processRecording(t, dir)
+	s, err := trace.OpenStream(path)
+	require.NoError(t, err)
+	groups := 0
+	require.NoError(t, s.Scan(t.Context(), trace.RowEvents, func(trace.Part) error { groups++; return nil }))
+	s.Close()
+	require.Greater(t, groups, 30, "row groups of 2 s")
+	whole, err := trace.ReadFile(path)
+	require.NoError(t, err)
+	want := wholeRuns(whole, path)
+	require.Len(t, want, 4)
+
+	// What the recording was built to hold, per run: the PIDs on each GPU and the containers.
+	type split struct {
+		pids       map[int][]uint32
+		containers []string
+	}
+	expect := map[string]split{
+		"first": {map[int][]uint32{0: {4100, 4400}}, []string{"vllm-server"}},
+		"a":     {map[int][]uint32{0: {4100}, 1: {4500}}, []string{"vllm-server"}},
+		"b":     {map[int][]uint32{0: {4100, 4200}, 1: {4500}}, []string{"vllm-server"}},
+		"c":     {map[int][]uint32{0: {4100, 4300}, 1: {4500}}, []string{"vllm-server", "side"}},
+	}
+	for _, r := range want {
+		m := r.Manifest
+		e := expect[m.RunID]
+		require.NotNil(t, m.Processes, m.RunID)
+		got := map[int][]uint32{}
+		for _, g := range m.Processes.GPUs {
+			sum := float64(g.IdleJ + g.UnattributedJ)
+			for _, p := range g.Processes {
+				got[g.Index] = append(got[g.Index], p.PID)
+				sum += float64(p.EnergyJ)
+				if p.PID == 4300 {
+					assert.Equal(t, "side", p.ContainerName, "named by its one listing before the run")
+					assert.Positive(t, float64(p.EnergyJ))
+				}
+			}
+			assert.InDelta(t, float64(g.EnergyJ), sum, 1e-5, "%s GPU %d: the shares add up", m.RunID, g.Index)
+		}
+		assert.Equal(t, e.pids, got, m.RunID)
+		var names []string
+		for _, c := range m.Processes.Containers {
+			names = append(names, c.ContainerName)
+		}
+		assert.Equal(t, e.containers, names, m.RunID)
+	}
+
+	mem, err := fromTraceFile(path, true, LoadOptions{Stream: StreamNever})
+	require.NoError(t, err)
+	streamed, err := fromTraceFile(path, true, LoadOptions{Stream: StreamAlways})
+	require.NoError(t, err)
+	for name, got := range map[string][]Run{"in memory": mem, "streamed": streamed} {
+		var d differ
+		d.cmp("runs", reflect.ValueOf(want), reflect.ValueOf(got))
+		assert.Empty(t, d.diffs, "%s vs the whole trace", name)
+		assert.Greater(t, d.processEnergies, 20, name)
+	}
+}
+
+// A streamed report keeps only the process rows the runs in flight read: before a run's window is complete the
+// buffer holds at most the rows from its start, less the margin, to the row group (2 s) that completes it, a second
+// past its end — never the recording's. Without the drops it would hold them all by the last run.
+func TestStreamedReportDropsProcessRows(t *testing.T) {
+	path := processRecording(t, t.TempDir())
+	whole, err := trace.ReadFile(path)
+	require.NoError(t, err)
+	total, bound := 0, 0
+	for _, s := range whole.GPUs {
+		total += len(s.ProcessSamples) + len(s.Processes)
+	}
+	for _, sp := range Spans(whole, "processes") {
+		n := 0
+		from, to := sp.Start.Add(-time.Second), sp.End.Add(3*time.Second)
+		for _, s := range whole.GPUs {
+			for _, p := range s.ProcessSamples {
+				if !p.Time.Before(from) && !p.Time.After(to) {
+					n++
+				}
+			}
+			for _, p := range s.Processes {
+				if !p.Time.Before(from) && !p.Time.After(to) {
+					n++
+				}
+			}
+		}
+		bound = max(bound, n)
+	}
+	a, err := streamAccounted(t.Context(), []string{path}, path, false, false)
+	require.NoError(t, err)
+	t.Logf("process rows: %d in the recording, at most %d buffered (bound %d); %d rows of every kind", total,
+		a.peakProcessRows, bound, a.peakRows)
+	require.Len(t, a.runs, 4)
+	assert.NotNil(t, a.runs[3].Manifest.Processes)
+	assert.Positive(t, a.peakProcessRows)
+	assert.LessOrEqual(t, a.peakProcessRows, bound)
+	assert.Less(t, bound, total*2/3, "the bound tells dropping from keeping")
+	for g, b := range a.buf {
+		assert.Empty(t, b.ProcessSamples, "GPU %d", g)
+		assert.Empty(t, b.Processes, "GPU %d", g)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -16,6 +17,11 @@ import (
 // edgeMargin is how far around a run's edges its samples are read (edgePower looks one sample period out).
 const edgeMargin = energy.DefaultSamplePeriod
 
+// processMargin is how far around a run's edges its process rows are read: the split takes the processes listed
+// up to ProcessSlack around the run, and the utilization samples up to ProcessSamplePeriod after it (each reaches
+// back that far) and, to tell whether the driver gives any, before it.
+const processMargin = max(account.ProcessSlack, account.ProcessSamplePeriod)
+
 // shifts is how far a GPU's hybrids move its counter readings back (its lag, and the lag ± its uncertainty the
 // report's budget recomputes with), widened to include 0 (the counter and the samples at their own times).
 type shifts struct{ lo, hi time.Duration }
@@ -27,9 +33,9 @@ func shiftsOf(lag energy.LagEstimate, hybrid bool) shifts {
 	return shifts{lo: min(0, lag.Lag-lag.U), hi: max(0, lag.Lag+lag.U)}
 }
 
-// span is a window's bounds in a series: counters [c0, c1], samples [s0, s1], telemetry [t0, t1] (inclusive
-// indices; c1 < c0 when there are none).
-type span struct{ c0, c1, s0, s1, t0, t1 int }
+// span is a window's bounds in a series: counters [c0, c1], samples [s0, s1], telemetry [t0, t1], process
+// samples [p0, p1], processes [q0, q1] (inclusive indices; c1 < c0 when there are none).
+type span struct{ c0, c1, s0, s1, t0, t1, p0, p1, q0, q1 int }
 
 // changeAtOrBefore is the last reading at or before t that first showed its value (the hybrid takes each value at
 // the read that first showed it, so a window must begin at one), or 0.
@@ -61,10 +67,13 @@ func changeAfter(cs []trace.CounterReading, t time.Time) int {
 //   - samples from the last at or before the earliest time those readings reach (moved back by up to sh.hi) or
 //     start−edgeMargin, to the first at or after the latest (sh.lo) or end+edgeMargin;
 //   - telemetry from the last record at or before start to the first at or after end (throttling intervals that
-//     straddle the edges).
+//     straddle the edges);
+//   - process samples and processes from start−processMargin to end+processMargin, both included.
 //
 // complete says whether s holds all of it: false when the series may continue past its last row (a stream not yet
-// read to the end, before), and the window's end lies beyond what it holds.
+// read to the end, before), and the window's end lies beyond what it holds. more(kind) says whether rows of a kind
+// may still come; for process rows, ones at or before end+processMargin (a window of fixed times: no row after it
+// need come first, so a GPU whose processes are gone keeps nothing waiting).
 func spanOf(s *trace.Series, start, end time.Time, sh shifts, more func(kind int) bool) (sp span, complete bool) {
 	complete = true
 	cs := s.Counters
@@ -99,6 +108,14 @@ func spanOf(s *trace.Series, start, end time.Time, sh shifts, more func(kind int
 		complete = complete && !more(kindTelemetry)
 		sp.t1 = len(tel) - 1
 	}
+	from, to = start.Add(-processMargin), end.Add(processMargin)
+	ps := s.ProcessSamples
+	sp.p0 = sort.Search(len(ps), func(i int) bool { return !ps[i].Time.Before(from) })
+	sp.p1 = sort.Search(len(ps), func(i int) bool { return ps[i].Time.After(to) }) - 1
+	qs := s.Processes
+	sp.q0 = sort.Search(len(qs), func(i int) bool { return !qs[i].Time.Before(from) })
+	sp.q1 = sort.Search(len(qs), func(i int) bool { return qs[i].Time.After(to) }) - 1
+	complete = complete && !more(kindProcessSamples) && !more(kindProcesses)
 	return sp, complete
 }
 
@@ -107,14 +124,18 @@ const (
 	kindCounter = iota
 	kindSamples
 	kindTelemetry
+	kindProcessSamples
+	kindProcesses
 )
 
 // cut is s's part in sp: views of its slices, capped so that appending to s never writes into them.
 func cut(s *trace.Series, sp span) *trace.Series {
 	return &trace.Series{
-		Samples:   sub(s.Samples, sp.s0, sp.s1),
-		Counters:  sub(s.Counters, sp.c0, sp.c1),
-		Telemetry: sub(s.Telemetry, sp.t0, sp.t1),
+		Samples:        sub(s.Samples, sp.s0, sp.s1),
+		Counters:       sub(s.Counters, sp.c0, sp.c1),
+		Telemetry:      sub(s.Telemetry, sp.t0, sp.t1),
+		ProcessSamples: sub(s.ProcessSamples, sp.p0, sp.p1),
+		Processes:      sub(s.Processes, sp.q0, sp.q1),
 	}
 }
 
