@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,16 +20,52 @@ import (
 // complete Parquet files that ReadSegments and MergeSegments put together.
 const SegmentPrefix = ".seg-"
 
-// segmentGlob matches the segments of the trace named name in dir.
-func segmentGlob(dir, name string) string {
-	return filepath.Join(dir, SegmentPrefix+name+"-*.parquet")
+// Segments lists the closed segments of trace name in dir, in sequence order. Only ".seg-<name>-<digits>.parquet"
+// is one of name's: the segments of a recording "run-2" beside "run" are not "run"'s, and sequence numbers past
+// 999999 (a seventh digit) still sort after the six-digit ones.
+func Segments(dir, name string) ([]string, error) {
+	// Not a glob: a name may hold the glob's own characters ("exp[1]").
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("segments of %s: %w", filepath.Join(dir, name+".parquet"), err)
+	}
+	type seg struct {
+		path string
+		seq  uint64
+	}
+	var segs []seg
+	for _, e := range ents {
+		if seq, ok := segmentSeq(e.Name(), name); ok && e.Type().IsRegular() {
+			segs = append(segs, seg{filepath.Join(dir, e.Name()), seq})
+		}
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].seq < segs[j].seq })
+	out := make([]string, 0, len(segs))
+	for _, s := range segs {
+		out = append(out, s.path)
+	}
+	return out, nil
 }
 
-// Segments lists the closed segments of trace name in dir, in order.
-func Segments(dir, name string) ([]string, error) {
-	m, err := filepath.Glob(segmentGlob(dir, name))
-	sort.Strings(m) // sequence numbers are zero-padded
-	return m, err
+// segmentSeq is the sequence number of file base if it is a segment of trace name.
+func segmentSeq(base, name string) (uint64, bool) {
+	digits, ok := strings.CutPrefix(base, SegmentPrefix+name+"-")
+	if !ok {
+		return 0, false
+	}
+	if digits, ok = strings.CutSuffix(digits, ".parquet"); !ok || digits == "" || len(digits) > 18 {
+		return 0, false
+	}
+	for _, r := range digits {
+		if r < '0' || r > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseUint(digits, 10, 64)
+	return n, err == nil
 }
 
 // ReadSegments reads the closed segments of trace name in dir as one trace (nil, nil when there are none).
@@ -118,10 +155,8 @@ func newSegmentWriter(dir, name string, env meta.Environment, md map[string]stri
 	// Continue numbering after segments already there (a recording resumed after a crash appends).
 	seq := 0
 	if segs, _ := Segments(dir, name); len(segs) > 0 {
-		var n int
-		last := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(segs[len(segs)-1]), SegmentPrefix+name+"-"), ".parquet")
-		if _, err := fmt.Sscanf(last, "%d", &n); err == nil {
-			seq = n + 1
+		if n, ok := segmentSeq(filepath.Base(segs[len(segs)-1]), name); ok {
+			seq = int(n) + 1
 		}
 	}
 	return &segmentWriter{dir: dir, name: name, env: env, meta: md, flushEvery: flushEvery, seq: seq}, nil
