@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -68,19 +69,73 @@ func segmentSeq(base, name string) (uint64, bool) {
 	return n, err == nil
 }
 
-// ReadSegments reads the closed segments of trace name in dir as one trace (nil, nil when there are none).
-// Unreadable segments are skipped and reported in the error; the others are still returned.
-func ReadSegments(dir, name string) (*trace.Trace, error) {
+// UsableSegments is Segments without the segments that cannot be part of the recording, each named in the error:
+// a file that is not a complete trace (empty, truncated, corrupt footer) and a segment measured elsewhere (another
+// host or other GPUs than the first usable segment's: a file copied in beside it).
+func UsableSegments(dir, name string) ([]string, error) {
+	good, _, err := usableSegments(dir, name)
+	return good, err
+}
+
+func usableSegments(dir, name string) (good, bad []string, _ error) {
 	segs, err := Segments(dir, name)
 	if err != nil || len(segs) == 0 {
-		return nil, err
+		return nil, nil, err
+	}
+	var errs []error
+	var first meta.Environment
+	for _, p := range segs {
+		s, err := trace.OpenStream(p) // the footer and row groups' statistics only
+		if err != nil {
+			errs = append(errs, fmt.Errorf("segment skipped: %w", err))
+			bad = append(bad, p)
+			continue
+		}
+		env := s.Env()
+		s.Close()
+		if len(good) == 0 {
+			first = env
+		} else if why := otherPlace(first, env); why != "" {
+			errs = append(errs, fmt.Errorf("segment %s skipped: %s than %s", p, why, filepath.Base(good[0])))
+			bad = append(bad, p)
+			continue
+		}
+		good = append(good, p)
+	}
+	return good, bad, errors.Join(errs...)
+}
+
+// otherPlace says how env was measured elsewhere than first: another host, or other GPUs ("" if neither).
+func otherPlace(first, env meta.Environment) string {
+	if first.Host.Hostname != env.Host.Hostname {
+		return fmt.Sprintf("recorded on host %q, not %q as", env.Host.Hostname, first.Host.Hostname)
+	}
+	gpus := func(e meta.Environment) string {
+		var b strings.Builder
+		for _, d := range e.Devices {
+			fmt.Fprintf(&b, "%d=%s ", d.Index, d.UUID)
+		}
+		return strings.TrimSpace(b.String())
+	}
+	if gpus(first) != gpus(env) {
+		return fmt.Sprintf("recorded with GPUs [%s], not [%s] as", gpus(env), gpus(first))
+	}
+	return ""
+}
+
+// ReadSegments reads the usable closed segments of trace name in dir as one trace (nil, nil when there are none).
+// Segments that cannot be used or read are skipped and named in the error; the others are still returned.
+func ReadSegments(dir, name string) (*trace.Trace, error) {
+	segs, uerr := UsableSegments(dir, name)
+	if len(segs) == 0 {
+		return nil, uerr
 	}
 	var all *trace.Trace
-	var errs []error
+	errs := []error{uerr}
 	for _, p := range segs {
 		t, err := trace.ReadFile(p)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("segment skipped: %w", err))
 			continue
 		}
 		if all == nil {
@@ -107,7 +162,8 @@ func ReadSegments(dir, name string) (*trace.Trace, error) {
 
 // MergeSegments joins the closed segments of trace name in dir into dir/name.parquet and deletes them. When the
 // final file already exists (a crash between writing it and deleting the segments), the segments are only
-// deleted. Unreadable segments are kept aside as ".bad".
+// deleted. Segments that cannot be used (unreadable, or measured elsewhere) are kept aside as ".bad", never
+// deleted.
 func MergeSegments(dir, name string) error {
 	segs, err := Segments(dir, name)
 	if err != nil || len(segs) == 0 {
@@ -117,8 +173,9 @@ func MergeSegments(dir, name string) error {
 	if _, err := trace.ReadFile(final); err != nil {
 		all, rerr := ReadSegments(dir, name)
 		if rerr != nil {
+			_, bad, _ := usableSegments(dir, name)
 			for _, p := range segs {
-				if _, err := trace.ReadFile(p); err != nil {
+				if _, err := trace.ReadFile(p); err != nil || slices.Contains(bad, p) {
 					os.Rename(p, p+".bad")
 				}
 			}

@@ -88,3 +88,26 @@ func TestSegmentsOfANameWithGlobCharacters(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, paths, got)
 }
+
+// A segment of another host copied in beside a recording's (same name, next sequence number) is neither merged
+// into it nor deleted: it is kept aside as ".bad", and the merged trace holds the recording's own rows.
+func TestMergeKeepsAForeignSegmentAside(t *testing.T) {
+	dir := t.TempDir()
+	src, paths := segmentsOf(t, dir, "rec", 0, 1, 2)
+	foreign, err := trace.ReadFile(paths[2])
+	require.NoError(t, err)
+	foreign.Env.Host.Hostname = "elsewhere"
+	alien := filepath.Join(dir, recorder.SegmentPrefix+"rec-000003.parquet")
+	require.NoError(t, trace.WriteFile(alien, foreign))
+
+	_, err = recorder.ReadSegments(dir, "rec")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), filepath.Base(alien))
+	assert.Contains(t, err.Error(), `host "elsewhere"`)
+
+	require.NoError(t, recorder.MergeSegments(dir, "rec"))
+	merged, err := trace.ReadFile(filepath.Join(dir, "rec.parquet"))
+	require.NoError(t, err)
+	assert.Equal(t, samples(src), samples(merged), "the recording's own samples, once")
+	assert.FileExists(t, alien+".bad")
+}
