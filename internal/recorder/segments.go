@@ -1,6 +1,7 @@
 package recorder
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -70,8 +71,9 @@ func segmentSeq(base, name string) (uint64, bool) {
 }
 
 // UsableSegments is Segments without the segments that cannot be part of the recording, each named in the error:
-// a file that is not a complete trace (empty, truncated, corrupt footer) and a segment measured elsewhere (another
-// host or other GPUs than the first usable segment's: a file copied in beside it).
+// a file that is not a complete trace (empty, truncated, corrupt footer), a byte-for-byte copy of an earlier
+// segment, and a segment measured elsewhere (another host or other GPUs than the first usable segment's: a file
+// copied in beside it).
 func UsableSegments(dir, name string) ([]string, error) {
 	good, _, err := usableSegments(dir, name)
 	return good, err
@@ -93,6 +95,11 @@ func usableSegments(dir, name string) (good, bad []string, _ error) {
 		}
 		env := s.Env()
 		s.Close()
+		if dup := copyOf(p, good); dup != "" {
+			errs = append(errs, fmt.Errorf("segment %s skipped: a copy of %s", p, filepath.Base(dup)))
+			bad = append(bad, p)
+			continue
+		}
 		if len(good) == 0 {
 			first = env
 		} else if why := otherPlace(first, env); why != "" {
@@ -103,6 +110,30 @@ func usableSegments(dir, name string) (good, bad []string, _ error) {
 		good = append(good, p)
 	}
 	return good, bad, errors.Join(errs...)
+}
+
+// copyOf is the segment among segs whose bytes p repeats ("" if none): a segment copied under another number
+// would count its rows twice. Only files of equal size are read.
+func copyOf(p string, segs []string) string {
+	st, err := os.Stat(p)
+	if err != nil {
+		return ""
+	}
+	var mine []byte
+	for _, q := range segs {
+		if qs, err := os.Stat(q); err != nil || qs.Size() != st.Size() {
+			continue
+		}
+		if mine == nil {
+			if mine, err = os.ReadFile(p); err != nil {
+				return ""
+			}
+		}
+		if theirs, err := os.ReadFile(q); err == nil && bytes.Equal(mine, theirs) {
+			return q
+		}
+	}
+	return ""
 }
 
 // otherPlace says how env was measured elsewhere than first: another host, or other GPUs ("" if neither).
