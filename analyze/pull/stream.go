@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -81,6 +82,9 @@ func (m memorySink) Telemetry(g int, ts []trace.Telemetry) error {
 type Stats struct {
 	Samples, Counters, Telemetry int64
 	Queries                      int
+	// SkippedSamples and SkippedCounters are values no trace can hold, left out: power that is NaN or infinite,
+	// counter values that are NaN, infinite or negative (a broken exporter, a relabelled or restored series).
+	SkippedSamples, SkippedCounters int64
 }
 
 // Devices lists the GPUs whose power or energy series the instance has in [from, to], for the trace's environment
@@ -220,6 +224,10 @@ func (c *Client) Stream(ctx context.Context, instance string, from, to time.Time
 		progress.update(ch.to, st.Samples)
 	}
 	progress.done(st.Samples)
+	if st.SkippedSamples+st.SkippedCounters > 0 {
+		c.opts.Log.Warn("values no trace can hold left out", "instance", instance,
+			"power_samples", st.SkippedSamples, "counter_readings", st.SkippedCounters)
+	}
 	return st, nil
 }
 
@@ -265,9 +273,14 @@ func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, 
 	power, energy := preferStream(ch.parts[0].streams), preferStream(ch.parts[1].streams)
 	for _, s := range power {
 		vs := fresh(s, last)
-		ss := make([]trace.PowerSample, len(vs))
-		for i, p := range vs {
-			ss[i] = trace.PowerSample{Time: p.Timestamp.Time(), PowerW: float64(p.Value)}
+		ss := make([]trace.PowerSample, 0, len(vs))
+		for _, p := range vs {
+			// No trace holds a power that is not finite (the reader refuses the file): leave it out, counted.
+			if v := float64(p.Value); math.IsNaN(v) || math.IsInf(v, 0) {
+				st.SkippedSamples++
+				continue
+			}
+			ss = append(ss, trace.PowerSample{Time: p.Timestamp.Time(), PowerW: float64(p.Value)})
 		}
 		if err := sink.Samples(gpuLabel(s.Metric), ss); err != nil {
 			return err
@@ -276,13 +289,19 @@ func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, 
 	}
 	for _, s := range energy {
 		vs := fresh(s, last)
-		cs := make([]trace.CounterReading, len(vs))
-		for i, p := range vs {
+		cs := make([]trace.CounterReading, 0, len(vs))
+		for _, p := range vs {
 			mj := float64(p.Value) * 1000 // lem: joules
 			if c.opts.DCGM {
 				mj = float64(p.Value) // dcgm: millijoules
 			}
-			cs[i] = trace.CounterReading{Time: p.Timestamp.Time(), EnergyMJ: uint64(mj + 0.5)}
+			// A counter is a count from zero: NaN, infinite or negative values (or beyond what 64 bits hold)
+			// would convert to readings near 2^63 mJ.
+			if !(mj >= 0 && mj < math.MaxUint64/2) {
+				st.SkippedCounters++
+				continue
+			}
+			cs = append(cs, trace.CounterReading{Time: p.Timestamp.Time(), EnergyMJ: uint64(mj + 0.5)})
 		}
 		if err := sink.Counters(gpuLabel(s.Metric), cs); err != nil {
 			return err

@@ -92,15 +92,17 @@ func spansOf(events []trace.Event, last, commonFirst, commonLast time.Time, name
 // Traces too large for memory are streamed (stream.go).
 func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) {
 	paths := []string{path}
+	var skipped error // segments that cannot be used: named, the others still read
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		segs, serr := recorder.Segments(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".parquet"))
-		if serr != nil || len(segs) == 0 {
-			return nil, err
+		segs, serr := recorder.UsableSegments(filepath.Dir(path), strings.TrimSuffix(filepath.Base(path), ".parquet"))
+		if len(segs) == 0 {
+			return nil, errors.Join(err, serr)
 		}
-		paths = segs
+		paths, skipped = segs, serr
 	}
 	if opts.stream(paths) {
-		return streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
+		runs, err := streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
+		return runs, errors.Join(skipped, err)
 	}
 	t0 := time.Now()
 	t, err := trace.ReadFile(path)

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/lem-energy/lem/analyze/pull"
+	"github.com/lem-energy/lem/internal/cli"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -37,6 +38,12 @@ type pullCmd struct {
 	Out        string        `short:"o" default:"pulled" env:"LEM_PULL_DIR" help:"Directory for the pulled traces."`
 }
 
+// Bounds of --chunk and --workers.
+const (
+	maxChunks  = 1_000_000
+	maxWorkers = 64
+)
+
 func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	to := c.To
 	if to.IsZero() {
@@ -49,8 +56,18 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if !to.After(from) {
 		return fmt.Errorf("--from %s is not before --to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
 	}
-	if c.Chunk <= 0 || c.Workers <= 0 {
-		return fmt.Errorf("--chunk %s and --workers %d must be positive", c.Chunk, c.Workers)
+	// A chunk is one range query per series: under a second Prometheus (milliseconds) returns next to nothing per
+	// query, and the chunks of the window are listed before the first query.
+	if c.Chunk < time.Second {
+		return fmt.Errorf("--chunk %s: want at least 1s%w", c.Chunk, cli.Usage)
+	}
+	if n := to.Sub(from) / c.Chunk; n > maxChunks {
+		return fmt.Errorf("--chunk %s: the window of %s would be %d chunks (at most %d): a longer chunk%w", c.Chunk,
+			to.Sub(from), n, maxChunks, cli.Usage)
+	}
+	// Each worker holds a chunk in memory and a query on the server.
+	if c.Workers < 1 || c.Workers > maxWorkers {
+		return fmt.Errorf("--workers %d: want 1 to %d%w", c.Workers, maxWorkers, cli.Usage)
 	}
 	// A pull holds a few chunks at a time and makes garbage of each: collect as usual, not as the batch
 	// analyses do (main's 400), so its memory stays a few chunks' (GOGC still overrides).
@@ -116,6 +133,10 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if n, ok := names[r.RunID+"\x00"+r.Instance]; ok {
 			name = n
 		}
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("interrupted before run %s: %w", r.RunID, ctx.Err()))
+			break // interrupted: the runs pulled are complete files, the rest are not started
+		}
 		if err := c.write(ctx, cl, name, r.Instance, r.Start.Add(-5*time.Second), r.End.Add(5*time.Second), &r); err != nil {
 			log.Error("run not pulled", "run_id", r.RunID, "err", err)
 			errs = append(errs, fmt.Errorf("run %s: %w", r.RunID, err))
@@ -165,6 +186,10 @@ func (c *pullCmd) write(ctx context.Context, cl *pull.Client, name, instance str
 	fmt.Printf("%s: %d GPUs, %d power samples, %d counter readings, %d telemetry snapshots (%d queries, %s, %.0f samples/s)\n",
 		p, len(devs), st.Samples, st.Counters, st.Telemetry, st.Queries, took.Round(time.Millisecond),
 		float64(st.Samples)/max(took.Seconds(), 1e-3))
+	if st.SkippedSamples+st.SkippedCounters > 0 {
+		fmt.Printf("%s: left out %d power samples and %d counter readings that no trace can hold (NaN, infinite, negative counters)\n",
+			p, st.SkippedSamples, st.SkippedCounters)
+	}
 	return nil
 }
 

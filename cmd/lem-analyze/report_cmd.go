@@ -25,8 +25,14 @@ type reportCmd struct {
 	// Calibration corrects energies to an external meter's scale (lem-analyze calibrate).
 	Calibration string `type:"existingfile" help:"Calibration file (lem-analyze calibrate): energies of the boards it holds corrected to the meter's scale, their gain uncertainty the fit's."`
 	Stream      string `default:"auto" enum:"auto,always,never" help:"Read lem traces in windows, a row group at a time, memory bounded by the longest run (${enum}); auto: traces too large to read whole within --memory-limit."`
-	MemoryMiB   int64  `name:"memory-limit" default:"1024" help:"Memory (MiB) the report aims to stay within: traces whose rows would take more than half of it are streamed, and the garbage collector works harder from three quarters of it (GOMEMLIMIT overrides)."`
+	MemoryMiB   int64  `name:"memory-limit" default:"1024" help:"Memory (MiB, 64 to 16777216; 0: the default) the report aims to stay within: traces whose rows would take more than half of it are streamed, and the garbage collector works harder from three quarters of it (GOMEMLIMIT overrides)."`
 }
+
+// The --memory-limit a report accepts (MiB).
+const (
+	minMemoryMiB = 64
+	maxMemoryMiB = 16 << 20
+)
 
 func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	slog.SetDefault(log)
@@ -37,11 +43,13 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 			return fmt.Errorf("--calibration: %v%w", err, cli.Usage)
 		}
 	}
-	if c.MemoryMiB < 0 {
-		return fmt.Errorf("--memory-limit %d: must be positive (MiB)", c.MemoryMiB)
-	}
+	// Below 64 MiB the collector runs without pause (a report of one run takes 40 MiB); beyond 16 TiB the limit in
+	// bytes would overflow (2^44 MiB is 0 bytes: the collector would never stop).
 	if c.MemoryMiB == 0 {
 		c.MemoryMiB = report.DefaultMemoryLimit >> 20
+	}
+	if c.MemoryMiB < minMemoryMiB || c.MemoryMiB > maxMemoryMiB {
+		return fmt.Errorf("--memory-limit %d: want %d to %d (MiB)%w", c.MemoryMiB, minMemoryMiB, maxMemoryMiB, cli.Usage)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
 		// The collector's soft limit a quarter below: it lets garbage grow (GOGC 400) up to there, and what is

@@ -1,11 +1,14 @@
 package recorder
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,31 +22,151 @@ import (
 // complete Parquet files that ReadSegments and MergeSegments put together.
 const SegmentPrefix = ".seg-"
 
-// segmentGlob matches the segments of the trace named name in dir.
-func segmentGlob(dir, name string) string {
-	return filepath.Join(dir, SegmentPrefix+name+"-*.parquet")
-}
-
-// Segments lists the closed segments of trace name in dir, in order.
+// Segments lists the closed segments of trace name in dir, in sequence order. Only ".seg-<name>-<digits>.parquet"
+// is one of name's: the segments of a recording "run-2" beside "run" are not "run"'s, and sequence numbers past
+// 999999 (a seventh digit) still sort after the six-digit ones.
 func Segments(dir, name string) ([]string, error) {
-	m, err := filepath.Glob(segmentGlob(dir, name))
-	sort.Strings(m) // sequence numbers are zero-padded
-	return m, err
+	// Not a glob: a name may hold the glob's own characters ("exp[1]").
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("segments of %s: %w", filepath.Join(dir, name+".parquet"), err)
+	}
+	type seg struct {
+		path string
+		seq  uint64
+	}
+	var segs []seg
+	for _, e := range ents {
+		if seq, ok := segmentSeq(e.Name(), name); ok && e.Type().IsRegular() {
+			segs = append(segs, seg{filepath.Join(dir, e.Name()), seq})
+		}
+	}
+	sort.Slice(segs, func(i, j int) bool { return segs[i].seq < segs[j].seq })
+	out := make([]string, 0, len(segs))
+	for _, s := range segs {
+		out = append(out, s.path)
+	}
+	return out, nil
 }
 
-// ReadSegments reads the closed segments of trace name in dir as one trace (nil, nil when there are none).
-// Unreadable segments are skipped and reported in the error; the others are still returned.
-func ReadSegments(dir, name string) (*trace.Trace, error) {
+// segmentSeq is the sequence number of file base if it is a segment of trace name.
+func segmentSeq(base, name string) (uint64, bool) {
+	digits, ok := strings.CutPrefix(base, SegmentPrefix+name+"-")
+	if !ok {
+		return 0, false
+	}
+	if digits, ok = strings.CutSuffix(digits, ".parquet"); !ok || digits == "" || len(digits) > 18 {
+		return 0, false
+	}
+	for _, r := range digits {
+		if r < '0' || r > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseUint(digits, 10, 64)
+	return n, err == nil
+}
+
+// UsableSegments is Segments without the segments that cannot be part of the recording, each named in the error:
+// a file that is not a complete trace (empty, truncated, corrupt footer), a byte-for-byte copy of an earlier
+// segment, and a segment measured elsewhere (another host or other GPUs than the first usable segment's: a file
+// copied in beside it).
+func UsableSegments(dir, name string) ([]string, error) {
+	good, _, err := usableSegments(dir, name)
+	return good, err
+}
+
+func usableSegments(dir, name string) (good, bad []string, _ error) {
 	segs, err := Segments(dir, name)
 	if err != nil || len(segs) == 0 {
-		return nil, err
+		return nil, nil, err
+	}
+	var errs []error
+	var first meta.Environment
+	for _, p := range segs {
+		s, err := trace.OpenStream(p) // the footer and row groups' statistics only
+		if err != nil {
+			errs = append(errs, fmt.Errorf("segment skipped: %w", err))
+			bad = append(bad, p)
+			continue
+		}
+		env := s.Env()
+		s.Close()
+		if dup := copyOf(p, good); dup != "" {
+			errs = append(errs, fmt.Errorf("segment %s skipped: a copy of %s", p, filepath.Base(dup)))
+			bad = append(bad, p)
+			continue
+		}
+		if len(good) == 0 {
+			first = env
+		} else if why := otherPlace(first, env); why != "" {
+			errs = append(errs, fmt.Errorf("segment %s skipped: %s than %s", p, why, filepath.Base(good[0])))
+			bad = append(bad, p)
+			continue
+		}
+		good = append(good, p)
+	}
+	return good, bad, errors.Join(errs...)
+}
+
+// copyOf is the segment among segs whose bytes p repeats ("" if none): a segment copied under another number
+// would count its rows twice. Only files of equal size are read.
+func copyOf(p string, segs []string) string {
+	st, err := os.Stat(p)
+	if err != nil {
+		return ""
+	}
+	var mine []byte
+	for _, q := range segs {
+		if qs, err := os.Stat(q); err != nil || qs.Size() != st.Size() {
+			continue
+		}
+		if mine == nil {
+			if mine, err = os.ReadFile(p); err != nil {
+				return ""
+			}
+		}
+		if theirs, err := os.ReadFile(q); err == nil && bytes.Equal(mine, theirs) {
+			return q
+		}
+	}
+	return ""
+}
+
+// otherPlace says how env was measured elsewhere than first: another host, or other GPUs ("" if neither).
+func otherPlace(first, env meta.Environment) string {
+	if first.Host.Hostname != env.Host.Hostname {
+		return fmt.Sprintf("recorded on host %q, not %q as", env.Host.Hostname, first.Host.Hostname)
+	}
+	gpus := func(e meta.Environment) string {
+		var b strings.Builder
+		for _, d := range e.Devices {
+			fmt.Fprintf(&b, "%d=%s ", d.Index, d.UUID)
+		}
+		return strings.TrimSpace(b.String())
+	}
+	if gpus(first) != gpus(env) {
+		return fmt.Sprintf("recorded with GPUs [%s], not [%s] as", gpus(env), gpus(first))
+	}
+	return ""
+}
+
+// ReadSegments reads the usable closed segments of trace name in dir as one trace (nil, nil when there are none).
+// Segments that cannot be used or read are skipped and named in the error; the others are still returned.
+func ReadSegments(dir, name string) (*trace.Trace, error) {
+	segs, uerr := UsableSegments(dir, name)
+	if len(segs) == 0 {
+		return nil, uerr
 	}
 	var all *trace.Trace
-	var errs []error
+	errs := []error{uerr}
 	for _, p := range segs {
 		t, err := trace.ReadFile(p)
 		if err != nil {
-			errs = append(errs, err)
+			errs = append(errs, fmt.Errorf("segment skipped: %w", err))
 			continue
 		}
 		if all == nil {
@@ -70,7 +193,8 @@ func ReadSegments(dir, name string) (*trace.Trace, error) {
 
 // MergeSegments joins the closed segments of trace name in dir into dir/name.parquet and deletes them. When the
 // final file already exists (a crash between writing it and deleting the segments), the segments are only
-// deleted. Unreadable segments are kept aside as ".bad".
+// deleted. Segments that cannot be used (unreadable, or measured elsewhere) are kept aside as ".bad", never
+// deleted.
 func MergeSegments(dir, name string) error {
 	segs, err := Segments(dir, name)
 	if err != nil || len(segs) == 0 {
@@ -80,8 +204,9 @@ func MergeSegments(dir, name string) error {
 	if _, err := trace.ReadFile(final); err != nil {
 		all, rerr := ReadSegments(dir, name)
 		if rerr != nil {
+			_, bad, _ := usableSegments(dir, name)
 			for _, p := range segs {
-				if _, err := trace.ReadFile(p); err != nil {
+				if _, err := trace.ReadFile(p); err != nil || slices.Contains(bad, p) {
 					os.Rename(p, p+".bad")
 				}
 			}
@@ -118,10 +243,8 @@ func newSegmentWriter(dir, name string, env meta.Environment, md map[string]stri
 	// Continue numbering after segments already there (a recording resumed after a crash appends).
 	seq := 0
 	if segs, _ := Segments(dir, name); len(segs) > 0 {
-		var n int
-		last := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(segs[len(segs)-1]), SegmentPrefix+name+"-"), ".parquet")
-		if _, err := fmt.Sscanf(last, "%d", &n); err == nil {
-			seq = n + 1
+		if n, ok := segmentSeq(filepath.Base(segs[len(segs)-1]), name); ok {
+			seq = int(n) + 1
 		}
 	}
 	return &segmentWriter{dir: dir, name: name, env: env, meta: md, flushEvery: flushEvery, seq: seq}, nil
