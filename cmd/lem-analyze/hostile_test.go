@@ -54,12 +54,15 @@ func TestAbsurdFlagsRefused(t *testing.T) {
 			assert.NotContains(t, stderr.String(), "127.0.0.1:1", "refused before any query")
 		})
 	}
-	// Values the parser refuses: an error naming the flag (kong's own exit status, 80, not 2).
+	// Values the flag parser itself refuses: the same exit status 2, an error naming the flag.
 	for _, args := range [][]string{{"report", "--stream", "sometimes", trace}, append(pull, "--chunk", "1y")} {
 		var stderr strings.Builder
 		cmd := exec.Command(bin, args...)
 		cmd.Stderr = &stderr
-		require.Error(t, cmd.Run())
+		err := cmd.Run()
+		var ee *exec.ExitError
+		require.True(t, errors.As(err, &ee), "exits non-zero: %v", err)
+		assert.Equal(t, 2, ee.ExitCode(), "%s", stderr.String())
 		assert.Contains(t, stderr.String(), args[len(args)-2], "names the flag")
 	}
 	// The bounds themselves are accepted.

@@ -31,8 +31,15 @@ func Main(app any, g *Globals, name, description string, vars kong.Vars, around 
 		vars = kong.Vars{}
 	}
 	vars["version"] = name + " " + meta.LemVersion()
+	// kong exits 80 on a flag it cannot parse; every lem tool says "bad usage" with 2, whoever caught it.
+	exit := kong.Exit(func(code int) {
+		if code == 80 {
+			code = 2
+		}
+		os.Exit(code)
+	})
 	parser, err := kong.New(app, kong.Name(name), kong.Description(description), kong.UsageOnError(),
-		kong.DefaultEnvars("LEM"), vars)
+		kong.DefaultEnvars("LEM"), vars, exit)
 	if err != nil {
 		panic(err) // a malformed app struct is a programming error
 	}

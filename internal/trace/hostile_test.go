@@ -301,6 +301,9 @@ func TestWriterRefusesWhatTheReaderWould(t *testing.T) {
 	assert.ErrorContains(t, w.WriteSamples(MaxGPU+1, []PowerSample{ok}), "samples: GPU index 1024 outside 0..1023")
 	assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{ok, {Time: time.Time{}, PowerW: 1}}),
 		"sample of GPU 0: time 0001-01-01T00:00:00Z outside 1970..2200")
+	for _, pw := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
+		assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{{Time: t0, PowerW: pw}}), fmt.Sprintf("power %v is not finite", pw))
+	}
 	assert.ErrorContains(t, w.WriteCounter(-1, CounterReading{Time: t0}), "counter reading: GPU index -1 outside 0..1023")
 	assert.ErrorContains(t, w.WriteTelemetry(0, NewTelemetry(time.Date(2201, 1, 1, 0, 0, 0, 0, time.UTC))),
 		"telemetry: time 2201-01-01T00:00:00Z outside 1970..2200")

@@ -230,8 +230,8 @@ func (w *Writer) add(rows ...row) error {
 	return nil
 }
 
-// WriteSamples appends power samples of GPU gpu. A GPU index or a time the reader would refuse is an error (see
-// MaxGPU, checkTime), and the rows before it are kept.
+// WriteSamples appends power samples of GPU gpu. A GPU index, a time or a power the reader would refuse is an error
+// (see MaxGPU, checkTime; power must be finite), and the rows before it are kept.
 func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
 	if err := checkGPU(gpu, false); err != nil {
 		return fmt.Errorf("trace %s: samples: %w", w.final, err)
@@ -239,6 +239,10 @@ func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
 	for _, s := range ss {
 		if err := checkTime(s.Time); err != nil {
 			return fmt.Errorf("trace %s: sample of GPU %d: %w", w.final, gpu, err)
+		}
+		if math.IsNaN(s.PowerW) || math.IsInf(s.PowerW, 0) {
+			return fmt.Errorf("trace %s: sample of GPU %d at %s: power %v is not finite", w.final, gpu,
+				s.Time.Format(time.RFC3339Nano), s.PowerW)
 		}
 		if err := w.add(sampleRow(gpu, s)); err != nil {
 			return err
