@@ -3,6 +3,7 @@ package exporter_test
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -61,12 +62,16 @@ func TestWindowEnergyWhileRunning(t *testing.T) {
 	want := lemtest.PlainHybrid(rec.GPUs[0].Counters, rec.GPUs[0].Samples, 85*time.Millisecond,
 		first.Add(3200*time.Millisecond), first.Add(5700*time.Millisecond))
 	t.Logf("window: %.2f J (recording %.2f J), adjusted %.2f J, final %v", float64(ans.EnergyJ), want, float64(ans.AdjustedJ), ans.Final)
-	if len(ans.Warnings) > 0 {
-		// A loaded test host can delay a drain past the replayed buffer's depth: samples are then lost, the
-		// window's shape is linear there, and the answer must say so rather than be quietly off.
+	// A loaded test host can delay a drain past the replayed buffer's depth: samples are then lost, the window's
+	// shape is linear there, and the answer must say so rather than be quietly off. Other warnings (the recording
+	// is power-capped throughout) say nothing about the capture.
+	lost := slices.ContainsFunc(ans.Warnings, func(c string) bool {
+		return slices.Contains([]string{"capture_gaps", "no_samples", "no_counter", "counter_reset", "few_counter_updates", "gpu_error"}, c)
+	})
+	if lost {
 		t.Logf("warnings %v: the capture lost samples; precision not asserted", ans.Warnings)
 	} else {
-		assert.InEpsilon(t, want, float64(ans.EnergyJ), 0.01)
+		assert.InEpsilon(t, want, float64(ans.EnergyJ), 0.01, "warnings %v", ans.Warnings)
 	}
 	assert.InDelta(t, float64(ans.EnergyJ)-78*2.5, float64(ans.AdjustedJ), 1e-6, "the run's baseline over the window's 2.5 s")
 	assert.InDelta(t, 2.5, ans.DurationS, 1e-9)
