@@ -97,28 +97,50 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	// Bind first: a taken port is an error before anything starts (dcgm-exporter's 9400 is the usual clash).
+	listeners, err := c.listen()
+	if err != nil {
+		return err
+	}
+	src, devs, err := c.SourceFlags.Open(log)
+	if err != nil {
+		closeAll(listeners)
+		return err
+	}
+	defer src.Close()
+	exp, err := exporter.New(src, devs, c.options(token), log)
+	if err != nil {
+		closeAll(listeners)
+		return err
+	}
+	return c.serve(ctx, exp, listeners, log)
+}
+
+// listen binds every listen address first: a taken port is an error before anything starts (dcgm-exporter's 9400
+// is the usual clash).
+func (c *serveCmd) listen() ([]net.Listener, error) {
 	listeners := make([]net.Listener, 0, len(c.ListenAddress))
 	for _, addr := range c.ListenAddress {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
-			return fmt.Errorf("--web.listen-address %s: %v (another exporter on this port? choose another with --web.listen-address)%w",
+			closeAll(listeners)
+			return nil, fmt.Errorf("--web.listen-address %s: %v (another exporter on this port? choose another with --web.listen-address)%w",
 				addr, err, cli.Usage)
 		}
 		listeners = append(listeners, ln)
 	}
-	src, devs, err := c.SourceFlags.Open(log)
-	if err != nil {
-		for _, l := range listeners {
-			l.Close()
-		}
-		return err
+	return listeners, nil
+}
+
+func closeAll(listeners []net.Listener) {
+	for _, l := range listeners {
+		l.Close()
 	}
-	defer src.Close()
-	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: token,
+}
+
+// options wires the flags into the exporter's options: marker limits, raw-sample limits, per-process energy, and
+// the recorder and remote write where asked for.
+func (c *serveCmd) options(markerToken string) exporter.Options {
+	opts := exporter.Options{Sampler: c.SamplerFlags.Config(), MetricsPath: c.MetricsPath, MarkerToken: markerToken,
 		Markers: marker.Limits{MaxActive: c.MaxRuns, MaxEnded: c.MaxEnded, Grace: c.RunGrace, MaxPhaseNames: c.MaxPhaseNames,
 			MaxResultKeys: c.MaxResultKeys, MaxRunAge: c.MaxRunAge},
 		MaxRequestsInFlight: c.MaxRequests,
@@ -134,13 +156,12 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 			BasicUser: c.RemoteWriteUser, BasicPassFile: c.RemoteWritePass, Job: c.RemoteWriteJob, Instance: c.RemoteWriteInst,
 			QueueSamples: c.RemoteWriteQueue}
 	}
-	exp, err := exporter.New(src, devs, opts, log)
-	if err != nil {
-		for _, l := range listeners {
-			l.Close()
-		}
-		return err
-	}
+	return opts
+}
+
+// serve runs the exporter and serves its handler on the listeners (through exporter-toolkit: TLS, basic auth)
+// until ctx ends or serving fails, then stops taking requests and lets the exporter flush its recorder.
+func (c *serveCmd) serve(ctx context.Context, exp *exporter.Exporter, listeners []net.Listener, log *slog.Logger) error {
 	runCtx, stopRun := context.WithCancel(context.Background())
 	runDone := make(chan error, 1)
 	go func() { runDone <- exp.Run(runCtx) }()
@@ -154,18 +175,18 @@ func (c *serveCmd) Run(ctx context.Context, log *slog.Logger) error {
 	log.Info("lem-exporter started", "listen", c.ListenAddress, "gpus", len(exp.Sampler().Devices()),
 		"source", exp.Sampler().Environment().Source.Kind, "per_process_energy", exp.Processes() != nil)
 
-	var err2 error
+	var err error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down: no new requests, flushing the recorder")
-	case err2 = <-serveErr:
-		if errors.Is(err2, http.ErrServerClosed) {
-			err2 = nil
+	case err = <-serveErr:
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
 		}
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
 	stopRun()
-	return errors.Join(err2, <-runDone)
+	return errors.Join(err, <-runDone)
 }

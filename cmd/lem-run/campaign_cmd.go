@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/lem-energy/lem/analyze/report"
 	"github.com/lem-energy/lem/internal/cli"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/marker"
@@ -85,80 +84,96 @@ func (c *campaignCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if c.RunOne != "" {
 		return c.runOne(ctx, f, log)
 	}
+	if err := c.checkExecutor(f, executor); err != nil {
+		return err
+	}
+	if c.DryRun {
+		p, err := campaign.PrepareDryRun(ctx, f, c.Out, log)
+		if err != nil {
+			return err
+		}
+		p.WriteDryRun(os.Stdout, os.Stderr)
+		return nil
+	}
+	p, err := campaign.Prepare(ctx, f, c.Out, log)
+	if err != nil {
+		return err
+	}
+	opts, closeSource, err := c.options(executor, log)
+	if err != nil {
+		return err
+	}
+	defer closeSource()
+	if !c.Status && !c.Cancel {
+		p.WriteStart(os.Stderr, executor)
+	}
+	st, err := campaign.Run(ctx, p, opts)
+	if c.Status || c.Cancel {
+		return statusOnly(st, err)
+	}
+	if st != nil {
+		p.WriteSummary(os.Stdout, st)
+	}
+	return exitError(ctx, err)
+}
+
+// statusOnly writes the state that --status or --cancel looked at; cancelled runs not ending ok is no error.
+func statusOnly(st *campaign.State, err error) error {
+	if st != nil {
+		campaign.WriteStatus(os.Stdout, st)
+	}
+	if errors.Is(err, campaign.ErrIncomplete) {
+		return nil // cancelled runs did not end ok: that was the point
+	}
+	return err
+}
+
+// checkExecutor rejects an executor the file cannot use, and flags that only a Slurm executor takes.
+func (c *campaignCmd) checkExecutor(f *campaign.File, executor string) error {
 	if err := f.CheckExecutor(executor); err != nil {
 		return fmt.Errorf("%w%w", err, cli.Usage)
 	}
 	if executor != "slurm" && (c.Detach || c.Cancel || c.Poll != 0) {
 		return fmt.Errorf("--detach, --cancel and --poll are for --executor slurm%w", cli.Usage)
 	}
-	prepare := campaign.Prepare
-	if c.DryRun {
-		prepare = campaign.PrepareDryRun
-	}
-	p, err := prepare(ctx, f, c.Out, log)
-	if err != nil {
-		return err
-	}
-	if c.DryRun {
-		for _, n := range p.Notes {
-			fmt.Fprintln(os.Stderr, "warning: "+n)
-		}
-		f.PrintPlan(os.Stdout, p.Plan, p.Configs)
-		for e, cat := range p.Catalogues {
-			fmt.Printf("experiment %s: backend %s %s (%d parameters; %d set explicitly)\n", e.Name, cat.Backend,
-				cat.Version, len(cat.Parameters), len(e.BackendParams))
-		}
-		return nil
-	}
+	return nil
+}
+
+// options wires the flags into a campaign's options: the runs' Slurm jobs, or (unless only the status is asked
+// for) this host's GPU source, which the returned function closes.
+func (c *campaignCmd) options(executor string, log *slog.Logger) (campaign.Options, func(), error) {
 	token, err := cli.ReadSecret("--exporter-token-file", c.ExporterToken)
 	if err != nil {
-		return err
+		return campaign.Options{}, nil, err
 	}
 	progress := campaign.NewProgress(os.Stderr, cli.IsTerminal(os.Stderr))
 	opts := campaign.Options{Sampler: c.SamplerFlags.Config(), ExporterURL: c.Exporter, ExporterToken: token,
 		Stdout: os.Stdout, Progress: progress, Log: log, Force: c.Force, ReadOnly: c.Status,
 		Cooldown: c.Cooldown, IdleHistory: c.IdleHistory}
+	closeSource := func() {}
 	if executor == "slurm" {
 		// The jobs measure on the nodes; this host (a login node) needs no GPU.
 		args, err := c.jobArgs()
 		if err != nil {
-			return err
+			return campaign.Options{}, nil, err
 		}
 		opts.Executor = &campaign.Slurm{Args: args, Detach: c.Detach, Cancel: c.Cancel, Poll: c.Poll}
 	} else if !c.Status {
 		src, devs, err := c.SourceFlags.Open(log)
 		if err != nil {
-			return err
+			return campaign.Options{}, nil, err
 		}
-		defer src.Close()
+		closeSource = func() { src.Close() }
 		opts.Source, opts.Devices = src, devs
 		opts.RequestGPUs = src.Environment().Source.Kind == "nvml"
 		opts.Watchdog = watchdog(0)
 	}
-	if !c.Status && !c.Cancel {
-		fmt.Fprintf(os.Stderr, "campaign %s: %d configurations × %d cycles = %d runs (%s), about %s; directory %s; executor %s\n",
-			f.Name, len(p.Configs), f.Cycles, len(p.Plan), f.Structure,
-			f.Estimate(p.Plan, p.Configs).Round(time.Second), p.OutDir(), executor)
-	}
-	st, err := campaign.Run(ctx, p, opts)
-	if c.Status || c.Cancel {
-		if st != nil {
-			campaign.WriteStatus(os.Stdout, st)
-		}
-		if errors.Is(err, campaign.ErrIncomplete) {
-			return nil // cancelled runs did not end ok: that was the point
-		}
-		return err
-	}
-	if st != nil {
-		fmt.Printf("\ncampaign %s: %s — %s/%s\n\n", st.Campaign, st.Status, p.OutDir(), campaign.StateFile)
-		if st.Status == campaign.StatusSubmitted {
-			campaign.WriteStatus(os.Stdout, st)
-		} else {
-			report.ExperimentTable(os.Stdout, st.Experiments)
-		}
-	}
-	// The error names the campaign, what failed and where (its run directory, campaign.json) on one line.
+	return opts, closeSource, nil
+}
+
+// exitError gives a campaign's error its exit status: interrupted, or 1 where runs did not end ok. The error names
+// the campaign, what failed and where (its run directory, campaign.json) on one line.
+func exitError(ctx context.Context, err error) error {
 	switch {
 	case err != nil && ctx.Err() != nil:
 		return &cli.ExitError{Code: runner.ExitInterrupted, Err: err}

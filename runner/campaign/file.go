@@ -256,9 +256,26 @@ var (
 	varName    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 )
 
+// problems collects validation errors at key paths, so one pass reports every problem of a file.
+type problems func(path []string, format string, a ...any)
+
+// validate checks the file section by section and applies defaults; errors come in the order of the sections.
 func (f *File) validate() error {
 	var errs []error
 	bad := func(path []string, format string, a ...any) { errs = append(errs, f.errAt(path, format, a...)) }
+	f.validateTop(bad)
+	f.validateBaseline(bad)
+	f.validateBackends(bad)
+	f.validateExecutor(bad)
+	f.validateExperiments(bad)
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// validateTop checks the campaign's name and the plan's shape (cycles, structure, size, warm-ups).
+func (f *File) validateTop(bad problems) {
 	if f.Name == "" {
 		bad([]string{"name"}, "required (names the campaign and its runs)")
 	} else if !varName.MatchString(strings.ReplaceAll(f.Name, "-", "_")) {
@@ -285,6 +302,10 @@ func (f *File) validate() error {
 	if f.WarmupRuns < 0 {
 		bad([]string{"warmup_runs"}, "%d: must not be negative", f.WarmupRuns)
 	}
+}
+
+// validateBaseline checks the baseline policy and the cool-down gate.
+func (f *File) validateBaseline(bad problems) {
 	if f.Baseline.Policy == "" {
 		f.Baseline.Policy = "per_run"
 	}
@@ -299,6 +320,10 @@ func (f *File) validate() error {
 			bad([]string{"cooldown", "target"}, "%v", err)
 		}
 	}
+}
+
+// validateBackends checks every backend container, in name order.
+func (f *File) validateBackends(bad problems) {
 	for _, name := range slices.Sorted(maps.Keys(f.Backends)) {
 		p, path := f.Backends[name], []string{"backends", name}
 		if p == nil {
@@ -319,7 +344,10 @@ func (f *File) validate() error {
 			bad(append(path, "health"), "needs http (URL, {host} = container address) or command")
 		}
 	}
-	f.validateExecutor(bad)
+}
+
+// validateExperiments checks that there are experiments, each valid and named once.
+func (f *File) validateExperiments(bad problems) {
 	if len(f.Experiments) == 0 {
 		bad([]string{"experiments"}, "at least one experiment is required")
 	}
@@ -338,58 +366,70 @@ func (f *File) validate() error {
 			bad(append(path, "name"), "%q is used by another experiment", e.Name)
 		}
 		used[e.Name] = true
-		e.Volumes = f.volumes(append(path, "volumes"), e.Volumes, bad)
-		if len(e.Volumes) > 0 && e.Image == "" {
-			bad(append(path, "volumes"), "bind mounts need an image (the run is a container)")
-		}
-		if len(e.Command) == 0 && e.Image == "" {
-			bad(path, "needs a command or an image")
-		}
-		if e.Container != "" {
-			switch p, ok := f.Backends[e.Container]; {
-			case !ok:
-				bad(append(path, "backend_container"), "%q is not declared under backends", e.Container)
-			case p == nil: // reported under backends
-			case p.Mode == "exec" && len(e.Command) == 0:
-				bad(append(path, "command"), "required: it is executed inside backend container %q", e.Container)
-			case p.Mode == "exec" && e.Image != "":
-				bad(append(path, "image"), "runs execute inside backend container %q; drop image or use mode: client", e.Container)
-			}
-		}
-		if e.Backend != "" && !slices.Contains(backends, e.Backend) {
-			bad(append(path, "backend"), "%q: want one of %s", e.Backend, strings.Join(backends, ", "))
-		}
-		if len(e.BackendParams) > 0 && e.Backend == "" {
-			bad(append(path, "backend_params"), "given without backend (which catalogue to check them against?)")
-		}
-		for _, k := range slices.Sorted(maps.Keys(e.Vary)) {
-			vs := e.Vary[k]
-			if !varName.MatchString(k) {
-				bad(append(path, "vary", k), "not a variable name (letters, digits, _)")
-			}
-			if len(vs) == 0 {
-				bad(append(path, "vary", k), "empty list")
-			}
-			for j, v := range vs {
-				switch v.(type) {
-				case map[string]any, []any, map[any]any:
-					bad(append(path, "vary", k, strconv.Itoa(j)), "a list or mapping; grid values are strings, numbers or booleans")
-				}
-			}
-		}
-		f.placeholders(e, path, bad)
+		f.validateExperiment(e, path, bad)
 	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
+}
+
+// validateExperiment checks one experiment beyond its name: what it runs, where, its backend and its grid.
+func (f *File) validateExperiment(e *Experiment, path []string, bad problems) {
+	e.Volumes = f.volumes(append(path, "volumes"), e.Volumes, bad)
+	if len(e.Volumes) > 0 && e.Image == "" {
+		bad(append(path, "volumes"), "bind mounts need an image (the run is a container)")
 	}
-	return nil
+	if len(e.Command) == 0 && e.Image == "" {
+		bad(path, "needs a command or an image")
+	}
+	f.validateBackendContainer(e, path, bad)
+	if e.Backend != "" && !slices.Contains(backends, e.Backend) {
+		bad(append(path, "backend"), "%q: want one of %s", e.Backend, strings.Join(backends, ", "))
+	}
+	if len(e.BackendParams) > 0 && e.Backend == "" {
+		bad(append(path, "backend_params"), "given without backend (which catalogue to check them against?)")
+	}
+	validateVary(e, path, bad)
+	f.placeholders(e, path, bad)
+}
+
+// validateBackendContainer checks an experiment's use of a backend container against the container's mode.
+func (f *File) validateBackendContainer(e *Experiment, path []string, bad problems) {
+	if e.Container == "" {
+		return
+	}
+	switch p, ok := f.Backends[e.Container]; {
+	case !ok:
+		bad(append(path, "backend_container"), "%q is not declared under backends", e.Container)
+	case p == nil: // reported under backends
+	case p.Mode == "exec" && len(e.Command) == 0:
+		bad(append(path, "command"), "required: it is executed inside backend container %q", e.Container)
+	case p.Mode == "exec" && e.Image != "":
+		bad(append(path, "image"), "runs execute inside backend container %q; drop image or use mode: client", e.Container)
+	}
+}
+
+// validateVary checks an experiment's grid: variable names, and lists of scalar values.
+func validateVary(e *Experiment, path []string, bad problems) {
+	for _, k := range slices.Sorted(maps.Keys(e.Vary)) {
+		vs := e.Vary[k]
+		if !varName.MatchString(k) {
+			bad(append(path, "vary", k), "not a variable name (letters, digits, _)")
+		}
+		if len(vs) == 0 {
+			bad(append(path, "vary", k), "empty list")
+		}
+		for j, v := range vs {
+			switch v.(type) {
+			case map[string]any, []any, map[any]any:
+				bad(append(path, "vary", k, strconv.Itoa(j)), "a list or mapping; grid values are strings, numbers or booleans")
+			}
+		}
+	}
 }
 
 // placeholder is a {var} in a name, command, env value or backend parameter; ${VAR} is shell syntax.
 var placeholder = regexp.MustCompile(`\$?\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // placeholders reports every {name} of e that is not one of its vary variables, naming the key and line.
-func (f *File) placeholders(e *Experiment, path []string, bad func([]string, string, ...any)) {
+func (f *File) placeholders(e *Experiment, path []string, bad problems) {
 	check := func(key []string, s string) {
 		for _, m := range placeholder.FindAllStringSubmatch(s, -1) {
 			if _, ok := e.Vary[m[1]]; ok || strings.HasPrefix(m[0], "$") {
@@ -417,7 +457,7 @@ func (f *File) placeholders(e *Experiment, path []string, bad func([]string, str
 }
 
 // volumes checks SRC:DST[:ro] mounts and makes relative sources relative to the campaign file.
-func (f *File) volumes(path []string, vs []string, bad func([]string, string, ...any)) []string {
+func (f *File) volumes(path []string, vs []string, bad problems) []string {
 	out := make([]string, 0, len(vs))
 	for i, v := range vs {
 		parts := strings.Split(v, ":")

@@ -368,52 +368,56 @@ var ErrIncomplete = errors.New("campaign incomplete")
 // moving their old directory aside. It returns ctx's error when interrupted (after cleaning up the current run
 // and the backend containers) and ErrIncomplete when some runs failed.
 func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
-	f := p.File
-	log := opts.Log
-	if err := os.MkdirAll(p.out, 0o755); err != nil {
-		return nil, fmt.Errorf("campaign directory: %w", err)
-	}
 	exe := opts.Executor
 	if exe == nil {
 		exe = Local{}
 	}
-	locked, err := lock(p.out)
-	switch {
-	case err == nil:
-		defer locked()
-	case opts.ReadOnly && errors.Is(err, ErrLocked):
-		log.Debug("campaign directory in use: reading only", "err", err)
-	default:
-		return nil, err
-	}
-	def, err := f.Definition()
+	unlock, err := openDir(p.out, opts)
 	if err != nil {
 		return nil, err
 	}
-	dsum := sha256.Sum256(def)
-	st := &State{SchemaVersion: "1", Campaign: f.Name, File: f.path, FileSHA256: f.sum, Definition: def,
-		DefinitionSHA256: hex.EncodeToString(dsum[:]), Structure: f.Structure, Cycles: f.Cycles, Status: "running",
-		Started: time.Now().UTC(), Catalogues: map[string]string{}, Executor: exe.Name()}
-	old, err := ReadState(p.out)
+	if unlock != nil {
+		defer unlock()
+	}
+	st, err := resume(p, opts, exe)
+	if err != nil {
+		return nil, err
+	}
+	x := &Execution{Prepared: p, State: st, Options: opts, Began: time.Now().UTC(), readOnly: unlock == nil}
+	if opts.ReadOnly {
+		return look(ctx, exe, x)
+	}
+	return execute(ctx, exe, x)
+}
+
+// openDir creates the campaign directory and locks it; the unlock is nil where a read-only look found it held by
+// another lem-run.
+func openDir(dir string, opts Options) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("campaign directory: %w", err)
+	}
+	unlock, err = lock(dir)
 	switch {
 	case err == nil:
-		if changed := changes(old, st); len(changed) > 0 {
-			what := fmt.Sprintf("campaign file %s changed since %s was written (%s)", f.path,
-				filepath.Join(p.out, StateFile), strings.Join(changed, "; "))
-			if !opts.Force {
-				return nil, fmt.Errorf("%s: resume with --force to keep the runs already ok under the new file, or use another --out", what)
-			}
-			log.Warn(what + "; resuming (--force): runs already ok under an id of the new plan are kept")
-		}
-		st.Started, st.Instance = old.Started, old.Instance
-		if inCluster := old.inCluster(); old.Executor != exe.Name() && len(inCluster) > 0 && !opts.ReadOnly {
-			return nil, fmt.Errorf("campaign %s: %d run(s) are still with executor %s (%s, …): resume with --executor %s, or cancel them (--executor %s --cancel)",
-				f.Name, len(inCluster), old.Executor, inCluster[0], old.Executor, old.Executor)
-		}
-	case !errors.Is(err, os.ErrNotExist):
-		return nil, fmt.Errorf("resuming: %w", err)
-	default:
-		old = nil
+		return unlock, nil
+	case opts.ReadOnly && errors.Is(err, ErrLocked):
+		opts.Log.Debug("campaign directory in use: reading only", "err", err)
+		return nil, nil
+	}
+	return nil, err
+}
+
+// resume builds the campaign's state: the file's definition, what an earlier state of the directory carries over
+// (refused where the file changed without --force, or where runs are still with another executor), and every
+// planned run as its directory holds it.
+func resume(p *Prepared, opts Options, exe Executor) (*State, error) {
+	st, err := newState(p, exe)
+	if err != nil {
+		return nil, err
+	}
+	old, err := carryOver(p, st, opts, exe)
+	if err != nil {
+		return nil, err
 	}
 	if st.Instance == "" {
 		st.Instance = newInstance()
@@ -424,11 +428,59 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		}
 		st.Catalogues[name] = file
 	}
-	// The state is what the campaign directory holds, read by the rules lem-analyze reads it by: each run's
-	// directory is its current attempt, .attempts/ its earlier ones.
-	earlier, err := report.EarlierAttempts(p.out)
+	if err := readRuns(p, st, old); err != nil {
+		return nil, err
+	}
+	return st, nil
+}
+
+// newState is the state of a campaign starting now with the prepared file.
+func newState(p *Prepared, exe Executor) (*State, error) {
+	f := p.File
+	def, err := f.Definition()
 	if err != nil {
 		return nil, err
+	}
+	dsum := sha256.Sum256(def)
+	return &State{SchemaVersion: "1", Campaign: f.Name, File: f.path, FileSHA256: f.sum, Definition: def,
+		DefinitionSHA256: hex.EncodeToString(dsum[:]), Structure: f.Structure, Cycles: f.Cycles, Status: "running",
+		Started: time.Now().UTC(), Catalogues: map[string]string{}, Executor: exe.Name()}, nil
+}
+
+// carryOver reads the directory's earlier state, if any, and keeps its start and instance in st. It refuses a
+// changed file without opts.Force, and another executor while runs are still with the earlier one.
+func carryOver(p *Prepared, st *State, opts Options, exe Executor) (*State, error) {
+	f := p.File
+	old, err := ReadState(p.out)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("resuming: %w", err)
+	}
+	if changed := changes(old, st); len(changed) > 0 {
+		what := fmt.Sprintf("campaign file %s changed since %s was written (%s)", f.path,
+			filepath.Join(p.out, StateFile), strings.Join(changed, "; "))
+		if !opts.Force {
+			return nil, fmt.Errorf("%s: resume with --force to keep the runs already ok under the new file, or use another --out", what)
+		}
+		opts.Log.Warn(what + "; resuming (--force): runs already ok under an id of the new plan are kept")
+	}
+	st.Started, st.Instance = old.Started, old.Instance
+	if inCluster := old.inCluster(); old.Executor != exe.Name() && len(inCluster) > 0 && !opts.ReadOnly {
+		return nil, fmt.Errorf("campaign %s: %d run(s) are still with executor %s (%s, …): resume with --executor %s, or cancel them (--executor %s --cancel)",
+			f.Name, len(inCluster), old.Executor, inCluster[0], old.Executor, old.Executor)
+	}
+	return old, nil
+}
+
+// readRuns fills the state's runs and backend start-ups from what the campaign directory holds, read by the rules
+// lem-analyze reads it by: each run's directory is its current attempt, .attempts/ its earlier ones. A run keeps
+// its cluster jobs from the old state.
+func readRuns(p *Prepared, st, old *State) error {
+	earlier, err := report.EarlierAttempts(p.out)
+	if err != nil {
+		return err
 	}
 	prior := map[string][]Job{}
 	if old != nil {
@@ -443,19 +495,37 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 		st.Runs = append(st.Runs, rs)
 	}
 	st.Startups = startups(p, earlier)
-	x := &Execution{Prepared: p, State: st, Options: opts, Began: time.Now().UTC(), readOnly: locked == nil}
-	if opts.ReadOnly {
-		err = exe.Reconcile(ctx, x)
-		summarise(p, st)
-		st.Status = looked(st, x.readOnly)
-		x.Save()
-		return st, err
-	}
+	return nil
+}
+
+// look reconciles the state with what the executor knows, runs nothing, and saves it where the directory is ours.
+func look(ctx context.Context, exe Executor, x *Execution) (*State, error) {
+	err := exe.Reconcile(ctx, x)
+	summarise(x.Prepared, x.State)
+	x.State.Status = looked(x.State, x.readOnly)
+	x.Save()
+	return x.State, err
+}
+
+// execute has the executor carry out the runs, then summarises them and writes the final state.
+func execute(ctx context.Context, exe Executor, x *Execution) (*State, error) {
+	p, st := x.Prepared, x.State
 	if err := writeState(p.out, st); err != nil {
 		return st, err
 	}
-	err = exe.Execute(ctx, x)
+	err := exe.Execute(ctx, x)
 	summarise(p, st)
+	err = conclude(ctx, x, err)
+	if werr := writeState(p.out, st); werr != nil {
+		err = errors.Join(err, werr)
+	}
+	return st, err
+}
+
+// conclude sets the campaign's status from the execution's error and its runs, and returns the error to report:
+// interrupted, stopped, submitted (runs still queued with a cluster), or done — incomplete where runs failed.
+func conclude(ctx context.Context, x *Execution, err error) error {
+	p, st, name := x.Prepared, x.State, x.Prepared.File.Name
 	var failed []RunState
 	queued := 0
 	for _, r := range st.Runs {
@@ -470,24 +540,21 @@ func Run(ctx context.Context, p *Prepared, opts Options) (*State, error) {
 	switch {
 	case err != nil && ctx.Err() != nil:
 		st.Status = "interrupted"
-		err = fmt.Errorf("campaign %s interrupted%s; state in %s; run it again to resume: %w", f.Name,
+		err = fmt.Errorf("campaign %s interrupted%s; state in %s; run it again to resume: %w", name,
 			during(p, x.Stopped), filepath.Join(p.out, StateFile), err)
 	case err != nil:
 		st.Status = "incomplete"
-		err = fmt.Errorf("campaign %s stopped%s: %w", f.Name, during(p, x.Stopped), err)
+		err = fmt.Errorf("campaign %s stopped%s: %w", name, during(p, x.Stopped), err)
 	case queued > 0:
 		st.Status = StatusSubmitted
 	default:
 		st.Status = "done"
 		if len(failed) > 0 {
 			st.Status = "incomplete"
-			err = &IncompleteError{Campaign: f.Name, Dir: p.out, Failed: failed, Runs: len(st.Runs)}
+			err = &IncompleteError{Campaign: name, Dir: p.out, Failed: failed, Runs: len(st.Runs)}
 		}
 	}
-	if werr := writeState(p.out, st); werr != nil {
-		err = errors.Join(err, werr)
-	}
-	return st, err
+	return err
 }
 
 // looked is the status of a campaign read without executing it: running while another lem-run executes it,
