@@ -348,6 +348,35 @@ func TestRequestAttribution(t *testing.T) {
 	assert.Less(t, rel(at.AttributedAdjJ, 1200-100*3), 1e-5, "idle 100 W over the 3 s the requests span")
 }
 
+// Prefill by prompt tokens: in a request's first 20 ms slice its prompt tokens weigh beside everyone's output
+// tokens, so of two requests that live over the same 2 s at 400 W, the one with a 300-token prompt takes most of
+// the first slice and they share the rest evenly.
+func TestRequestAttributionPrompt(t *testing.T) {
+	s := testutil.Synth{Start: t0, Duration: 12 * time.Second, Levels: []testutil.Level{{W: 400}}}
+	req := func(sec float64, typ, id string, attrs map[string]string) trace.Event {
+		e := ev(sec, typ, "request", attrs)
+		if e.Attrs == nil {
+			e.Attrs = map[string]string{}
+		}
+		e.Attrs[trace.AttrWindowID] = id
+		return e
+	}
+	evs := append(runEvents(),
+		req(3, trace.EventWindowBegin, "A", nil), req(5, trace.EventWindowEnd, "A", map[string]string{"prompt_tokens": "300", "output_tokens": "100"}),
+		req(3, trace.EventWindowBegin, "B", nil), req(5, trace.EventWindowEnd, "B", map[string]string{"output_tokens": "100"}))
+	tr := s.Trace(evs...)
+	m := &manifest.Manifest{Environment: tr.Env}
+	account.Fill(m, account.Input{Trace: tr, RunID: "r", Start: at(2), End: at(10)})
+	require.Len(t, m.Windows, 1)
+	att := m.Windows[0].Attribution
+	require.NotNil(t, att)
+	// First slice: 8 J split 301 : 1 (A: 300 prompt + 100·0.02/2 output; B: 1 output); the other 792 J evenly.
+	a, b := 396+8*301.0/302, 396+8*1.0/302
+	assert.Less(t, rel(att.AttributedJ, 800), 1e-5, "conserved")
+	assert.Less(t, rel(att.P90J, b+0.9*(a-b)), 1e-4, "the prompt's request is the dearer one (without the prompt both are 400 J)")
+	assert.Less(t, rel(att.MeanJ, 400), 1e-5)
+}
+
 // Active idle from the workload's own idle window: adjusted-to-active subtracts it, per run and per phase; and the
 // deep-idle baseline is corrected to the run's temperature along the GPU's fit.
 func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
