@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -130,6 +131,23 @@ func TestKill9LosesOnlyTheOpenSegment(t *testing.T) {
 	assert.GreaterOrEqual(t, total, segSamples)
 	left, _ := filepath.Glob(filepath.Join(dir, ".seg-*"))
 	assert.Empty(t, left)
+}
+
+// A port another exporter already holds (dcgm-exporter beside lem on a node, or a second lem-exporter): refused
+// as bad usage before anything starts, the address named — not logged after "lem-exporter started".
+func TestPortTaken(t *testing.T) {
+	bin := testutil.BuildBinary(t, "lem-exporter")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer l.Close()
+	addr := l.Addr().String()
+	cmd := exec.Command(bin, "--replay", testutil.TracePath("h200-shape"), "--web.listen-address", addr)
+	out, err := cmd.CombinedOutput()
+	require.Error(t, err, "%s", out)
+	assert.Equal(t, 2, cmd.ProcessState.ExitCode(), "%s", out)
+	assert.Contains(t, string(out), addr)
+	assert.Contains(t, string(out), "address already in use")
+	assert.NotContains(t, string(out), "lem-exporter started")
 }
 
 func TestBadFlags(t *testing.T) {

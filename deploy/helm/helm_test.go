@@ -279,7 +279,7 @@ func TestChartDefaults(t *testing.T) {
 	assert.Empty(t, pod.Spec.InitContainers)
 
 	// Resources: requests, a memory limit, no CPU limit (throttling would delay the buffer drains).
-	assert.Equal(t, "30m", c.Resources.Requests.Cpu().String())
+	assert.Equal(t, "70m", c.Resources.Requests.Cpu().String())
 	assert.Equal(t, "128Mi", c.Resources.Requests.Memory().String())
 	assert.Equal(t, "512Mi", c.Resources.Limits.Memory().String())
 	assert.NotContains(t, c.Resources.Limits, corev1.ResourceCPU)
