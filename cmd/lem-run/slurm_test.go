@@ -433,6 +433,35 @@ experiments:
 	assert.Contains(t, c.stderr.String(), "crashed: job "+m.Job.ID+" ended NODE_FAIL while lem-run measured the run on "+m.Job.Node)
 }
 
+// A run whose job fails on every node before lem-run starts (here: lem-run is not where executor.lem_run says) is
+// submitted executor.max_attempts times in one execution, then left failed with the reason; the campaign ends
+// incomplete instead of resubmitting forever.
+func TestSlurmCampaignMaxAttempts(t *testing.T) {
+	t.Parallel()
+	bin := testutil.BuildBinary(t, "lem-run")
+	s := gpuCluster(t, testutil.SlurmConfig{})
+	out := filepath.Join(t.TempDir(), "out")
+	file := writeCampaign(t, `name: bounded
+baseline: {duration: 500ms}
+executor: {type: slurm, poll: 200ms, max_attempts: 2, lem_run: /nonexistent/lem-run}
+experiments:
+  - name: w
+    command: [/bin/true]
+`)
+	c := startCampaign(t, s, bin, "--replay", twoGPUTrace(t), "--loop", "--out", out, file)
+	code := c.wait(t, 90*time.Second)
+	assert.NotEqual(t, 0, code, "incomplete: %s", c.stderr.String())
+	st, err := campaign.ReadState(out)
+	require.NoError(t, err)
+	r := st.Runs[0]
+	require.Len(t, r.Jobs, 2, "two submissions, no third")
+	for _, j := range r.Jobs {
+		assert.NotEqual(t, "COMPLETED", j.State)
+	}
+	assert.Equal(t, manifest.StatusError, r.Status)
+	assert.Contains(t, r.Error, "not submitted again: 2 submissions (executor.max_attempts)")
+}
+
 // counterReadAt is the time of the exporter's latest energy-counter read (the oldest over its GPUs).
 func counterReadAt(url string) (time.Time, error) {
 	resp, err := http.Get(url + "/metrics")

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/meta"
 )
 
@@ -248,4 +249,60 @@ func TestCountAndETA(t *testing.T) {
 		"5 runs left, 2 at a time: 3 rounds of the 90 s mean")
 	assert.Equal(t, 6*time.Minute, Count(st, 2*time.Minute).ETA)
 	assert.Equal(t, "2 queued, 2 running, 2 ok, 1 not ok, 1 not submitted of 8 runs; ETA ~4m30s", Summary(st, 0))
+}
+
+// What the cluster did to a job is worth another submission; what the run did, or a person, is not. Without a
+// manifest from the job (it ended before lem-run measured anything), every end but a cancellation is retried.
+func TestSlurmRetryByJobEnd(t *testing.T) {
+	for _, c := range []struct {
+		state  string
+		retry  bool
+		status string
+	}{
+		{"PREEMPTED", true, manifest.StatusError},
+		{"NODE_FAIL", true, manifest.StatusError},
+		{"BOOT_FAIL", true, manifest.StatusError},
+		{"LOST", true, manifest.StatusError},
+		{"FAILED", true, manifest.StatusError},
+		{"OUT_OF_MEMORY", true, manifest.StatusError},
+		{"CANCELLED", false, manifest.StatusError},
+		{"RUNNING", false, StatusRunning},
+		{"PENDING", false, StatusQueued},
+	} {
+		t.Run(c.state, func(t *testing.T) {
+			fw := &follower{out: t.TempDir()}
+			j := Job{ID: "41", Submission: "camp/r/1", State: c.state, Node: "n1"}
+			r := &slurmRun{rs: &RunState{RunID: "r", Jobs: []Job{j}}}
+			fw.status(r, &r.rs.Jobs[0])
+			assert.Equal(t, c.retry, r.retry)
+			assert.Equal(t, c.status, r.rs.Status)
+			if c.status == manifest.StatusError {
+				assert.Contains(t, r.rs.Error, "job 41 ended "+c.state)
+			}
+		})
+	}
+	// The job wrote its manifest (lem-run measured, then the job ended): preemption and a lost node are the
+	// cluster's doing, a cancellation a person's, the run's own failure the run's.
+	for _, c := range []struct {
+		state, manifestStatus string
+		retry                 bool
+	}{
+		{"PREEMPTED", manifest.StatusIntr, true},
+		{"NODE_FAIL", manifest.StatusRunning, true},
+		{"CANCELLED", manifest.StatusIntr, false},
+		{"FAILED", manifest.StatusFail, false},
+		{"COMPLETED", manifest.StatusOK, false},
+	} {
+		t.Run(c.state+"/measured", func(t *testing.T) {
+			fw := &follower{out: t.TempDir()}
+			j := Job{ID: "41", Submission: "camp/r/1", State: c.state, Node: "n1"}
+			m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: "r", Status: c.manifestStatus,
+				Job: &manifest.Job{Scheduler: "slurm", ID: "41", Submission: "camp/r/1", Node: "n1"}}
+			require.NoError(t, os.Mkdir(filepath.Join(fw.out, "r"), 0o755))
+			require.NoError(t, manifest.Write(filepath.Join(fw.out, "r"), m))
+			r := &slurmRun{rs: &RunState{RunID: "r", Jobs: []Job{j}}}
+			fw.status(r, &r.rs.Jobs[0])
+			assert.Equal(t, c.retry, r.retry, "status %s, error %q", r.rs.Status, r.rs.Error)
+		})
+	}
 }
