@@ -102,6 +102,16 @@ func TestColumnarReaderMatchesRowReader(t *testing.T) {
 					require.True(t, same(got.TemperatureC, val(r.TemperatureC)) && same(got.InstantPowerW, val(r.InstantPowerW)) &&
 						same(got.SMClockHz, val(r.SMClockHz)) && same(got.PowerLimitW, val(r.PowerLimitW)))
 					require.Equal(t, r.ClockReasons != nil, got.ClockReasonsValid)
+				case KindProcessSample:
+					k := [2]int{g, 3}
+					got := s.ProcessSamples[idx[k]]
+					idx[k]++
+					require.True(t, got.Time.Equal(r.Time) && int64(got.PID) == *r.PID, "process sample %v vs %v", got, r)
+				case KindProcess:
+					k := [2]int{g, 4}
+					got := s.Processes[idx[k]]
+					idx[k]++
+					require.True(t, got.Time.Equal(r.Time) && int64(got.PID) == *r.PID, "process %v vs %v", got, r)
 				case KindEvent:
 					e := tr.Events[events]
 					events++
@@ -113,7 +123,7 @@ func TestColumnarReaderMatchesRowReader(t *testing.T) {
 			}
 			total := events
 			for _, s := range tr.GPUs {
-				total += len(s.Samples) + len(s.Counters) + len(s.Telemetry)
+				total += len(s.Samples) + len(s.Counters) + len(s.Telemetry) + len(s.ProcessSamples) + len(s.Processes)
 			}
 			assert.Equal(t, len(rows), total, "every row read once")
 			assert.Equal(t, len(tr.Events), events)
