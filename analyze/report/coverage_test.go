@@ -348,14 +348,14 @@ func runCoverage(t *testing.T, recs int, seed uint64) coverageRun {
 //
 // Trials: 2,000 recordings (10,000 runs, 20,000 phases, 2,000 experiments) normally: the binomial standard error
 // at 95 % over 2,000 experiments is 0.49 %, so 93–97 % is ±4 of it. Under the race detector (tenfold slower)
-// 300 recordings and -short 100: each band is then widened to at least ±3 binomial standard errors around 95 %.
+// 200 recordings and -short 100: each band is then widened to at least ±3 binomial standard errors around 95 %.
 func TestCoverageThroughReport(t *testing.T) {
 	recs := 2000
 	switch {
 	case testing.Short():
 		recs = 100
 	case raceEnabled:
-		recs = 300
+		recs = 200
 	}
 	cr := runCoverage(t, recs, 7)
 	for _, c := range []struct {
