@@ -8,13 +8,13 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/common/model"
 
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/ordered"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -163,42 +163,6 @@ func (c *Client) Stream(ctx context.Context, instance string, from, to time.Time
 		bounds = append(bounds, [2]time.Time{start, minTime(start.Add(c.opts.Chunk), to)})
 	}
 	n := len(bounds)
-	results := make([]chan chunk, n)
-	for i := range results {
-		results[i] = make(chan chunk, 1)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	workers := min(c.opts.Workers, max(n, 1))
-	slots := make(chan struct{}, workers+1) // chunks fetched ahead of the sink: bounds memory
-	jobs := make(chan int)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(jobs)
-		for i := range n {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case jobs <- i:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				results[i] <- c.fetch(ctx, sels, bounds[i][0], bounds[i][1])
-			}
-		}()
-	}
-	defer func() { cancel(); wg.Wait() }()
 	st := Stats{}
 	last := map[string]model.Time{} // per series: the last timestamp handed over
 	known := map[int]bool{}
@@ -206,22 +170,22 @@ func (c *Client) Stream(ctx context.Context, instance string, from, to time.Time
 		known[d.Index] = true
 	}
 	progress := newProgress(c.opts.Progress, instance, from, to)
-	for i := range n {
-		var ch chunk
-		select {
-		case ch = <-results[i]:
-		case <-ctx.Done():
-			return st, ctx.Err()
-		}
+	fetch := func(ctx context.Context, i int) chunk { return c.fetch(ctx, sels, bounds[i][0], bounds[i][1]) }
+	workers := min(c.opts.Workers, max(n, 1))
+	// One chunk fetched ahead of the sink per worker, and one more: bounds memory.
+	err := ordered.Run(ctx, n, workers, workers+1, fetch, func(_ int, ch chunk) error {
 		if ch.err != nil {
-			return st, ch.err
+			return ch.err
 		}
 		st.Queries += len(sels)
 		if err := c.hand(ch, last, known, sink, &st); err != nil {
-			return st, err
+			return err
 		}
-		<-slots
 		progress.update(ch.to, st.Samples)
+		return nil
+	})
+	if err != nil {
+		return st, err
 	}
 	progress.done(st.Samples)
 	if st.SkippedSamples+st.SkippedCounters > 0 {

@@ -9,12 +9,12 @@ import (
 	"os"
 	"runtime"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/parquet-go/parquet-go"
 
 	"github.com/lem-energy/lem/internal/meta"
+	"github.com/lem-energy/lem/internal/ordered"
 )
 
 // A Stream reads a trace that need not fit in memory — one file, or the closed segments of one recording — a row
@@ -291,49 +291,12 @@ func (s *Stream) Scan(ctx context.Context, kinds Kinds, fn func(Part) error) err
 	}
 	n := len(s.groups)
 	workers := min(runtime.GOMAXPROCS(0), max(n, 1))
-	results := make([]chan result, n)
-	for i := range results {
-		results[i] = make(chan result, 1)
+	decode := func(_ context.Context, i int) result {
+		p, exp, err := s.decode(cols[s.groups[i].file], i)
+		return result{p, exp, err}
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	slots := make(chan struct{}, 2*workers) // row groups decoded ahead of fn: bounds memory
-	jobs := make(chan int)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		defer close(jobs)
-		for i := range n {
-			select {
-			case slots <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			select {
-			case jobs <- i:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range jobs {
-				p, exp, err := s.decode(cols[s.groups[i].file], i)
-				results[i] <- result{p, exp, err}
-			}
-		}()
-	}
-	defer func() { cancel(); wg.Wait() }() // no goroutine outlives Scan
-	for i := range n {
-		var r result
-		select {
-		case r = <-results[i]:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	// Row groups decoded ahead of fn, two per worker: bounds memory.
+	return ordered.Run(ctx, n, workers, 2*workers, decode, func(i int, r result) error {
 		ref := s.groups[i]
 		sf := s.files[ref.file]
 		if r.err != nil {
@@ -346,12 +309,8 @@ func (s *Stream) Scan(ctx context.Context, kinds Kinds, fn func(Part) error) err
 		}
 		r.p.Last = i == n-1
 		r.p.Complete = time.Unix(0, min(s.after[i], maxTimeNS)).UTC()
-		if err := fn(*r.p); err != nil {
-			return err
-		}
-		<-slots
-	}
-	return nil
+		return fn(*r.p)
+	})
 }
 
 // decode reads row group i (checked first, as ReadFile checks every row group).

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,43 +20,14 @@ import (
 	"github.com/lem-energy/lem/internal/testutil"
 )
 
-// The built lem-run, for tests of what a user sees (its one-line errors) and of kill -9.
-var lemRun struct {
-	once sync.Once
-	dir  string
-	err  string
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if lemRun.dir != "" {
-		os.RemoveAll(lemRun.dir)
-	}
+	testutil.RemoveCommands()
 	os.Exit(code)
 }
 
-// lemRunBinary builds cmd/lem-run once per test binary.
-func lemRunBinary(t *testing.T) string {
-	t.Helper()
-	lemRun.once.Do(func() {
-		dir, err := os.MkdirTemp("", "lem-run-bin")
-		if err != nil {
-			lemRun.err = err.Error()
-			return
-		}
-		lemRun.dir = dir
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "lem-run"), "./cmd/lem-run")
-		cmd.Dir = testutil.Root()
-		cmd.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			lemRun.err = fmt.Sprintf("%v\n%s", err, out)
-		}
-	})
-	if lemRun.err != "" {
-		t.Fatalf("building lem-run: %s", lemRun.err)
-	}
-	return filepath.Join(lemRun.dir, "lem-run")
-}
+// lemRunBinary is the built lem-run, for what a user sees (its one-line errors) and for kill -9.
+func lemRunBinary(t *testing.T) string { return testutil.Command(t, "lem-run") }
 
 // errorLines are the lines lem-run itself ends with ("lem-run: …"), as opposed to its log.
 func errorLines(stderr string) []string {

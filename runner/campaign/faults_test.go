@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -30,42 +29,14 @@ import (
 	"github.com/lem-energy/lem/runner/campaign"
 )
 
-// The built lem-run, for what a user sees (its one-line errors) and for kill -9.
-var lemRun struct {
-	once sync.Once
-	dir  string
-	err  string
-}
-
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if lemRun.dir != "" {
-		os.RemoveAll(lemRun.dir)
-	}
+	testutil.RemoveCommands()
 	os.Exit(code)
 }
 
-func lemRunBinary(t *testing.T) string {
-	t.Helper()
-	lemRun.once.Do(func() {
-		dir, err := os.MkdirTemp("", "lem-run-bin")
-		if err != nil {
-			lemRun.err = err.Error()
-			return
-		}
-		lemRun.dir = dir
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, "lem-run"), "./cmd/lem-run")
-		cmd.Dir = testutil.Root()
-		cmd.Env = append(os.Environ(), "CGO_CFLAGS=-Wno-deprecated-declarations")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			lemRun.err = fmt.Sprintf("%v\n%s", err, out)
-		}
-	})
-	if lemRun.err != "" {
-		t.Fatalf("building lem-run: %s", lemRun.err)
-	}
-	return filepath.Join(lemRun.dir, "lem-run")
-}
+// lemRunBinary is the built lem-run, for what a user sees (its one-line errors) and for kill -9.
+func lemRunBinary(t *testing.T) string { return testutil.Command(t, "lem-run") }
 
 // uniqueName is a campaign name no concurrent test uses (it names the backend containers).
 func uniqueName(prefix string) string {
