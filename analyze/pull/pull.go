@@ -189,8 +189,8 @@ func (c *Client) FindRuns(ctx context.Context, from, to time.Time) ([]RunInfo, e
 			metric string
 			t      *time.Time
 		}{{"lem_run_start_timestamp_seconds", &ri.Start}, {"lem_run_end_timestamp_seconds", &ri.End}} {
-			v, err := c.query(ctx, fmt.Sprintf(`max_over_time(%s{run_id=%q}[%dms])`, x.metric, ri.RunID,
-				to.Sub(from).Milliseconds()+1), to)
+			v, err := c.query(ctx, fmt.Sprintf(`max_over_time(%s{run_id=%q,instance=%q}[%dms])`, x.metric, ri.RunID,
+				ri.Instance, to.Sub(from).Milliseconds()+1), to)
 			if err != nil {
 				return nil, err
 			}
@@ -388,11 +388,11 @@ func preferStream(ss []*model.SampleStream) []*model.SampleStream {
 // phases rebuilds the run's phase events from lem_run_phase_start_timestamp_seconds (exact starts) and
 // lem_run_phase_end_timestamp_seconds (exact ends of phases ended on their own, not by the next one).
 func (c *Client) phases(ctx context.Context, run RunInfo, from, to time.Time) ([]trace.Event, error) {
-	starts, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_start_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
+	starts, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_start_timestamp_seconds{run_id=%q,instance=%q}`, run.RunID, run.Instance), from, to)
 	if err != nil {
 		return nil, err
 	}
-	ends, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_end_timestamp_seconds{run_id=%q}`, run.RunID), from, to)
+	ends, err := c.Raw(ctx, fmt.Sprintf(`lem_run_phase_end_timestamp_seconds{run_id=%q,instance=%q}`, run.RunID, run.Instance), from, to)
 	if err != nil {
 		return nil, err
 	}

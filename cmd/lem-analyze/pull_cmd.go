@@ -45,50 +45,16 @@ const (
 )
 
 func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
-	to := c.To
-	if to.IsZero() {
-		to = time.Now()
-	}
-	from := c.From
-	if from.IsZero() {
-		from = to.Add(-c.Since)
-	}
-	if !to.After(from) {
-		return fmt.Errorf("--from %s is not before --to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
-	}
-	// A chunk is one range query per series: under a second Prometheus (milliseconds) returns next to nothing per
-	// query, and the chunks of the window are listed before the first query.
-	if c.Chunk < time.Second {
-		return fmt.Errorf("--chunk %s: want at least 1s%w", c.Chunk, cli.Usage)
-	}
-	if n := to.Sub(from) / c.Chunk; n > maxChunks {
-		return fmt.Errorf("--chunk %s: the window of %s would be %d chunks (at most %d): a longer chunk%w", c.Chunk,
-			to.Sub(from), n, maxChunks, cli.Usage)
-	}
-	// Each worker holds a chunk in memory and a query on the server.
-	if c.Workers < 1 || c.Workers > maxWorkers {
-		return fmt.Errorf("--workers %d: want 1 to %d%w", c.Workers, maxWorkers, cli.Usage)
+	from, to, err := c.window()
+	if err != nil {
+		return err
 	}
 	// A pull holds a few chunks at a time and makes garbage of each: collect as usual, not as the batch
 	// analyses do (main's 400), so its memory stays a few chunks' (GOGC still overrides).
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(100)
 	}
-	hc := config.DefaultHTTPClientConfig
-	hc.TLSConfig.InsecureSkipVerify = c.Insecure
-	if c.BearerFile != "" {
-		hc.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: c.BearerFile}
-	}
-	if c.BasicUser != "" {
-		hc.BasicAuth = &config.BasicAuth{Username: c.BasicUser, PasswordFile: c.BasicPass}
-	}
-	// Progress bars only on a terminal: a log or a pipe gets the summary lines alone.
-	var progress io.Writer
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		progress = os.Stderr
-	}
-	cl, err := pull.New(pull.Options{URL: c.Prometheus, HTTP: hc, Chunk: c.Chunk, Workers: c.Workers, DCGM: c.DCGM,
-		Progress: progress, Log: log})
+	cl, err := c.client(log)
 	if err != nil {
 		return err
 	}
@@ -102,25 +68,73 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 		return c.write(ctx, cl, fmt.Sprintf("%s-%s", sanitize(c.Instance), from.UTC().Format("20060102T150405Z")),
 			c.Instance, from, to, nil)
 	}
+	return c.pullRuns(ctx, log, cl, from, to)
+}
+
+// window is the time window the flags ask for, with --chunk and --workers checked against it.
+func (c *pullCmd) window() (from, to time.Time, err error) {
+	to = c.To
+	if to.IsZero() {
+		to = time.Now()
+	}
+	from = c.From
+	if from.IsZero() {
+		from = to.Add(-c.Since)
+	}
+	if !to.After(from) {
+		return from, to, fmt.Errorf("--from %s is not before --to %s", from.Format(time.RFC3339), to.Format(time.RFC3339))
+	}
+	// A chunk is one range query per series: under a second Prometheus (milliseconds) returns next to nothing per
+	// query, and the chunks of the window are listed before the first query.
+	if c.Chunk < time.Second {
+		return from, to, fmt.Errorf("--chunk %s: want at least 1s%w", c.Chunk, cli.Usage)
+	}
+	if n := to.Sub(from) / c.Chunk; n > maxChunks {
+		return from, to, fmt.Errorf("--chunk %s: the window of %s would be %d chunks (at most %d): a longer chunk%w",
+			c.Chunk, to.Sub(from), n, maxChunks, cli.Usage)
+	}
+	// Each worker holds a chunk in memory and a query on the server.
+	if c.Workers < 1 || c.Workers > maxWorkers {
+		return from, to, fmt.Errorf("--workers %d: want 1 to %d%w", c.Workers, maxWorkers, cli.Usage)
+	}
+	return from, to, nil
+}
+
+// client is the Prometheus client the flags describe.
+func (c *pullCmd) client(log *slog.Logger) (*pull.Client, error) {
+	hc := config.DefaultHTTPClientConfig
+	hc.TLSConfig.InsecureSkipVerify = c.Insecure
+	if c.BearerFile != "" {
+		hc.Authorization = &config.Authorization{Type: "Bearer", CredentialsFile: c.BearerFile}
+	}
+	if c.BasicUser != "" {
+		hc.BasicAuth = &config.BasicAuth{Username: c.BasicUser, PasswordFile: c.BasicPass}
+	}
+	// Progress bars only on a terminal: a log or a pipe gets the summary lines alone.
+	var progress io.Writer
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		progress = os.Stderr
+	}
+	return pull.New(pull.Options{URL: c.Prometheus, HTTP: hc, Chunk: c.Chunk, Workers: c.Workers, DCGM: c.DCGM,
+		Progress: progress, Log: log})
+}
+
+// pullRuns writes a trace per marked run in [from, to] (those of --slurm-job, or --run-id, if given).
+func (c *pullCmd) pullRuns(ctx context.Context, log *slog.Logger, cl *pull.Client, from, to time.Time) error {
 	runs, err := cl.FindRuns(ctx, from, to)
 	if err != nil {
 		return err
 	}
-	names := map[string]string{} // run id → file name, with the instance where a run id is on several nodes
 	if c.SlurmJob != "" {
 		if runs = pull.SelectSlurmJob(runs, c.SlurmJob); len(runs) == 0 {
 			return fmt.Errorf("no run of Slurm job %s found in %s between %s and %s (its Prolog marks it on the node's lem-exporter)",
 				c.SlurmJob, c.Prometheus, from.Format(time.RFC3339), to.Format(time.RFC3339))
 		}
-		count := map[string]int{}
-		for _, r := range runs {
-			count[r.RunID]++
-		}
-		for _, r := range runs {
-			if count[r.RunID] > 1 {
-				names[r.RunID+"\x00"+r.Instance] = r.RunID + "-" + sanitize(r.Instance)
-			}
-		}
+	}
+	// File names: the run id, with the instance where a run id is on several nodes.
+	count := map[string]int{}
+	for _, r := range runs {
+		count[r.RunID]++
 	}
 	var errs []error
 	pulled := 0
@@ -128,15 +142,15 @@ func (c *pullCmd) Run(ctx context.Context, log *slog.Logger) error {
 		if len(c.RunIDs) > 0 && !slices.Contains(c.RunIDs, r.RunID) {
 			continue
 		}
-		// A little before and after, so the hybrid has counter readings and samples around the edges.
 		name := r.RunID
-		if n, ok := names[r.RunID+"\x00"+r.Instance]; ok {
-			name = n
+		if count[r.RunID] > 1 {
+			name = r.RunID + "-" + sanitize(r.Instance)
 		}
 		if ctx.Err() != nil {
 			errs = append(errs, fmt.Errorf("interrupted before run %s: %w", r.RunID, ctx.Err()))
 			break // interrupted: the runs pulled are complete files, the rest are not started
 		}
+		// A little before and after, so the hybrid has counter readings and samples around the edges.
 		if err := c.write(ctx, cl, name, r.Instance, r.Start.Add(-5*time.Second), r.End.Add(5*time.Second), &r); err != nil {
 			log.Error("run not pulled", "run_id", r.RunID, "err", err)
 			errs = append(errs, fmt.Errorf("run %s: %w", r.RunID, err))
