@@ -345,7 +345,8 @@ func (s *chunkScan) checkCompressed(codec format.CompressionCodec, off, n, want 
 
 // zstdSize walks the zstd frames in b, checking their headers and block structure: exact is the sum of the
 // content sizes the frames declare (the decoder enforces each), bound the most that frames without a declared
-// size can produce (encoders leave the size out of small frames only).
+// size can produce (encoders leave the size out of small frames only). It follows RFC 8878's frame layout field
+// by field, in order, as one function: the checks read best beside the format they follow.
 func zstdSize(b []byte) (exact, bound int64, err error) {
 	for len(b) > 0 {
 		if len(b) < 4 {
