@@ -468,8 +468,8 @@ func (pf *fileCols) firstPass(r *rowGroup) error {
 }
 
 // secondPass decodes the other columns and writes each row into its GPU's series at the row group's offsets. One
-// loop over every row of a trace, one case per row kind, kept in one function: split into calls per row it costs
-// a third more time on the 10 M-sample benchmark, and the cases share the per-GPU cursors.
+// loop over every row of a trace, one case per row kind, kept in one function: a call per row would sit in the
+// reader's hottest loop, and the cases share the per-GPU cursors.
 func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	bufs := pf.buffers()
 	defer pf.bufs.Put(bufs)
