@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -213,6 +214,7 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 	r.m.Times.BaselineStart, r.m.Times.BaselineEnd = t0, t1
 	sleepClock(r.clock, r.smp.Config().DrainInterval+100*time.Millisecond) // the window's samples drained
 	hist := loadIdleHistory(r.opts.IdleHistory)
+	measured := map[string]manifest.Baseline{}
 	for _, d := range r.smp.Devices() {
 		win, err := r.smp.Window(d.Index, t0, t1)
 		if err != nil {
@@ -238,9 +240,9 @@ func (r *run) baseline(ctx context.Context) map[int]*manifest.Baseline {
 			mb.TempFit = &fit
 		}
 		out[d.Index] = mb
-		cache.Baselines[d.UUID] = *mb
+		measured[d.UUID] = *mb
 	}
-	saveBaselines(r.opts.BaselineCache, cache, r.log)
+	saveBaselines(r.opts.BaselineCache, measured, r.log)
 	hist.save(r.log)
 	return out
 }
@@ -339,18 +341,24 @@ func loadBaselines(p string) *baselineCache {
 	return out
 }
 
-func saveBaselines(p string, c *baselineCache, log interface{ Debug(string, ...any) }) {
+// saveBaselines adds the baselines just measured to the cache file, keeping the other GPUs' entries as the file
+// holds them now (another lem-run on this host may have measured its GPUs meanwhile).
+func saveBaselines(p string, measured map[string]manifest.Baseline, log interface{ Debug(string, ...any) }) {
 	path := baselineCachePath(p)
-	if path == "" {
+	if path == "" || len(measured) == 0 {
 		return
 	}
-	b, _ := json.MarshalIndent(c, "", "  ")
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
-		if err := fileutil.WriteAtomic(path, b); err == nil {
-			return
+	err := fileutil.Update(path, func(old []byte) ([]byte, error) {
+		var c baselineCache
+		if json.Unmarshal(old, &c) != nil || c.Baselines == nil {
+			c.Baselines = map[string]manifest.Baseline{} // a damaged or older cache only costs a fresh baseline
 		}
+		maps.Copy(c.Baselines, measured)
+		return json.MarshalIndent(&c, "", "  ")
+	})
+	if err != nil {
+		log.Debug("baseline cache not written", "path", path, "err", err)
 	}
-	log.Debug("baseline cache not written", "path", path)
 }
 
 func f64p(v float64) *float64 {

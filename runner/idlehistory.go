@@ -15,8 +15,9 @@ import (
 // median W) pairs, oldest first. It is the data of the idle-temperature fit and of the "idle" cool-down gate's
 // target, so it is kept per host (the user cache directory), whatever baseline cache a run or campaign uses.
 type idleHistory struct {
-	GPUs map[string][][2]float64 `json:"gpus"`
-	path string
+	GPUs  map[string][][2]float64 `json:"gpus"`
+	path  string
+	added map[string][][2]float64 // this run's points, added to the file on save
 }
 
 // Bounds of the history.
@@ -58,11 +59,21 @@ func loadIdleHistory(p string) *idleHistory {
 }
 
 func (h *idleHistory) remember(uuid string, tempC, watts float64) {
-	g := append(h.GPUs[uuid], [2]float64{tempC, watts})
+	p := [2]float64{tempC, watts}
+	h.GPUs[uuid] = appendCapped(h.GPUs[uuid], p)
+	if h.added == nil {
+		h.added = map[string][][2]float64{}
+	}
+	h.added[uuid] = append(h.added[uuid], p)
+}
+
+// appendCapped appends p, keeping the newest maxHistory points.
+func appendCapped(g [][2]float64, p [2]float64) [][2]float64 {
+	g = append(g, p)
 	if len(g) > maxHistory {
 		g = g[len(g)-maxHistory:]
 	}
-	h.GPUs[uuid] = g
+	return g
 }
 
 func (h *idleHistory) fit(uuid string) (manifest.TempFit, bool) {
@@ -92,14 +103,24 @@ func (h *idleHistory) idleTemp(uuid string) (float64, bool) {
 }
 
 func (h *idleHistory) save(log interface{ Debug(string, ...any) }) {
-	if h.path == "" {
+	if h.path == "" || len(h.added) == 0 {
 		return
 	}
-	b, _ := json.MarshalIndent(h, "", "  ")
-	if err := os.MkdirAll(filepath.Dir(h.path), 0o755); err == nil {
-		if err := fileutil.WriteAtomic(h.path, b); err == nil {
-			return
+	// The points this run added, on top of the file as it is now: another lem-run on this host may have added
+	// its GPUs' meanwhile.
+	err := fileutil.Update(h.path, func(old []byte) ([]byte, error) {
+		var f idleHistory
+		if json.Unmarshal(old, &f) != nil || f.GPUs == nil {
+			f.GPUs = map[string][][2]float64{}
 		}
+		for uuid, ps := range h.added {
+			for _, p := range ps {
+				f.GPUs[uuid] = appendCapped(f.GPUs[uuid], p)
+			}
+		}
+		return json.MarshalIndent(&f, "", "  ")
+	})
+	if err != nil {
+		log.Debug("idle history not written", "path", h.path, "err", err)
 	}
-	log.Debug("idle history not written", "path", h.path)
 }

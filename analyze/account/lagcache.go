@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -94,16 +94,22 @@ func LoadLagCache(path string) (*LagCache, error) {
 	return c, nil
 }
 
-// Save writes the cache atomically, creating its directory.
+// Save adds the cache's lags to the file (the newer of two for one GPU wins), keeping the other GPUs' as the file
+// holds them now: lem-runs on one host and the exporter share it. Written atomically, its directory created.
 func (c *LagCache) Save(path string) error {
-	b, err := json.MarshalIndent(c, "", "  ")
+	err := fileutil.Update(path, func(old []byte) ([]byte, error) {
+		f := &LagCache{Lags: map[string]LagRecord{}}
+		var cur LagCache
+		if len(old) <= maxLagCacheSize && json.Unmarshal(old, &cur) == nil {
+			maps.Copy(f.Lags, cur.Lags) // a damaged file is replaced: a lost cache only costs the fallback
+		}
+		for uuid, r := range c.Lags {
+			f.Keep(uuid, r)
+		}
+		b, err := json.MarshalIndent(f, "", "  ")
+		return append(b, '\n'), err
+	})
 	if err != nil {
-		return fmt.Errorf("lag cache: %w", err)
-	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("lag cache: %w", err)
-	}
-	if err := fileutil.WriteAtomic(path, append(b, '\n')); err != nil {
 		return fmt.Errorf("lag cache %s: %w", path, err)
 	}
 	return nil

@@ -268,6 +268,63 @@ experiments:
 	assert.Contains(t, string(status), "campaign spread (slurm, done): 0 queued, 0 running, 4 ok, 0 not ok of 4 runs")
 }
 
+// baseline.policy ttl on Slurm: a baseline is kept per node (and GPU) and reused there within its TTL, never
+// carried to another node: each run's baseline is either measured in its own job or one measured earlier on the
+// same node and GPU.
+func TestSlurmCampaignBaselinePerNode(t *testing.T) {
+	t.Parallel()
+	bin := testutil.BuildBinary(t, "lem-run")
+	wl := testutil.Workload(t, false)
+	s := gpuCluster(t, testutil.SlurmConfig{})
+	out := filepath.Join(t.TempDir(), "out")
+	file := writeCampaign(t, `name: ttl
+cycles: 3
+baseline: {policy: ttl, ttl: 15m, duration: 500ms}
+executor: {type: slurm, poll: 200ms}
+experiments:
+  - name: w-{tokens}
+    command: [`+wl+`, -phases, "decode:300ms", -tokens, "{tokens}"]
+    vary: {tokens: [100, 200]}
+`)
+	_, code := runCampaign(t, s, bin, "--replay", twoGPUTrace(t), "--loop", "--out", out, file)
+	require.Equal(t, 0, code)
+	st, err := campaign.ReadState(out)
+	require.NoError(t, err)
+	require.Len(t, st.Runs, 6)
+	type slot struct{ node, uuid string }
+	measured := map[slot][]*manifest.Baseline{} // baselines measured in a job, per node and GPU
+	var ms []*manifest.Manifest
+	for _, r := range st.Runs {
+		m, err := manifest.Read(filepath.Join(out, r.RunID))
+		require.NoError(t, err)
+		require.Len(t, m.GPUs, 1)
+		require.NotNil(t, m.GPUs[0].Baseline, r.RunID)
+		ms = append(ms, m)
+	}
+	slices.SortFunc(ms, func(a, b *manifest.Manifest) int { return a.Times.Start.Compare(b.Times.Start) })
+	reused := 0
+	for _, m := range ms {
+		b, k := m.GPUs[0].Baseline, slot{m.Job.Node, m.GPUs[0].UUID}
+		if !b.Reused {
+			assert.Empty(t, measured[k], "%s: a baseline measured again on %v within its TTL", m.RunID, k)
+			measured[k] = append(measured[k], b)
+			continue
+		}
+		reused++
+		require.NotEmpty(t, measured[k], "%s: reused a baseline never measured on %v", m.RunID, k)
+		assert.Equal(t, measured[k][0].Start, b.Start, "%s: the baseline measured on its own node and GPU", m.RunID)
+		assert.Equal(t, measured[k][0].MedianW, b.MedianW)
+	}
+	// Six runs on at most four (node, GPU) slots: at least two reuse a baseline; both nodes measured their own.
+	assert.GreaterOrEqual(t, reused, 2)
+	nodes := map[string]bool{}
+	for k := range measured {
+		nodes[k.node] = true
+	}
+	assert.Len(t, nodes, 2, "baselines measured on both nodes: %v", measured)
+	assert.Len(t, measured, 6-reused)
+}
+
 // flagged is a campaign command whose run takes long until the file flag exists, then quick: a test can stop a
 // long attempt and have the next one end soon.
 func flagged(wl, flag string) string {

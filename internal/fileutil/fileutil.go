@@ -3,8 +3,11 @@
 package fileutil
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // WriteAtomic writes data to path through a temporary file beside it (synced, mode 0644), renamed into place.
@@ -30,4 +33,31 @@ func WriteAtomic(path string, data []byte) error {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// Update replaces path's content with update(its current content) — nil when there is none — while holding an
+// exclusive lock on path+".lock": processes that share a small file (lem-runs on one host measuring different
+// GPUs, jobs of a campaign on one node) each add their part instead of overwriting each other's.
+func Update(path string, update func(old []byte) ([]byte, error)) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", lock.Name(), err)
+	}
+	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	data, err := update(old)
+	if err != nil {
+		return err
+	}
+	return WriteAtomic(path, data)
 }
