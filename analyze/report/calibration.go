@@ -67,8 +67,8 @@ func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 	return true
 }
 
-// calibratedBoards are the fits of the run's GPUs the file knows, by GPU index, and the same as the run will
-// report them.
+// calibratedBoards are the fits of the run's GPUs the file knows, by GPU index, and the same fits as the run
+// reports them (its file name left to the caller).
 func calibratedBoards(m *manifest.Manifest, c *calibrate.File) (map[int]calibrate.Board, Calibrated) {
 	boards := map[int]calibrate.Board{}
 	var cal Calibrated
