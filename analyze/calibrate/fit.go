@@ -77,63 +77,109 @@ func Prepare(m EnergyMeter, from, to time.Time) *Lem {
 
 // Fit is the package's Fit on prepared energy.
 func (l *Lem) Fit(readings []Reading, opts Options) (Result, error) {
-	from, to := l.from, l.to
 	if opts.MaxOffset <= 0 {
 		opts.MaxOffset = DefaultMaxOffset
 	}
 	if len(readings) < minPoints+1 {
 		return Result{}, fmt.Errorf("%d meter readings: a fit needs at least %d", len(readings), minPoints+1)
 	}
+	interval := medianInterval(readings)
+	if interval < gridStep {
+		return Result{}, fmt.Errorf("the meter reads every %s: average it to %s or more first", interval, gridStep)
+	}
+	ivs := l.usableIntervals(readings, interval, opts.MaxOffset)
+	if len(ivs) < minPoints {
+		return Result{}, fmt.Errorf("%d meter readings overlap the trace (%s .. %s) with ±%s to spare: a fit needs %d",
+			len(ivs), l.from.Format(time.RFC3339), l.to.Format(time.RFC3339), opts.MaxOffset, minPoints)
+	}
+	p := l.pairs(ivs)
+	d, err := p.bestOffset(opts.MaxOffset)
+	if err != nil {
+		return Result{}, err
+	}
+	p.shift(d)
+	f, err := ols(p.xs, p.ys)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Gain: f.gain, OffsetW: f.offset, ClockOffset: d, Points: len(ivs), Interval: interval,
+		MinW: slices.Min(p.xs), MaxW: slices.Max(p.xs)}
+	if res.MaxW-res.MinW < max(10, 0.1*res.MaxW) {
+		return Result{}, fmt.Errorf("lem's power spans only %.0f–%.0f W over the meter's readings: a calibration needs loads "+
+			"across the range (idle and full load)", res.MinW, res.MaxW)
+	}
+	res.setUncertainty(f)
+	return res, nil
+}
+
+// medianInterval is the median time between consecutive readings (at least two).
+func medianInterval(readings []Reading) time.Duration {
 	gaps := make([]float64, 0, len(readings)-1)
 	for i := 1; i < len(readings); i++ {
 		gaps = append(gaps, float64(readings[i].Time.Sub(readings[i-1].Time)))
 	}
 	slices.Sort(gaps)
-	interval := time.Duration(gaps[len(gaps)/2])
-	if interval < gridStep {
-		return Result{}, fmt.Errorf("the meter reads every %s: average it to %s or more first", interval, gridStep)
-	}
-	type iv struct {
-		a, b time.Time
-		w    float64
-	}
-	var ivs []iv
+	return time.Duration(gaps[len(gaps)/2])
+}
+
+// meterInterval is one reading: the meter's mean power w over [a, b].
+type meterInterval struct {
+	a, b time.Time
+	w    float64
+}
+
+// usableIntervals are the readings' intervals that lie inside lem's span at every candidate offset, so all
+// candidates are scored on the same readings.
+func (l *Lem) usableIntervals(readings []Reading, interval, maxOffset time.Duration) []meterInterval {
+	var ivs []meterInterval
 	for i, r := range readings {
 		a := r.Time.Add(-interval)
 		if i > 0 && r.Time.Sub(readings[i-1].Time) <= 2*interval {
 			a = readings[i-1].Time
 		}
-		// Usable at every candidate offset, so all candidates are scored on the same readings.
-		if !a.Add(-opts.MaxOffset).Before(from) && !r.Time.Add(opts.MaxOffset).After(to) {
-			ivs = append(ivs, iv{a, r.Time, r.W})
+		if !a.Add(-maxOffset).Before(l.from) && !r.Time.Add(maxOffset).After(l.to) {
+			ivs = append(ivs, meterInterval{a, r.Time, r.W})
 		}
 	}
-	if len(ivs) < minPoints {
-		return Result{}, fmt.Errorf("%d meter readings overlap the trace (%s .. %s) with ±%s to spare: a fit needs %d",
-			len(ivs), from.Format(time.RFC3339), to.Format(time.RFC3339), opts.MaxOffset, minPoints)
-	}
-	// Interval edges on the grid (grid units from `from`), so a shift by d is a subtraction.
-	xa, xb, secs := make([]float64, len(ivs)), make([]float64, len(ivs)), make([]float64, len(ivs))
+	return ivs
+}
+
+// powerPairs are the meter's powers (ys) beside lem's over the same intervals moved by a clock offset (xs).
+type powerPairs struct {
+	cum    running
+	xa, xb []float64 // interval edges on the grid (grid units from the start), so a shift by d is a subtraction
+	secs   []float64
+	xs, ys []float64
+}
+
+func (l *Lem) pairs(ivs []meterInterval) *powerPairs {
+	n := len(ivs)
+	p := &powerPairs{cum: l.cum, xa: make([]float64, n), xb: make([]float64, n), secs: make([]float64, n),
+		xs: make([]float64, n), ys: make([]float64, n)}
 	for i, v := range ivs {
-		xa[i], xb[i] = l.cum.x(v.a), l.cum.x(v.b)
-		secs[i] = v.b.Sub(v.a).Seconds()
+		p.xa[i], p.xb[i] = l.cum.x(v.a), l.cum.x(v.b)
+		p.secs[i] = v.b.Sub(v.a).Seconds()
+		p.ys[i] = v.w
 	}
-	power := func(i int, d time.Duration) float64 {
-		s := float64(d) / float64(gridStep)
-		return (l.cum.atX(xb[i]-s) - l.cum.atX(xa[i]-s)) / secs[i]
+	return p
+}
+
+// shift sets xs to lem's power over each interval moved by d.
+func (p *powerPairs) shift(d time.Duration) {
+	s := float64(d) / float64(gridStep)
+	for i := range p.xs {
+		p.xs[i] = (p.cum.atX(p.xb[i]-s) - p.cum.atX(p.xa[i]-s)) / p.secs[i]
 	}
-	steps := int(opts.MaxOffset / gridStep)
+}
+
+// bestOffset is the clock offset within ±maxOffset whose fit leaves the smallest residual: the best on the grid,
+// refined to the vertex of the parabola through it and its neighbours.
+func (p *powerPairs) bestOffset(maxOffset time.Duration) (time.Duration, error) {
+	steps := int(maxOffset / gridStep)
 	rss := make([]float64, 2*steps+1)
-	xs, ys := make([]float64, len(ivs)), make([]float64, len(ivs))
-	for i, v := range ivs {
-		ys[i] = v.w
-	}
 	for k := -steps; k <= steps; k++ {
-		d := time.Duration(k) * gridStep
-		for i := range ivs {
-			xs[i] = power(i, d)
-		}
-		f, err := ols(xs, ys)
+		p.shift(time.Duration(k) * gridStep)
+		f, err := ols(p.xs, p.ys)
 		if err != nil {
 			rss[k+steps] = math.Inf(1)
 			continue
@@ -147,31 +193,23 @@ func (l *Lem) Fit(readings []Reading, opts Options) (Result, error) {
 		}
 	}
 	if math.IsInf(rss[best], 1) {
-		return Result{}, errors.New("lem's power does not vary over the meter's readings: a calibration needs loads across the range (idle and full load)")
+		return 0, errors.New("lem's power does not vary over the meter's readings: a calibration needs loads across the range (idle and full load)")
 	}
 	if best == 0 || best == len(rss)-1 {
-		return Result{}, fmt.Errorf("the best clock offset lies at the search limit (±%s): the meter's clock is further off "+
-			"(its time zone?) or the log and the trace do not overlap; widen the search", opts.MaxOffset)
+		return 0, fmt.Errorf("the best clock offset lies at the search limit (±%s): the meter's clock is further off "+
+			"(its time zone?) or the log and the trace do not overlap; widen the search", maxOffset)
 	}
-	// Refine between grid points: the vertex of the parabola through the best and its neighbours.
 	d := time.Duration(best-steps) * gridStep
 	if l, c, r := rss[best-1], rss[best], rss[best+1]; l+r-2*c > 0 {
 		d += time.Duration(0.5 * (l - r) / (l + r - 2*c) * float64(gridStep))
 	}
-	for i := range ivs {
-		xs[i] = power(i, d)
-	}
-	f, err := ols(xs, ys)
-	if err != nil {
-		return Result{}, err
-	}
-	res := Result{Gain: f.gain, OffsetW: f.offset, ClockOffset: d, Points: len(ivs), Interval: interval,
-		MinW: slices.Min(xs), MaxW: slices.Max(xs)}
-	if res.MaxW-res.MinW < max(10, 0.1*res.MaxW) {
-		return Result{}, fmt.Errorf("lem's power spans only %.0f–%.0f W over the meter's readings: a calibration needs loads "+
-			"across the range (idle and full load)", res.MinW, res.MaxW)
-	}
-	n := float64(len(ivs))
+	return d, nil
+}
+
+// setUncertainty sets the residuals' spread and lag-1 autocorrelation and the standard errors of gain and offset,
+// widened where neighbouring residuals are positively correlated.
+func (res *Result) setUncertainty(f olsFit) {
+	n := float64(res.Points)
 	s2 := f.rss / (n - 2)
 	var num, den float64
 	for i := range f.res {
@@ -192,7 +230,6 @@ func (l *Lem) Fit(readings []Reading, opts Options) (Result, error) {
 	res.GainSE = math.Sqrt(v / f.sxx)
 	res.OffsetSE = math.Sqrt(v * (1/n + f.xbar*f.xbar/f.sxx))
 	res.CovW = -f.xbar * v / f.sxx
-	return res, nil
 }
 
 // olsFit is a least-squares line y = gain·x + offset.

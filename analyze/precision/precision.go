@@ -183,63 +183,13 @@ func BurstTable(t *trace.Trace, g int, cadences []Cadence) ([]BurstRow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("GPU %d: %w", g, err)
 	}
-	lag := est.Lag
 	var rows []BurstRow
 	for _, c := range cadences {
-		var meter func(a, b time.Time) (float64, error)
-		counterMS := 0.0
-		switch {
-		case c.SamplesOnly:
-			meter = func(a, b time.Time) (float64, error) {
-				r, err := energy.Sampled(s.Samples, a, b)
-				return r.Joules, err
-			}
-		default:
-			cs := thin(s.Counters, c.Every)
-			h := full
-			if c.Every > 0 {
-				if h, err = energy.NewHybrid(cs, s.Samples, lag); err != nil {
-					return nil, fmt.Errorf("GPU %d at %s reads: %w", g, c, err)
-				}
-			}
-			counterMS = medianInterval(cs)
-			meter = func(a, b time.Time) (float64, error) {
-				r, err := h.Energy(a, b)
-				return r.Joules, err
-			}
+		meter, counterMS, err := cadenceMeter(s, full, est.Lag, c)
+		if err != nil {
+			return nil, fmt.Errorf("GPU %d at %s reads: %w", g, c, err)
 		}
-		byLen := map[float64][]float64{}
-		kernels := map[float64][]float64{}
-		for _, b := range bursts {
-			a, e := b.Start.Add(-PadBefore), b.End.Add(PadAfter)
-			j, err := meter(a, e)
-			if err != nil {
-				continue
-			}
-			idle := localIdle(s.Samples, a)
-			if math.IsNaN(idle) {
-				continue
-			}
-			byLen[b.LengthMS] = append(byLen[b.LengthMS], j-idle*e.Sub(a).Seconds())
-			kernels[b.LengthMS] = append(kernels[b.LengthMS], float64(b.Kernels))
-		}
-		lens := make([]float64, 0, len(byLen))
-		for l := range byLen {
-			lens = append(lens, l)
-		}
-		slices.Sort(lens)
-		for _, l := range lens {
-			xs := byLen[l]
-			mean, sd := meanSD(xs)
-			k, _ := meanSD(kernels[l])
-			r := BurstRow{LengthMS: l, Cadence: c.String(), N: len(xs), Kernels: manifest.Num(k), MeanJ: manifest.Num(mean),
-				SDJ: manifest.Num(sd), CV: manifest.Num(sd / mean), PerKernelJ: manifest.Null, BiasPct: manifest.Null,
-				CounterMS: manifest.Num(counterMS)}
-			if k > 0 {
-				r.PerKernelJ = manifest.Num(mean / k)
-			}
-			rows = append(rows, r)
-		}
+		rows = append(rows, burstRows(bursts, s.Samples, meter, c, counterMS)...)
 	}
 	// The reference: the longest bursts at the first cadence given (the trace's own reads by default).
 	ref, refLen := manifest.Null, math.Inf(-1)
@@ -252,6 +202,71 @@ func BurstTable(t *trace.Trace, g int, cadences []Cadence) ([]BurstRow, error) {
 		rows[i].BiasPct = 100 * (rows[i].PerKernelJ/ref - 1)
 	}
 	return rows, nil
+}
+
+// meterFunc is the energy over [a, b] by one method.
+type meterFunc func(a, b time.Time) (float64, error)
+
+// cadenceMeter is the meter of one cadence: the samples alone, or the hybrid on the counter reads thinned to the
+// cadence (the whole series' fit when none are left out), with the counter's median interval (ms; 0 for samples).
+func cadenceMeter(s *trace.Series, full *energy.Hybrid, lag time.Duration, c Cadence) (meterFunc, float64, error) {
+	if c.SamplesOnly {
+		return func(a, b time.Time) (float64, error) {
+			r, err := energy.Sampled(s.Samples, a, b)
+			return r.Joules, err
+		}, 0, nil
+	}
+	cs := thin(s.Counters, c.Every)
+	h := full
+	if c.Every > 0 {
+		var err error
+		if h, err = energy.NewHybrid(cs, s.Samples, lag); err != nil {
+			return nil, 0, err
+		}
+	}
+	return func(a, b time.Time) (float64, error) {
+		r, err := h.Energy(a, b)
+		return r.Joules, err
+	}, medianInterval(cs), nil
+}
+
+// burstRows measures every burst (padded, less the local idle) by one cadence's meter and summarises them per
+// burst length, shortest first; bursts the meter cannot measure or without an idle before them are left out.
+func burstRows(bursts []Burst, ss []trace.PowerSample, meter meterFunc, c Cadence, counterMS float64) []BurstRow {
+	byLen := map[float64][]float64{}
+	kernels := map[float64][]float64{}
+	for _, b := range bursts {
+		a, e := b.Start.Add(-PadBefore), b.End.Add(PadAfter)
+		j, err := meter(a, e)
+		if err != nil {
+			continue
+		}
+		idle := localIdle(ss, a)
+		if math.IsNaN(idle) {
+			continue
+		}
+		byLen[b.LengthMS] = append(byLen[b.LengthMS], j-idle*e.Sub(a).Seconds())
+		kernels[b.LengthMS] = append(kernels[b.LengthMS], float64(b.Kernels))
+	}
+	lens := make([]float64, 0, len(byLen))
+	for l := range byLen {
+		lens = append(lens, l)
+	}
+	slices.Sort(lens)
+	rows := make([]BurstRow, 0, len(lens))
+	for _, l := range lens {
+		xs := byLen[l]
+		mean, sd := meanSD(xs)
+		k, _ := meanSD(kernels[l])
+		r := BurstRow{LengthMS: l, Cadence: c.String(), N: len(xs), Kernels: manifest.Num(k), MeanJ: manifest.Num(mean),
+			SDJ: manifest.Num(sd), CV: manifest.Num(sd / mean), PerKernelJ: manifest.Null, BiasPct: manifest.Null,
+			CounterMS: manifest.Num(counterMS)}
+		if k > 0 {
+			r.PerKernelJ = manifest.Num(mean / k)
+		}
+		rows = append(rows, r)
+	}
+	return rows
 }
 
 // thin keeps one counter reading per every (the first at or after each step), all of them for every 0.

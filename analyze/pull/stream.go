@@ -234,7 +234,20 @@ func fresh(s *model.SampleStream, last map[string]model.Time) []model.SamplePair
 // hand converts one chunk and hands it to the sink: per GPU the preferred power and energy series, then the
 // telemetry assembled from the gauges.
 func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, sink Sink, st *Stats) error {
-	power, energy := preferStream(ch.parts[0].streams), preferStream(ch.parts[1].streams)
+	if err := handPower(preferStream(ch.parts[0].streams), last, sink, st); err != nil {
+		return err
+	}
+	if err := c.handEnergy(preferStream(ch.parts[1].streams), last, sink, st); err != nil {
+		return err
+	}
+	if c.opts.DCGM {
+		return nil
+	}
+	return handTelemetry(telemetrySnapshots(ch, last), known, sink, st)
+}
+
+// handPower hands each GPU's new power samples to the sink.
+func handPower(power []*model.SampleStream, last map[string]model.Time, sink Sink, st *Stats) error {
 	for _, s := range power {
 		vs := fresh(s, last)
 		ss := make([]trace.PowerSample, 0, len(vs))
@@ -251,6 +264,11 @@ func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, 
 		}
 		st.Samples += int64(len(ss))
 	}
+	return nil
+}
+
+// handEnergy hands each GPU's new energy-counter readings to the sink, in millijoules.
+func (c *Client) handEnergy(energy []*model.SampleStream, last map[string]model.Time, sink Sink, st *Stats) error {
 	for _, s := range energy {
 		vs := fresh(s, last)
 		cs := make([]trace.CounterReading, 0, len(vs))
@@ -272,20 +290,24 @@ func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, 
 		}
 		st.Counters += int64(len(cs))
 	}
-	if c.opts.DCGM {
-		return nil
-	}
+	return nil
+}
+
+// snapshotKey is one GPU's telemetry at one scrape (Prometheus milliseconds).
+type snapshotKey struct {
+	g  int
+	ms int64
+}
+
+// telemetrySnapshots assembles the chunk's new gauge and clock-reason values into one snapshot per GPU and scrape.
+func telemetrySnapshots(ch chunk, last map[string]model.Time) map[snapshotKey]*trace.Telemetry {
 	bits := map[string]uint64{}
 	for _, r := range gpu.ClockReasons {
 		bits[r.Name] = r.Bit
 	}
-	type key struct {
-		g  int
-		ms int64
-	}
-	snaps := map[key]*trace.Telemetry{}
+	snaps := map[snapshotKey]*trace.Telemetry{}
 	at := func(g int, p model.SamplePair) *trace.Telemetry {
-		k := key{g, int64(p.Timestamp)}
+		k := snapshotKey{g, int64(p.Timestamp)}
 		if snaps[k] == nil {
 			tm := trace.NewTelemetry(p.Timestamp.Time())
 			snaps[k] = &tm
@@ -309,6 +331,12 @@ func (c *Client) hand(ch chunk, last map[string]model.Time, known map[int]bool, 
 			}
 		}
 	}
+	return snaps
+}
+
+// handTelemetry hands the snapshots to the sink, GPU by GPU in index order and each GPU's in time order, leaving out
+// GPUs without power or energy series.
+func handTelemetry(snaps map[snapshotKey]*trace.Telemetry, known map[int]bool, sink Sink, st *Stats) error {
 	byGPU := map[int][]trace.Telemetry{}
 	for k, tm := range snaps {
 		byGPU[k.g] = append(byGPU[k.g], *tm)

@@ -40,14 +40,7 @@ func Calibrate(runs []Run, c *calibrate.File, name string) int {
 
 func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 	m := r.Manifest
-	boards := map[int]calibrate.Board{}
-	var cal Calibrated
-	for _, g := range m.GPUs {
-		if b, ok := c.Boards[g.UUID]; ok && g.UUID != "" {
-			boards[g.Index] = b
-			cal.Boards = append(cal.Boards, CalibratedGPU{Index: g.Index, UUID: g.UUID, Board: b})
-		}
-	}
+	boards, cal := calibratedBoards(m, c)
 	if len(boards) == 0 {
 		return false
 	}
@@ -57,12 +50,51 @@ func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 	}
 	dur := m.Times.DurationS
 	// The budgets' terms before, per run and phase: the raw and adjusted energy per GPU they are spread over.
-	runGPU := map[int][2]float64{}
-	for _, g := range m.GPUs {
-		if g.Role != manifest.RoleObserved {
-			runGPU[g.Index] = [2]float64{g.Energy.HybridJ.Or(math.NaN()), g.Energy.AdjustedJ.Or(math.NaN())}
+	runGPU := workloadEnergies(m)
+	workload := correctGPUs(m, boards, dur)
+	phaseGPU := correctPhases(m, boards)
+	if workload == 1 {
+		correctWindows(m, boards)
+	}
+	account.Derive(m)
+	r.Uncertainty = recalibrated(r.Uncertainty, runGPU, boards, dur)
+	for i, p := range m.Phases {
+		if b, ok := r.PhaseUncertainty[p.Name]; ok {
+			r.PhaseUncertainty[p.Name] = recalibrated(b, phaseGPU[p.Name], boards, m.Phases[i].DurationS)
 		}
 	}
+	r.Calibrated = &cal
+	return true
+}
+
+// calibratedBoards are the fits of the run's GPUs the file knows, by GPU index, and the same fits as the run
+// reports them (its file name left to the caller).
+func calibratedBoards(m *manifest.Manifest, c *calibrate.File) (map[int]calibrate.Board, Calibrated) {
+	boards := map[int]calibrate.Board{}
+	var cal Calibrated
+	for _, g := range m.GPUs {
+		if b, ok := c.Boards[g.UUID]; ok && g.UUID != "" {
+			boards[g.Index] = b
+			cal.Boards = append(cal.Boards, CalibratedGPU{Index: g.Index, UUID: g.UUID, Board: b})
+		}
+	}
+	return boards, cal
+}
+
+// workloadEnergies is each workload GPU's raw (hybrid) and idle-adjusted energy.
+func workloadEnergies(m *manifest.Manifest) map[int][2]float64 {
+	e := map[int][2]float64{}
+	for _, g := range m.GPUs {
+		if g.Role != manifest.RoleObserved {
+			e[g.Index] = [2]float64{g.Energy.HybridJ.Or(math.NaN()), g.Energy.AdjustedJ.Or(math.NaN())}
+		}
+	}
+	return e
+}
+
+// correctGPUs corrects each calibrated GPU's energies and powers and sums the run's workload and observed energy
+// again; it returns the number of workload GPUs.
+func correctGPUs(m *manifest.Manifest, boards map[int]calibrate.Board, dur float64) int {
 	m.Energy, m.ObservedEnergy = manifest.Energy{}, nil
 	workload := 0
 	for i := range m.GPUs {
@@ -83,14 +115,20 @@ func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 		workload++
 		m.Energy.Sum(g.Energy)
 	}
-	phaseGPU := map[string]map[int][2]float64{}
+	return workload
+}
+
+// correctPhases corrects each phase's energy per calibrated GPU and sums the phase again; it returns each phase's
+// raw and adjusted energy per GPU before correction.
+func correctPhases(m *manifest.Manifest, boards map[int]calibrate.Board) map[string]map[int][2]float64 {
+	before := map[string]map[int][2]float64{}
 	for i := range m.Phases {
 		p := &m.Phases[i]
-		phaseGPU[p.Name] = map[int][2]float64{}
+		before[p.Name] = map[int][2]float64{}
 		p.Energy.HybridJ, p.Energy.AdjustedJ, p.Energy.AdjustedActiveJ = 0, 0, 0
 		for j := range p.GPUs {
 			pg := &p.GPUs[j]
-			phaseGPU[p.Name][pg.Index] = [2]float64{pg.HybridJ.Or(math.NaN()), pg.AdjustedJ.Or(math.NaN())}
+			before[p.Name][pg.Index] = [2]float64{pg.HybridJ.Or(math.NaN()), pg.AdjustedJ.Or(math.NaN())}
 			if b, ok := boards[pg.Index]; ok {
 				pg.HybridJ = cnum(b.Gain*pg.HybridJ.Or(math.NaN()) + b.OffsetW*p.DurationS)
 				pg.AdjustedJ = cnum(b.Gain * pg.AdjustedJ.Or(math.NaN()))
@@ -101,33 +139,28 @@ func calibrateRun(r *Run, c *calibrate.File, name string) bool {
 			p.Energy.AdjustedActiveJ += pg.AdjustedActiveJ
 		}
 	}
-	if workload == 1 {
-		var b calibrate.Board
-		ok := false
-		for _, g := range m.GPUs {
-			if g.Role != manifest.RoleObserved {
-				b, ok = boards[g.Index]
-			}
-		}
-		for i := range m.Windows {
-			w := &m.Windows[i]
-			if !ok {
-				break
-			}
-			correctEnergy(&w.Energy, b, w.DurationS)
-			w.MedianJ = cnum(b.Gain * w.MedianJ.Or(math.NaN())) // an occurrence's own duration is not kept: gain only
-			w.P90J = cnum(b.Gain * w.P90J.Or(math.NaN()))
+	return before
+}
+
+// correctWindows corrects the windows of a run with one workload GPU by that GPU's fit (a window's energy is summed
+// over the workload's GPUs: with more there is no one fit to apply). Nothing changes if the GPU is not calibrated.
+func correctWindows(m *manifest.Manifest, boards map[int]calibrate.Board) {
+	var b calibrate.Board
+	ok := false
+	for _, g := range m.GPUs {
+		if g.Role != manifest.RoleObserved {
+			b, ok = boards[g.Index]
 		}
 	}
-	account.Derive(m)
-	r.Uncertainty = recalibrated(r.Uncertainty, runGPU, boards, dur)
-	for i, p := range m.Phases {
-		if b, ok := r.PhaseUncertainty[p.Name]; ok {
-			r.PhaseUncertainty[p.Name] = recalibrated(b, phaseGPU[p.Name], boards, m.Phases[i].DurationS)
-		}
+	if !ok {
+		return
 	}
-	r.Calibrated = &cal
-	return true
+	for i := range m.Windows {
+		w := &m.Windows[i]
+		correctEnergy(&w.Energy, b, w.DurationS)
+		w.MedianJ = cnum(b.Gain * w.MedianJ.Or(math.NaN())) // an occurrence's own duration is not kept: gain only
+		w.P90J = cnum(b.Gain * w.P90J.Or(math.NaN()))
+	}
 }
 
 // correctEnergy puts one GPU's energy over durS seconds on the meter's scale.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/stats"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 // Plot geometry (SVG user units).
@@ -42,21 +43,55 @@ func powerSVG(r Run) template.HTML {
 	if span <= 0 || len(r.Power) == 0 {
 		return ""
 	}
+	pmax := maxPower(r.Power)
+	if pmax <= 0 {
+		return ""
+	}
+	pl := powerPlot{t0: t0, span: span, pmax: pmax * 1.1}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg class="power" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %s %s" width="%s" height="%s" role="img" aria-label="power of run %s">`,
+		f(plotW), f(plotH), f(plotW), f(plotH), template.HTMLEscapeString(m.RunID))
+	colorOf := pl.phases(&b, m)
+	if !m.Times.BaselineStart.IsZero() {
+		a, e := 0.0, m.Times.BaselineEnd.Sub(t0).Seconds()
+		fmt.Fprintf(&b, `<rect class="baseline-window" x="%s" y="%s" width="%s" height="%s" fill="#999" fill-opacity="0.10"><title>idle baseline</title></rect>`,
+			f(pl.x(a)), f(padT), f(pl.x(e)-pl.x(a)), f(plotH-padT-padB))
+	}
+	gpus := make([]int, 0, len(r.Power))
+	for g := range r.Power {
+		gpus = append(gpus, g)
+	}
+	sort.Ints(gpus)
+	pl.traces(&b, r, gpus)
+	// Axes: ticks with units, axis titles, and a legend naming every series.
+	axes(&b, padL, plotW-padR, padT, plotH-padB, pl.pmax, span, "power (W)", "time since the baseline started (s)", pl.x, pl.y)
+	drawLegend(&b, padL+8, 14, powerLegend(m, gpus, colorOf))
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String())
+}
+
+// maxPower is the highest power of any GPU (0 if none is positive).
+func maxPower(power map[int][]trace.PowerSample) float64 {
 	pmax := 0.0
-	for _, ss := range r.Power {
+	for _, ss := range power {
 		for _, s := range ss {
 			pmax = math.Max(pmax, s.PowerW)
 		}
 	}
-	if pmax <= 0 {
-		return ""
-	}
-	pmax *= 1.1
-	x := func(sec float64) float64 { return padL + (plotW-padL-padR)*sec/span }
-	y := func(w float64) float64 { return padT + (plotH-padT-padB)*(1-w/pmax) }
-	var b strings.Builder
-	fmt.Fprintf(&b, `<svg class="power" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 %s %s" width="%s" height="%s" role="img" aria-label="power of run %s">`,
-		f(plotW), f(plotH), f(plotW), f(plotH), template.HTMLEscapeString(m.RunID))
+	return pmax
+}
+
+// powerPlot places a run's power on the plot: seconds since t0 across, watts up to pmax.
+type powerPlot struct {
+	t0         time.Time
+	span, pmax float64
+}
+
+func (pl powerPlot) x(sec float64) float64 { return padL + (plotW-padL-padR)*sec/pl.span }
+func (pl powerPlot) y(w float64) float64   { return padT + (plotH-padT-padB)*(1-w/pl.pmax) }
+
+// phases shades the run's phases, one colour per phase name, labelled where a name begins; it returns the colours.
+func (pl powerPlot) phases(b *strings.Builder, m *manifest.Manifest) map[string]string {
 	colorOf := map[string]string{}
 	for i, p := range m.Phases {
 		c, ok := colorOf[p.Name]
@@ -64,40 +99,37 @@ func powerSVG(r Run) template.HTML {
 			c = phaseColors[len(colorOf)%len(phaseColors)]
 			colorOf[p.Name] = c
 		}
-		a, e := p.Start.Sub(t0).Seconds(), p.End.Sub(t0).Seconds()
-		fmt.Fprintf(&b, `<rect class="phase" x="%s" y="%s" width="%s" height="%s" fill="%s" fill-opacity="%g"><title>%s</title></rect>`,
-			f(x(a)), f(padT), f(math.Max(x(e)-x(a), 0.5)), f(plotH-padT-padB), c, phaseOpacity, template.HTMLEscapeString(p.Name))
+		a, e := p.Start.Sub(pl.t0).Seconds(), p.End.Sub(pl.t0).Seconds()
+		fmt.Fprintf(b, `<rect class="phase" x="%s" y="%s" width="%s" height="%s" fill="%s" fill-opacity="%g"><title>%s</title></rect>`,
+			f(pl.x(a)), f(padT), f(math.Max(pl.x(e)-pl.x(a), 0.5)), f(plotH-padT-padB), c, phaseOpacity, template.HTMLEscapeString(p.Name))
 		if i == 0 || m.Phases[i-1].Name != p.Name {
-			fmt.Fprintf(&b, `<text x="%s" y="%s" font-size="10" fill="%s">%s</text>`, f(x(a)+2), f(padT+10), c, template.HTMLEscapeString(p.Name))
+			fmt.Fprintf(b, `<text x="%s" y="%s" font-size="10" fill="%s">%s</text>`, f(pl.x(a)+2), f(padT+10), c, template.HTMLEscapeString(p.Name))
 		}
 	}
-	if !m.Times.BaselineStart.IsZero() {
-		a, e := 0.0, m.Times.BaselineEnd.Sub(t0).Seconds()
-		fmt.Fprintf(&b, `<rect class="baseline-window" x="%s" y="%s" width="%s" height="%s" fill="#999" fill-opacity="0.10"><title>idle baseline</title></rect>`,
-			f(x(a)), f(padT), f(x(e)-x(a)), f(plotH-padT-padB))
-	}
-	gpus := make([]int, 0, len(r.Power))
-	for g := range r.Power {
-		gpus = append(gpus, g)
-	}
-	sort.Ints(gpus)
+	return colorOf
+}
+
+// traces draws each GPU's power and its idle baseline, in the GPU's colour.
+func (pl powerPlot) traces(b *strings.Builder, r Run, gpus []int) {
 	for i, g := range gpus {
 		c := phaseColors[(i+3)%len(phaseColors)]
 		var pts []string
 		for _, s := range r.Power[g] {
-			pts = append(pts, f(x(s.Time.Sub(t0).Seconds()))+","+f(y(s.PowerW)))
+			pts = append(pts, f(pl.x(s.Time.Sub(pl.t0).Seconds()))+","+f(pl.y(s.PowerW)))
 		}
-		fmt.Fprintf(&b, `<polyline class="trace" fill="none" stroke="%s" stroke-width="1" points="%s"><title>GPU %d power</title></polyline>`,
+		fmt.Fprintf(b, `<polyline class="trace" fill="none" stroke="%s" stroke-width="1" points="%s"><title>GPU %d power</title></polyline>`,
 			c, strings.Join(pts, " "), g)
-		for _, mg := range m.GPUs {
+		for _, mg := range r.Manifest.GPUs {
 			if mg.Index == g && mg.Baseline != nil {
-				fmt.Fprintf(&b, `<line class="baseline" x1="%s" x2="%s" y1="%s" y2="%s" stroke="%s" stroke-dasharray="6 4"><title>GPU %d idle baseline %.1f W</title></line>`,
-					f(padL), f(plotW-padR), f(y(mg.Baseline.MedianW)), f(y(mg.Baseline.MedianW)), c, g, mg.Baseline.MedianW)
+				fmt.Fprintf(b, `<line class="baseline" x1="%s" x2="%s" y1="%s" y2="%s" stroke="%s" stroke-dasharray="6 4"><title>GPU %d idle baseline %.1f W</title></line>`,
+					f(padL), f(plotW-padR), f(pl.y(mg.Baseline.MedianW)), f(pl.y(mg.Baseline.MedianW)), c, g, mg.Baseline.MedianW)
 			}
 		}
 	}
-	// Axes: ticks with units, axis titles, and a legend naming every series.
-	axes(&b, padL, plotW-padR, padT, plotH-padB, pmax, span, "power (W)", "time since the baseline started (s)", x, y)
+}
+
+// powerLegend names every series of the power plot: the GPUs' power, the baselines and the phases.
+func powerLegend(m *manifest.Manifest, gpus []int, colorOf map[string]string) []legendItem {
 	var legend []legendItem
 	for i, g := range gpus {
 		legend = append(legend, legendItem{phaseColors[(i+3)%len(phaseColors)], "line", fmt.Sprintf("GPU %d power (50 Hz)", g)})
@@ -112,9 +144,7 @@ func powerSVG(r Run) template.HTML {
 			legend = append(legend, legendItem{colorOf[p.Name], "box", "phase " + p.Name})
 		}
 	}
-	drawLegend(&b, padL+8, 14, legend)
-	b.WriteString(`</svg>`)
-	return template.HTML(b.String())
+	return legend
 }
 
 // niceStep is a round tick step (1, 2 or 5 × 10^k) giving about n ticks over span.

@@ -307,54 +307,74 @@ func ExperimentTable(w io.Writer, exps []Experiment) {
 	}
 	fmt.Fprintln(w, "\nok: runs that pass every quality rule (`lem-analyze validate`); only they enter the statistics.")
 	if excluded {
-		fmt.Fprintln(w, "\nRuns left out of the statistics:")
-		fmt.Fprintln(w)
-		for _, e := range exps {
-			for _, x := range e.Excluded {
-				fmt.Fprintf(w, "- %s (%s): %s\n", x.RunID, e.Name, strings.Join(x.Violations, "; "))
-			}
-		}
+		excludedList(w, exps)
 	}
 	if refs {
-		fmt.Fprintln(w, "\n| experiment | vs | runs | energy (raw) | energy (adjusted) | J/token (raw) | J/token (adjusted) |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
-		different := false
-		for _, e := range exps {
-			c := e.Reference
-			if c == nil {
-				continue
-			}
-			how := "independent"
-			if c.Paired {
-				how = "paired by cycle"
-			}
-			ref := c.Reference
-			if c.DifferentBoards {
-				ref += " (different boards)"
-				different = true
-			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", e.Name, ref, how, ratioText(c.EnergyJ),
-				ratioText(c.AdjustedJ), ratioText(c.JPerToken), ratioText(c.JPerTokenAdj))
-		}
-		fmt.Fprintln(w, "\nRatios: value [95 % interval over the runs] ± U (k = 2). On the same boards the sensor gain cancels in a ratio;")
-		if different {
-			fmt.Fprintln(w, "**different boards** (GPU UUIDs differ): the gain does not cancel, and both boards' gain terms are in U.")
-		} else {
-			fmt.Fprintln(w, "every comparison here ran on the same boards.")
-		}
+		referenceTable(w, exps)
 	}
 	idleTable(w, exps)
 	if phases {
-		fmt.Fprintln(w, "\n| experiment | phase | s | energy J | U J | adjusted J | U J | runs clamped | power-capped s |")
-		fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
-		for _, e := range exps {
-			for _, p := range e.Phases {
-				fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", e.Name, p.Name, ci(p.DurationS, 3),
-					ci(p.EnergyJ, 1), pm(p.EnergyU.Expanded, 1), ci(p.AdjustedJ, 1), pm(p.AdjustedU.Expanded, 1), p.Clamped,
-					num(p.PowerCappedS, 2))
-			}
+		experimentPhaseTable(w, exps)
+	}
+	meanBudgetTable(w, exps)
+}
+
+// excludedList names the runs left out of the statistics and the rules each broke.
+func excludedList(w io.Writer, exps []Experiment) {
+	fmt.Fprintln(w, "\nRuns left out of the statistics:")
+	fmt.Fprintln(w)
+	for _, e := range exps {
+		for _, x := range e.Excluded {
+			fmt.Fprintf(w, "- %s (%s): %s\n", x.RunID, e.Name, strings.Join(x.Violations, "; "))
 		}
 	}
+}
+
+// referenceTable writes each experiment's ratios to its reference, and whether the sensor gain cancels in them.
+func referenceTable(w io.Writer, exps []Experiment) {
+	fmt.Fprintln(w, "\n| experiment | vs | runs | energy (raw) | energy (adjusted) | J/token (raw) | J/token (adjusted) |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	different := false
+	for _, e := range exps {
+		c := e.Reference
+		if c == nil {
+			continue
+		}
+		how := "independent"
+		if c.Paired {
+			how = "paired by cycle"
+		}
+		ref := c.Reference
+		if c.DifferentBoards {
+			ref += " (different boards)"
+			different = true
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", e.Name, ref, how, ratioText(c.EnergyJ),
+			ratioText(c.AdjustedJ), ratioText(c.JPerToken), ratioText(c.JPerTokenAdj))
+	}
+	fmt.Fprintln(w, "\nRatios: value [95 % interval over the runs] ± U (k = 2). On the same boards the sensor gain cancels in a ratio;")
+	if different {
+		fmt.Fprintln(w, "**different boards** (GPU UUIDs differ): the gain does not cancel, and both boards' gain terms are in U.")
+	} else {
+		fmt.Fprintln(w, "every comparison here ran on the same boards.")
+	}
+}
+
+// experimentPhaseTable writes each experiment's phases: duration, energies and their uncertainties.
+func experimentPhaseTable(w io.Writer, exps []Experiment) {
+	fmt.Fprintln(w, "\n| experiment | phase | s | energy J | U J | adjusted J | U J | runs clamped | power-capped s |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	for _, e := range exps {
+		for _, p := range e.Phases {
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", e.Name, p.Name, ci(p.DurationS, 3),
+				ci(p.EnergyJ, 1), pm(p.EnergyU.Expanded, 1), ci(p.AdjustedJ, 1), pm(p.AdjustedU.Expanded, 1), p.Clamped,
+				num(p.PowerCappedS, 2))
+		}
+	}
+}
+
+// meanBudgetTable writes the uncertainty budget of each experiment's mean figures, term by term.
+func meanBudgetTable(w io.Writer, exps []Experiment) {
 	fmt.Fprintln(w, "\nUncertainty budgets of the means (standard uncertainties in the figure's unit; terms in parentheses are random per run and already in the repetition):")
 	fmt.Fprintln(w, "\n| experiment | figure | gain | lag | boundary | marker latency | baseline | aliasing | repetition | u_c | U (k=2) |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|")

@@ -100,97 +100,115 @@ func LoadWith(paths []string, opts LoadOptions) ([]Run, []Problem) { return load
 func LoadManifests(paths []string) ([]Run, []Problem) { return load(paths, false, LoadOptions{}) }
 
 func load(paths []string, traces bool, opts LoadOptions) ([]Run, []Problem) {
-	var runs []Run
-	var probs []Problem
-	seen := map[string]string{}
-	earlier := map[string]map[string][]string{} // campaign directory → its earlier attempts by run id
-	attempts := func(runDir, runID string) int {
-		dir := campaignDirOf(runDir)
-		e, ok := earlier[dir]
-		if !ok {
-			e, _ = EarlierAttempts(dir)
-			earlier[dir] = e
-		}
-		return Attempts(dir, runID, e)
-	}
-	add := func(path string) {
-		m, err := manifest.Read(path)
-		if err != nil {
-			probs = append(probs, Problem{Path: path, Err: err.Error()})
-			return
-		}
-		if first, dup := seen[m.RunID]; dup {
-			probs = append(probs, Problem{Path: path, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", m.RunID, first)})
-			return
-		}
-		seen[m.RunID] = path
-		if Unfinished(m) {
-			if err := Recover(filepath.Dir(path), m); err != nil {
-				probs = append(probs, Problem{Path: filepath.Dir(path), Err: "unfinished run, energy so far unknown: " + err.Error()})
-			}
-		}
-		r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
-		r.Attempts = attempts(r.Dir, m.RunID)
-		if !traces {
-			runs = append(runs, r)
-			return
-		}
-		if err := fromTrace(&r); err != nil {
-			probs = append(probs, Problem{Path: filepath.Join(r.Dir, manifest.TraceFile),
-				Err: "trace unreadable, steady state and plot left out: " + err.Error()})
-		}
-		runs = append(runs, r)
-	}
-	addTrace := func(p string) {
-		trs, err := fromTraceFile(p, traces, opts)
-		if err != nil {
-			probs = append(probs, Problem{Path: p, Err: err.Error()})
-		}
-		for _, r := range trs {
-			if first, dup := seen[r.Manifest.RunID]; dup {
-				probs = append(probs, Problem{Path: p, Err: fmt.Sprintf("duplicate run %s (also in %s): ignored", r.Manifest.RunID, first)})
-				continue
-			}
-			seen[r.Manifest.RunID] = p
-			runs = append(runs, r)
-		}
-	}
+	l := &loader{traces: traces, opts: opts, seen: map[string]string{}, earlier: map[string]map[string][]string{}}
 	for _, p := range paths {
-		st, err := os.Stat(p)
-		if errors.Is(err, os.ErrNotExist) && strings.HasSuffix(p, ".parquet") {
-			addTrace(p) // perhaps the closed segments of a recording whose writer died
-			continue
+		l.addPath(p)
+	}
+	sort.Slice(l.runs, func(i, j int) bool { return l.runs[i].Manifest.Times.Start.Before(l.runs[j].Manifest.Times.Start) })
+	return l.runs, l.probs
+}
+
+// loader gathers the runs of a load's inputs and the problems with them.
+type loader struct {
+	traces  bool
+	opts    LoadOptions
+	runs    []Run
+	probs   []Problem
+	seen    map[string]string              // run id → the input it came from
+	earlier map[string]map[string][]string // campaign directory → its earlier attempts by run id
+}
+
+func (l *loader) problem(path, msg string) { l.probs = append(l.probs, Problem{Path: path, Err: msg}) }
+
+// addPath adds one input: a trace (or the closed segments of one), a manifest, or a directory searched for them.
+func (l *loader) addPath(p string) {
+	st, err := os.Stat(p)
+	if errors.Is(err, os.ErrNotExist) && strings.HasSuffix(p, ".parquet") {
+		l.addTrace(p) // perhaps the closed segments of a recording whose writer died
+		return
+	}
+	if err != nil {
+		l.problem(p, err.Error())
+		return
+	}
+	if !st.IsDir() {
+		switch {
+		case filepath.Base(p) == manifest.FileName:
+			l.addManifest(p)
+		case strings.HasSuffix(p, ".parquet"):
+			l.addTrace(p)
+		default:
+			l.problem(p, "not a run directory, manifest.json or lem trace (.parquet)")
 		}
-		if err != nil {
-			probs = append(probs, Problem{Path: p, Err: err.Error()})
-			continue
-		}
-		if !st.IsDir() {
-			switch {
-			case filepath.Base(p) == manifest.FileName:
-				add(p)
-			case strings.HasSuffix(p, ".parquet"):
-				addTrace(p)
-			default:
-				probs = append(probs, Problem{Path: p, Err: "not a run directory, manifest.json or lem trace (.parquet)"})
-			}
-			continue
-		}
-		manifests, found, err := walk(p)
-		for _, m := range manifests {
-			add(m)
-		}
-		for _, tp := range found {
-			addTrace(tp)
-		}
-		if err != nil {
-			probs = append(probs, Problem{Path: p, Err: err.Error()})
-		} else if len(manifests)+len(found) == 0 {
-			probs = append(probs, Problem{Path: p, Err: "no manifest.json or lem trace found (not a lem-run output or recording directory?)"})
+		return
+	}
+	manifests, found, err := walk(p)
+	for _, m := range manifests {
+		l.addManifest(m)
+	}
+	for _, tp := range found {
+		l.addTrace(tp)
+	}
+	if err != nil {
+		l.problem(p, err.Error())
+	} else if len(manifests)+len(found) == 0 {
+		l.problem(p, "no manifest.json or lem trace found (not a lem-run output or recording directory?)")
+	}
+}
+
+// addManifest adds a run directory by its manifest: recovered if unfinished, its trace read if the load reads
+// traces.
+func (l *loader) addManifest(path string) {
+	m, err := manifest.Read(path)
+	if err != nil {
+		l.problem(path, err.Error())
+		return
+	}
+	if first, dup := l.seen[m.RunID]; dup {
+		l.problem(path, fmt.Sprintf("duplicate run %s (also in %s): ignored", m.RunID, first))
+		return
+	}
+	l.seen[m.RunID] = path
+	if Unfinished(m) {
+		if err := Recover(filepath.Dir(path), m); err != nil {
+			l.problem(filepath.Dir(path), "unfinished run, energy so far unknown: "+err.Error())
 		}
 	}
-	sort.Slice(runs, func(i, j int) bool { return runs[i].Manifest.Times.Start.Before(runs[j].Manifest.Times.Start) })
-	return runs, probs
+	r := Run{Dir: filepath.Dir(path), Manifest: m, Uncertainty: budget(m)}
+	r.Attempts = l.attempts(r.Dir, m.RunID)
+	if l.traces {
+		if err := fromTrace(&r); err != nil {
+			l.problem(filepath.Join(r.Dir, manifest.TraceFile), "trace unreadable, steady state and plot left out: "+err.Error())
+		}
+	}
+	l.runs = append(l.runs, r)
+}
+
+// attempts is how often the run was measured, its campaign's earlier attempts read once per campaign.
+func (l *loader) attempts(runDir, runID string) int {
+	dir := campaignDirOf(runDir)
+	e, ok := l.earlier[dir]
+	if !ok {
+		e, _ = EarlierAttempts(dir)
+		l.earlier[dir] = e
+	}
+	return Attempts(dir, runID, e)
+}
+
+// addTrace adds the runs marked in a lem trace.
+func (l *loader) addTrace(p string) {
+	trs, err := fromTraceFile(p, l.traces, l.opts)
+	if err != nil {
+		l.problem(p, err.Error())
+	}
+	for _, r := range trs {
+		if first, dup := l.seen[r.Manifest.RunID]; dup {
+			l.problem(p, fmt.Sprintf("duplicate run %s (also in %s): ignored", r.Manifest.RunID, first))
+			continue
+		}
+		l.seen[r.Manifest.RunID] = p
+		l.runs = append(l.runs, r)
+	}
 }
 
 // walk finds run directories' manifests under dir and, elsewhere, lem traces (a recording directory): a run

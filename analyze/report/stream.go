@@ -108,76 +108,14 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 		return nil, err
 	}
 	defer s.Close()
-	// Pass 1: events, extents, distinct counter values.
-	facts := map[int]*gpuFacts{}
-	var events []trace.Event
-	var cmerge trace.Merge
-	count := func(rel map[int]*trace.Series) {
-		for g, r := range rel {
-			f := facts[g]
-			for _, c := range r.Counters {
-				if f.distinct == 0 || c.EnergyMJ != f.lastMJ {
-					f.distinct++
-					f.lastChange = c.Time
-				}
-				f.lastMJ = c.EnergyMJ
-			}
-		}
-	}
-	err = s.Scan(ctx, trace.RowCounters|trace.RowEvents, func(p trace.Part) error {
-		events = append(events, p.Trace.Events...)
-		for g, e := range p.Extents {
-			f := facts[g]
-			if f == nil {
-				f = &gpuFacts{}
-				facts[g] = f
-			}
-			f.ext.Merge(e)
-		}
-		cmerge.Add(p.Trace)
-		count(cmerge.Release(p.Complete))
-		return nil
-	})
+	facts, events, err := scanRunsAndCounters(ctx, s)
 	if err != nil {
 		return nil, err
 	}
-	count(cmerge.Release(endOfTime))
 	slog.Debug("stream: runs and counters", "path", name, "rows", s.Rows(), "took", time.Since(t0))
-	// Pass 2: lags and gains.
 	t1 := time.Now()
-	lags := map[int]*energy.LagStream{}
-	for g, f := range facts {
-		lags[g] = energy.NewLagStream(f.distinct)
-	}
-	var lmerge trace.Merge
-	fit := func(rel map[int]*trace.Series) {
-		var wg sync.WaitGroup // GPUs' fits are independent
-		for g, r := range rel {
-			wg.Go(func() { lags[g].Add(r.Counters, r.Samples) })
-		}
-		wg.Wait()
-	}
-	err = s.Scan(ctx, trace.RowSamples|trace.RowCounters, func(p trace.Part) error {
-		lmerge.Add(p.Trace)
-		fit(lmerge.Release(p.Complete))
-		return nil
-	})
-	if err != nil {
+	if err := fitLags(ctx, s, facts); err != nil {
 		return nil, err
-	}
-	fit(lmerge.Release(endOfTime))
-	for g, f := range facts {
-		f.method = account.MethodOf(f.distinct, f.ext.Counters.N, f.ext.Samples.N)
-		if f.method != account.MethodHybrid {
-			continue
-		}
-		f.lag = lags[g].Fit()
-		for i, l := range []time.Duration{f.lag.Lag, f.lag.Lag - f.lag.U, f.lag.Lag + f.lag.U} {
-			if f.gain[i], err = lags[g].Gain(l); err != nil {
-				return nil, fmt.Errorf("GPU %d: %w", g, err)
-			}
-		}
-		f.shifts = shiftsOf(f.lag, true)
 	}
 	slog.Debug("stream: lags fitted", "took", time.Since(t1))
 	// Pass 3: the runs, each on its window.
@@ -193,6 +131,84 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 		return nil, err
 	}
 	return a, nil
+}
+
+// scanRunsAndCounters is the first pass: the events, each GPU's extents and its distinct counter values.
+func scanRunsAndCounters(ctx context.Context, s *trace.Stream) (map[int]*gpuFacts, []trace.Event, error) {
+	facts := map[int]*gpuFacts{}
+	var events []trace.Event
+	var cmerge trace.Merge
+	count := func(rel map[int]*trace.Series) {
+		for g, r := range rel {
+			f := facts[g]
+			for _, c := range r.Counters {
+				if f.distinct == 0 || c.EnergyMJ != f.lastMJ {
+					f.distinct++
+					f.lastChange = c.Time
+				}
+				f.lastMJ = c.EnergyMJ
+			}
+		}
+	}
+	err := s.Scan(ctx, trace.RowCounters|trace.RowEvents, func(p trace.Part) error {
+		events = append(events, p.Trace.Events...)
+		for g, e := range p.Extents {
+			f := facts[g]
+			if f == nil {
+				f = &gpuFacts{}
+				facts[g] = f
+			}
+			f.ext.Merge(e)
+		}
+		cmerge.Add(p.Trace)
+		count(cmerge.Release(p.Complete))
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	count(cmerge.Release(endOfTime))
+	return facts, events, nil
+}
+
+// fitLags is the second pass: each GPU's accounting method and, for the hybrid, its lag, the gains at the series'
+// ends and the shifts, into facts.
+func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts) error {
+	lags := map[int]*energy.LagStream{}
+	for g, f := range facts {
+		lags[g] = energy.NewLagStream(f.distinct)
+	}
+	var lmerge trace.Merge
+	fit := func(rel map[int]*trace.Series) {
+		var wg sync.WaitGroup // GPUs' fits are independent
+		for g, r := range rel {
+			wg.Go(func() { lags[g].Add(r.Counters, r.Samples) })
+		}
+		wg.Wait()
+	}
+	err := s.Scan(ctx, trace.RowSamples|trace.RowCounters, func(p trace.Part) error {
+		lmerge.Add(p.Trace)
+		fit(lmerge.Release(p.Complete))
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	fit(lmerge.Release(endOfTime))
+	for g, f := range facts {
+		f.method = account.MethodOf(f.distinct, f.ext.Counters.N, f.ext.Samples.N)
+		if f.method != account.MethodHybrid {
+			continue
+		}
+		f.lag = lags[g].Fit()
+		for i, l := range []time.Duration{f.lag.Lag, f.lag.Lag - f.lag.U, f.lag.Lag + f.lag.U} {
+			if f.gain[i], err = lags[g].Gain(l); err != nil {
+				return fmt.Errorf("GPU %d: %w", g, err)
+			}
+		}
+		f.shifts = shiftsOf(f.lag, true)
+	}
+	return nil
 }
 
 var endOfTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
