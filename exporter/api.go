@@ -153,8 +153,8 @@ func (a *API) samples(w http.ResponseWriter, r *http.Request) {
 	// connection, as in a test calling the handler, has no deadline to set.)
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(a.opts.WriteTimeout))
 	series, err := a.s.Window(g, from, to)
-	if err != nil {
-		marker.WriteJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
+	if err != nil { // the only error is a GPU not sampled: the query's fault, as in the energy API
+		marker.WriteError(w, fmt.Errorf("%w: gpu=%d: %v", marker.ErrInvalid, g, err))
 		return
 	}
 	if n, limit := len(series.Samples), a.opts.MaxSamplesPerResponse; n > limit {

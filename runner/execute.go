@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,6 +43,7 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 		case trace.EventPhase, trace.EventPhaseEnd, trace.EventResult, trace.EventWindowEnd:
 			r.mu.Lock()
 			r.changes++
+			r.notePhase(ev)
 			r.mu.Unlock()
 		}
 	})
@@ -285,6 +287,34 @@ func (r *run) keepProvisional() func() {
 		}
 	}()
 	return func() { close(done); <-stopped }
+}
+
+// notePhase keeps the manifest's phases so far (name, first start, last end, count, ended time; the current one
+// open, its end zero) for the provisional manifest, so a crash leaves them; the final accounting replaces them,
+// energies included. Called with r.mu held.
+func (r *run) notePhase(ev trace.Event) {
+	if ev.Type != trace.EventPhase && ev.Type != trace.EventPhaseEnd {
+		return
+	}
+	if i := slices.IndexFunc(r.m.Phases, func(p manifest.Phase) bool { return p.Name == r.openPhase }); i >= 0 {
+		p := &r.m.Phases[i]
+		p.End = ev.Time
+		p.DurationS += ev.Time.Sub(r.openSince).Seconds()
+	}
+	r.openPhase = ""
+	if ev.Type != trace.EventPhase {
+		return
+	}
+	i := slices.IndexFunc(r.m.Phases, func(p manifest.Phase) bool { return p.Name == ev.Name })
+	if i < 0 {
+		i = len(r.m.Phases)
+		r.m.Phases = append(r.m.Phases, manifest.Phase{Name: ev.Name, Start: ev.Time, GPUs: []manifest.PhaseGPU{},
+			Energy: manifest.Unmeasured()})
+	}
+	p := &r.m.Phases[i]
+	p.Count++
+	p.End = time.Time{}
+	r.openPhase, r.openSince = ev.Name, ev.Time
 }
 
 // provisionalEvery is how often the provisional manifest is refreshed while markers arrive.

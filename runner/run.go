@@ -224,6 +224,9 @@ type run struct {
 	mu      sync.Mutex // guards m, the marker counts and changes
 	markers manifest.Markers
 	changes int // phase and result markers the store took (the provisional manifest follows them)
+	// The phase in progress and its start (notePhase).
+	openPhase string
+	openSince time.Time
 }
 
 // workload says whether GPU index is given to the workload (not merely observed).
