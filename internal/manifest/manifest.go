@@ -336,7 +336,7 @@ type Phase struct {
 	Name      string     `json:"name"`
 	Count     int        `json:"count"`
 	Start     time.Time  `json:"start"`
-	End       time.Time  `json:"end"`
+	End       time.Time  `json:"end,omitzero"` // zero (absent) for the open phase of a provisional manifest
 	DurationS float64    `json:"duration_s"`
 	GPUs      []PhaseGPU `json:"gpus"`
 	Energy    Energy     `json:"energy"` // summed over the workload's GPUs
