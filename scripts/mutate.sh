@@ -8,8 +8,8 @@
 #   scripts/mutate.sh -l         list the mutations
 #   scripts/mutate.sh -n [NAME...] only check that each applies and compiles (quick, after editing the code)
 # The unmutated copy is tested first: a test that already fails would make every mutation look caught. The tests
-# run in two stages, the analyzer's fast packages, then the end-to-end ones only if the first stage passed: a
-# mutation is caught by the first stage that fails.
+# run in stages, each only if the one before passed: the mutated file's own package, the analyzer's fast packages,
+# then the end-to-end ones; a mutation is caught by the first stage that fails (the table names its tests).
 # Exit status 1 if any mutation survives, does not apply or does not compile; 2 if the unmutated tree fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +58,7 @@ tmp=$(mktemp -d /tmp/lem-mutate.XXXXXX)
 pid=
 cleanup() {
   # The tests run in their own process group (setsid): end it, test binaries included, then remove the copy.
-  if [ -n "$pid" ]; then kill -TERM -- "-$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
+  if [ -n "$pid" ]; then kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; fi
   rm -rf "$tmp"
 }
 trap cleanup EXIT
@@ -73,13 +73,14 @@ copy() {
   git ls-files -co --exclude-standard -z | xargs -0 cp --parents -t "$tmp/tree" 2>/dev/null
 }
 
-# run tests the copy stage by stage until one fails; it leaves the output in $tmp/out and returns the status.
+# run tests the copy stage by stage until one fails, the packages in $1 first; it leaves the output in $tmp/out
+# and returns the status.
 run() {
   local rc=0
   : >"$tmp/out"
-  for st in "${stages[@]}"; do
+  for st in ${1:+"$1"} "${stages[@]}"; do
     # shellcheck disable=SC2086 # a stage is a list of packages
-    (cd "$tmp/tree" && exec setsid go test -count=1 -failfast $st) >>"$tmp/out" 2>&1 &
+    (cd "$tmp/tree" && exec setsid -w go test -count=1 -failfast $st) >>"$tmp/out" 2>&1 &
     pid=$!
     wait "$pid"
     rc=$?
@@ -127,7 +128,7 @@ for m in "${mutations[@]}"; do
     fi
     continue
   fi
-  if run; then
+  if run "./$(dirname "$file")/"; then
     printf '%-44s %-11s %s\n' "$name" "SURVIVED" "-"
     survived=1
   elif grep -q '\[build failed\]\|\[setup failed\]' "$tmp/out"; then
