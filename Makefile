@@ -6,7 +6,7 @@ BIN   := bin
 export CGO_CFLAGS ?= -Wno-deprecated-declarations
 export CGO_ENABLED := 1
 
-.PHONY: all build test test-short services demo bench lint gpu-check clean fuzz fuzz-short
+.PHONY: all build test test-short services demo bench lint gpu-check clean fuzz fuzz-short mutate
 
 all: build
 
@@ -36,6 +36,11 @@ fuzz:
 
 fuzz-short:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=5s
+
+# Deliberate bugs in the energy math, one at a time, each of which the tests must catch (a table of which test
+# did); slow: a test pass per bug. scripts/mutate.sh -n only checks that every bug still applies and compiles.
+mutate:
+	scripts/mutate.sh
 
 # On a host with an NVIDIA GPU: records the GPUs around a known-shape load and prints per-phase energy.
 # Elsewhere: replays a recorded real H200 trace through the same sampler and prints the same tables.
