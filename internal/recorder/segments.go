@@ -193,8 +193,8 @@ func ReadSegments(dir, name string) (*trace.Trace, error) {
 
 // MergeSegments joins the closed segments of trace name in dir into dir/name.parquet and deletes them. When the
 // final file already exists (a crash between writing it and deleting the segments), the segments are only
-// deleted. Segments that cannot be used (unreadable, or measured elsewhere) are kept aside as ".bad", never
-// deleted.
+// deleted: the final file holds them. When merging, segments that cannot be used (unreadable, measured elsewhere,
+// a copy of another) are kept aside as ".bad", not deleted.
 func MergeSegments(dir, name string) error {
 	segs, err := Segments(dir, name)
 	if err != nil || len(segs) == 0 {
