@@ -317,16 +317,18 @@ func TestWindowsAnalytic(t *testing.T) {
 // constant 400 W, request A (3–5 s, 100 output tokens: 50/s) alone until 4 s, then beside B (4–6 s, 200 output
 // tokens: 100/s) until 5 s, then B alone: A gets 400 + 400/3 J, B 800/3 + 400 J, and together exactly the 1200 J
 // of 3–6 s.
+// req is a "request" window's begin or end event, with its id.
+func req(sec float64, typ, id string, attrs map[string]string) trace.Event {
+	e := ev(sec, typ, "request", attrs)
+	if e.Attrs == nil {
+		e.Attrs = map[string]string{}
+	}
+	e.Attrs[trace.AttrWindowID] = id
+	return e
+}
+
 func TestRequestAttribution(t *testing.T) {
 	s := testutil.Synth{Start: t0, Duration: 12 * time.Second, Levels: []testutil.Level{{W: 400}}}
-	req := func(sec float64, typ, id string, attrs map[string]string) trace.Event {
-		e := ev(sec, typ, "request", attrs)
-		if e.Attrs == nil {
-			e.Attrs = map[string]string{}
-		}
-		e.Attrs[trace.AttrWindowID] = id
-		return e
-	}
 	evs := append(runEvents(),
 		req(3, trace.EventWindowBegin, "A", nil), req(5, trace.EventWindowEnd, "A", map[string]string{"output_tokens": "100"}),
 		req(4, trace.EventWindowBegin, "B", nil), req(6, trace.EventWindowEnd, "B", map[string]string{"output_tokens": "200"}))
@@ -353,14 +355,6 @@ func TestRequestAttribution(t *testing.T) {
 // the first slice and they share the rest evenly.
 func TestRequestAttributionPrompt(t *testing.T) {
 	s := testutil.Synth{Start: t0, Duration: 12 * time.Second, Levels: []testutil.Level{{W: 400}}}
-	req := func(sec float64, typ, id string, attrs map[string]string) trace.Event {
-		e := ev(sec, typ, "request", attrs)
-		if e.Attrs == nil {
-			e.Attrs = map[string]string{}
-		}
-		e.Attrs[trace.AttrWindowID] = id
-		return e
-	}
 	evs := append(runEvents(),
 		req(3, trace.EventWindowBegin, "A", nil), req(5, trace.EventWindowEnd, "A", map[string]string{"prompt_tokens": "300", "output_tokens": "100"}),
 		req(3, trace.EventWindowBegin, "B", nil), req(5, trace.EventWindowEnd, "B", map[string]string{"output_tokens": "100"}))

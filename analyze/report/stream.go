@@ -347,12 +347,7 @@ func (a *streamAccount) run(ctx context.Context, s *trace.Stream) error {
 // take appends released rows to the buffer (released rows follow everything buffered).
 func (a *streamAccount) take(rel map[int]*trace.Series) {
 	for g, r := range rel {
-		b := a.buf[g]
-		b.Samples = append(b.Samples, r.Samples...)
-		b.Counters = append(b.Counters, r.Counters...)
-		b.Telemetry = append(b.Telemetry, r.Telemetry...)
-		b.ProcessSamples = append(b.ProcessSamples, r.ProcessSamples...)
-		b.Processes = append(b.Processes, r.Processes...)
+		a.buf[g].Append(r)
 	}
 }
 

@@ -174,12 +174,7 @@ func ReadSegments(dir, name string) (*trace.Trace, error) {
 			continue
 		}
 		for g, s := range t.GPUs {
-			dst := all.Series(g)
-			dst.Samples = append(dst.Samples, s.Samples...)
-			dst.Counters = append(dst.Counters, s.Counters...)
-			dst.Telemetry = append(dst.Telemetry, s.Telemetry...)
-			dst.ProcessSamples = append(dst.ProcessSamples, s.ProcessSamples...)
-			dst.Processes = append(dst.Processes, s.Processes...)
+			all.Series(g).Append(s)
 		}
 		all.Events = append(all.Events, t.Events...)
 	}

@@ -105,12 +105,7 @@ func FuzzStream(f *testing.F) {
 		var m Merge
 		take := func(rel map[int]*Series) {
 			for g, r := range rel {
-				d := out.Series(g)
-				d.Samples = append(d.Samples, r.Samples...)
-				d.Counters = append(d.Counters, r.Counters...)
-				d.Telemetry = append(d.Telemetry, r.Telemetry...)
-				d.ProcessSamples = append(d.ProcessSamples, r.ProcessSamples...)
-				d.Processes = append(d.Processes, r.Processes...)
+				out.Series(g).Append(r)
 			}
 		}
 		err = s.Scan(context.Background(), Kinds(kinds)&AllRows, func(p Part) error {
@@ -143,12 +138,7 @@ func FuzzStream(f *testing.F) {
 				return // the stream refuses more (time statistics), the whole read other things first
 			}
 			for g, sr := range w.GPUs {
-				d := whole.Series(g)
-				d.Samples = append(d.Samples, sr.Samples...)
-				d.Counters = append(d.Counters, sr.Counters...)
-				d.Telemetry = append(d.Telemetry, sr.Telemetry...)
-				d.ProcessSamples = append(d.ProcessSamples, sr.ProcessSamples...)
-				d.Processes = append(d.Processes, sr.Processes...)
+				whole.Series(g).Append(sr)
 			}
 			whole.Events = append(whole.Events, w.Events...)
 		}

@@ -47,22 +47,13 @@ func streamAll(t *testing.T, kinds Kinds, paths ...string) (*Trace, map[int]Exte
 			for _, x := range r.Processes {
 				require.False(t, x.Time.Before(released), "process at %s released after %s", x.Time, released)
 			}
-			appendSeries(out.Series(g), r)
+			out.Series(g).Append(r)
 		}
 		released = p.Complete
 		return nil
 	})
 	require.NoError(t, err)
 	return out, ext, parts
-}
-
-// appendSeries appends every row of src to dst.
-func appendSeries(dst, src *Series) {
-	dst.Samples = append(dst.Samples, src.Samples...)
-	dst.Counters = append(dst.Counters, src.Counters...)
-	dst.Telemetry = append(dst.Telemetry, src.Telemetry...)
-	dst.ProcessSamples = append(dst.ProcessSamples, src.ProcessSamples...)
-	dst.Processes = append(dst.Processes, src.Processes...)
 }
 
 // shuffledFile writes rows the way a recorder does: GPUs interleaved, samples delivered in batches up to a second
@@ -170,7 +161,7 @@ func TestStreamMatchesWholeRead(t *testing.T) {
 				w, err := ReadFile(p)
 				require.NoError(t, err)
 				for g, s := range w.GPUs {
-					appendSeries(want.Series(g), s)
+					want.Series(g).Append(s)
 				}
 				want.Events = append(want.Events, w.Events...)
 			}

@@ -117,6 +117,15 @@ type Series struct {
 	Processes      []Process
 }
 
+// Append adds every row of o after s's own, kind by kind (no sorting: callers append in time order or Sort).
+func (s *Series) Append(o *Series) {
+	s.Samples = append(s.Samples, o.Samples...)
+	s.Counters = append(s.Counters, o.Counters...)
+	s.Telemetry = append(s.Telemetry, o.Telemetry...)
+	s.ProcessSamples = append(s.ProcessSamples, o.ProcessSamples...)
+	s.Processes = append(s.Processes, o.Processes...)
+}
+
 // Sort puts every slice in time order (stable, so equal stamps keep their recorded order).
 func (s *Series) Sort() {
 	// Recorded data is almost always in order already: check before sorting.
