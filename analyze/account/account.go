@@ -332,23 +332,7 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 	if r, err := energy.Sampled(s.Samples, in.Start, in.End); err == nil {
 		mg.Energy.SampledJ = manifest.Num(r.Joules)
 	}
-	mg.Method = meter.Method
-	mg.Energy.HybridJ = manifest.Num(meter.Energy(in.Start, in.End))
-	switch meter.Method {
-	case MethodHybrid:
-		lag, u := meter.UsedLag()
-		mg.Lag = &manifest.Lag{MS: float64(lag) / 1e6, Resolved: meter.Lag.OK, Contrast: meter.Lag.Contrast,
-			Intervals: meter.Lag.Intervals, UMS: manifest.Num(float64(u) / 1e6), Source: meter.Source}
-		if meter.Kept != nil {
-			at := meter.Kept.At
-			mg.Lag.CacheDate = &at
-		}
-		a.checks[idx] = CheckAliasing(meter.hybrid, in.Start, in.End)
-	case MethodSamples:
-		a.warn("no_counter", &idx, "GPU %d: no usable energy counter; energy integrates the 50 Hz power samples", idx)
-	case MethodCounter:
-		a.warn("no_samples", &idx, "GPU %d: no power samples; energy is the counter difference only", idx)
-	}
+	a.method(&mg, meter)
 	if mg.Energy.HybridJ.Valid() {
 		mg.MeanPowerW = mg.Energy.HybridJ / manifest.Num(dur.Seconds())
 	}
@@ -371,6 +355,29 @@ func (a *accounting) gpu(g GPU, b *manifest.Baseline, events []trace.Event) mani
 	a.capture(&mg, win, events)
 	a.counterQuality(&mg, s)
 	return mg
+}
+
+// method records the GPU's energy by its meter's method over the run: the hybrid with the lag it used (and the
+// aliasing check), or a fallback with its warning.
+func (a *accounting) method(mg *manifest.GPU, meter *Meter) {
+	in, idx := a.in, mg.Index
+	mg.Method = meter.Method
+	mg.Energy.HybridJ = manifest.Num(meter.Energy(in.Start, in.End))
+	switch meter.Method {
+	case MethodHybrid:
+		lag, u := meter.UsedLag()
+		mg.Lag = &manifest.Lag{MS: float64(lag) / 1e6, Resolved: meter.Lag.OK, Contrast: meter.Lag.Contrast,
+			Intervals: meter.Lag.Intervals, UMS: manifest.Num(float64(u) / 1e6), Source: meter.Source}
+		if meter.Kept != nil {
+			at := meter.Kept.At
+			mg.Lag.CacheDate = &at
+		}
+		a.checks[idx] = CheckAliasing(meter.hybrid, in.Start, in.End)
+	case MethodSamples:
+		a.warn("no_counter", &idx, "GPU %d: no usable energy counter; energy integrates the 50 Hz power samples", idx)
+	case MethodCounter:
+		a.warn("no_samples", &idx, "GPU %d: no power samples; energy is the counter difference only", idx)
+	}
 }
 
 // adjust subtracts the GPU's idle power over the run, and checks the baseline.
@@ -670,15 +677,52 @@ func (a *accounting) buffered(evs []trace.Event) {
 func (a *accounting) windows(gpus []GPU, baselines map[int]*manifest.Baseline, events []trace.Event) {
 	in, m := a.in, a.m
 	m.Windows = nil
-	type occ struct {
-		start, end time.Time
-		byRun      bool
-		values     map[string]string
+	order, byName := windowOccurrences(events, in.End)
+	for _, name := range order {
+		w := manifest.Window{Name: name, Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null}}
+		var js []float64
+		for _, o := range byName[name] {
+			start, end := maxTime(o.start, in.Start), minTime(o.end, in.End)
+			if end.Before(start) {
+				continue
+			}
+			w.Count++
+			if o.byRun {
+				w.EndedByRun++
+			}
+			w.DurationS += end.Sub(start).Seconds()
+			e, adj := a.workloadEnergy(gpus, baselines, start, end)
+			w.Energy.HybridJ += e
+			w.Energy.AdjustedJ += adj
+			if e.Valid() {
+				js = append(js, float64(e))
+			}
+			if len(o.values) > 0 {
+				if w.Values == nil {
+					w.Values = map[string]string{}
+				}
+				marker.AddResults(w.Values, o.values)
+			}
+		}
+		med, p90 := windowStats(js)
+		w.MedianJ, w.P90J = manifest.Num(med), manifest.Num(p90)
+		m.Windows = append(m.Windows, w)
 	}
+}
+
+// windowOcc is one occurrence of a window: its span, whether the run's end ended it, the values it ended with.
+type windowOcc struct {
+	start, end time.Time
+	byRun      bool
+	values     map[string]string
+}
+
+// windowOccurrences pairs window begin and end events by name and id into occurrences, per name in the order
+// names first end; windows never ended end at runEnd (after the others, in name order).
+func windowOccurrences(events []trace.Event, runEnd time.Time) (order []string, byName map[string][]windowOcc) {
 	open := map[string]time.Time{}
-	byName := map[string][]occ{}
-	var order []string
-	add := func(name string, o occ) {
+	byName = map[string][]windowOcc{}
+	add := func(name string, o windowOcc) {
 		if _, ok := byName[name]; !ok {
 			order = append(order, name)
 		}
@@ -701,61 +745,38 @@ func (a *accounting) windows(gpus []GPU, baselines map[int]*manifest.Baseline, e
 			delete(values, trace.AttrWindowID)
 			byRun := values["ended_by"] == "run_end"
 			delete(values, "ended_by")
-			add(e.Name, occ{start: start, end: e.Time, byRun: byRun, values: values})
+			add(e.Name, windowOcc{start: start, end: e.Time, byRun: byRun, values: values})
 		}
 	}
-	for key, start := range open { // never ended: the run's end ends them
+	for _, key := range slices.Sorted(maps.Keys(open)) { // never ended: the run's end ends them
 		name, _, _ := strings.Cut(key, "#")
-		add(name, occ{start: start, end: in.End, byRun: true})
+		add(name, windowOcc{start: open[key], end: runEnd, byRun: true})
 	}
-	for _, name := range order {
-		w := manifest.Window{Name: name, Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null}}
-		var js []float64
-		for _, o := range byName[name] {
-			start, end := maxTime(o.start, in.Start), minTime(o.end, in.End)
-			if end.Before(start) {
-				continue
-			}
-			w.Count++
-			if o.byRun {
-				w.EndedByRun++
-			}
-			w.DurationS += end.Sub(start).Seconds()
-			var e, adj manifest.Num
-			for _, g := range gpus {
-				if g.Role == manifest.RoleObserved {
-					continue
-				}
-				j := manifest.Null
-				if meter := in.Meters[g.Index]; meter != nil && end.After(start) {
-					j = manifest.Num(meter.Energy(start, end))
-				} else if meter != nil {
-					j = 0
-				}
-				e += j
-				if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil {
-					v, _ := energy.Adjust(float64(j), idle, end.Sub(start))
-					adj += manifest.Num(v)
-				} else {
-					adj = manifest.Null
-				}
-			}
-			w.Energy.HybridJ += e
-			w.Energy.AdjustedJ += adj
-			if e.Valid() {
-				js = append(js, float64(e))
-			}
-			if len(o.values) > 0 {
-				if w.Values == nil {
-					w.Values = map[string]string{}
-				}
-				marker.AddResults(w.Values, o.values)
-			}
+	return order, byName
+}
+
+// workloadEnergy is the workload GPUs' energy over [start, end] and that energy above their idle (null where a
+// GPU has no baseline).
+func (a *accounting) workloadEnergy(gpus []GPU, baselines map[int]*manifest.Baseline, start, end time.Time) (e, adj manifest.Num) {
+	for _, g := range gpus {
+		if g.Role == manifest.RoleObserved {
+			continue
 		}
-		med, p90 := windowStats(js)
-		w.MedianJ, w.P90J = manifest.Num(med), manifest.Num(p90)
-		m.Windows = append(m.Windows, w)
+		j := manifest.Null
+		if meter := a.in.Meters[g.Index]; meter != nil && end.After(start) {
+			j = manifest.Num(meter.Energy(start, end))
+		} else if meter != nil {
+			j = 0
+		}
+		e += j
+		if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil {
+			v, _ := energy.Adjust(float64(j), idle, end.Sub(start))
+			adj += manifest.Num(v)
+		} else {
+			adj = manifest.Null
+		}
 	}
+	return e, adj
 }
 
 func addPhaseGPU(p *manifest.Phase, g manifest.PhaseGPU) {

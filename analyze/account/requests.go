@@ -98,27 +98,7 @@ func attribute(reqs []request, span0, span1 time.Time, energy func(a, b time.Tim
 // attribution per such window name.
 func (a *accounting) requestWindows(gpus []GPU, baselines map[int]*manifest.Baseline, events []trace.Event) {
 	in := a.in
-	byName := map[string][]request{}
-	open := map[string]time.Time{}
-	evs := slices.Clone(events)
-	slices.SortStableFunc(evs, func(x, y trace.Event) int { return x.Time.Compare(y.Time) })
-	for _, e := range evs {
-		id := e.Attrs[trace.AttrWindowID]
-		if id == "" {
-			continue
-		}
-		key := e.Name + "#" + id
-		switch e.Type {
-		case trace.EventWindowBegin:
-			open[key] = e.Time
-		case trace.EventWindowEnd:
-			if s, ok := open[key]; ok {
-				delete(open, key)
-				byName[e.Name] = append(byName[e.Name], request{start: maxTime(s, in.Start), end: minTime(e.Time, in.End),
-					prompt: count(e.Attrs, promptKeys), output: count(e.Attrs, outputKeys)})
-			}
-		}
-	}
+	byName := requestsByName(events, in.Start, in.End)
 	raw := func(x, y time.Time) float64 {
 		var e float64
 		for _, g := range gpus {
@@ -147,36 +127,70 @@ func (a *accounting) requestWindows(gpus []GPU, baselines map[int]*manifest.Base
 	}
 	for i := range a.m.Windows {
 		w := &a.m.Windows[i]
-		reqs := byName[w.Name]
-		var tokens float64
-		for _, r := range reqs {
-			tokens += r.prompt + r.output
+		if at := attribution(byName[w.Name], raw, adjusted); at != nil {
+			w.Attribution = at
 		}
-		if len(reqs) == 0 || tokens == 0 {
+	}
+}
+
+// requestsByName pairs the begin and end events of windows that carry an id into requests, clipped to [start,
+// end], per window name; a window never ended is no request.
+func requestsByName(events []trace.Event, start, end time.Time) map[string][]request {
+	byName := map[string][]request{}
+	open := map[string]time.Time{}
+	evs := slices.Clone(events)
+	slices.SortStableFunc(evs, func(x, y trace.Event) int { return x.Time.Compare(y.Time) })
+	for _, e := range evs {
+		id := e.Attrs[trace.AttrWindowID]
+		if id == "" {
 			continue
 		}
-		span0, span1 := reqs[0].start, reqs[0].end
-		for _, r := range reqs {
-			span0, span1 = minTime(span0, r.start), maxTime(span1, r.end)
-		}
-		per, un := attribute(reqs, span0, span1, raw)
-		perAdj, unAdj := attribute(reqs, span0, span1, adjusted)
-		at := &manifest.Attribution{Method: "token-share", Requests: len(reqs)}
-		var sum, sumAdj float64
-		var perTok []float64
-		for k, r := range reqs {
-			sum += per[k]
-			sumAdj += perAdj[k]
-			if r.output > 0 {
-				perTok = append(perTok, per[k]/r.output)
+		key := e.Name + "#" + id
+		switch e.Type {
+		case trace.EventWindowBegin:
+			open[key] = e.Time
+		case trace.EventWindowEnd:
+			if s, ok := open[key]; ok {
+				delete(open, key)
+				byName[e.Name] = append(byName[e.Name], request{start: maxTime(s, start), end: minTime(e.Time, end),
+					prompt: count(e.Attrs, promptKeys), output: count(e.Attrs, outputKeys)})
 			}
 		}
-		at.AttributedJ, at.UnattributedJ = manifest.Num(sum), manifest.Num(un)
-		at.AttributedAdjJ, at.UnattributedAdjJ = manifest.Num(sumAdj), manifest.Num(unAdj)
-		med, p90 := windowStats(per)
-		at.MedianJ, at.P90J, at.MeanJ = manifest.Num(med), manifest.Num(p90), manifest.Num(sum/float64(len(reqs)))
-		tmed, tp90 := windowStats(perTok)
-		at.MedianJPerOutputToken, at.P90JPerOutputToken = manifest.Num(tmed), manifest.Num(tp90)
-		w.Attribution = at
 	}
+	return byName
+}
+
+// attribution splits the energy of one window name's requests (raw and adjusted energy over an interval given);
+// nil when there are no requests or they reported no tokens.
+func attribution(reqs []request, raw, adjusted func(x, y time.Time) float64) *manifest.Attribution {
+	var tokens float64
+	for _, r := range reqs {
+		tokens += r.prompt + r.output
+	}
+	if len(reqs) == 0 || tokens == 0 {
+		return nil
+	}
+	span0, span1 := reqs[0].start, reqs[0].end
+	for _, r := range reqs {
+		span0, span1 = minTime(span0, r.start), maxTime(span1, r.end)
+	}
+	per, un := attribute(reqs, span0, span1, raw)
+	perAdj, unAdj := attribute(reqs, span0, span1, adjusted)
+	at := &manifest.Attribution{Method: "token-share", Requests: len(reqs)}
+	var sum, sumAdj float64
+	var perTok []float64
+	for k, r := range reqs {
+		sum += per[k]
+		sumAdj += perAdj[k]
+		if r.output > 0 {
+			perTok = append(perTok, per[k]/r.output)
+		}
+	}
+	at.AttributedJ, at.UnattributedJ = manifest.Num(sum), manifest.Num(un)
+	at.AttributedAdjJ, at.UnattributedAdjJ = manifest.Num(sumAdj), manifest.Num(unAdj)
+	med, p90 := windowStats(per)
+	at.MedianJ, at.P90J, at.MeanJ = manifest.Num(med), manifest.Num(p90), manifest.Num(sum/float64(len(reqs)))
+	tmed, tp90 := windowStats(perTok)
+	at.MedianJPerOutputToken, at.P90JPerOutputToken = manifest.Num(tmed), manifest.Num(tp90)
+	return at
 }

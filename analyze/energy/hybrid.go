@@ -285,7 +285,13 @@ func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 			}
 		}
 	}
-	est := LagEstimate{Intervals: len(ivs), U: UnresolvedLagU}
+	return lagEstimate(len(ivs), best, worst, bestLag, jkLag)
+}
+
+// lagEstimate is the fit's result from the search: the best lag where the residuals' contrast over the lags tried
+// resolves one, with its jackknife uncertainty over the blocks left out.
+func lagEstimate(n int, best, worst float64, bestLag time.Duration, jkLag [lagBlocks]time.Duration) LagEstimate {
+	est := LagEstimate{Intervals: n, U: UnresolvedLagU}
 	if best < 0 || worst == 0 {
 		return est
 	}
