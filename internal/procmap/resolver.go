@@ -2,6 +2,7 @@ package procmap
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +13,8 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/client"
+	"google.golang.org/grpc"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -24,11 +27,14 @@ type Options struct {
 	// DockerHost is the Engine to ask for container names: "" for the environment's (DOCKER_HOST, else the local
 	// socket) where that socket exists, "none" never to ask.
 	DockerHost string
+	// CRISocket is the CRI runtime (containerd's CRI plugin, CRI-O) to ask for container and pod names: "" for the
+	// first of DefaultCRISockets this process may connect to, "none" never to ask. Reading it is privileged.
+	CRISocket string
 	// PodLogDir and ContainerLogDir are the kubelet's log directories (default /var/log/pods and
 	// /var/log/containers): their entries name each pod's namespace, name and UID, and each container's name and ID.
 	PodLogDir       string
 	ContainerLogDir string
-	// Timeout bounds one Docker Engine request (default 500 ms): a lookup runs on the GPU's process poll.
+	// Timeout bounds one Docker Engine or CRI request (default 500 ms): a lookup runs on the GPU's process poll.
 	Timeout time.Duration
 	Log     *slog.Logger
 }
@@ -37,7 +43,7 @@ type Options struct {
 // go).
 const maxCached = 4096
 
-// retryAfter is how long an unreachable Docker Engine is left alone; reread is how often the kubelet's log
+// retryAfter is how long an unreachable Docker Engine or CRI runtime is left alone; reread is how often the kubelet's log
 // directories are read again while an ID is missing from them, and how often an identity with a name missing is
 // resolved again.
 const (
@@ -59,6 +65,14 @@ type Resolver struct {
 	logsReadAt time.Time
 	docker     *client.Client
 	dockerDown time.Time // when the Engine last failed to answer
+
+	cri        map[string]criContainer // CRI container ID → names (zero once asked and unknown)
+	criConn    *grpc.ClientConn
+	criRT      runtimeapi.RuntimeServiceClient
+	criSocket  string
+	criRuntime string    // the CRI runtime's name, once it answered
+	criDown    time.Time // when the CRI runtime last failed to answer, or none was found
+	criWarned  bool      // its failure was logged, and not since it answered again
 }
 
 type procKey struct {
@@ -94,19 +108,23 @@ func New(opts Options) *Resolver {
 		log = slog.Default()
 	}
 	return &Resolver{opts: opts, log: log, procs: map[procKey]cached{}, names: map[string]string{},
-		pods: map[string][2]string{}, kube: map[string]kubeContainer{}}
+		pods: map[string][2]string{}, kube: map[string]kubeContainer{}, cri: map[string]criContainer{}}
 }
 
-// Close releases the Docker client.
+// Close releases the Docker and CRI clients.
 func (r *Resolver) Close() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var errs []error
 	if r.docker != nil {
-		err := r.docker.Close()
+		errs = append(errs, r.docker.Close())
 		r.docker = nil
-		return err
 	}
-	return nil
+	if r.criConn != nil {
+		errs = append(errs, r.criConn.Close())
+		r.criConn, r.criRT = nil, nil
+	}
+	return errors.Join(errs...)
 }
 
 // Identify returns who process pid is. A process that is gone, or not visible in ProcRoot, has an empty identity.
@@ -148,13 +166,31 @@ func (r *Resolver) identify(dir string) (trace.ProcessIdentity, bool) {
 	id.Runtime, id.ContainerID, id.PodUID = cg.Runtime, cg.ContainerID, cg.PodUID
 	switch {
 	case cg.PodUID != "":
-		return id, r.kubernetes(&id)
-	case cg.ContainerID != "" && (cg.Runtime == RuntimeDocker || cg.Runtime == ""):
+		complete := r.kubernetes(&id)
+		if id.ContainerID != "" && cg.Runtime != RuntimeDocker {
+			known, _ := r.fillCRI(&id)
+			complete = complete || known
+		}
+		return id, complete
+	case cg.ContainerID == "" || cg.Runtime == RuntimePodman:
+		return id, true
+	case cg.Runtime == RuntimeDocker:
 		name, complete := r.dockerName(cg.ContainerID)
 		id.ContainerName = name
 		return id, complete
+	case cg.Runtime == "":
+		// The path does not name the runtime: Docker's if the Engine knows it, else the CRI runtime's.
+		name, dockerComplete := r.dockerName(cg.ContainerID)
+		if name != "" {
+			id.ContainerName = name
+			return id, dockerComplete
+		}
+		known, complete := r.fillCRI(&id)
+		return id, known || complete && dockerComplete
+	default: // containerd's or CRI-O's
+		known, complete := r.fillCRI(&id)
+		return id, known || complete
 	}
-	return id, true
 }
 
 // startTime reads a process's start time, field 22 of /proc/PID/stat.

@@ -1,0 +1,211 @@
+package procmap
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// DefaultCRISockets are the CRI runtimes' sockets tried in order where Options.CRISocket is empty: containerd's
+// (its CRI plugin serves the CRI on its main socket), then CRI-O's.
+var DefaultCRISockets = []string{"/run/containerd/containerd.sock", "/run/crio/crio.sock"}
+
+// The labels the kubelet gives every container it asks a CRI runtime for.
+const (
+	labelPodName       = "io.kubernetes.pod.name"
+	labelPodNamespace  = "io.kubernetes.pod.namespace"
+	labelPodUID        = "io.kubernetes.pod.uid"
+	labelContainerName = "io.kubernetes.container.name"
+)
+
+// maxName bounds a name taken from a runtime's answer before it reaches a trace or a metric label: the runtime
+// hands back whatever labels the container's creator set. 253 is the longest Kubernetes object name.
+const maxName = 253
+
+// criContainer is what a CRI runtime says of a container; the zero value once asked and unknown.
+type criContainer struct {
+	name, pod, namespace, podUID string
+	runtime                      string // procmap's name of the runtime that answered
+}
+
+func (c criContainer) known() bool { return c.name != "" || c.pod != "" }
+
+// criName asks the CRI runtime for a container's name and pod, once per container; the zero criContainer where
+// there is no runtime or it does not know the container. complete is false while a runtime that may be there is
+// not answering (then the container is asked about again later).
+func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
+	r.mu.Lock()
+	if c, found := r.cri[cid]; found {
+		r.mu.Unlock()
+		return c, true
+	}
+	rt, runtimeName := r.criClient()
+	r.mu.Unlock()
+	if rt == nil {
+		return criContainer{}, r.opts.CRISocket == "none"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	defer cancel()
+	if runtimeName == "" {
+		v, err := rt.Version(ctx, &runtimeapi.VersionRequest{})
+		if err != nil {
+			r.criFailed(err)
+			return criContainer{}, false
+		}
+		runtimeName = runtimeOf(v.GetRuntimeName())
+	}
+	st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.criRuntime = runtimeName
+	switch {
+	case err == nil:
+		c = containerOf(st.GetStatus())
+		c.runtime = runtimeName
+	case status.Code(err) == codes.NotFound:
+		// Another runtime's container, one not made through the CRI, or gone: asked once.
+	default:
+		r.criDownLocked(err)
+		return criContainer{}, false
+	}
+	if r.criWarned {
+		r.criWarned = false
+		r.log.Info("CRI runtime answering again", "socket", r.criSocket)
+	}
+	if len(r.cri) >= maxCached {
+		clear(r.cri)
+	}
+	r.cri[cid] = c
+	return c, true
+}
+
+// containerOf reads a CRI container status: the kubelet's labels where it made the container, else the
+// container's own metadata name. Every value is bounded.
+func containerOf(s *runtimeapi.ContainerStatus) criContainer {
+	l := s.GetLabels()
+	c := criContainer{name: bound(l[labelContainerName]), pod: bound(l[labelPodName]),
+		namespace: bound(l[labelPodNamespace])}
+	if uid := l[labelPodUID]; isUUID(uid) || isHex(uid, 32) {
+		c.podUID = uid
+	}
+	if c.name == "" {
+		c.name = bound(s.GetMetadata().GetName())
+	}
+	return c
+}
+
+// bound cuts s to maxName bytes on a rune boundary and replaces invalid UTF-8 and control characters.
+func bound(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, strings.ToValidUTF8(s, "\uFFFD"))
+	if len(s) <= maxName {
+		return s
+	}
+	i := maxName
+	for i > 0 && !utf8.RuneStart(s[i]) {
+		i--
+	}
+	return s[:i]
+}
+
+// runtimeOf maps the CRI's runtime name to procmap's.
+func runtimeOf(name string) string {
+	switch strings.ToLower(name) {
+	case "containerd":
+		return RuntimeContainerd
+	case "cri-o":
+		return RuntimeCRIO
+	default:
+		return bound(strings.ToLower(name))
+	}
+}
+
+// criFailed records that the runtime did not answer.
+func (r *Resolver) criFailed(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.criDownLocked(err)
+}
+
+// criDownLocked leaves the runtime alone for retryAfter, logging once until it answers again. r.mu is held.
+func (r *Resolver) criDownLocked(err error) {
+	r.criDown = time.Now()
+	if !r.criWarned {
+		r.criWarned = true
+		r.log.Warn("CRI runtime not answering; container names from it left out, asked again in a minute",
+			"socket", r.criSocket, "err", err)
+	}
+}
+
+// criClient returns the CRI client, made on first use, and the runtime's name where known; nil where no runtime
+// is configured or readable, or it recently failed. r.mu is held.
+func (r *Resolver) criClient() (runtimeapi.RuntimeServiceClient, string) {
+	if r.opts.CRISocket == "none" || (!r.criDown.IsZero() && time.Since(r.criDown) < retryAfter) {
+		return nil, ""
+	}
+	if r.criRT != nil {
+		return r.criRT, r.criRuntime
+	}
+	path := r.opts.CRISocket
+	if path == "" {
+		for _, p := range DefaultCRISockets {
+			// Connecting to a unix socket needs write permission on it.
+			if syscall.Access(p, 0o6) == nil {
+				path = p
+				break
+			}
+		}
+		if path == "" {
+			r.criDown = time.Now() // no runtime here: look again in a minute
+			return nil, ""
+		}
+	}
+	path = strings.TrimPrefix(path, "unix://")
+	// Lazy: nothing is dialled until the first request, which the request timeout bounds.
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		r.criSocket = path
+		r.criDownLocked(fmt.Errorf("CRI socket %s: %w", path, err))
+		return nil, ""
+	}
+	r.criSocket, r.criConn, r.criRT = path, conn, runtimeapi.NewRuntimeServiceClient(conn)
+	return r.criRT, r.criRuntime
+}
+
+// fillCRI sets the names a CRI runtime knows of id's container: they win over the kubelet's log directories (the
+// runtime holds the labels the kubelet gave the container; a log link may be stale). known says whether the
+// runtime knew the container; complete is criName's.
+func (r *Resolver) fillCRI(id *trace.ProcessIdentity) (known, complete bool) {
+	c, complete := r.criName(id.ContainerID)
+	if !c.known() {
+		return false, complete
+	}
+	if c.name != "" {
+		id.ContainerName = c.name
+	}
+	if c.pod != "" {
+		id.PodName, id.PodNamespace = c.pod, c.namespace
+	}
+	if id.PodUID == "" {
+		id.PodUID = c.podUID
+	}
+	if id.Runtime == "" {
+		id.Runtime = c.runtime
+	}
+	return true, complete
+}

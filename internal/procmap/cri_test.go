@@ -1,0 +1,171 @@
+package procmap_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/lem-energy/lem/internal/procmap"
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+func randomUUID() string {
+	h := randomHex(16)
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// logBuffer is a slog destination tests can read while the resolver writes.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A pod run by a real containerd through its CRI plugin, as the kubelet runs one: the resolver names the
+// container, the pod, its namespace and UID from the runtime; where the kubelet's log directories say otherwise,
+// the runtime wins; a label longer than any Kubernetes name is cut before it reaches a trace.
+func TestResolverCRIContainerd(t *testing.T) {
+	c := startContainerd(t)
+	p := &pod{name: "vllm-" + randomHex(3), namespace: "llm", uid: randomUUID(), container: "server"}
+	c.runPod(t, p)
+	pid := c.pid(t, p.containerID)
+
+	cg, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(int(pid)), "cgroup"))
+	require.NoError(t, err)
+	parsed := procmap.ParseCgroup(cg)
+	require.Equal(t, p.containerID, parsed.ContainerID, "cgroup file:\n%s", cg)
+	require.Equal(t, p.uid, parsed.PodUID, "cgroup file:\n%s", cg)
+
+	want := trace.ProcessIdentity{Command: "sleeper", Runtime: "containerd", ContainerID: p.containerID,
+		ContainerName: "server", PodUID: p.uid, PodNamespace: "llm", PodName: p.name}
+	empty := t.TempDir()
+	r := procmap.New(procmap.Options{DockerHost: "none", CRISocket: c.sock, PodLogDir: empty, ContainerLogDir: empty})
+	defer r.Close()
+	assert.Equal(t, want, r.Identify(pid))
+
+	// The kubelet's log directories name the same container otherwise (a stale link): the runtime wins.
+	pods, ctrs := filepath.Join(t.TempDir(), "pods"), filepath.Join(t.TempDir(), "containers")
+	require.NoError(t, os.MkdirAll(filepath.Join(pods, "old_stale-0_"+p.uid), 0o755))
+	require.NoError(t, os.MkdirAll(ctrs, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(ctrs, "stale-0_old_renamed-"+p.containerID+".log"), nil, 0o644))
+	both := procmap.New(procmap.Options{DockerHost: "none", CRISocket: c.sock, PodLogDir: pods, ContainerLogDir: ctrs})
+	defer both.Close()
+	assert.Equal(t, want, both.Identify(pid))
+	// Without the runtime the log directories answer: so they were read, and overruled above.
+	logs := procmap.New(procmap.Options{DockerHost: "none", CRISocket: "none", PodLogDir: pods, ContainerLogDir: ctrs})
+	defer logs.Close()
+	assert.Equal(t, trace.ProcessIdentity{Command: "sleeper", ContainerID: p.containerID, ContainerName: "renamed",
+		PodUID: p.uid, PodNamespace: "old", PodName: "stale-0"}, logs.Identify(pid))
+
+	// A second pod whose labels are hostile: control characters and a name past any Kubernetes limit.
+	long := strings.Repeat("x", 300)
+	q := &pod{name: "evil\n" + long, namespace: "llm", uid: randomUUID(), container: "c\x1bd"}
+	c.runPod(t, q)
+	got := r.Identify(c.pid(t, q.containerID))
+	assert.Equal(t, "cd", got.ContainerName)
+	assert.Equal(t, "evil"+long[:253-4], got.PodName, "cut to 253 bytes")
+	assert.Equal(t, q.uid, got.PodUID)
+}
+
+// listenUnix listens on a fresh unix socket and returns its path.
+func listenUnix(t *testing.T) (string, net.Listener) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "lem-sock-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "s.sock")
+	l, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	return path, l
+}
+
+// A CRI socket that is missing, serves something else, or accepts and never answers: the process poll is not
+// held up (each lookup returns within the request timeout, then the runtime is left alone), the container keeps
+// its ID, and the failure is logged once.
+func TestResolverCRIUnreachable(t *testing.T) {
+	httpSock, hl := listenUnix(t)
+	srv := &http.Server{Handler: http.NotFoundHandler()}
+	go srv.Serve(hl)
+	t.Cleanup(func() { srv.Close() })
+	hangSock, hang := listenUnix(t)
+	var held []net.Conn
+	var mu sync.Mutex
+	go func() { // accepts, reads nothing, writes nothing
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range held {
+			c.Close()
+		}
+	})
+
+	pod, err := os.ReadFile(filepath.Join("testdata", "cgroup", "containerd-k8s-cgroupfs-v1"))
+	require.NoError(t, err)
+	for name, sock := range map[string]string{
+		"missing":  filepath.Join(t.TempDir(), "no.sock"),
+		"not CRI":  httpSock,
+		"hangs":    hangSock,
+		"not unix": t.TempDir(), // a directory
+	} {
+		t.Run(name, func(t *testing.T) {
+			proc := filepath.Join(t.TempDir(), "proc")
+			fakeProc(t, proc, 4242, 1000, "python3", string(pod))
+			fakeProc(t, proc, 4343, 2000, "vllm", "0::/system.slice/cri-containerd-"+idC+".scope\n")
+			var buf logBuffer
+			r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: sock,
+				PodLogDir: t.TempDir(), ContainerLogDir: t.TempDir(), Timeout: 300 * time.Millisecond,
+				Log: slog.New(slog.NewTextHandler(&buf, nil))})
+			defer r.Close()
+			start := time.Now()
+			assert.Equal(t, trace.ProcessIdentity{Command: "python3", ContainerID: idB, PodUID: podUID}, r.Identify(4242))
+			assert.Equal(t, trace.ProcessIdentity{Command: "vllm", Runtime: "containerd", ContainerID: idC}, r.Identify(4343))
+			assert.Equal(t, trace.ProcessIdentity{Command: "vllm", Runtime: "containerd", ContainerID: idC}, r.Identify(4343))
+			took := time.Since(start)
+			assert.Less(t, took, 2*time.Second)
+			assert.Equal(t, 1, strings.Count(buf.String(), "CRI runtime not answering"), "%s", buf.String())
+			assert.Contains(t, buf.String(), fmt.Sprintf("socket=%s", sock))
+		})
+	}
+}
