@@ -3,6 +3,7 @@ package procmap
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"time"
@@ -16,6 +17,10 @@ import (
 
 	"github.com/lem-energy/lem/internal/trace"
 )
+
+// EnvCRISocket is the environment variable naming the CRI runtime's socket where Options.CRISocket is empty (as
+// DOCKER_HOST names the Docker Engine): crictl's, a path or a unix:// URL.
+const EnvCRISocket = "CONTAINER_RUNTIME_ENDPOINT"
 
 // DefaultCRISockets are the CRI runtimes' sockets tried in order where Options.CRISocket is empty: containerd's
 // (its CRI plugin serves the CRI on its main socket), then CRI-O's.
@@ -162,6 +167,9 @@ func (r *Resolver) criClient() (runtimeapi.RuntimeServiceClient, string) {
 		return r.criRT, r.criRuntime
 	}
 	path := r.opts.CRISocket
+	if path == "" {
+		path = os.Getenv(EnvCRISocket)
+	}
 	if path == "" {
 		for _, p := range DefaultCRISockets {
 			// Connecting to a unix socket needs write permission on it.

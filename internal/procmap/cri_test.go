@@ -88,6 +88,18 @@ func TestResolverCRIContainerd(t *testing.T) {
 	assert.Equal(t, trace.ProcessIdentity{Command: "sleeper", ContainerID: p.containerID, ContainerName: "renamed",
 		PodUID: p.uid, PodNamespace: "old", PodName: "stale-0"}, logs.Identify(pid))
 
+	// A container the runtime does not know (another runtime's, or gone): its ID, no name, and no complaint.
+	proc := filepath.Join(t.TempDir(), "proc")
+	cg, err = os.ReadFile(filepath.Join("testdata", "cgroup", "containerd-k8s-cgroupfs-v1"))
+	require.NoError(t, err)
+	fakeProc(t, proc, 4242, 1000, "python3", string(cg))
+	var buf logBuffer
+	unknown := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: c.sock, PodLogDir: empty,
+		ContainerLogDir: empty, Log: slog.New(slog.NewTextHandler(&buf, nil))})
+	defer unknown.Close()
+	assert.Equal(t, trace.ProcessIdentity{Command: "python3", ContainerID: idB, PodUID: podUID}, unknown.Identify(4242))
+	assert.Empty(t, buf.String())
+
 	// A second pod whose labels are hostile: control characters and a name past any Kubernetes limit.
 	long := strings.Repeat("x", 300)
 	q := &pod{name: "evil\n" + long, namespace: "llm", uid: randomUUID(), container: "c\x1bd"}
@@ -144,17 +156,23 @@ func TestResolverCRIUnreachable(t *testing.T) {
 	pod, err := os.ReadFile(filepath.Join("testdata", "cgroup", "containerd-k8s-cgroupfs-v1"))
 	require.NoError(t, err)
 	for name, sock := range map[string]string{
-		"missing":  filepath.Join(t.TempDir(), "no.sock"),
-		"not CRI":  httpSock,
-		"hangs":    hangSock,
-		"not unix": t.TempDir(), // a directory
+		"missing":         filepath.Join(t.TempDir(), "no.sock"),
+		"not CRI":         httpSock,
+		"hangs":           hangSock,
+		"not unix":        t.TempDir(), // a directory
+		"the environment": "",          // CONTAINER_RUNTIME_ENDPOINT names the hung socket
 	} {
 		t.Run(name, func(t *testing.T) {
+			opt := sock
+			if sock == "" {
+				sock = hangSock
+				t.Setenv(procmap.EnvCRISocket, "unix://"+hangSock)
+			}
 			proc := filepath.Join(t.TempDir(), "proc")
 			fakeProc(t, proc, 4242, 1000, "python3", string(pod))
 			fakeProc(t, proc, 4343, 2000, "vllm", "0::/system.slice/cri-containerd-"+idC+".scope\n")
 			var buf logBuffer
-			r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: sock,
+			r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: opt,
 				PodLogDir: t.TempDir(), ContainerLogDir: t.TempDir(), Timeout: 300 * time.Millisecond,
 				Log: slog.New(slog.NewTextHandler(&buf, nil))})
 			defer r.Close()

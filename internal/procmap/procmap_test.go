@@ -111,7 +111,7 @@ func TestResolverKubernetesFromLogDirectories(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(pods, "llm_vllm-0_"+podUID), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(ctrs, "vllm-0_llm_server-"+idB+".log"), nil, 0o644))
 
-	r := procmap.New(procmap.Options{ProcRoot: proc, PodLogDir: pods, ContainerLogDir: ctrs, DockerHost: "none"})
+	r := procmap.New(procmap.Options{ProcRoot: proc, PodLogDir: pods, ContainerLogDir: ctrs, DockerHost: "none", CRISocket: "none"})
 	defer r.Close()
 	assert.Equal(t, trace.ProcessIdentity{Command: "python3", Runtime: "containerd", ContainerID: idB, ContainerName: "server",
 		PodUID: podUID, PodNamespace: "llm", PodName: "vllm-0"}, r.Identify(4242))

@@ -27,8 +27,9 @@ type Options struct {
 	// DockerHost is the Engine to ask for container names: "" for the environment's (DOCKER_HOST, else the local
 	// socket) where that socket exists, "none" never to ask.
 	DockerHost string
-	// CRISocket is the CRI runtime (containerd's CRI plugin, CRI-O) to ask for container and pod names: "" for the
-	// first of DefaultCRISockets this process may connect to, "none" never to ask. Reading it is privileged.
+	// CRISocket is the CRI runtime (containerd's CRI plugin, CRI-O) to ask for container and pod names, a path or
+	// a unix:// URL: "" for the environment's (CONTAINER_RUNTIME_ENDPOINT, else the first of DefaultCRISockets this
+	// process may connect to), "none" never to ask. Reading it is privileged.
 	CRISocket string
 	// PodLogDir and ContainerLogDir are the kubelet's log directories (default /var/log/pods and
 	// /var/log/containers): their entries name each pod's namespace, name and UID, and each container's name and ID.
