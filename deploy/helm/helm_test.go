@@ -223,8 +223,9 @@ var valueSets = map[string]string{
 	"hostPort and remote write": `hostPort: {enabled: true}
 remoteWrite: {url: "http://mimir.mimir:8080/api/v1/push", bearerTokenSecret: {name: mimir-token}}
 image: {digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}`,
-	"process containers": `processes: {containers: true, interval: 1s, maxSeries: 16}`,
-	"processes off":      `processes: {enabled: false}`,
+	"process containers":     `processes: {containers: true, interval: 1s, maxSeries: 16}`,
+	"processes off":          `processes: {enabled: false}`,
+	"process containers cri": `processes: {containers: true, criSocket: /run/crio/crio.sock}`,
 }
 
 func TestChartDefaults(t *testing.T) {
@@ -501,6 +502,21 @@ func TestChartProcesses(t *testing.T) {
 		assert.Equal(t, v.path, m.MountPath)
 		assert.Equal(t, v.path, volumeOf(r.DaemonSet, v.name).HostPath.Path)
 	}
+
+	assert.Nil(t, mountOf(c, "cri-socket"), "the runtime's socket only where named")
+	assert.NotContains(t, envOf(c), "CONTAINER_RUNTIME_ENDPOINT")
+
+	// The CRI runtime's socket, read-only, at its host path, which the exporter is told.
+	r = mustInstall(t, valueSets["process containers cri"])
+	c = r.container(t)
+	m := mountOf(c, "cri-socket")
+	require.NotNil(t, m)
+	assert.True(t, m.ReadOnly)
+	assert.Equal(t, "/run/crio/crio.sock", m.MountPath)
+	v := volumeOf(r.DaemonSet, "cri-socket").HostPath
+	assert.Equal(t, "/run/crio/crio.sock", v.Path)
+	assert.Equal(t, corev1.HostPathSocket, *v.Type)
+	assert.Equal(t, "/run/crio/crio.sock", envOf(c)["CONTAINER_RUNTIME_ENDPOINT"].Value)
 
 	r = mustInstall(t, valueSets["processes off"])
 	iv, _ = argValue(r.container(t).Args, "process-interval")

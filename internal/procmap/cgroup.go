@@ -1,7 +1,18 @@
 // Package procmap tells whose a process is: from the PID the GPU driver reports to the process's command, the
 // container it runs in (Docker, containerd, CRI-O, Podman; cgroup v1 and v2, cgroupfs and systemd layouts) and the
-// Kubernetes pod. The container comes from /proc/PID/cgroup; names from the Docker Engine API where its socket is
-// readable, and from the kubelet's log directories (/var/log/pods, /var/log/containers) where they are mounted.
+// Kubernetes pod. The container ID and pod UID come from /proc/PID/cgroup; names, in this order:
+//
+//   - a container of Docker, or of a runtime the path does not name: the Docker Engine (ContainerInspect) where
+//     its socket is readable;
+//   - any container the Engine does not name (a pod's is not asked of it): the CRI runtime (containerd's CRI plugin or CRI-O, ContainerStatus:
+//     the container's name and the kubelet's pod labels) where its socket is readable — CONTAINER_RUNTIME_ENDPOINT,
+//     else /run/containerd/containerd.sock, else /run/crio/crio.sock;
+//   - a pod's container the runtime does not name: the kubelet's log directories (/var/log/pods,
+//     /var/log/containers) where they are mounted. Where both answer, the runtime wins.
+//
+// Containers made through containerd's own API rather than the CRI (nerdctl, ctr) are known by their ID only.
+// Each runtime is asked once per container within a short timeout, and left alone for a minute when it does not
+// answer: a lookup runs on the GPU's process poll.
 package procmap
 
 import (
