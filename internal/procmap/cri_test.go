@@ -72,7 +72,9 @@ func TestResolverCRIContainerd(t *testing.T) {
 	empty := t.TempDir()
 	r := procmap.New(procmap.Options{DockerHost: "none", CRISocket: c.sock, PodLogDir: empty, ContainerLogDir: empty})
 	defer r.Close()
+	start := time.Now()
 	assert.Equal(t, want, r.Identify(pid))
+	t.Logf("first lookup (connect, Version, ContainerStatus): %s", time.Since(start))
 
 	// The kubelet's log directories name the same container otherwise (a stale link): the runtime wins.
 	pods, ctrs := filepath.Join(t.TempDir(), "pods"), filepath.Join(t.TempDir(), "containers")
@@ -81,7 +83,9 @@ func TestResolverCRIContainerd(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(ctrs, "stale-0_old_renamed-"+p.containerID+".log"), nil, 0o644))
 	both := procmap.New(procmap.Options{DockerHost: "none", CRISocket: c.sock, PodLogDir: pods, ContainerLogDir: ctrs})
 	defer both.Close()
+	start = time.Now()
 	assert.Equal(t, want, both.Identify(pid))
+	t.Logf("lookup on a second client (connect, Version, ContainerStatus, log directories): %s", time.Since(start))
 	// Without the runtime the log directories answer: so they were read, and overruled above.
 	logs := procmap.New(procmap.Options{DockerHost: "none", CRISocket: "none", PodLogDir: pods, ContainerLogDir: ctrs})
 	defer logs.Close()
