@@ -13,6 +13,9 @@ subtracts for the energy adjusted to active idle (docs/METHODOLOGY.md, "Two idle
 --markers client (the default) posts the markers to lem-run's marker server (or, outside lem-run, to a
 lem-exporter) and prints each round's energy at the end; --markers stdout prints them as LEM_PHASE / LEM_WINDOW /
 LEM_RESULT lines for lem-run to read instead: the same calls, so the two can be compared on one workload.
+--markers both compares the two paths on one run: the phases, windows and results go over HTTP as with client,
+and each round's prefill and decode are also printed as stdout windows of the same names (LEM_WINDOW_BEGIN
+prefill …), at the same points of the program, just after each HTTP marker returns.
 
 Without --model the model is a randomly initialised Llama-architecture model (~1 B parameters): the arithmetic,
 and so the energy, is that of a real model of this shape. With --model PATH, real weights are loaded.
@@ -40,6 +43,28 @@ except ImportError:  # run from a checkout, the package not installed
     import lem.hf
 
 
+class StdoutEdges:
+    """An inner streamer for --markers both: lem.hf.Streamer calls it after its own HTTP marker at each edge, so
+    the same prefill and decode edges also reach lem-run as stdout windows."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls == 1:
+            print("LEM_WINDOW_BEGIN prefill", flush=True)
+        elif self.calls == 2:
+            print("LEM_WINDOW_END prefill\nLEM_WINDOW_BEGIN decode", flush=True)
+
+    def end(self):
+        if self.calls >= 2:
+            print("LEM_WINDOW_END decode", flush=True)
+        elif self.calls == 1:
+            print("LEM_WINDOW_END prefill", flush=True)
+        self.calls = 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-size", type=int, default=8)
@@ -50,13 +75,14 @@ def main():
     ap.add_argument("--idle", type=float, default=3.0,
                     help="seconds of active idle after the warm-up: the model loaded, nothing running (a window named "
                          "idle, which lem subtracts for energy adjusted to active idle); 0: none")
-    ap.add_argument("--markers", choices=["client", "stdout"], default="client",
-                    help="post markers over HTTP (lem's Python client) or print them as marker lines")
+    ap.add_argument("--markers", choices=["client", "stdout", "both"], default="client",
+                    help="post markers over HTTP (lem's Python client), print them as marker lines, or both (the "
+                         "phases over HTTP, the same edges also printed as stdout windows)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("generate.py: no CUDA device")
     # Every boundary waits for the GPU work queued before it (torch.cuda.synchronize), in both marker modes.
-    lem.configure(markers="http" if args.markers == "client" else "stdout", sync=True)
+    lem.configure(markers="stdout" if args.markers == "stdout" else "http", sync=True)
     params = {"max_new_tokens": args.new_tokens, "do_sample": False}
     params.update(json.loads(os.environ.get("LEM_BACKEND_PARAMS") or "{}"))
     params.setdefault("min_new_tokens", params["max_new_tokens"])
@@ -67,14 +93,16 @@ def main():
     else:
         cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
                           num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096)
-        model = LlamaForCausalLM(cfg)
+        with torch.device("cuda"):  # initialised on the GPU: seconds, where the CPU takes tens of them
+            model = LlamaForCausalLM(cfg)
     model = model.to("cuda", dtype=torch.bfloat16).eval()
     gen = GenerationConfig(**params)
     gen.pad_token_id = gen.pad_token_id if gen.pad_token_id is not None else 0
     print("generation parameters:", json.dumps({k: getattr(gen, k) for k in sorted(params)}), flush=True)
     ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.prompt_len), device="cuda")
     mask = torch.ones_like(ids)
-    streamer = lem.hf.Streamer(window="generate", eos_token_id=gen.eos_token_id, pad_token_id=gen.pad_token_id)
+    streamer = lem.hf.Streamer(window="generate", eos_token_id=gen.eos_token_id, pad_token_id=gen.pad_token_id,
+                               inner=StdoutEdges() if args.markers == "both" else None)
 
     def round_trip(measured):
         with torch.no_grad():

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Real-GPU measurements lem's docs quote that need only one GPU, one part after another on GPU 0 (scripts/
+# gpu-session.sh runs the multi-GPU ones, a part per GPU at once). Binaries built elsewhere in bin/ (make build,
+# and scripts/bench's duckdb-energy for the bench part); the host needs the NVIDIA driver and python3 with torch,
+# transformers, nvidia-ml-py, pyarrow and pandas. Each part writes into OUT/PART/ and prints its summary.
+#
+#   bench      docs/BENCHMARKS.md: lem-analyze against DuckDB and the pandas/pyarrow script on the 10 M-sample
+#              file (scripts/bench-analyze.sh; CPU only, run before the GPU parts so nothing else loads the host)
+#   markers    examples/hf/generate.py --markers both (batch 8, 8 rounds): the Python client's HTTP phases against
+#              stdout windows at the same edges, on one run (scripts/gpu/markers_both.py)
+#   precision  scripts/gpu/precision.py at its defaults (square waves 4–400 ms × duty 25/50/75 %, bursts
+#              10–200 ms), counter read every 100 ms; lem-analyze precision with its plot
+#   mps        scripts/gpu/share.py --mps under lem-run record: per-process attribution with MPS (an MPS daemon of
+#              this user's in a temporary folder; the GPU's compute mode is not changed)
+#   campaign   docs/RESULTS.md §2 with both idles (scripts/gpu/hf-idle.yaml: batch 1/8/32, 3 cycles)
+#
+# Usage: scripts/gpu-parts.sh OUT PART...    (GPU_PARTS_DRY=1: replay a recorded trace, no GPU)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+BIN=${BIN:-bin}
+OUT=${1:?usage: scripts/gpu-parts.sh OUT PART...}
+shift
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+src=()
+[ "${GPU_PARTS_DRY:-0}" = 1 ] && src=(--replay testdata/traces/h200-llm.parquet --loop)
+t0=$(date +%s)
+say() { printf '[%4ds] %s\n' $(($(date +%s) - t0)) "$*"; }
+lemrun=("$BIN/lem-run" "${src[@]}")
+[ -z "${src[*]}" ] && nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit,pstate,temperature.gpu,clocks.sm \
+  --format=csv | tee "$OUT/gpus.csv"
+
+part_bench() {
+  BIN=$BIN DUCKDB=${DUCKDB:-$BIN/duckdb-energy} scripts/bench-analyze.sh "$1" 3 10m
+}
+part_markers() {
+  "${lemrun[@]}" --gpus 0 --baseline 5s --cooldown none --experiment hf-bs8-both --out "$1" -- \
+    python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 8 --idle 3 --markers both \
+    >"$1/lem-run.txt" 2>"$1/lem-run.log"
+  tail -3 "$1/lem-run.log"
+  python3 scripts/gpu/markers_both.py "$1"/hf-bs8-both-*/
+}
+part_precision() {
+  "${lemrun[@]}" --gpus 0 --baseline 20s --cooldown none --counter-interval 100ms --experiment precision \
+    --out "$1" -- python3 scripts/gpu/precision.py --device cuda:0 >"$1/lem-run.txt" 2>"$1/lem-run.log"
+  tail -3 "$1/lem-run.log"
+  "$BIN/lem-analyze" precision -f json "$1"/precision-*/ >"$1/precision.json"
+  "$BIN/lem-analyze" precision --plot "$1/precision.svg" "$1"/precision-*/
+}
+part_mps() {
+  "$BIN/lem-run" record "${src[@]}" --gpus 0 -o "$1/share.parquet" -- \
+    python3 scripts/gpu/share.py run --gpu 0 --seconds 10 --idle 4 --mps --out "$1/share-run.json" \
+    >"$1/record.txt" 2>"$1/record.log"
+  tail -3 "$1/record.log"
+  "$BIN/lem-analyze" processes --json "$1/share.parquet" >"$1/processes.json"
+  "$BIN/lem-analyze" processes "$1/share.parquet" | head -60
+  python3 scripts/gpu/share.py analyze "$1/share-run.json" "$1/processes.json"
+}
+part_campaign() {
+  "${lemrun[@]}" campaign scripts/gpu/hf-idle.yaml --out "$1/campaign" >"$1/campaign.txt" 2>"$1/campaign.log"
+  tail -3 "$1/campaign.log"
+  "$BIN/lem-analyze" report "$1/campaign" >"$1/report.md" 2>&1
+  "$BIN/lem-analyze" report -f json "$1/campaign" >"$1/report.json" 2>/dev/null
+  for t in runs phases experiments windows; do
+    "$BIN/lem-analyze" report -f csv --table "$t" "$1/campaign" >"$1/$t.csv" 2>/dev/null
+  done
+  sed -n '/^| experiment | runs/,/^$/p;/deep idle W/,/^$/p' "$1/report.md"
+}
+
+for p in "$@"; do
+  d=$OUT/$p
+  mkdir -p "$d"
+  say "part $p"
+  { "part_$p" "$d"; echo "part $p: exit $?"; } 2>&1 | tee "$OUT/$p.summary"
+done
+say "done"
