@@ -691,9 +691,11 @@ func (a *accounting) windows(gpus []GPU, baselines map[int]*manifest.Baseline, e
 				w.EndedByRun++
 			}
 			w.DurationS += end.Sub(start).Seconds()
-			e, adj := a.workloadEnergy(gpus, baselines, start, end)
+			e, adj, active, clamped := a.workloadEnergy(gpus, baselines, start, end)
 			w.Energy.HybridJ += e
 			w.Energy.AdjustedJ += adj
+			w.Energy.AdjustedActiveJ += active
+			w.Energy.AdjustedClamped = w.Energy.AdjustedClamped || clamped
 			if e.Valid() {
 				js = append(js, float64(e))
 			}
@@ -755,9 +757,10 @@ func windowOccurrences(events []trace.Event, runEnd time.Time) (order []string, 
 	return order, byName
 }
 
-// workloadEnergy is the workload GPUs' energy over [start, end] and that energy above their idle (null where a
-// GPU has no baseline).
-func (a *accounting) workloadEnergy(gpus []GPU, baselines map[int]*manifest.Baseline, start, end time.Time) (e, adj manifest.Num) {
+// workloadEnergy is the workload GPUs' energy over [start, end], that energy above their deep idle (null where a
+// GPU has no baseline; clamped says an occurrence fell below it and was clamped to 0) and above their active idle
+// (null where a GPU has none).
+func (a *accounting) workloadEnergy(gpus []GPU, baselines map[int]*manifest.Baseline, start, end time.Time) (e, adj, active manifest.Num, clamped bool) {
 	for _, g := range gpus {
 		if g.Role == manifest.RoleObserved {
 			continue
@@ -770,13 +773,20 @@ func (a *accounting) workloadEnergy(gpus []GPU, baselines map[int]*manifest.Base
 		}
 		e += j
 		if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil {
-			v, _ := energy.Adjust(float64(j), idle, end.Sub(start))
+			v, c := energy.Adjust(float64(j), idle, end.Sub(start))
 			adj += manifest.Num(v)
+			clamped = clamped || c
 		} else {
 			adj = manifest.Null
 		}
+		// Like a phase's: what the computation adds over active idle (may be negative); null without one.
+		if act, ok := a.active[g.Index]; ok {
+			active += j - manifest.Num(act*end.Sub(start).Seconds())
+		} else {
+			active = manifest.Null
+		}
 	}
-	return e, adj
+	return e, adj, active, clamped
 }
 
 func addPhaseGPU(p *manifest.Phase, g manifest.PhaseGPU) {

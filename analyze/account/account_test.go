@@ -376,7 +376,8 @@ func TestRequestAttributionPrompt(t *testing.T) {
 func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
 	s := inference(0)
 	s.TempC = 41
-	evs := append(runEvents(), ev(8.2, trace.EventWindowBegin, "idle", nil), ev(8.9, trace.EventWindowEnd, "idle", nil))
+	evs := append(runEvents(), ev(8.2, trace.EventWindowBegin, "idle", nil), ev(8.9, trace.EventWindowEnd, "idle", nil),
+		ev(3.5, trace.EventWindowBegin, "gen", nil), ev(8, trace.EventWindowEnd, "gen", nil))
 	tr := s.Trace(evs...)
 	base := 33.0
 	b := &manifest.Baseline{MedianW: 78, P25W: 78, P75W: 78, Samples: 1500, TempMeanC: &base,
@@ -395,6 +396,17 @@ func TestActiveIdleAndTemperatureCorrection(t *testing.T) {
 	decode := s.Energy(at(3.5), at(8))
 	assert.Less(t, rel(m.Phases[1].Energy.AdjustedActiveJ, decode-120*4.5), 1e-4)
 	assert.Less(t, rel(m.Phases[1].Energy.AdjustedJ, decode-idle*4.5), 1e-4)
+	// A window over the decode: the same three energies as the phase (windows had no active-adjusted energy).
+	var gen *manifest.Window
+	for i := range m.Windows {
+		if m.Windows[i].Name == "gen" {
+			gen = &m.Windows[i]
+		}
+	}
+	require.NotNil(t, gen)
+	assert.Less(t, rel(gen.Energy.AdjustedActiveJ, decode-120*4.5), 1e-4)
+	assert.Less(t, rel(gen.Energy.AdjustedJ, decode-idle*4.5), 1e-4)
+	assert.Less(t, rel(gen.Energy.HybridJ, decode), 1e-4)
 
 	for _, c := range []struct {
 		name  string

@@ -2,7 +2,7 @@
 """Compares the two marker paths on one run of `examples/hf/generate.py --markers both`: the prefill and decode
 phases posted over HTTP by lem's Python client against the stdout windows of the same names printed at the same
 edges just after. Per occurrence, each edge's offset (stdout − HTTP, ms; a 50 Hz sample is 20 ms) from the trace's
-events, and per name the energies lem accounted for each (manifest: phases and windows, hybrid and 50 Hz).
+events, and per name the energies lem accounted for each (manifest: phases and windows, raw and adjusted).
 
 Needs pyarrow (the GPU hosts' python3 has it). Usage: python3 scripts/gpu/markers_both.py RUN_DIR"""
 import json
@@ -56,7 +56,7 @@ def main():
                       f"{d[-1]:.2f} | {sum(abs(x) < 20 for x in d)} of {n} |")
     ph = {x["name"]: x for x in m.get("phases", [])}
     wi = {x["name"]: x for x in m.get("windows", [])}
-    print("\n| name | HTTP phase s | stdout window s | HTTP J (hybrid) | stdout J (hybrid) | difference | 50 Hz HTTP / stdout J |")
+    print("\n| name | HTTP phase s | stdout window s | HTTP J (hybrid) | stdout J (hybrid) | difference | adjusted J HTTP / stdout |")
     print("|---|---|---|---|---|---|---|")
     for name in ("prefill", "decode"):
         a, b = ph.get(name), wi.get(name)
@@ -65,8 +65,8 @@ def main():
             continue
         ea, eb = a["energy"]["hybrid_j"], b["energy"]["hybrid_j"]
         print(f"| {name} ({a['count']} / {b['count']}) | {a['duration_s']:.4f} | {b['duration_s']:.4f} | {ea:.2f} | "
-              f"{eb:.2f} | {100 * (eb - ea) / ea:+.3f} % | {a['energy'].get('sampled_j') or 0:.2f} / "
-              f"{b['energy'].get('sampled_j') or 0:.2f} |")
+              f"{eb:.2f} | {100 * (eb - ea) / ea:+.3f} % | {a['energy'].get('adjusted_j') or 0:.2f} / "
+              f"{b['energy'].get('adjusted_j') or 0:.2f} |")
 
 
 if __name__ == "__main__":
