@@ -325,6 +325,24 @@ def analyze(args):
     for name, (j, alone, unattributed) in totals.items():
         ratio = j / alone if alone else float("nan")
         print(f"| {name} | {j:.1f} | {alone:.1f} | {ratio:.3f} | {unattributed:.1f} |")
+    # The whole GPU's work, whoever was charged (under MPS the server takes it all): every process's charge in a
+    # phase against what its workers' units cost alone, at the solo phases' cost per unit charged to anyone.
+    whole, solo_any = {}, {}
+    for ph in record["phases"]:
+        split = att.get(ph["name"])
+        if split is None:
+            continue
+        whole[ph["name"]] = sum(split[0].values())
+        if len(ph["workers"]) == 1 and ph["workers"][0]["units"] > 0:
+            solo_any[ph["workers"][0]["kind"]] = whole[ph["name"]] / ph["workers"][0]["units"]
+    shared = [ph for ph in record["phases"] if len(ph["workers"]) > 1 and ph["name"] in whole]
+    if shared and all(w["kind"] in solo_any for ph in shared for w in ph["workers"]):
+        print()
+        print("| phase | charged to every process J | the same work alone J | ratio |")
+        print("|---|---|---|---|")
+        for ph in shared:
+            alone = sum(solo_any[w["kind"]] * w["units"] for w in ph["workers"])
+            print(f"| {ph['name']} | {whole[ph['name']]:.1f} | {alone:.1f} | {whole[ph['name']] / alone:.3f} |")
     others = []  # processes charged in a phase that are none of its workloads (the MPS server, a stranger)
     for ph in record["phases"]:
         split = att.get(ph["name"])
