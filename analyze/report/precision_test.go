@@ -301,3 +301,18 @@ func TestShortShapeU(t *testing.T) {
 		assert.InDelta(t, c.want, report.ShortShapeU(c.d), 1e-12, "%s", c.d)
 	}
 }
+
+// Without a counter the energy is the samples' integral, and nothing rescales their aliasing: the run's aliasing
+// term is the whole sampled energy times the bound for loads not commensurate with 20 ms (5.7 % on two H200s,
+// docs/RESULTS.md §6.3; 6 % rectangular), computed plainly here.
+func TestSamplesOnlyAliasingTerm(t *testing.T) {
+	s := testutil.Synth{Start: p0, Duration: 12 * time.Second, Levels: []testutil.Level{{At: 0, W: 80},
+		{At: 3 * time.Second, W: 450}, {At: 8 * time.Second, W: 120}}}
+	tr := s.Trace(pev(2, trace.EventRunStart, "e"), pev(3, trace.EventPhase, "work"), pev(8, trace.EventPhaseEnd, ""),
+		pev(10, trace.EventRunEnd, "e"))
+	tr.GPUs[0].Counters = nil
+	r := loadOne(t, writeRunDir(t, tr, pat(2), pat(10), nil))
+	require.Equal(t, account.MethodSamples, r.Manifest.GPUs[0].Method)
+	e := testutil.PlainSampled(tr.GPUs[0].Samples, pat(2), pat(10))
+	assert.InEpsilon(t, 0.06/math.Sqrt(3)*e, float64(r.Uncertainty.Term(report.TermAliasing).RawJ), 1e-9)
+}
