@@ -11,8 +11,8 @@
 #      GPU 0: docs/RESULTS.md §2 with both idles (scripts/gpu/hf-idle.yaml: HF generate at batch 1/8/32);
 #      GPU 1: GPU sharing (scripts/gpu/share.py: per-process attribution against solo energies);
 #      GPU 2: the precision workload (scripts/gpu/precision.py: square waves and known-energy bursts, shortened);
-#      GPU 3: the HF example with markers through the Python client and through stdout (batch 8, 2 rounds each),
-#             then 100 generate() calls, a window each (the J per call).
+#      GPU 3: the HF example with markers through the Python client and through stdout on one run (batch 8,
+#             8 rounds, --markers both), then 100 generate() calls, a window each (the J per call).
 #   3. Summaries of each, and everything packed into $OUT/session.tar.gz.
 #
 # Usage: scripts/gpu-session.sh [OUTDIR]    (GPU_SESSION_DRY=1: replay a recorded trace, no GPU, short sleeps)
@@ -103,10 +103,8 @@ else
     --experiment precision --out "$W/runs/precision" -- python3 scripts/gpu/precision.py --device cuda:0 \
     --periods-ms 6,10,20,40,100,400 --duties 50 --square-seconds 3 --burst-ms 10,50,200 --bursts 8
   part hf 3 160 sh -c "
-    for m in client stdout; do
-      ${BIN}/lem-run --gpus 3 --baseline 3s --cooldown none --experiment hf-bs8-\$m --out $W/runs/hf -- \
-        python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 2 --markers \$m || exit
-    done
+    ${BIN}/lem-run --gpus 3 --baseline 3s --cooldown none --experiment hf-bs8-both --out $W/runs/hf -- \
+      python3 examples/hf/generate.py --batch-size 8 --new-tokens 128 --repeats 8 --markers both || exit
     ${BIN}/lem-run --gpus 3 --baseline 3s --cooldown none --experiment hf-100-calls --out $W/runs/hf -- \
       python3 examples/hf/generate.py --batch-size 1 --new-tokens 8 --repeats 100 --idle 0"
 fi
@@ -172,7 +170,8 @@ stop $LOADEXP
     sed -n '/^| experiment | runs/,/^$/p;/Two idles\|deep idle W/,/^$/p' "$W/campaign-report.md"
   fi
   if [ -d "$W/runs/hf" ]; then
-    echo; echo "## HF example: markers through the client vs stdout; 100 generate() calls"
+    echo; echo "## HF example: markers through the client and stdout on one run; 100 generate() calls"
+    python3 scripts/gpu/markers_both.py "$W"/runs/hf/hf-bs8-both-*/
     python3 scripts/gpu/session_hf.py "$W/runs/hf"
   fi
   for d in "$W"/runs/precision/*/; do
