@@ -83,6 +83,9 @@ type PhaseStats struct {
 	AdjustedJ stats.Summary `json:"adjusted_j"`
 	EnergyU   Uncert        `json:"energy_uncertainty"`
 	AdjustedU Uncert        `json:"adjusted_uncertainty"`
+	// AdjustedActiveJ is the phase's energy above active idle (what the computation adds; may be negative), over
+	// the runs that measured an active idle.
+	AdjustedActiveJ stats.Summary `json:"adjusted_active_j"`
 	// Clamped counts the runs in which the phase's adjusted energy was clamped at 0 in some occurrence
 	// (warning phase_adjusted_clamped): its adjusted mean is biased up.
 	Clamped int `json:"adjusted_clamped_runs"`
@@ -339,7 +342,7 @@ func phaseStats(rs []*Run) []PhaseStats {
 			return manifest.Null
 		}, true, pb}
 		ps := PhaseStats{Name: name, PowerCappedS: manifest.Null}
-		var d []float64
+		var d, act []float64
 		var capped float64
 		withTrace := 0
 		for _, r := range rs {
@@ -348,6 +351,9 @@ func phaseStats(rs []*Run) []PhaseStats {
 				continue
 			}
 			d = append(d, p.DurationS)
+			if v := float64(p.Energy.AdjustedActiveJ); p.Energy.AdjustedActiveJ.Valid() && !math.IsInf(v, 0) {
+				act = append(act, v)
+			}
 			if p.Energy.AdjustedClamped {
 				ps.Clamped++
 			}
@@ -360,6 +366,7 @@ func phaseStats(rs []*Run) []PhaseStats {
 			ps.PowerCappedS = manifest.Num(capped / float64(withTrace))
 		}
 		ps.DurationS = stats.SummarizePositive(d)
+		ps.AdjustedActiveJ = stats.Summarize(act)
 		ps.EnergyJ, ps.EnergyU = qe.summary(rs)
 		ps.AdjustedJ, ps.AdjustedU = qa.summary(rs)
 		out = append(out, ps)

@@ -68,8 +68,12 @@ func writeSynth(t *testing.T, dir string, s synth) {
 		Times:       manifest.Times{Start: start, End: end, DurationS: 10}, GPUs: []manifest.GPU{g}, Energy: g.Energy,
 		Phases: []manifest.Phase{{Name: "decode", Count: 1, Start: start.Add(time.Second), End: end, DurationS: 9,
 			GPUs:   []manifest.PhaseGPU{{Index: 0, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj)}},
-			Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj)}}},
+			Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj),
+				AdjustedActiveJ: manifest.Null}}},
 		Warnings: []manifest.Warning{}}
+	if s.activeW > 0 {
+		m.Phases[0].Energy.AdjustedActiveJ = manifest.Num(0.9*s.raw - 9*s.activeW)
+	}
 	for _, w := range s.warnings {
 		m.Warnings = append(m.Warnings, manifest.Warning{Code: w, Message: "GPU 0: " + w})
 	}
@@ -496,6 +500,12 @@ func TestTwoIdles(t *testing.T) {
 	assert.InDeltaSlice(t, []float64{300, 310, 290}, i.AdjustedActiveJ.Values, 1e-9)
 	assert.InDelta(t, 300, i.AdjustedActiveJ.Mean, 1e-9)
 	assert.Equal(t, []float64{-100}, q.AdjustedActiveJ.Values, "the run without active idle has no value, not 0")
+	// Per phase too: the decode's 9 s above each run's active idle.
+	dec := exps[0].Phases[0]
+	require.Equal(t, "decode", dec.Name)
+	assert.InDeltaSlice(t, []float64{0.9*1500 - 9*120, 0.9*1520 - 9*121, 0.9*1480 - 9*119}, dec.AdjustedActiveJ.Values, 1e-9)
+	assert.InDeltaSlice(t, []float64{0.9*1100 - 9*120}, exps[1].Phases[0].AdjustedActiveJ.Values, 1e-9,
+		"the run without active idle has no value, not 0")
 	assert.Equal(t, 2, q.DeepW.N)
 
 	var md bytes.Buffer

@@ -366,8 +366,8 @@ svg{display:block;margin:0.5em 0 1.5em;background:#fff;border:1px solid #eee}
 {{end}}</table>
 <p>Deep idle: the baseline before the workload (no context, clocks down). Active idle: the context held, nothing running.</p>{{end}}
 {{if .Phases}}<h3>Phases</h3>
-<table class="experiment-phases"><tr><th>experiment</th><th>phase</th><th>s</th><th>energy J</th><th>U J</th><th>adjusted J</th><th>U J</th><th>runs clamped</th><th>power-capped s</th></tr>
-{{range .Exps}}{{$e := .}}{{range .Phases}}<tr><td>{{$e.Name}}</td><td>{{.Name}}</td><td>{{ci .DurationS 3}}</td><td>{{ci .EnergyJ 1}}</td><td>{{pm .EnergyU.Expanded 1}}</td><td>{{ci .AdjustedJ 1}}</td><td>{{pm .AdjustedU.Expanded 1}}</td><td>{{.Clamped}}</td><td>{{num .PowerCappedS 2}}</td></tr>
+<table class="experiment-phases"><tr><th>experiment</th><th>phase</th><th>s</th><th>energy J</th><th>U J</th><th>adjusted J</th><th>U J</th><th>adjusted to active idle J</th><th>runs clamped</th><th>power-capped s</th></tr>
+{{range .Exps}}{{$e := .}}{{range .Phases}}<tr><td>{{$e.Name}}</td><td>{{.Name}}</td><td>{{ci .DurationS 3}}</td><td>{{ci .EnergyJ 1}}</td><td>{{pm .EnergyU.Expanded 1}}</td><td>{{ci .AdjustedJ 1}}</td><td>{{pm .AdjustedU.Expanded 1}}</td><td>{{ci .AdjustedActiveJ 1}}</td><td>{{.Clamped}}</td><td>{{num .PowerCappedS 2}}</td></tr>
 {{end}}{{end}}</table>{{end}}
 <h3>Uncertainty budgets of the means</h3>
 <p>Standard uncertainties in the figure's unit; in parentheses: random per run, already in the repetition.</p>

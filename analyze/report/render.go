@@ -362,13 +362,13 @@ func referenceTable(w io.Writer, exps []Experiment) {
 
 // experimentPhaseTable writes each experiment's phases: duration, energies and their uncertainties.
 func experimentPhaseTable(w io.Writer, exps []Experiment) {
-	fmt.Fprintln(w, "\n| experiment | phase | s | energy J | U J | adjusted J | U J | runs clamped | power-capped s |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "\n| experiment | phase | s | energy J | U J | adjusted J | U J | adjusted to active idle J | runs clamped | power-capped s |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|")
 	for _, e := range exps {
 		for _, p := range e.Phases {
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", e.Name, p.Name, ci(p.DurationS, 3),
-				ci(p.EnergyJ, 1), pm(p.EnergyU.Expanded, 1), ci(p.AdjustedJ, 1), pm(p.AdjustedU.Expanded, 1), p.Clamped,
-				num(p.PowerCappedS, 2))
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %d | %s |\n", e.Name, p.Name, ci(p.DurationS, 3),
+				ci(p.EnergyJ, 1), pm(p.EnergyU.Expanded, 1), ci(p.AdjustedJ, 1), pm(p.AdjustedU.Expanded, 1),
+				ci(p.AdjustedActiveJ, 1), p.Clamped, num(p.PowerCappedS, 2))
 		}
 	}
 }
