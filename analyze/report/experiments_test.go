@@ -67,7 +67,7 @@ func writeSynth(t *testing.T, dir string, s synth) {
 		Environment: meta.Environment{Devices: []meta.Device{{Index: 0, UUID: s.uuid, Name: "NVIDIA H200"}}},
 		Times:       manifest.Times{Start: start, End: end, DurationS: 10}, GPUs: []manifest.GPU{g}, Energy: g.Energy,
 		Phases: []manifest.Phase{{Name: "decode", Count: 1, Start: start.Add(time.Second), End: end, DurationS: 9,
-			GPUs:   []manifest.PhaseGPU{{Index: 0, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj)}},
+			GPUs: []manifest.PhaseGPU{{Index: 0, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj)}},
 			Energy: manifest.Energy{CounterJ: manifest.Null, SampledJ: manifest.Null, HybridJ: manifest.Num(0.9 * s.raw), AdjustedJ: manifest.Num(0.9 * s.adj),
 				AdjustedActiveJ: manifest.Null}}},
 		Warnings: []manifest.Warning{}}
