@@ -13,6 +13,8 @@
 #   mps        scripts/gpu/share.py --mps under lem-run record: per-process attribution with MPS (an MPS daemon of
 #              this user's in a temporary folder; the GPU's compute mode is not changed)
 #   campaign   docs/RESULTS.md §2 with both idles (scripts/gpu/hf-idle.yaml: batch 1/8/32, 3 cycles)
+#   exporter   lem-exporter's CPU on this host's GPUs, 20 s each: idle at defaults, idle with --process-interval 0,
+#              then under a matmul load at defaults and with --serial-counter-reads (% of a core per GPU)
 #
 # Usage: scripts/gpu-parts.sh OUT PART...    (GPU_PARTS_DRY=1: replay a recorded trace, no GPU)
 set -uo pipefail
@@ -65,6 +67,45 @@ part_campaign() {
     "$BIN/lem-analyze" report -f csv --table "$t" "$1/campaign" >"$1/$t.csv" 2>/dev/null
   done
   sed -n '/^| experiment | runs/,/^$/p;/deep idle W/,/^$/p' "$1/report.md"
+}
+part_exporter() {
+  local ngpu port=19640 load=""
+  ngpu=$(nvidia-smi -L 2>/dev/null | wc -l)
+  [ "$ngpu" -gt 0 ] || ngpu=1
+  one() { # NAME FLAGS…: lem-exporter for 20 s after it is ready; prints its CPU per GPU
+    local name=$1 pid before after
+    shift
+    "$BIN/lem-exporter" "${src[@]}" --web.listen-address "127.0.0.1:$port" "$@" >"$d/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && break; sleep 0.2; done
+    sleep 2
+    before=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    sleep 20
+    after=$(awk '{print $14+$15}' "/proc/$pid/stat")
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null
+    port=$((port + 1))
+    printf '| %s | %s | %.3f |\n' "$name" "$*" "$(python3 -c "print(100 * ($after - $before) / $(getconf CLK_TCK) / 20 / $ngpu)")"
+  }
+  local d=$1
+  echo "| exporter | flags | % of a core per GPU ($ngpu GPUs) |"
+  echo "|---|---|---|"
+  one idle-defaults
+  one idle-no-processes --process-interval 0
+  if [ -z "${src[*]}" ]; then
+    python3 -c "
+import time, torch
+x = [torch.randn(8192, 8192, device=f'cuda:{i}', dtype=torch.bfloat16) for i in range(torch.cuda.device_count())]
+end = time.time() + 60
+while time.time() < end:
+    for a in x: a @ a
+    torch.cuda.synchronize()" &
+    load=$!
+    sleep 5
+  fi
+  one load-defaults
+  one load-serial --serial-counter-reads
+  [ -n "$load" ] && kill "$load" 2>/dev/null
+  wait 2>/dev/null
 }
 
 for p in "$@"; do
