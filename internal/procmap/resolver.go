@@ -74,6 +74,8 @@ type Resolver struct {
 	criRuntime string    // the CRI runtime's name, once it answered
 	criDown    time.Time // when the CRI runtime last failed to answer, or none was found
 	criWarned  bool      // its failure was logged, and not since it answered again
+	ctrdNS     []string  // containerd's namespaces, when its own API was last asked for them
+	ctrdNSAt   time.Time
 }
 
 type procKey struct {
