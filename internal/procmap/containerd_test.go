@@ -258,8 +258,9 @@ func buildImage(t *testing.T) []byte {
 	return f.Bytes()
 }
 
-// waitExec waits until the container's process is the sleeper: ctr returns once the task started, which may be
-// before runc's init has exec'd it, and the resolver reads the command once per process. Nothing signals the exec:
+// waitExec waits until the container's process is the sleeper: ctr and the CRI return once the task started, which
+// may be before runc's init has exec'd it (seen on a loaded host), and the resolver reads the command once per
+// process. Nothing signals the exec:
 // /proc is polled.
 func waitExec(t *testing.T, pid uint32) {
 	t.Helper()
@@ -348,5 +349,6 @@ func (c *containerd) pid(t *testing.T, containerID string) uint32 {
 	}
 	require.NoError(t, json.Unmarshal([]byte(st.Info["info"]), &info), "verbose info: %v", st.Info)
 	require.NotZero(t, info.PID, "the container's process runs")
+	waitExec(t, info.PID)
 	return info.PID
 }
