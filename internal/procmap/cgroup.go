@@ -7,10 +7,12 @@
 //   - any container the Engine does not name (a pod's is not asked of it): the CRI runtime (containerd's CRI plugin or CRI-O, ContainerStatus:
 //     the container's name and the kubelet's pod labels) where its socket is readable — CONTAINER_RUNTIME_ENDPOINT,
 //     else /run/containerd/containerd.sock, else /run/crio/crio.sock;
+//   - on containerd's socket, a container its CRI does not know, or any where it serves no CRI: containerd's own
+//     API (Containers.Get in each of its namespaces), which knows the containers nerdctl and ctr make outside
+//     the CRI's namespace: nerdctl's name label, else the kubelet's labels, else no name;
 //   - a pod's container the runtime does not name: the kubelet's log directories (/var/log/pods,
 //     /var/log/containers) where they are mounted. Where both answer, the runtime wins.
 //
-// Containers made through containerd's own API rather than the CRI (nerdctl, ctr) are known by their ID only.
 // Each runtime is asked once per container within a short timeout, and left alone for a minute when it does not
 // answer: a lookup runs on the GPU's process poll.
 package procmap

@@ -12,9 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	namespaces "github.com/containerd/containerd/api/services/namespaces/v1"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,16 +32,18 @@ import (
 // ("pause") and as container: no image can be pulled here.
 const criImage = "lem.test/procmap-sleeper:1"
 
-// containerd is a private containerd with its CRI plugin, its own root, state and socket under a temporary
-// directory: nothing of the host's containerd (or Docker's) is touched.
+// containerd is a private containerd, with its CRI plugin or without, its own root, state and socket under a
+// temporary directory: nothing of the host's containerd (or Docker's) is touched.
 type containerd struct {
-	sock string
-	rt   runtimeapi.RuntimeServiceClient
+	sock  string
+	ctr   string                          // the ctr command
+	image string                          // criImage as an OCI archive, for ctr images import
+	rt    runtimeapi.RuntimeServiceClient // nil without the CRI
 }
 
-// startContainerd starts the daemon, imports criImage into its k8s.io namespace and returns a CRI client. The
-// daemon and every pod the test made are gone after the test.
-func startContainerd(t *testing.T) *containerd {
+// startContainerd starts the daemon (serving the CRI where cri is set: then criImage is imported into its k8s.io
+// namespace) and returns a client. The daemon and every pod and container the test made are gone after the test.
+func startContainerd(t *testing.T, cri bool) *containerd {
 	t.Helper()
 	bin := testenv.Tool(t, "containerd", "containerd")
 	ctr := testenv.Tool(t, "ctr", "containerd")
@@ -51,12 +57,16 @@ func startContainerd(t *testing.T) *containerd {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock := filepath.Join(dir, "containerd.sock")
+	disabled := ""
+	if !cri {
+		disabled = `, "io.containerd.grpc.v1.cri"`
+	}
 	cfg := fmt.Sprintf(`version = 2
 root = %[1]q
 state = %[2]q
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
+  "io.containerd.internal.v1.tracing"%[8]s]
 [grpc]
   address = %[3]q
 [ttrpc]
@@ -77,7 +87,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = %[7]q
     conf_dir = %[7]q
 `, filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock, sock+".ttrpc", filepath.Join(dir, "opt"),
-		criImage, filepath.Join(dir, "cni"))
+		criImage, filepath.Join(dir, "cni"), disabled)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(cfg), 0o644))
 	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
 	require.NoError(t, err)
@@ -103,19 +113,64 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	c := &containerd{sock: sock, rt: runtimeapi.NewRuntimeServiceClient(conn)}
-	// Ready once the CRI answers; WaitForReady rides out the socket not being there yet.
+	c := &containerd{sock: sock, ctr: ctr, image: filepath.Join(dir, "image.tar")}
+	// Ready once it answers; WaitForReady rides out the socket not being there yet.
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err = c.rt.Version(ctx, &runtimeapi.VersionRequest{}, grpc.WaitForReady(true))
-	require.NoError(t, err, "containerd's CRI did not answer")
-
-	tarball := filepath.Join(dir, "image.tar")
-	writeImage(t, tarball)
-	out, err := exec.Command(ctr, "--address", sock, "-n", "k8s.io", "images", "import", "--snapshotter", "native",
-		tarball).CombinedOutput()
-	require.NoError(t, err, "ctr images import: %s", out)
+	_, err = namespaces.NewNamespacesClient(conn).List(ctx, &namespaces.ListNamespacesRequest{}, grpc.WaitForReady(true))
+	require.NoError(t, err, "containerd did not answer")
+	require.NoError(t, os.WriteFile(c.image, imageArchive(t), 0o644))
+	if cri {
+		c.rt = runtimeapi.NewRuntimeServiceClient(conn)
+		_, err = c.rt.Version(ctx, &runtimeapi.VersionRequest{})
+		require.NoError(t, err, "containerd's CRI did not answer")
+		c.importImage(t, "k8s.io")
+	}
 	return c
+}
+
+// importImage imports criImage into a containerd namespace.
+func (c *containerd) importImage(t *testing.T, ns string) {
+	t.Helper()
+	c.run(t, "-n", ns, "images", "import", "--snapshotter", "native", c.image)
+}
+
+// run runs ctr against the daemon and returns its output.
+func (c *containerd) run(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(c.ctr, append([]string{"--address", c.sock}, args...)...).CombinedOutput()
+	require.NoError(t, err, "ctr %v: %s", args, out)
+	return string(out)
+}
+
+// runCtr runs criImage as container id in namespace ns, as `ctr run` (or nerdctl) does, outside the CRI, with the
+// labels given; it returns the host PID of the container's process. The container is removed after the test.
+func (c *containerd) runCtr(t *testing.T, ns, id string, labels map[string]string) uint32 {
+	t.Helper()
+	args := []string{"-n", ns, "run", "-d", "--snapshotter", "native"}
+	for k, v := range labels {
+		args = append(args, "--label", k+"="+v)
+	}
+	c.run(t, append(args, criImage, id)...)
+	t.Cleanup(func() {
+		for _, args := range [][]string{{"task", "delete", "--force", id}, {"containers", "delete", id}} {
+			if out, err := exec.Command(c.ctr, append([]string{"--address", c.sock, "-n", ns}, args...)...).CombinedOutput(); err != nil {
+				t.Errorf("ctr %v: %v: %s", args, err, out)
+			}
+		}
+	})
+	// "TASK PID STATUS" rows.
+	for _, line := range strings.Split(c.run(t, "-n", ns, "tasks", "list"), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == id {
+			pid, err := strconv.ParseUint(f[1], 10, 32)
+			require.NoError(t, err, "ctr tasks list: %q", line)
+			require.NotZero(t, pid, "the container's process runs")
+			waitExec(t, uint32(pid))
+			return uint32(pid)
+		}
+	}
+	t.Fatalf("container %s has no task", id)
+	return 0
 }
 
 func tail(b []byte, n int) []byte {
@@ -125,8 +180,24 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
-// writeImage writes criImage as an OCI image archive: one layer holding the static sleeper binary.
-func writeImage(t *testing.T, path string) {
+// image is criImage's archive, built once per test binary (building the sleeper costs a second or more).
+var image struct {
+	sync.Mutex
+	archive []byte
+}
+
+// imageArchive returns criImage as an OCI image archive: one layer holding the static sleeper binary.
+func imageArchive(t *testing.T) []byte {
+	t.Helper()
+	image.Lock()
+	defer image.Unlock()
+	if image.archive == nil {
+		image.archive = buildImage(t)
+	}
+	return image.archive
+}
+
+func buildImage(t *testing.T) []byte {
 	t.Helper()
 	dir := t.TempDir()
 	build := exec.Command("go", "build", "-o", filepath.Join(dir, "sleeper"), "./testdata/sleeper")
@@ -171,10 +242,8 @@ func writeImage(t *testing.T, path string) {
 	md["annotations"] = map[string]string{"io.containerd.image.name": criImage}
 	index := js(map[string]any{"schemaVersion": 2, "manifests": []any{md}})
 
-	f, err := os.Create(path)
-	require.NoError(t, err)
-	defer f.Close()
-	tw := tar.NewWriter(f)
+	var f bytes.Buffer
+	tw := tar.NewWriter(&f)
 	add := func(name string, b []byte) {
 		require.NoError(t, tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg}))
 		_, err := tw.Write(b)
@@ -186,6 +255,28 @@ func writeImage(t *testing.T, path string) {
 		add("blobs/sha256/"+sum, b)
 	}
 	require.NoError(t, tw.Close())
+	return f.Bytes()
+}
+
+// waitExec waits until the container's process is the sleeper: ctr and the CRI return once the task started, which
+// may be before runc's init has exec'd it (seen on a loaded host), and the resolver reads the command once per
+// process. Nothing signals the exec:
+// /proc is polled.
+func waitExec(t *testing.T, pid uint32) {
+	t.Helper()
+	comm := filepath.Join("/proc", strconv.FormatUint(uint64(pid), 10), "comm")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(comm)
+		require.NoError(t, err, "the container's process is gone")
+		if strings.TrimSpace(string(b)) == "sleeper" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d is still %q", pid, strings.TrimSpace(string(b)))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // pod is a CRI pod sandbox with one running container, made as the kubelet makes them (its labels included).
@@ -258,5 +349,6 @@ func (c *containerd) pid(t *testing.T, containerID string) uint32 {
 	}
 	require.NoError(t, json.Unmarshal([]byte(st.Info["info"]), &info), "verbose info: %v", st.Info)
 	require.NotZero(t, info.PID, "the container's process runs")
+	waitExec(t, info.PID)
 	return info.PID
 }

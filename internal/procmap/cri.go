@@ -38,17 +38,18 @@ const (
 // hands back whatever labels the container's creator set. 253 is the longest Kubernetes object name.
 const maxName = 253
 
-// criContainer is what a CRI runtime says of a container; the zero value once asked and unknown.
+// criContainer is what a CRI runtime, or containerd's own API, says of a container; the zero value once asked and
+// unknown.
 type criContainer struct {
+	found                        bool // the runtime knows the container (it may still have no name)
 	name, pod, namespace, podUID string
 	runtime                      string // procmap's name of the runtime that answered
 }
 
-func (c criContainer) known() bool { return c.name != "" || c.pod != "" }
-
-// criName asks the CRI runtime for a container's name and pod, once per container; the zero criContainer where
-// there is no runtime or it does not know the container. complete is false while a runtime that may be there is
-// not answering (then the container is asked about again later).
+// criName asks the CRI runtime for a container's name and pod, once per container, and containerd's own API for
+// a container its CRI does not know; the zero criContainer where there is no runtime or neither knows the
+// container. complete is false while a runtime that may be there is not answering (then the container is asked
+// about again later).
 func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 	r.mu.Lock()
 	if c, found := r.cri[cid]; found {
@@ -56,6 +57,7 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 		return c, true
 	}
 	rt, runtimeName := r.criClient()
+	conn := r.criConn
 	r.mu.Unlock()
 	if rt == nil {
 		return criContainer{}, r.opts.CRISocket == "none"
@@ -64,26 +66,40 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 	defer cancel()
 	if runtimeName == "" {
 		v, err := rt.Version(ctx, &runtimeapi.VersionRequest{})
-		if err != nil {
+		switch {
+		case err == nil:
+			runtimeName = runtimeOf(v.GetRuntimeName())
+		case status.Code(err) == codes.Unimplemented:
+			// No CRI here: containerd's own API may answer (below); a socket that serves neither is no runtime's.
+			runtimeName = containerdOnly
+		default:
 			r.criFailed(err)
 			return criContainer{}, false
 		}
-		runtimeName = runtimeOf(v.GetRuntimeName())
 	}
-	st, err := rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid})
+	var err error
+	if runtimeName != containerdOnly {
+		var st *runtimeapi.ContainerStatusResponse
+		if st, err = rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid}); err == nil {
+			c = containerOf(st.GetStatus())
+			c.runtime = runtimeName
+		}
+	}
+	if runtimeName == containerdOnly || runtimeName == RuntimeContainerd && status.Code(err) == codes.NotFound {
+		// nerdctl's and ctr's containers are containerd's but not the CRI's.
+		c, err = r.containerdName(conn, cid)
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.criRuntime = runtimeName
 	switch {
 	case err == nil:
-		c = containerOf(st.GetStatus())
-		c.runtime = runtimeName
 	case status.Code(err) == codes.NotFound:
 		// Another runtime's container, one not made through the CRI, or gone: asked once.
 	default:
 		r.criDownLocked(err)
 		return criContainer{}, false
 	}
+	r.criRuntime = runtimeName
 	if r.criWarned {
 		r.criWarned = false
 		r.log.Info("CRI runtime answering again", "socket", r.criSocket)
@@ -98,16 +114,21 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 // containerOf reads a CRI container status: the kubelet's labels where it made the container, else the
 // container's own metadata name. Every value is bounded.
 func containerOf(s *runtimeapi.ContainerStatus) criContainer {
-	l := s.GetLabels()
-	c := criContainer{name: bound(l[labelContainerName]), pod: bound(l[labelPodName]),
-		namespace: bound(l[labelPodNamespace])}
-	if uid := l[labelPodUID]; isUUID(uid) || isHex(uid, 32) {
-		c.podUID = uid
-	}
+	c := criContainer{found: true}
+	c.name, c.pod, c.namespace, c.podUID = kubeLabels(s.GetLabels())
 	if c.name == "" {
 		c.name = bound(s.GetMetadata().GetName())
 	}
 	return c
+}
+
+// kubeLabels reads the labels the kubelet gives a container, each bounded; a pod UID of no known form is left
+// out.
+func kubeLabels(l map[string]string) (name, pod, namespace, podUID string) {
+	if uid := l[labelPodUID]; isUUID(uid) || isHex(uid, 32) {
+		podUID = uid
+	}
+	return bound(l[labelContainerName]), bound(l[labelPodName]), bound(l[labelPodNamespace]), podUID
 }
 
 // bound cuts s to maxName bytes on a rune boundary and replaces invalid UTF-8 and control characters.
@@ -195,12 +216,12 @@ func (r *Resolver) criClient() (runtimeapi.RuntimeServiceClient, string) {
 	return r.criRT, r.criRuntime
 }
 
-// fillCRI sets the names a CRI runtime knows of id's container: they win over the kubelet's log directories (the
-// runtime holds the labels the kubelet gave the container; a log link may be stale). known says whether the
-// runtime knew the container; complete is criName's.
+// fillCRI sets the names a CRI runtime (or containerd's own API) knows of id's container: they win over the
+// kubelet's log directories (the runtime holds the labels the kubelet gave the container; a log link may be
+// stale). known says whether the runtime knew the container, named or not; complete is criName's.
 func (r *Resolver) fillCRI(id *trace.ProcessIdentity) (known, complete bool) {
 	c, complete := r.criName(id.ContainerID)
-	if !c.known() {
+	if !c.found {
 		return false, complete
 	}
 	if c.name != "" {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
 
 	"github.com/lem-energy/lem/internal/procmap"
 	"github.com/lem-energy/lem/internal/trace"
@@ -56,7 +57,7 @@ func (l *logBuffer) String() string {
 // container, the pod, its namespace and UID from the runtime; where the kubelet's log directories say otherwise,
 // the runtime wins; a label longer than any Kubernetes name is cut before it reaches a trace.
 func TestResolverCRIContainerd(t *testing.T) {
-	c := startContainerd(t)
+	c := startContainerd(t, true)
 	p := &pod{name: "vllm-" + randomHex(3), namespace: "llm", uid: randomUUID(), container: "server"}
 	c.runPod(t, p)
 	pid := c.pid(t, p.containerID)
@@ -127,7 +128,8 @@ func listenUnix(t *testing.T) (string, net.Listener) {
 	return path, l
 }
 
-// A CRI socket that is missing, serves something else, or accepts and never answers: the process poll is not
+// A CRI socket that is missing, serves something else (HTTP; gRPC without the CRI or containerd's API), or
+// accepts and never answers: the process poll is not
 // held up (each lookup returns within the request timeout, then the runtime is left alone), the container keeps
 // its ID, and the failure is logged once.
 func TestResolverCRIUnreachable(t *testing.T) {
@@ -157,11 +159,18 @@ func TestResolverCRIUnreachable(t *testing.T) {
 		}
 	})
 
+	// A gRPC server with no services: neither the CRI nor containerd's own API.
+	grpcSock, gl := listenUnix(t)
+	gs := grpc.NewServer()
+	go gs.Serve(gl)
+	t.Cleanup(gs.Stop)
+
 	pod, err := os.ReadFile(filepath.Join("testdata", "cgroup", "containerd-k8s-cgroupfs-v1"))
 	require.NoError(t, err)
 	for name, sock := range map[string]string{
 		"missing":         filepath.Join(t.TempDir(), "no.sock"),
 		"not CRI":         httpSock,
+		"serves neither":  grpcSock,
 		"hangs":           hangSock,
 		"not unix":        t.TempDir(), // a directory
 		"the environment": "",          // CONTAINER_RUNTIME_ENDPOINT names the hung socket

@@ -22,7 +22,7 @@ const (
 )
 
 // The cgroup files of the layouts lem meets (testdata/cgroup, written from the runtimes' documented paths and, for
-// Docker cgroupfs v1, copied from this host), and what each says.
+// Docker cgroupfs v1 and ctr's cgroupfs v1, copied from this host), and what each says.
 func TestParseCgroupLayouts(t *testing.T) {
 	for _, c := range []struct {
 		file string
@@ -37,6 +37,7 @@ func TestParseCgroupLayouts(t *testing.T) {
 		{"containerd-k8s-cgroupfs-v1", procmap.Cgroup{Path: "/kubepods/burstable/pod" + podUID + "/" + idB, ContainerID: idB, PodUID: podUID}},
 		{"containerd-k8s-guaranteed-v2", procmap.Cgroup{Path: "/kubepods.slice/kubepods-pod1b6fd1d8_7c9e_4bde_9f43_2a14d0f5e3a1.slice/cri-containerd-" +
 			idB + ".scope", Runtime: "containerd", ContainerID: idB, PodUID: podUID}},
+		{"containerd-ctr-cgroupfs-v1", procmap.Cgroup{Path: "/default/" + idB, ContainerID: idB}},
 		{"containerd-k8s-static-pod-v2", procmap.Cgroup{Path: "/kubepods/burstable/pod" + static + "/" + idB, ContainerID: idB, PodUID: static}},
 		{"crio-k8s-systemd-v2", procmap.Cgroup{Path: "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" +
 			"1b6fd1d8_7c9e_4bde_9f43_2a14d0f5e3a1.slice/crio-" + idC + ".scope", Runtime: "cri-o", ContainerID: idC, PodUID: podUID}},

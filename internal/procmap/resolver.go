@@ -28,7 +28,7 @@ type Options struct {
 	// socket) where that socket exists, "none" never to ask.
 	DockerHost string
 	// CRISocket is the CRI runtime (containerd's CRI plugin, CRI-O) to ask for container and pod names, a path or
-	// a unix:// URL: "" for the environment's (CONTAINER_RUNTIME_ENDPOINT, else the first of DefaultCRISockets this
+	// a unix:// URL; on containerd's, its own API is asked too, for containers made outside the CRI: "" for the environment's (CONTAINER_RUNTIME_ENDPOINT, else the first of DefaultCRISockets this
 	// process may connect to), "none" never to ask. Reading it is privileged.
 	CRISocket string
 	// PodLogDir and ContainerLogDir are the kubelet's log directories (default /var/log/pods and
@@ -74,6 +74,8 @@ type Resolver struct {
 	criRuntime string    // the CRI runtime's name, once it answered
 	criDown    time.Time // when the CRI runtime last failed to answer, or none was found
 	criWarned  bool      // its failure was logged, and not since it answered again
+	ctrdNS     []string  // containerd's namespaces, when its own API was last asked for them
+	ctrdNSAt   time.Time
 }
 
 type procKey struct {

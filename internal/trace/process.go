@@ -37,8 +37,9 @@ type Process struct {
 }
 
 // ProcessIdentity says whose a process is: its command, and the container and Kubernetes pod it runs in, as far
-// as the host tells (procmap resolves them from /proc/PID/cgroup, the Docker Engine and the kubelet's log
-// directories). Empty fields are unknown; a process with no container ID ran on the host.
+// as the host tells (procmap resolves them from /proc/PID/cgroup, the Docker Engine, the CRI runtime, containerd's
+// own API and the kubelet's log directories). Empty fields are unknown; a process with no container ID ran on the
+// host.
 type ProcessIdentity struct {
 	Command       string `json:"command,omitempty"` // /proc/PID/comm
 	Runtime       string `json:"runtime,omitempty"` // docker, containerd, cri-o, podman
