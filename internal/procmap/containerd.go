@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 
 	containers "github.com/containerd/containerd/api/services/containers/v1"
@@ -31,11 +32,15 @@ const namespacesFor = 30 * time.Second
 // maxNamespaces bounds the namespaces a container is looked for in: each costs a request.
 const maxNamespaces = 64
 
+// parallelGets is how many namespaces are asked at once: one after another, many namespaces on a loaded daemon
+// would outlast the timeout.
+const parallelGets = 16
+
 // containerdName asks containerd's own Containers service, in each namespace, for a container the CRI does not
 // know: nerdctl and ctr make theirs outside the CRI's namespace (k8s.io), in "default" or one the user names.
 // The zero criContainer where no namespace holds it; err is set where containerd did not answer.
 func (r *Resolver) containerdName(conn *grpc.ClientConn, cid string) (c criContainer, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Timeout)
 	defer cancel()
 	r.mu.Lock()
 	nss, listedAt := r.ctrdNS, r.ctrdNSAt
@@ -50,20 +55,15 @@ func (r *Resolver) containerdName(conn *grpc.ClientConn, cid string) (c criConta
 	cs := containers.NewContainersClient(conn)
 	asked := map[string]bool{}
 	for {
+		var ask []string
 		for _, ns := range nss {
-			if asked[ns] {
-				continue
+			if !asked[ns] {
+				asked[ns] = true
+				ask = append(ask, ns)
 			}
-			asked[ns] = true
-			resp, err := cs.Get(metadata.AppendToOutgoingContext(ctx, namespaceKey, ns),
-				&containers.GetContainerRequest{ID: cid})
-			switch {
-			case err == nil:
-				return labelledContainer(resp.GetContainer().GetLabels()), nil
-			case status.Code(err) == codes.NotFound: // not in this namespace
-			default:
-				return criContainer{}, fmt.Errorf("containerd Containers.Get in namespace %s: %w", ns, err)
-			}
+		}
+		if c, found, err := getIn(ctx, cs, cid, ask); found || err != nil {
+			return c, err
 		}
 		if listed {
 			return criContainer{}, nil
@@ -75,10 +75,58 @@ func (r *Resolver) containerdName(conn *grpc.ClientConn, cid string) (c criConta
 	}
 }
 
+// getIn asks containerd for a container in each of namespaces, parallelGets at a time; found says one held it. err
+// is set where a namespace neither held it nor said it did not.
+func getIn(ctx context.Context, cs containers.ContainersClient, cid string, nss []string) (c criContainer, found bool, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type answer struct {
+		c     criContainer
+		found bool
+		err   error
+	}
+	answers := make(chan answer, len(nss))
+	slots := make(chan struct{}, parallelGets)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after cancel: those left end at once
+	for _, ns := range nss {
+		wg.Go(func() {
+			select {
+			case slots <- struct{}{}:
+				defer func() { <-slots }()
+			case <-ctx.Done():
+				answers <- answer{err: ctx.Err()}
+				return
+			}
+			resp, err := cs.Get(metadata.AppendToOutgoingContext(ctx, namespaceKey, ns), &containers.GetContainerRequest{ID: cid})
+			switch {
+			case err == nil:
+				answers <- answer{c: labelledContainer(resp.GetContainer().GetLabels()), found: true}
+			case status.Code(err) == codes.NotFound: // not in this namespace
+				answers <- answer{}
+			default:
+				answers <- answer{err: fmt.Errorf("containerd Containers.Get in namespace %s: %w", ns, err)}
+			}
+		})
+	}
+	for range nss {
+		a := <-answers
+		if a.found {
+			return a.c, true, nil
+		}
+		if a.err != nil && err == nil {
+			err = a.err
+		}
+	}
+	return criContainer{}, false, err
+}
+
 // listNamespaces asks containerd for its namespaces and keeps them (at most maxNamespaces, those a request can
 // name).
 func (r *Resolver) listNamespaces(ctx context.Context, conn *grpc.ClientConn) ([]string, error) {
-	resp, err := namespaces.NewNamespacesClient(conn).List(ctx, &namespaces.ListNamespacesRequest{})
+	resp, err := again(ctx, func(o ...grpc.CallOption) (*namespaces.ListNamespacesResponse, error) {
+		return namespaces.NewNamespacesClient(conn).List(ctx, &namespaces.ListNamespacesRequest{}, o...)
+	})
 	if err != nil {
 		return nil, fmt.Errorf("containerd Namespaces.List: %w", err)
 	}

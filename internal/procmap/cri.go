@@ -62,10 +62,12 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 	if rt == nil {
 		return criContainer{}, r.opts.CRISocket == "none"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Timeout)
 	defer cancel()
 	if runtimeName == "" {
-		v, err := rt.Version(ctx, &runtimeapi.VersionRequest{})
+		v, err := again(ctx, func(o ...grpc.CallOption) (*runtimeapi.VersionResponse, error) {
+			return rt.Version(ctx, &runtimeapi.VersionRequest{}, o...)
+		})
 		switch {
 		case err == nil:
 			runtimeName = runtimeOf(v.GetRuntimeName())
@@ -80,7 +82,10 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 	var err error
 	if runtimeName != containerdOnly {
 		var st *runtimeapi.ContainerStatusResponse
-		if st, err = rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid}); err == nil {
+		st, err = again(ctx, func(o ...grpc.CallOption) (*runtimeapi.ContainerStatusResponse, error) {
+			return rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: cid}, o...)
+		})
+		if err == nil {
 			c = containerOf(st.GetStatus())
 			c.runtime = runtimeName
 		}
@@ -95,6 +100,8 @@ func (r *Resolver) criName(cid string) (c criContainer, complete bool) {
 	case err == nil:
 	case status.Code(err) == codes.NotFound:
 		// Another runtime's container, one not made through the CRI, or gone: asked once.
+	case r.closed:
+		return criContainer{}, false
 	default:
 		r.criDownLocked(err)
 		return criContainer{}, false
@@ -161,16 +168,35 @@ func runtimeOf(name string) string {
 	}
 }
 
+// again makes a request, and once more where the runtime's connection was gone (it restarted, its socket made
+// anew): the second waits for gRPC to connect again, as long as ctx allows.
+func again[T any](ctx context.Context, call func(...grpc.CallOption) (T, error)) (T, error) {
+	v, err := call()
+	if status.Code(err) == codes.Unavailable && ctx.Err() == nil {
+		return call(grpc.WaitForReady(true))
+	}
+	return v, err
+}
+
 // criFailed records that the runtime did not answer.
 func (r *Resolver) criFailed(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.criDownLocked(err)
+	if !r.closed {
+		r.criDownLocked(err)
+	}
 }
 
-// criDownLocked leaves the runtime alone for retryAfter, logging once until it answers again. r.mu is held.
+// criDownLocked leaves the runtime alone for retryAfter, logging once until it answers again, and drops the
+// connection: the next try dials afresh (no reconnection backoff grown over a long outage) and asks the runtime's
+// name again (the socket may serve another runtime, or containerd with its CRI plugin turned on or off). r.mu is
+// held.
 func (r *Resolver) criDownLocked(err error) {
 	r.criDown = time.Now()
+	if r.criConn != nil {
+		r.criConn.Close() // lookups still on it fail at once, as they would have
+		r.criConn, r.criRT, r.criRuntime = nil, nil, ""
+	}
 	if !r.criWarned {
 		r.criWarned = true
 		r.log.Warn("CRI runtime not answering; container names from it left out, asked again in a minute",
@@ -181,7 +207,7 @@ func (r *Resolver) criDownLocked(err error) {
 // criClient returns the CRI client, made on first use, and the runtime's name where known; nil where no runtime
 // is configured or readable, or it recently failed. r.mu is held.
 func (r *Resolver) criClient() (runtimeapi.RuntimeServiceClient, string) {
-	if r.opts.CRISocket == "none" || (!r.criDown.IsZero() && time.Since(r.criDown) < retryAfter) {
+	if r.closed || r.opts.CRISocket == "none" || (!r.criDown.IsZero() && time.Since(r.criDown) < retryAfter) {
 		return nil, ""
 	}
 	if r.criRT != nil {

@@ -35,7 +35,8 @@ type Options struct {
 	// /var/log/containers): their entries name each pod's namespace, name and UID, and each container's name and ID.
 	PodLogDir       string
 	ContainerLogDir string
-	// Timeout bounds one Docker Engine or CRI request (default 500 ms): a lookup runs on the GPU's process poll.
+	// Timeout bounds one Docker Engine or CRI request, and how long one Identify waits for a container's names
+	// (default 500 ms): a lookup runs on the GPU's process poll. Names that take longer come with a later poll.
 	Timeout time.Duration
 	Log     *slog.Logger
 }
@@ -43,6 +44,9 @@ type Options struct {
 // maxCached bounds each cache: past it the cache is dropped and refilled (PIDs are recycled; containers come and
 // go).
 const maxCached = 4096
+
+// maxFlights bounds the lookups in flight (one per process): past it a process keeps its IDs until a later poll.
+const maxFlights = 64
 
 // retryAfter is how long an unreachable Docker Engine or CRI runtime is left alone; reread is how often the kubelet's log
 // directories are read again while an ID is missing from them, and how often an identity with a name missing is
@@ -57,8 +61,14 @@ const (
 type Resolver struct {
 	opts Options
 	log  *slog.Logger
+	// ctx is cancelled by Close: it ends every lookup in flight, and lookups wait for wg.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 
 	mu         sync.Mutex
+	closed     bool
+	flights    map[procKey]*flight
 	procs      map[procKey]cached
 	names      map[string]string // Docker container ID → name ("" once asked and unknown)
 	pods       map[string][2]string
@@ -92,6 +102,12 @@ type cached struct {
 
 type kubeContainer struct{ pod, namespace, name string }
 
+// flight is one process's lookup, which those who ask about the process while it runs wait for.
+type flight struct {
+	done chan struct{}
+	c    cached // set before done is closed
+}
+
 // New returns a resolver; nothing is read until the first Identify.
 func New(opts Options) *Resolver {
 	if opts.ProcRoot == "" {
@@ -110,12 +126,19 @@ func New(opts Options) *Resolver {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Resolver{opts: opts, log: log, procs: map[procKey]cached{}, names: map[string]string{},
-		pods: map[string][2]string{}, kube: map[string]kubeContainer{}, cri: map[string]criContainer{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Resolver{opts: opts, log: log, ctx: ctx, cancel: cancel, flights: map[procKey]*flight{},
+		procs: map[procKey]cached{}, names: map[string]string{}, pods: map[string][2]string{},
+		kube: map[string]kubeContainer{}, cri: map[string]criContainer{}}
 }
 
-// Close releases the Docker and CRI clients.
+// Close ends the lookups in flight and releases the Docker and CRI clients; later Identify calls ask no runtime.
 func (r *Resolver) Close() error {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+	r.cancel()
+	r.wg.Wait()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var errs []error
@@ -131,6 +154,8 @@ func (r *Resolver) Close() error {
 }
 
 // Identify returns who process pid is. A process that is gone, or not visible in ProcRoot, has an empty identity.
+// It waits at most Timeout for the container's names: where the runtimes are slower, the process has its IDs now
+// and its names from a later call (the lookup goes on meanwhile), so the GPU's poll is never held up longer.
 func (r *Resolver) Identify(pid uint32) trace.ProcessIdentity {
 	dir := filepath.Join(r.opts.ProcRoot, strconv.FormatUint(uint64(pid), 10))
 	start, ok := startTime(dir)
@@ -140,59 +165,108 @@ func (r *Resolver) Identify(pid uint32) trace.ProcessIdentity {
 	key := procKey{pid, start}
 	r.mu.Lock()
 	c, ok := r.procs[key]
+	f := r.flights[key]
 	r.mu.Unlock()
 	if ok && (c.complete || time.Since(c.at) < reread) {
 		return c.id
 	}
-	id, complete := r.identify(dir)
+	id, cg, named := own(dir)
+	if named {
+		r.store(key, cached{id: id, complete: true, at: time.Now()})
+		return id
+	}
+	if f == nil {
+		r.mu.Lock()
+		if f = r.flights[key]; f == nil {
+			if r.closed || len(r.flights) >= maxFlights {
+				r.mu.Unlock()
+				return id
+			}
+			f = &flight{done: make(chan struct{})}
+			r.flights[key] = f
+			r.wg.Add(1)
+			go r.lookUp(key, f, id, cg)
+		}
+		r.mu.Unlock()
+	}
+	wait := time.NewTimer(r.opts.Timeout)
+	defer wait.Stop()
+	select {
+	case <-f.done:
+		return f.c.id
+	case <-wait.C:
+		return id
+	}
+}
+
+// lookUp names a process's container and pod and keeps the result, however long after Identify stopped waiting.
+func (r *Resolver) lookUp(key procKey, f *flight, id trace.ProcessIdentity, cg Cgroup) {
+	defer r.wg.Done()
+	complete := r.identify(&id, cg)
+	f.c = cached{id: id, complete: complete, at: time.Now()}
 	r.mu.Lock()
+	delete(r.flights, key)
+	r.mu.Unlock()
+	r.store(key, f.c)
+	close(f.done)
+}
+
+// store keeps a process's identity unless the resolver is closed.
+func (r *Resolver) store(key procKey, c cached) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
 	if len(r.procs) >= maxCached {
 		clear(r.procs)
 	}
-	r.procs[key] = cached{id: id, complete: complete, at: time.Now()}
-	r.mu.Unlock()
-	return id
+	r.procs[key] = c
 }
 
-// identify reads a process's command and cgroup and looks its container and pod up; complete is false where a
-// name that should be there was not found.
-func (r *Resolver) identify(dir string) (trace.ProcessIdentity, bool) {
-	var id trace.ProcessIdentity
+// own reads what a process's own files say: its command, and its container and pod IDs from its cgroup. named
+// says no name is to be looked up (no container, or one no runtime here names).
+func own(dir string) (id trace.ProcessIdentity, cg Cgroup, named bool) {
 	if b, err := os.ReadFile(filepath.Join(dir, "comm")); err == nil {
-		id.Command = strings.TrimSpace(string(b))
+		// Any process may set its command to any 15 bytes: it reaches traces and labels only as valid text.
+		id.Command = bound(strings.TrimSpace(string(b)))
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "cgroup"))
 	if err != nil {
-		return id, true
+		return id, cg, true
 	}
-	cg := ParseCgroup(b)
+	cg = ParseCgroup(b)
 	id.Runtime, id.ContainerID, id.PodUID = cg.Runtime, cg.ContainerID, cg.PodUID
+	return id, cg, cg.PodUID == "" && (cg.ContainerID == "" || cg.Runtime == RuntimePodman)
+}
+
+// identify looks a process's container and pod up; complete is false where a name that should be there was not
+// found.
+func (r *Resolver) identify(id *trace.ProcessIdentity, cg Cgroup) bool {
 	switch {
 	case cg.PodUID != "":
-		complete := r.kubernetes(&id)
+		complete := r.kubernetes(id)
 		if id.ContainerID != "" && cg.Runtime != RuntimeDocker {
-			known, _ := r.fillCRI(&id)
+			known, _ := r.fillCRI(id)
 			complete = complete || known
 		}
-		return id, complete
-	case cg.ContainerID == "" || cg.Runtime == RuntimePodman:
-		return id, true
+		return complete
 	case cg.Runtime == RuntimeDocker:
 		name, complete := r.dockerName(cg.ContainerID)
 		id.ContainerName = name
-		return id, complete
+		return complete
 	case cg.Runtime == "":
 		// The path does not name the runtime: Docker's if the Engine knows it, else the CRI runtime's.
 		name, dockerComplete := r.dockerName(cg.ContainerID)
 		if name != "" {
 			id.ContainerName = name
-			return id, dockerComplete
+			return dockerComplete
 		}
-		known, complete := r.fillCRI(&id)
-		return id, known || complete && dockerComplete
+		known, complete := r.fillCRI(id)
+		return known || complete && dockerComplete
 	default: // containerd's or CRI-O's
-		known, complete := r.fillCRI(&id)
-		return id, known || complete
+		known, complete := r.fillCRI(id)
+		return known || complete
 	}
 }
 
@@ -262,15 +336,15 @@ func (r *Resolver) kubernetes(id *trace.ProcessIdentity) bool {
 func (r *Resolver) fillKube(id *trace.ProcessIdentity) bool {
 	found := true
 	if p, ok := r.pods[id.PodUID]; ok {
-		id.PodNamespace, id.PodName = p[0], p[1]
+		id.PodNamespace, id.PodName = bound(p[0]), bound(p[1])
 	} else {
 		found = false
 	}
 	if id.ContainerID != "" {
 		if c, ok := r.kube[id.ContainerID]; ok {
-			id.ContainerName = c.name
+			id.ContainerName = bound(c.name)
 			if id.PodName == "" { // the pod's directory is not mounted, the container's link names it too
-				id.PodNamespace, id.PodName = c.namespace, c.pod
+				id.PodNamespace, id.PodName = bound(c.namespace), bound(c.pod)
 			}
 		} else {
 			found = false
@@ -314,7 +388,7 @@ func (r *Resolver) dockerName(cid string) (name string, complete bool) {
 	if cli == nil {
 		return "", r.opts.DockerHost == "none"
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), r.opts.Timeout)
+	ctx, cancel := context.WithTimeout(r.ctx, r.opts.Timeout)
 	defer cancel()
 	ins, err := cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
 	r.mu.Lock()
@@ -324,9 +398,11 @@ func (r *Resolver) dockerName(cid string) (name string, complete bool) {
 	}
 	switch {
 	case err == nil:
-		name = strings.TrimPrefix(ins.Container.Name, "/")
+		name = bound(strings.TrimPrefix(ins.Container.Name, "/"))
 	case cerrdefs.IsNotFound(err):
 		// Another runtime's container, or gone: asked once.
+	case r.closed:
+		return "", false
 	default:
 		r.dockerDown = time.Now()
 		r.log.Debug("Docker Engine not answering; container names left out for a minute", "err", err)
@@ -339,7 +415,7 @@ func (r *Resolver) dockerName(cid string) (name string, complete bool) {
 // client returns the Docker client, made on first use; nil where no Engine is configured or it recently failed.
 // r.mu is held.
 func (r *Resolver) client() *client.Client {
-	if r.opts.DockerHost == "none" || (!r.dockerDown.IsZero() && time.Since(r.dockerDown) < retryAfter) {
+	if r.closed || r.opts.DockerHost == "none" || (!r.dockerDown.IsZero() && time.Since(r.dockerDown) < retryAfter) {
 		return nil
 	}
 	if r.docker != nil {
