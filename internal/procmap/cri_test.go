@@ -159,6 +159,21 @@ func TestResolverCRIUnreachable(t *testing.T) {
 		}
 	})
 
+	// Accepts, reads the client's first bytes, and hangs up: a runtime dying mid-request.
+	dropSock, drop := listenUnix(t)
+	go func() {
+		for {
+			c, err := drop.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 64))
+			c.Close()
+		}
+	}()
+	file := filepath.Join(t.TempDir(), "file.sock")
+	require.NoError(t, os.WriteFile(file, nil, 0o666))
+
 	// A gRPC server with no services: neither the CRI nor containerd's own API.
 	grpcSock, gl := listenUnix(t)
 	gs := grpc.NewServer()
@@ -172,6 +187,8 @@ func TestResolverCRIUnreachable(t *testing.T) {
 		"not CRI":         httpSock,
 		"serves neither":  grpcSock,
 		"hangs":           hangSock,
+		"hangs up":        dropSock,
+		"a regular file":  file,
 		"not unix":        t.TempDir(), // a directory
 		"the environment": "",          // CONTAINER_RUNTIME_ENDPOINT names the hung socket
 	} {

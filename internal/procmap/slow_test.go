@@ -2,6 +2,7 @@ package procmap_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net"
@@ -157,6 +158,12 @@ func startSlowRuntime(t *testing.T, sock string, nss []string, names map[string]
 
 // slowDocker is a Docker Engine API that knows no container and answers each request after delay.
 func slowDocker(t *testing.T, delay time.Duration) string {
+	return fakeDocker(t, delay, "")
+}
+
+// fakeDocker is a Docker Engine API that answers each request after delay: every container is named name, or
+// unknown where name is "".
+func fakeDocker(t *testing.T, delay time.Duration, name string) string {
 	t.Helper()
 	sock, l := listenUnix(t)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -169,6 +176,11 @@ func slowDocker(t *testing.T, delay time.Duration) string {
 		w.Header().Set("Content-Type", "application/json")
 		if strings.HasSuffix(r.URL.Path, "/_ping") {
 			fmt.Fprint(w, "OK")
+			return
+		}
+		if name != "" {
+			b, _ := json.Marshal(map[string]string{"Id": idA, "Name": name})
+			w.Write(b)
 			return
 		}
 		w.WriteHeader(http.StatusNotFound)
@@ -352,4 +364,19 @@ func TestRuntimeRestart(t *testing.T) {
 	os.Remove(sock)
 	startSlowRuntime(t, sock, []string{"default"}, map[string]string{a: "before", b: "after"})
 	assert.Equal(t, "after", r.Identify(4343).ContainerName)
+}
+
+// Names reach traces and labels as valid text of bounded length, wherever they come from: a process's command
+// (any process may set its own to any 15 bytes) and an Engine's container name (one DOCKER_HOST points at may
+// answer anything).
+func TestHostileNames(t *testing.T) {
+	proc := filepath.Join(t.TempDir(), "proc")
+	fakeProc(t, proc, 4242, 1000, "\xff\x1b[31mevil", "0::/docker/"+idA+"\n")
+	long := strings.Repeat("z", 1<<20)
+	docker := fakeDocker(t, 0, "/a\x07\xfeb"+long)
+	r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: docker, CRISocket: "none", Timeout: 5 * time.Second})
+	defer r.Close()
+	got := r.Identify(4242)
+	assert.Equal(t, "\uFFFD[31mevil", got.Command)
+	assert.Equal(t, "a\uFFFDb"+long[:253-5], got.ContainerName, "cut to 253 bytes")
 }
