@@ -83,25 +83,34 @@ func activeIdle(g int, win *trace.Series, b *manifest.Baseline, events []trace.E
 		source = "zero_utilization"
 		spans = idleStretches(win.Telemetry, b)
 	}
-	var ps []float64
+	// Each span's window found once and the slices sized from them: this runs for every run and GPU.
+	wins := make([]*trace.Series, len(spans))
+	var nps, ntel int
 	var dur time.Duration
-	for _, sp := range spans {
-		if !sp[1].After(sp[0]) {
-			continue
-		}
-		dur += sp[1].Sub(sp[0])
-		for _, x := range win.Window(sp[0], sp[1]).Samples {
-			ps = append(ps, x.PowerW)
+	for i, sp := range spans {
+		wins[i] = win.Window(sp[0], sp[1])
+		ntel += len(wins[i].Telemetry)
+		if sp[1].After(sp[0]) {
+			dur += sp[1].Sub(sp[0])
+			nps += len(wins[i].Samples)
 		}
 	}
-	if len(ps) < energy.MinBaselineSamples {
+	if nps < energy.MinBaselineSamples {
 		return nil
+	}
+	ps := make([]float64, 0, nps)
+	for i, sp := range spans {
+		if sp[1].After(sp[0]) {
+			for _, x := range wins[i].Samples {
+				ps = append(ps, x.PowerW)
+			}
+		}
 	}
 	slices.Sort(ps)
 	ai := &manifest.ActiveIdle{Source: source, MedianW: energy.Quantile(ps, 0.5), Samples: len(ps), DurationS: dur.Seconds()}
-	var tel []trace.Telemetry
-	for _, sp := range spans {
-		tel = append(tel, win.Window(sp[0], sp[1]).Telemetry...)
+	tel := make([]trace.Telemetry, 0, ntel)
+	for _, w := range wins {
+		tel = append(tel, w.Telemetry...)
 	}
 	if c := meanClock(tel, time.Time{}, time.Time{}); !math.IsNaN(c) {
 		ai.SMClockHz = &c

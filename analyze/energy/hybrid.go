@@ -334,7 +334,10 @@ func (iv Interval) Ratio() float64 {
 func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
 	n := len(h.pts)
 	k := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
-	var out []Interval
+	// At most one interval per reading from k to the first at or after t1: sized once (a run's check and budgets
+	// list them for every run and GPU).
+	end := k + sort.Search(n-k, func(i int) bool { return !h.pts[k+i].t.Before(t1) })
+	out := make([]Interval, 0, min(end, n-1)-k+1)
 	cur := h.in.Cursor()
 	for ; k+1 < n && h.pts[k].t.Before(t1); k++ {
 		a, b := h.pts[k], h.pts[k+1]

@@ -128,7 +128,7 @@ func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	meters := account.Meters(t)
 	var lms map[int]*lagMeter
 	if detailed {
-		lms = lagMeters(t)
+		lms = lagMetersOf(t, meters)
 	}
 	sh := map[int]shifts{}
 	for g, m := range meters {

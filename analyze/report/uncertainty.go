@@ -236,12 +236,22 @@ func (l *lagMeter) shift(a, b time.Time) float64 {
 
 // lagMeters fits each GPU's hybrid and its lag uncertainty; GPUs without a usable hybrid are absent (their energy
 // came from samples or the counter alone, with no lag in it).
-func lagMeters(t *trace.Trace) map[int]*lagMeter {
+func lagMeters(t *trace.Trace) map[int]*lagMeter { return lagMetersOf(t, nil) }
+
+// lagMetersOf is lagMeters reusing the hybrids the meters fitted on the same trace (the same fit: fitting again
+// would double the costliest step of a whole read and hold a second running integral of every GPU's samples).
+func lagMetersOf(t *trace.Trace, meters map[int]*account.Meter) map[int]*lagMeter {
 	out := map[int]*lagMeter{}
 	for g, s := range t.GPUs {
-		h, est, err := energy.FitHybrid(s.Counters, s.Samples)
-		if err != nil {
-			continue
+		var h *energy.Hybrid
+		var est energy.LagEstimate
+		if m := meters[g]; m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
+			h, est = m.Hybrid(), m.Lag
+		} else {
+			var err error
+			if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
+				continue
+			}
 		}
 		out[g] = &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
 	}
