@@ -18,12 +18,19 @@ import (
 // power-capped, and the uncertainty budgets of the run and its phases with the lag term evaluated on lms (the
 // whole trace's lag meters).
 func detail(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter) {
+	detailWith(r, t, from, lms, true)
+}
+
+// detailWith is detail with the power plot's data only where plots is set.
+func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, plots bool) {
 	m := r.Manifest
 	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	occ := occurrences(m, t)
 	for g, s := range t.GPUs {
 		r.Steady[g] = steadyIn(s, m, g, occ)
-		r.Power[g] = thin(s.Samples, from, m.Times.End)
+		if plots { // only the HTML report draws them: thousands of runs would keep a plot's samples each
+			r.Power[g] = thin(s.Samples, from, m.Times.End)
+		}
 	}
 	r.PowerCappedS = powerCapped(m, t, occ)
 	ev := evalRun(m, lms)

@@ -196,10 +196,7 @@ func traceRun(w *trace.Trace, path string, sp Span, meters map[int]*account.Mete
 	m := TraceManifest(w, path, sp, meters)
 	r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
 	if detailed {
-		detail(&r, w, sp.Start, lms)
-		if !plots {
-			clear(r.Power) // read, not kept
-		}
+		detailWith(&r, w, sp.Start, lms, plots)
 	}
 	return r
 }
