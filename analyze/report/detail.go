@@ -18,11 +18,12 @@ import (
 // power-capped, and the uncertainty budgets of the run and its phases with the lag term evaluated on lms (the
 // whole trace's lag meters).
 func detail(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter) {
-	detailWith(r, t, from, lms, true)
+	detailWith(r, t, from, lms, true, nil)
 }
 
-// detailWith is detail with the power plot's data only where plots is set.
-func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, plots bool) {
+// detailWith is detail with the power plot's data only where plots is set, and the aliasing checks the run's
+// accounting made with the same hybrids (nil: made here).
+func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, plots bool, checks map[int]account.AliasCheck) {
 	m := r.Manifest
 	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	occ := occurrences(m, t)
@@ -33,7 +34,7 @@ func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, p
 		}
 	}
 	r.PowerCappedS = powerCapped(m, t, occ)
-	ev := evalRun(m, lms)
+	ev := evalRunChecked(m, lms, checks)
 	if m.Times.End.After(m.Times.Start) {
 		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, 0, m, t, ev, 0)
 	}

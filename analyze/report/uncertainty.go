@@ -354,14 +354,21 @@ type runEval struct {
 }
 
 // evalRun prepares a run's budgets on its trace.
-func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval {
+func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval { return evalRunChecked(m, lms, nil) }
+
+// evalRunChecked is evalRun with the checks the run's accounting made (account.FillChecked), used where the run's
+// lag meter checks with the accounting's own hybrid: the trace's fitted lag (a kept lag's hybrid is rebuilt here).
+func evalRunChecked(m *manifest.Manifest, lms map[int]*lagMeter, known map[int]account.AliasCheck) runEval {
 	ev := runEval{lms: forRun(lms, m), checks: map[int]account.AliasCheck{}}
 	for _, g := range m.GPUs {
 		lm := ev.lms[g.Index]
 		if lm == nil || g.Role == manifest.RoleObserved || (g.Method != "" && g.Method != account.MethodHybrid) {
 			continue
 		}
-		ck := account.CheckAliasing(lm.h, m.Times.Start, m.Times.End)
+		ck, ok := known[g.Index]
+		if !ok || g.Lag == nil || g.Lag.Source == manifest.LagCache {
+			ck = account.CheckAliasing(lm.h, m.Times.Start, m.Times.End)
+		}
 		ev.checks[g.Index] = ck
 		if len(ck.Intervals) > 0 {
 			ev.shortBelow = max(ev.shortBelow, ck.ShortPhase())
