@@ -108,13 +108,17 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 		return nil, err
 	}
 	defer s.Close()
+	// One pool of CPU tokens for decoding and the work on what is decoded (lag fits, runs): GOMAXPROCS busy
+	// goroutines in all.
+	cpu := make(chan struct{}, runtime.GOMAXPROCS(0))
+	s.ShareCPU(cpu)
 	facts, events, err := scanRunsAndCounters(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	slog.Debug("stream: runs and counters", "path", name, "rows", s.Rows(), "took", time.Since(t0))
 	t1 := time.Now()
-	if err := fitLags(ctx, s, facts); err != nil {
+	if err := fitLags(ctx, s, facts, cpu); err != nil {
 		return nil, err
 	}
 	slog.Debug("stream: lags fitted", "took", time.Since(t1))
@@ -123,7 +127,7 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 	spans := spansOf(events, lastOf(facts), commonOf(facts), commonEnd(facts),
 		strings.TrimSuffix(filepath.Base(name), filepath.Ext(name)))
 	a := &streamAccount{facts: facts, events: events, spans: spans, name: name, detailed: detailed, plots: plots,
-		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}}
+		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}, cpu: cpu}
 	err = a.run(ctx, s)
 	slog.Debug("stream: runs accounted", "runs", len(spans), "peak rows buffered", a.peakRows,
 		"of them process rows", a.peakProcessRows, "took", time.Since(t2))
@@ -173,7 +177,7 @@ func scanRunsAndCounters(ctx context.Context, s *trace.Stream) (map[int]*gpuFact
 
 // fitLags is the second pass: each GPU's accounting method and, for the hybrid, its lag, the gains at the series'
 // ends and the shifts, into facts.
-func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts) error {
+func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts, cpu chan struct{}) error {
 	lags := map[int]*energy.LagStream{}
 	for g, f := range facts {
 		lags[g] = energy.NewLagStream(f.distinct)
@@ -182,7 +186,11 @@ func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts) erro
 	fit := func(rel map[int]*trace.Series) {
 		var wg sync.WaitGroup // GPUs' fits are independent
 		for g, r := range rel {
-			wg.Go(func() { lags[g].Add(r.Counters, r.Samples) })
+			wg.Go(func() {
+				cpu <- struct{}{}
+				defer func() { <-cpu }()
+				lags[g].Add(r.Counters, r.Samples)
+			})
 		}
 		wg.Wait()
 	}
@@ -290,6 +298,7 @@ type streamAccount struct {
 	env      meta.Environment
 	// peakRows and peakProcessRows are the most rows, and process rows, the buffer held at once: the memory bound.
 	peakRows, peakProcessRows int
+	cpu                       chan struct{} // shared with the stream's decoding: a run's accounting holds one
 }
 
 type job struct {
@@ -316,7 +325,9 @@ func (a *streamAccount) run(ctx context.Context, s *trace.Stream) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
+				a.cpu <- struct{}{}
 				a.runs[j.i] = a.account(j.i, j.w)
+				<-a.cpu
 			}
 		}()
 	}
