@@ -3,7 +3,6 @@ package account
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -99,12 +98,13 @@ func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 
 // median of xs (xs is reordered).
 func median(xs []float64) float64 {
-	slices.Sort(xs)
 	n := len(xs)
 	if n%2 == 1 {
-		return xs[n/2]
+		m, _ := energy.OrderStats(xs, n/2)
+		return m
 	}
-	return (xs[n/2-1] + xs[n/2]) / 2
+	a, b := energy.OrderStats(xs, n/2-1)
+	return (a + b) / 2
 }
 
 // Inside counts the intervals lying wholly inside [a, b] (a phase's own; the ones across its edges belong to the

@@ -2,7 +2,6 @@ package report
 
 import (
 	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -155,8 +154,7 @@ func idleLevel(s *trace.Series, m *manifest.Manifest, g int) float64 {
 	for i, x := range w {
 		ps[i] = x.PowerW
 	}
-	slices.Sort(ps)
-	return idleFactor * energy.Quantile(ps, 0.05)
+	return idleFactor * energy.QuantileOf(ps, 0.05)
 }
 
 // workloadPhases are the phases to look for steady state in: decode if present, else every phase that is not
