@@ -5,6 +5,9 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+	"time"
+
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 // TestOrderStatsEqualSorting checks the selection against sorting for every k of arrays with and without ties,
@@ -55,5 +58,49 @@ func TestOrderStatsEqualSorting(t *testing.T) {
 	}
 	if !math.IsNaN(QuantileOf(nil, 0.5)) {
 		t.Fatal("no values: want NaN")
+	}
+}
+
+// TestDistinctPointsEqualDedupeNormalize checks the one-pass points against deduplicating then normalizing, on
+// readings with repeats, resets (a driver reload) and repeats across a reset.
+func TestDistinctPointsEqualDedupeNormalize(t *testing.T) {
+	t0 := time.Unix(1795735590, 0)
+	for _, mjs := range [][]uint64{
+		nil,
+		{5},
+		{5, 5, 5},
+		{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700},
+		{7, 9, 9, 2, 2, 2, 2, 8, 1, 1, 3},
+	} {
+		cs := make([]trace.CounterReading, len(mjs))
+		for i, mj := range mjs {
+			cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+		}
+		got, gotResets := distinctPoints(cs)
+		want, wantResets := normalize(dedupe(cs))
+		if !slices.Equal(got, want) || gotResets != wantResets || cap(got) != len(got) {
+			t.Fatalf("%v: got %v (%d resets, cap %d), want %v (%d resets)", mjs, got, gotResets, cap(got), want, wantResets)
+		}
+	}
+}
+
+// TestDistinctPointsValues states one case's points by hand: the first of each repeat, continued across resets.
+func TestDistinctPointsValues(t *testing.T) {
+	t0 := time.Unix(1795735590, 0)
+	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
+	cs := make([]trace.CounterReading, len(mjs))
+	for i, mj := range mjs {
+		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+	}
+	pts, resets := distinctPoints(cs)
+	at := []int{0, 2, 5, 6, 8, 10, 13}
+	joules := []float64{1, 2.5, 4, 4 + 0.3, 4 + 0.9, 4 + 0.9 + 0.1, 4 + 0.9 + 1.7}
+	if resets != 2 || len(pts) != len(at) {
+		t.Fatalf("%d resets, %d points; want 2 and %d", resets, len(pts), len(at))
+	}
+	for i, p := range pts {
+		if !p.t.Equal(cs[at[i]].Time) || math.Abs(p.j-joules[i]) > 1e-12 {
+			t.Errorf("point %d: %v %v J, want %v %v J", i, p.t, p.j, cs[at[i]].Time, joules[i])
+		}
 	}
 }
