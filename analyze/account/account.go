@@ -188,9 +188,15 @@ type Input struct {
 // Fill accounts the run into m: Times (start, end, duration), GPUs (identity from m.Environment), Energy,
 // ObservedEnergy, Phases, Results, Derived, and the data's warnings appended to m.Warnings. Whatever else m holds
 // (ids, status, command, the runner's own warnings) is kept.
-func Fill(m *manifest.Manifest, in Input) {
+func Fill(m *manifest.Manifest, in Input) { FillChecked(m, in) }
+
+// FillChecked is Fill that also returns the aliasing checks it made: each hybrid GPU's over [in.Start, in.End],
+// checked with its meter's hybrid. A report's budgets use the same checks; making them once per run instead of
+// twice halves the check's cost, the largest of a run's accounting.
+func FillChecked(m *manifest.Manifest, in Input) map[int]AliasCheck {
 	a := accounting{m: m, in: in, idle: map[int]float64{}, active: map[int]float64{}, checks: map[int]AliasCheck{}}
 	a.run()
+	return a.checks
 }
 
 type accounting struct {

@@ -3,7 +3,6 @@ package account
 import (
 	"fmt"
 	"math"
-	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -61,8 +60,11 @@ type AliasCheck struct {
 func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 	var c AliasCheck
 	ivs := h.Intervals(start, end)
-	var rs []float64
-	var lens []float64
+	// One scratch array for the ratios, their sorted copy and the lengths (then the deviations): a check per run
+	// and GPU, thousands in a recording's report.
+	scratch := make([]float64, 3*len(ivs))
+	rs, sorted, lens := scratch[:0:len(ivs)], scratch[len(ivs):len(ivs)], scratch[2*len(ivs):2*len(ivs)]
+	c.Intervals = make([]IntervalCheck, 0, len(ivs))
 	for _, iv := range ivs {
 		if r := iv.Ratio(); !math.IsNaN(r) && iv.CounterJ > 0 {
 			c.Intervals = append(c.Intervals, IntervalCheck{Interval: iv})
@@ -74,9 +76,9 @@ func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 		c.Intervals = nil
 		return c
 	}
-	c.Median = median(slices.Clone(rs))
+	c.Median = median(append(sorted[:0], rs...))
 	c.Typical = time.Duration(median(lens))
-	dev := make([]float64, len(rs))
+	dev := lens[:len(rs)] // the lengths are no longer needed
 	for i, r := range rs {
 		dev[i] = math.Abs(r - c.Median)
 	}
@@ -96,12 +98,13 @@ func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 
 // median of xs (xs is reordered).
 func median(xs []float64) float64 {
-	slices.Sort(xs)
 	n := len(xs)
 	if n%2 == 1 {
-		return xs[n/2]
+		m, _ := energy.OrderStats(xs, n/2)
+		return m
 	}
-	return (xs[n/2-1] + xs[n/2]) / 2
+	a, b := energy.OrderStats(xs, n/2-1)
+	return (a + b) / 2
 }
 
 // Inside counts the intervals lying wholly inside [a, b] (a phase's own; the ones across its edges belong to the

@@ -83,30 +83,38 @@ func activeIdle(g int, win *trace.Series, b *manifest.Baseline, events []trace.E
 		source = "zero_utilization"
 		spans = idleStretches(win.Telemetry, b)
 	}
-	var ps []float64
+	// Each span's window found once and the slices sized from them: this runs for every run and GPU.
+	wins := make([]*trace.Series, len(spans))
+	var nps int
 	var dur time.Duration
-	for _, sp := range spans {
-		if !sp[1].After(sp[0]) {
-			continue
-		}
-		dur += sp[1].Sub(sp[0])
-		for _, x := range win.Window(sp[0], sp[1]).Samples {
-			ps = append(ps, x.PowerW)
+	for i, sp := range spans {
+		wins[i] = win.Window(sp[0], sp[1])
+		if sp[1].After(sp[0]) {
+			dur += sp[1].Sub(sp[0])
+			nps += len(wins[i].Samples)
 		}
 	}
-	if len(ps) < energy.MinBaselineSamples {
+	if nps < energy.MinBaselineSamples {
 		return nil
 	}
-	slices.Sort(ps)
-	ai := &manifest.ActiveIdle{Source: source, MedianW: energy.Quantile(ps, 0.5), Samples: len(ps), DurationS: dur.Seconds()}
-	var tel []trace.Telemetry
-	for _, sp := range spans {
-		tel = append(tel, win.Window(sp[0], sp[1]).Telemetry...)
+	ps := make([]float64, 0, nps)
+	for i, sp := range spans {
+		if sp[1].After(sp[0]) {
+			for _, x := range wins[i].Samples {
+				ps = append(ps, x.PowerW)
+			}
+		}
 	}
-	if c := meanClock(tel, time.Time{}, time.Time{}); !math.IsNaN(c) {
+	ai := &manifest.ActiveIdle{Source: source, MedianW: energy.QuantileOf(ps, 0.5), Samples: len(ps), DurationS: dur.Seconds()}
+	// The spans' telemetry in order, read in place rather than copied together.
+	tels := make([][]trace.Telemetry, len(wins))
+	for i, w := range wins {
+		tels[i] = w.Telemetry
+	}
+	if c := meanClockOf(time.Time{}, time.Time{}, tels...); !math.IsNaN(c) {
 		ai.SMClockHz = &c
 	}
-	if common, _, ok := PStates(tel, time.Time{}, time.Time{}); ok {
+	if common, _, ok := pstatesOf(time.Time{}, time.Time{}, tels...); ok {
 		ai.PState = &common
 	}
 	return ai
@@ -143,12 +151,17 @@ func idleStretches(tel []trace.Telemetry, b *manifest.Baseline) [][2]time.Time {
 }
 
 // meanClock is the mean SM clock over [a, b] (zero times: all of it), NaN without telemetry.
-func meanClock(tel []trace.Telemetry, a, b time.Time) float64 {
+func meanClock(tel []trace.Telemetry, a, b time.Time) float64 { return meanClockOf(a, b, tel) }
+
+// meanClockOf is meanClock over the telemetry slices one after the other.
+func meanClockOf(a, b time.Time, tels ...[]trace.Telemetry) float64 {
 	var sum, n float64
-	for _, t := range tel {
-		if (a.IsZero() || !t.Time.Before(a)) && (b.IsZero() || !t.Time.After(b)) && !math.IsNaN(t.SMClockHz) {
-			sum += t.SMClockHz
-			n++
+	for _, tel := range tels {
+		for _, t := range tel {
+			if (a.IsZero() || !t.Time.Before(a)) && (b.IsZero() || !t.Time.After(b)) && !math.IsNaN(t.SMClockHz) {
+				sum += t.SMClockHz
+				n++
+			}
 		}
 	}
 	if n == 0 {
@@ -193,16 +206,23 @@ func FitIdleTemperature(tempC, watts []float64) (fit manifest.TempFit, ok bool) 
 // PStates summarises the performance states in the telemetry over [a, b] (zero times: all of it): the most
 // common one (the state the GPU sat in) and the fastest one (P0 is the fastest). ok is false without any.
 func PStates(tel []trace.Telemetry, a, b time.Time) (common, fastest float64, ok bool) {
+	return pstatesOf(a, b, tel)
+}
+
+// pstatesOf is PStates over the telemetry slices one after the other.
+func pstatesOf(a, b time.Time, tels ...[]trace.Telemetry) (common, fastest float64, ok bool) {
 	var n [16]int
 	fastest = math.Inf(1)
-	for _, t := range tel {
-		if math.IsNaN(t.PState) || t.PState < 0 || t.PState > 15 ||
-			(!a.IsZero() && t.Time.Before(a)) || (!b.IsZero() && t.Time.After(b)) {
-			continue
+	for _, tel := range tels {
+		for _, t := range tel {
+			if math.IsNaN(t.PState) || t.PState < 0 || t.PState > 15 ||
+				(!a.IsZero() && t.Time.Before(a)) || (!b.IsZero() && t.Time.After(b)) {
+				continue
+			}
+			n[int(t.PState)]++
+			fastest = min(fastest, t.PState)
+			ok = true
 		}
-		n[int(t.PState)]++
-		fastest = min(fastest, t.PState)
-		ok = true
 	}
 	if !ok {
 		return math.NaN(), math.NaN(), false

@@ -36,14 +36,14 @@ type HybridResult struct {
 
 // NewHybrid prepares hybrid integration over counter readings and samples (each in time order).
 func NewHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Duration) (*Hybrid, error) {
-	pts, resets := normalize(dedupe(cs))
+	pts, resets := distinctPoints(cs)
 	return newHybrid(pts, resets, NewIntegral(ss), lag)
 }
 
 // FitHybrid estimates the counter's lag (the lag that best aligns counter increments with the samples) and prepares the hybrid with it, computing the samples'
 // running integral and the counter's distinct values once for both.
 func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagEstimate, error) {
-	pts, resets := normalize(dedupe(cs))
+	pts, resets := distinctPoints(cs)
 	in := NewIntegral(ss)
 	lag := estimateLag(pts, in)
 	h, err := newHybrid(slices.Clone(pts), resets, in, lag.Lag)
@@ -99,6 +99,32 @@ func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 		out = append(out, c)
 	}
 	return out
+}
+
+// distinctPoints is normalize(dedupe(cs)) in one pass and one exact allocation: the hybrid's points of a whole
+// series without a deduplicated copy of its readings.
+func distinctPoints(cs []trace.CounterReading) (pts []point, resets int) {
+	n := 0
+	for i, c := range cs {
+		if i == 0 || c.EnergyMJ != cs[i-1].EnergyMJ {
+			n++
+		}
+	}
+	pts = make([]point, 0, n)
+	var offset float64
+	prev := -1 // the last reading kept
+	for i, c := range cs {
+		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
+			continue
+		}
+		if prev >= 0 && c.EnergyMJ < cs[prev].EnergyMJ {
+			resets++
+			offset += cs[prev].Joules()
+		}
+		pts = append(pts, point{c.Time, c.Joules() + offset})
+		prev = i
+	}
+	return pts, resets
 }
 
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
@@ -334,7 +360,10 @@ func (iv Interval) Ratio() float64 {
 func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
 	n := len(h.pts)
 	k := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
-	var out []Interval
+	// At most one interval per reading from k to the first at or after t1: sized once (a run's check and budgets
+	// list them for every run and GPU).
+	end := k + sort.Search(n-k, func(i int) bool { return !h.pts[k+i].t.Before(t1) })
+	out := make([]Interval, 0, min(end, n-1)-k+1)
 	cur := h.in.Cursor()
 	for ; k+1 < n && h.pts[k].t.Before(t1); k++ {
 		a, b := h.pts[k], h.pts[k+1]

@@ -276,7 +276,7 @@ func (l *LagStream) Gain(lag time.Duration) (float64, error) {
 // there (every reading from the last at or before its start+MinShift that first showed its value to the first
 // after its end+MaxShift, and the samples around them).
 func NewHybridsFitted(cs []trace.CounterReading, ss []trace.PowerSample, lags []time.Duration, gains []float64) ([]*Hybrid, error) {
-	pts, resets := normalize(dedupe(cs))
+	pts, resets := distinctPoints(cs)
 	in := NewIntegral(ss)
 	if len(pts) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))

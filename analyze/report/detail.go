@@ -2,7 +2,6 @@ package report
 
 import (
 	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -18,15 +17,23 @@ import (
 // power-capped, and the uncertainty budgets of the run and its phases with the lag term evaluated on lms (the
 // whole trace's lag meters).
 func detail(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter) {
+	detailWith(r, t, from, lms, true, nil)
+}
+
+// detailWith is detail with the power plot's data only where plots is set, and the aliasing checks the run's
+// accounting made with the same hybrids (nil: made here).
+func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, plots bool, checks map[int]account.AliasCheck) {
 	m := r.Manifest
 	r.Steady, r.Power = map[int]energy.Steady{}, map[int][]trace.PowerSample{}
 	occ := occurrences(m, t)
 	for g, s := range t.GPUs {
 		r.Steady[g] = steadyIn(s, m, g, occ)
-		r.Power[g] = thin(s.Samples, from, m.Times.End)
+		if plots { // only the HTML report draws them: thousands of runs would keep a plot's samples each
+			r.Power[g] = thin(s.Samples, from, m.Times.End)
+		}
 	}
 	r.PowerCappedS = powerCapped(m, t, occ)
-	ev := evalRun(m, lms)
+	ev := evalRunChecked(m, lms, checks)
 	if m.Times.End.After(m.Times.Start) {
 		r.Uncertainty = traceBudget(m.Energy.HybridJ, m.Energy.AdjustedJ, []edgeWindow{{m.Times.Start, m.Times.End}}, 0, m, t, ev, 0)
 	}
@@ -147,8 +154,7 @@ func idleLevel(s *trace.Series, m *manifest.Manifest, g int) float64 {
 	for i, x := range w {
 		ps[i] = x.PowerW
 	}
-	slices.Sort(ps)
-	return idleFactor * energy.Quantile(ps, 0.05)
+	return idleFactor * energy.QuantileOf(ps, 0.05)
 }
 
 // workloadPhases are the phases to look for steady state in: decode if present, else every phase that is not

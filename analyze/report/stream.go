@@ -54,9 +54,13 @@ const (
 // DefaultMemoryLimit is the memory a report aims to stay within by default.
 const DefaultMemoryLimit = 1 << 30
 
-// bytesPerRow is what a row read whole costs, with the hybrids' integrals (measured: ~89 bytes a row for the
-// trace, ~110 with the meters).
-const bytesPerRow = 110
+// bytesPerRow is what a row read whole costs at the report's peak: the trace (~46 bytes a row), the meters'
+// integrals and counter points (~30) and the accounting's garbage, which the collector leaves (GOGC 400) — measured
+// 144–155 bytes a row (peak RSS) on tiled LLM recordings of 2 to 14.5 M rows. Reading whole closer to the
+// collector's soft limit costs more than streaming: it collects and returns memory to the system over and over
+// (3 M samples, 4.1 M rows: 0.9 s whole against 0.66 s streamed on 2 vCPUs, with 1 GiB; 1.5 M samples: 0.36 s
+// whole, 0.42 s streamed).
+const bytesPerRow = 150
 
 // stream says whether the trace in paths is streamed.
 func (o LoadOptions) stream(paths []string) bool {
@@ -108,13 +112,17 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 		return nil, err
 	}
 	defer s.Close()
+	// One pool of CPU tokens for decoding and the work on what is decoded (lag fits, runs): GOMAXPROCS busy
+	// goroutines in all.
+	cpu := make(chan struct{}, runtime.GOMAXPROCS(0))
+	s.ShareCPU(cpu)
 	facts, events, err := scanRunsAndCounters(ctx, s)
 	if err != nil {
 		return nil, err
 	}
 	slog.Debug("stream: runs and counters", "path", name, "rows", s.Rows(), "took", time.Since(t0))
 	t1 := time.Now()
-	if err := fitLags(ctx, s, facts); err != nil {
+	if err := fitLags(ctx, s, facts, cpu); err != nil {
 		return nil, err
 	}
 	slog.Debug("stream: lags fitted", "took", time.Since(t1))
@@ -123,7 +131,7 @@ func streamAccounted(ctx context.Context, paths []string, name string, detailed 
 	spans := spansOf(events, lastOf(facts), commonOf(facts), commonEnd(facts),
 		strings.TrimSuffix(filepath.Base(name), filepath.Ext(name)))
 	a := &streamAccount{facts: facts, events: events, spans: spans, name: name, detailed: detailed, plots: plots,
-		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}}
+		runs: make([]Run, len(spans)), buf: map[int]*trace.Series{}, cpu: cpu}
 	err = a.run(ctx, s)
 	slog.Debug("stream: runs accounted", "runs", len(spans), "peak rows buffered", a.peakRows,
 		"of them process rows", a.peakProcessRows, "took", time.Since(t2))
@@ -173,7 +181,7 @@ func scanRunsAndCounters(ctx context.Context, s *trace.Stream) (map[int]*gpuFact
 
 // fitLags is the second pass: each GPU's accounting method and, for the hybrid, its lag, the gains at the series'
 // ends and the shifts, into facts.
-func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts) error {
+func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts, cpu chan struct{}) error {
 	lags := map[int]*energy.LagStream{}
 	for g, f := range facts {
 		lags[g] = energy.NewLagStream(f.distinct)
@@ -182,7 +190,11 @@ func fitLags(ctx context.Context, s *trace.Stream, facts map[int]*gpuFacts) erro
 	fit := func(rel map[int]*trace.Series) {
 		var wg sync.WaitGroup // GPUs' fits are independent
 		for g, r := range rel {
-			wg.Go(func() { lags[g].Add(r.Counters, r.Samples) })
+			wg.Go(func() {
+				cpu <- struct{}{}
+				defer func() { <-cpu }()
+				lags[g].Add(r.Counters, r.Samples)
+			})
 		}
 		wg.Wait()
 	}
@@ -290,6 +302,7 @@ type streamAccount struct {
 	env      meta.Environment
 	// peakRows and peakProcessRows are the most rows, and process rows, the buffer held at once: the memory bound.
 	peakRows, peakProcessRows int
+	cpu                       chan struct{} // shared with the stream's decoding: a run's accounting holds one
 }
 
 type job struct {
@@ -316,7 +329,9 @@ func (a *streamAccount) run(ctx context.Context, s *trace.Stream) error {
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
+				a.cpu <- struct{}{}
 				a.runs[j.i] = a.account(j.i, j.w)
+				<-a.cpu
 			}
 		}()
 	}

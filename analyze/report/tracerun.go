@@ -128,7 +128,7 @@ func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	meters := account.Meters(t)
 	var lms map[int]*lagMeter
 	if detailed {
-		lms = lagMeters(t)
+		lms = lagMetersOf(t, meters)
 	}
 	sh := map[int]shifts{}
 	for g, m := range meters {
@@ -176,6 +176,12 @@ func windowOf(t *trace.Trace, sp Span, sh map[int]shifts) *trace.Trace {
 
 // TraceManifest accounts one span of a trace into a manifest.
 func TraceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account.Meter) *manifest.Manifest {
+	m, _ := traceManifest(t, path, sp, meters)
+	return m
+}
+
+// traceManifest is TraceManifest with the accounting's aliasing checks (account.FillChecked).
+func traceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account.Meter) (*manifest.Manifest, map[int]account.AliasCheck) {
 	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: sp.ID, Experiment: sp.Experiment,
 		Status: sp.Status, Backend: "trace", Environment: t.Env, Files: manifest.Files{Trace: filepath.Base(path)}}
 	var gpus []account.GPU
@@ -186,20 +192,20 @@ func TraceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account
 		}
 		gpus = append(gpus, account.GPU{Index: g, Role: role})
 	}
-	account.Fill(m, account.Input{Trace: t, Meters: meters, RunID: sp.ID, AllPhases: sp.AllPhases, Start: sp.Start,
-		End: sp.End, GPUs: gpus})
-	return m
+	checks := account.FillChecked(m, account.Input{Trace: t, Meters: meters, RunID: sp.ID, AllPhases: sp.AllPhases,
+		Start: sp.Start, End: sp.End, GPUs: gpus})
+	return m, checks
 }
 
 // traceRun computes one run of a trace from its window.
 func traceRun(w *trace.Trace, path string, sp Span, meters map[int]*account.Meter, lms map[int]*lagMeter, detailed, plots bool) Run {
-	m := TraceManifest(w, path, sp, meters)
+	m, checks := traceManifest(w, path, sp, meters)
 	r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
 	if detailed {
-		detail(&r, w, sp.Start, lms)
-		if !plots {
-			clear(r.Power) // read, not kept
+		if sp.End.Before(sp.Start) {
+			checks = nil // the accounting checked up to End, the budgets up to Start
 		}
+		detailWith(&r, w, sp.Start, lms, plots, checks)
 	}
 	return r
 }

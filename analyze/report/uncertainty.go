@@ -237,12 +237,22 @@ func (l *lagMeter) shift(a, b time.Time) float64 {
 
 // lagMeters fits each GPU's hybrid and its lag uncertainty; GPUs without a usable hybrid are absent (their energy
 // came from samples or the counter alone, with no lag in it).
-func lagMeters(t *trace.Trace) map[int]*lagMeter {
+func lagMeters(t *trace.Trace) map[int]*lagMeter { return lagMetersOf(t, nil) }
+
+// lagMetersOf is lagMeters reusing the hybrids the meters fitted on the same trace (the same fit: fitting again
+// would double the costliest step of a whole read and hold a second running integral of every GPU's samples).
+func lagMetersOf(t *trace.Trace, meters map[int]*account.Meter) map[int]*lagMeter {
 	out := map[int]*lagMeter{}
 	for g, s := range t.GPUs {
-		h, est, err := energy.FitHybrid(s.Counters, s.Samples)
-		if err != nil {
-			continue
+		var h *energy.Hybrid
+		var est energy.LagEstimate
+		if m := meters[g]; m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
+			h, est = m.Hybrid(), m.Lag
+		} else {
+			var err error
+			if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
+				continue
+			}
 		}
 		out[g] = &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
 	}
@@ -345,14 +355,21 @@ type runEval struct {
 }
 
 // evalRun prepares a run's budgets on its trace.
-func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval {
+func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval { return evalRunChecked(m, lms, nil) }
+
+// evalRunChecked is evalRun with the checks the run's accounting made (account.FillChecked), used where the run's
+// lag meter checks with the accounting's own hybrid: the trace's fitted lag (a kept lag's hybrid is rebuilt here).
+func evalRunChecked(m *manifest.Manifest, lms map[int]*lagMeter, known map[int]account.AliasCheck) runEval {
 	ev := runEval{lms: forRun(lms, m), checks: map[int]account.AliasCheck{}}
 	for _, g := range m.GPUs {
 		lm := ev.lms[g.Index]
 		if lm == nil || g.Role == manifest.RoleObserved || (g.Method != "" && g.Method != account.MethodHybrid) {
 			continue
 		}
-		ck := account.CheckAliasing(lm.h, m.Times.Start, m.Times.End)
+		ck, ok := known[g.Index]
+		if !ok || g.Lag == nil || g.Lag.Source == manifest.LagCache {
+			ck = account.CheckAliasing(lm.h, m.Times.Start, m.Times.End)
+		}
 		ev.checks[g.Index] = ck
 		if len(ck.Intervals) > 0 {
 			ev.shortBelow = max(ev.shortBelow, ck.ShortPhase())

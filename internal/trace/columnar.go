@@ -24,6 +24,10 @@ type column struct {
 	f64   []float64 // NaN where null
 	str   []string
 	valid []bool
+	// A page's values before definition levels place them, reused page after page (a fresh slice per page was
+	// most of the decoder's garbage).
+	pageI64 []int64
+	pageStr []string
 }
 
 // fill expands a page's non-null values into rows [off, off+rows) following its definition levels.
@@ -125,7 +129,8 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 			idx := data.Int32()
 			switch kind {
 			case parquet.ByteArray:
-				vals := make([]string, len(idx))
+				vals := grow(c.pageStr, len(idx))
+				c.pageStr = vals
 				for i, x := range idx {
 					if int(x) >= len(dictStr) {
 						return nil, fmt.Errorf("dictionary index %d out of range", x)
@@ -140,7 +145,8 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 			switch kind {
 			case parquet.Int32:
 				v32 := data.Int32()
-				vals := make([]int64, len(v32))
+				vals := grow(c.pageI64, len(v32))
+				c.pageI64 = vals
 				for i, x := range v32 {
 					vals[i] = int64(x)
 				}
@@ -151,7 +157,8 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 				k, err = fill(c.f64, c.valid, off, def, data.Double())
 			case parquet.ByteArray:
 				b, offs := data.ByteArray()
-				vals := make([]string, max(len(offs)-1, 0))
+				vals := grow(c.pageStr, max(len(offs)-1, 0))
+				c.pageStr = vals
 				for i := range vals {
 					vals[i] = string(b[offs[i]:offs[i+1]])
 				}
@@ -211,8 +218,11 @@ type rowGroup struct {
 	kinds  []uint8
 	gpus   []int32
 	counts map[int32]*[nCodes]int // rows per GPU and kind, skipped kinds included
-	off    map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
-	events []Event
+	// present says which kinds (events included) have rows here: a column only absent kinds use is not decoded
+	// (a recording without process rows would otherwise decode fifteen columns of nulls in every row group).
+	present [nCodes + 1]bool
+	off     map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
+	events  []Event
 	// extents are each GPU's rows per kind with their first and last time, skipped kinds included (their times
 	// are decoded all the same): what a scan that leaves a kind out still learns about it.
 	extents map[int32]*[nCodes]Extent
@@ -452,6 +462,7 @@ func (pf *fileCols) firstPass(r *rowGroup) error {
 		}
 		g := int32(g64)
 		r.gpus[i] = g
+		r.present[k] = true
 		if k == codeEvent {
 			continue
 		}
@@ -467,6 +478,15 @@ func (pf *fileCols) firstPass(r *rowGroup) error {
 	return nil
 }
 
+// uses says whether a row of r reads column name.
+func (r *rowGroup) uses(name string) bool {
+	if name == "pid" {
+		return r.present[codeProcessSample] || r.present[codeProcess]
+	}
+	k, ok := kindColumns[name]
+	return !ok || r.present[k]
+}
+
 // secondPass decodes the other columns and writes each row into its GPU's series at the row group's offsets. One
 // loop over every row of a trace, one case per row kind, kept in one function: a call per row would sit in the
 // reader's hottest loop, and the cases share the per-GPU cursors.
@@ -475,6 +495,10 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 	defer pf.bufs.Put(bufs)
 	cols := map[string]*column{}
 	for _, name := range pf.wanted()[2:] {
+		if !r.uses(name) {
+			cols[name] = nil // read as null: no row here reads it
+			continue
+		}
 		c, err := pf.column(r, name, bufs[name])
 		if err != nil {
 			return err

@@ -29,6 +29,7 @@ type Stream struct {
 	after []int64
 	env   meta.Environment
 	rows  int64
+	cpu   chan struct{} // tokens a row group's decoding holds (ShareCPU); nil: none
 }
 
 type streamFile struct {
@@ -254,6 +255,12 @@ func (s *Stream) Env() meta.Environment { return s.env }
 // Rows is the number of rows in all files.
 func (s *Stream) Rows() int64 { return s.rows }
 
+// ShareCPU makes each row group's decoding hold one of tokens (a buffered channel: a send takes one) while it
+// runs. A consumer that computes in parallel too takes its tokens from the same channel, so decoding and the
+// consumer's work together keep as many goroutines busy as the channel holds, not the sum of both pools: more
+// busy goroutines than cores only preempt one another, and each holds its buffers in memory meanwhile.
+func (s *Stream) ShareCPU(tokens chan struct{}) { s.cpu = tokens }
+
 // Close closes the files.
 func (s *Stream) Close() error {
 	var first error
@@ -292,6 +299,10 @@ func (s *Stream) Scan(ctx context.Context, kinds Kinds, fn func(Part) error) err
 	n := len(s.groups)
 	workers := min(runtime.GOMAXPROCS(0), max(n, 1))
 	decode := func(_ context.Context, i int) result {
+		if s.cpu != nil {
+			s.cpu <- struct{}{}
+			defer func() { <-s.cpu }()
+		}
 		p, exp, err := s.decode(cols[s.groups[i].file], i)
 		return result{p, exp, err}
 	}

@@ -1,0 +1,106 @@
+package energy
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/lem-energy/lem/internal/trace"
+)
+
+// TestOrderStatsEqualSorting checks the selection against sorting for every k of arrays with and without ties,
+// sorted, reversed and constant ones (quickselect's classic bad cases among them), and QuantileOf against
+// Quantile of the sorted values, bit for bit.
+func TestOrderStatsEqualSorting(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var inputs [][]float64
+	for n := 1; n <= 70; n++ {
+		for _, distinct := range []int{1, 3, 1000} {
+			xs := make([]float64, n)
+			for i := range xs {
+				xs[i] = float64(rng.IntN(distinct)) + 0.25
+			}
+			inputs = append(inputs, xs)
+		}
+		asc := make([]float64, n)
+		for i := range asc {
+			asc[i] = float64(i) * 1.5
+		}
+		desc := slices.Clone(asc)
+		slices.Reverse(desc)
+		inputs = append(inputs, asc, desc)
+	}
+	big := make([]float64, 5000)
+	for i := range big {
+		big[i] = 300 + 50*rng.NormFloat64()
+	}
+	inputs = append(inputs, big)
+	for _, xs := range inputs {
+		sorted := slices.Clone(xs)
+		slices.Sort(sorted)
+		for k := range xs {
+			a, b := OrderStats(slices.Clone(xs), k)
+			wantB := math.NaN()
+			if k+1 < len(sorted) {
+				wantB = sorted[k+1]
+			}
+			if a != sorted[k] || (b != wantB && !(math.IsNaN(b) && math.IsNaN(wantB))) {
+				t.Fatalf("n=%d k=%d: got %v, %v; sorted has %v, %v", len(xs), k, a, b, sorted[k], wantB)
+			}
+		}
+		for _, q := range []float64{0, 0.05, 0.25, 0.5, 0.75, 0.95, 1} {
+			if got, want := QuantileOf(slices.Clone(xs), q), Quantile(sorted, q); got != want {
+				t.Fatalf("n=%d q=%v: %v, sorted gives %v", len(xs), q, got, want)
+			}
+		}
+	}
+	if !math.IsNaN(QuantileOf(nil, 0.5)) {
+		t.Fatal("no values: want NaN")
+	}
+}
+
+// TestDistinctPointsEqualDedupeNormalize checks the one-pass points against deduplicating then normalizing, on
+// readings with repeats, resets (a driver reload) and repeats across a reset.
+func TestDistinctPointsEqualDedupeNormalize(t *testing.T) {
+	t0 := time.Unix(1795735590, 0)
+	for _, mjs := range [][]uint64{
+		nil,
+		{5},
+		{5, 5, 5},
+		{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700},
+		{7, 9, 9, 2, 2, 2, 2, 8, 1, 1, 3},
+	} {
+		cs := make([]trace.CounterReading, len(mjs))
+		for i, mj := range mjs {
+			cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+		}
+		got, gotResets := distinctPoints(cs)
+		want, wantResets := normalize(dedupe(cs))
+		if !slices.Equal(got, want) || gotResets != wantResets || cap(got) != len(got) {
+			t.Fatalf("%v: got %v (%d resets, cap %d), want %v (%d resets)", mjs, got, gotResets, cap(got), want, wantResets)
+		}
+	}
+}
+
+// TestDistinctPointsValues states one case's points by hand: the first of each repeat, continued across resets.
+func TestDistinctPointsValues(t *testing.T) {
+	t0 := time.Unix(1795735590, 0)
+	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
+	cs := make([]trace.CounterReading, len(mjs))
+	for i, mj := range mjs {
+		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+	}
+	pts, resets := distinctPoints(cs)
+	at := []int{0, 2, 5, 6, 8, 10, 13}
+	joules := []float64{1, 2.5, 4, 4 + 0.3, 4 + 0.9, 4 + 0.9 + 0.1, 4 + 0.9 + 1.7}
+	if resets != 2 || len(pts) != len(at) {
+		t.Fatalf("%d resets, %d points; want 2 and %d", resets, len(pts), len(at))
+	}
+	for i, p := range pts {
+		if !p.t.Equal(cs[at[i]].Time) || math.Abs(p.j-joules[i]) > 1e-12 {
+			t.Errorf("point %d: %v %v J, want %v %v J", i, p.t, p.j, cs[at[i]].Time, joules[i])
+		}
+	}
+}
