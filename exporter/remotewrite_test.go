@@ -23,6 +23,7 @@ import (
 
 	"github.com/lem-energy/lem/exporter"
 	"github.com/lem-energy/lem/internal/gpu"
+	"github.com/lem-energy/lem/internal/testutil"
 )
 
 // receiver is a remote-write endpoint on loopback whose behaviour the test sets: accept (decoding and keeping
@@ -181,42 +182,18 @@ func (rc *receiver) received() (distinct, duplicates int) {
 	return distinct, duplicates
 }
 
-// logBuffer collects an exporter's log lines.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) lines(part string) []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []string
-	for _, line := range strings.Split(l.b.String(), "\n") {
-		if strings.Contains(line, part) {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
 // streamingExporter runs an exporter over a replay sped up 30 times (1,500 samples a second) that streams to rc,
 // with a log of its own; stop stops it (flushing the stream).
 type streamingExporter struct {
 	e    *exporter.Exporter
-	logs *logBuffer
+	logs *testutil.LogBuffer
 	stop func()
 }
 
 func startStreaming(t *testing.T, rc *receiver, opts exporter.RemoteWriteOptions) *streamingExporter {
 	t.Helper()
 	src := replay(t, "h200-llm", gpu.ReplayOptions{Speed: 30, Loop: true})
-	logs := &logBuffer{}
+	logs := &testutil.LogBuffer{}
 	opts.URL, opts.Instance = rc.srv.URL, "test"
 	e, err := exporter.New(src, nil, exporter.Options{RemoteWrite: &opts}, slog.New(slog.NewTextHandler(logs, nil)))
 	require.NoError(t, err)
@@ -294,11 +271,11 @@ func TestRemoteWriteOutages(t *testing.T) {
 		assert.Equal(t, float64(rc.attempts[fail]), value(t, x.metrics(t), "lem_exporter_remote_write_retries_total"),
 			"each failed request retried, none given up")
 		assert.Equal(t, rc.attempts[fail], rc.retriedBy[fail]+rc.retriedBy[accept], "the receiver saw each retry as one")
-		failing := x.logs.lines("the receiver is failing")
+		failing := x.logs.Lines("the receiver is failing")
 		require.Len(t, failing, 1, "logged once")
 		assert.Less(t, len(failing[0]), 2048, "the receiver's megabyte of error body is not logged")
-		assert.Len(t, x.logs.lines("keeping up again"), 1)
-		assert.Empty(t, x.logs.lines("queue full"))
+		assert.Len(t, x.logs.Lines("keeping up again"), 1)
+		assert.Empty(t, x.logs.Lines("queue full"))
 	})
 
 	// A receiver that stalls (accepts the connection, never answers) for longer than the queue holds: the queue
@@ -332,10 +309,10 @@ func TestRemoteWriteOutages(t *testing.T) {
 		assert.Equal(t, want, got+dropped, "every captured sample received or counted as dropped")
 		assert.Zero(t, dup)
 		assert.Equal(t, got, x.outcome(t, exporter.RemoteWriteSent))
-		assert.Len(t, x.logs.lines("queue full"), 1, "drops logged once")
-		assert.Len(t, x.logs.lines("the receiver is failing"), 1)
-		assert.Len(t, x.logs.lines("keeping up again"), 1)
-		assert.Len(t, x.logs.lines(fmt.Sprintf("dropped_samples=%d", dropped)), 1, "the episode's drops in its last line")
+		assert.Len(t, x.logs.Lines("queue full"), 1, "drops logged once")
+		assert.Len(t, x.logs.Lines("the receiver is failing"), 1)
+		assert.Len(t, x.logs.Lines("keeping up again"), 1)
+		assert.Len(t, x.logs.Lines(fmt.Sprintf("dropped_samples=%d", dropped)), 1, "the episode's drops in its last line")
 	})
 
 	// 400 for three requests: each refused batch is sent once, never retried, and counted as rejected; the
@@ -361,6 +338,6 @@ func TestRemoteWriteOutages(t *testing.T) {
 		assert.Equal(t, want, got+rc.refused)
 		assert.Zero(t, dup)
 		assert.Zero(t, value(t, x.metrics(t), "lem_exporter_remote_write_retries_total"))
-		assert.Len(t, x.logs.lines("the receiver refused a batch"), 1, "logged once")
+		assert.Len(t, x.logs.Lines("the receiver refused a batch"), 1, "logged once")
 	})
 }

@@ -1,7 +1,6 @@
 package procmap_test
 
 import (
-	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/lem-energy/lem/internal/procmap"
+	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -33,24 +33,6 @@ func randomHex(n int) string {
 func randomUUID() string {
 	h := randomHex(16)
 	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
-}
-
-// logBuffer is a slog destination tests can read while the resolver writes.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A pod run by a real containerd through its CRI plugin, as the kubelet runs one: the resolver names the
@@ -98,7 +80,7 @@ func TestResolverCRIContainerd(t *testing.T) {
 	cg, err = os.ReadFile(filepath.Join("testdata", "cgroup", "containerd-k8s-cgroupfs-v1"))
 	require.NoError(t, err)
 	fakeProc(t, proc, 4242, 1000, "python3", string(cg))
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	unknown := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: c.sock, PodLogDir: empty,
 		ContainerLogDir: empty, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	defer unknown.Close()
@@ -201,7 +183,7 @@ func TestResolverCRIUnreachable(t *testing.T) {
 			proc := filepath.Join(t.TempDir(), "proc")
 			fakeProc(t, proc, 4242, 1000, "python3", string(pod))
 			fakeProc(t, proc, 4343, 2000, "vllm", "0::/system.slice/cri-containerd-"+idC+".scope\n")
-			var buf logBuffer
+			var buf testutil.LogBuffer
 			r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: opt,
 				PodLogDir: t.TempDir(), ContainerLogDir: t.TempDir(), Timeout: 300 * time.Millisecond,
 				Log: slog.New(slog.NewTextHandler(&buf, nil))})

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/lem-energy/lem/internal/procmap"
+	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -24,7 +25,7 @@ func TestResolverContainerdOutsideCRI(t *testing.T) {
 	barePID := c.runCtr(t, "default", bare, nil)
 
 	empty := t.TempDir()
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	r := procmap.New(procmap.Options{DockerHost: "none", CRISocket: c.sock, PodLogDir: empty, ContainerLogDir: empty,
 		Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	defer r.Close()
@@ -68,7 +69,7 @@ func TestResolverContainerdWithoutCRI(t *testing.T) {
 	proc := filepath.Join(t.TempDir(), "proc")
 	fakeProc(t, proc, 4242, 1000, "python3", "0::/default/"+idC+"\n")
 	empty := t.TempDir()
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	r := procmap.New(procmap.Options{DockerHost: "none", CRISocket: "unix://" + c.sock, PodLogDir: empty,
 		ContainerLogDir: empty, Log: log})

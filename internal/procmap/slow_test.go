@@ -27,6 +27,7 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/lem-energy/lem/internal/procmap"
+	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -224,7 +225,7 @@ func TestIdentifyBoundedWhenEverySourceIsSlow(t *testing.T) {
 	fakeProc(t, proc, 4242, 1000, "python3", "0::/default/"+unknown+"\n") // a path that names no runtime
 	fakeProc(t, proc, 4343, 1000, "python3", "0::/default/"+named+"\n")
 	empty := t.TempDir()
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: docker, CRISocket: sock, PodLogDir: empty,
 		ContainerLogDir: empty, Timeout: timeout, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	defer r.Close()
@@ -261,7 +262,7 @@ func TestIdentifyManyNamespaces(t *testing.T) {
 	proc := filepath.Join(t.TempDir(), "proc")
 	fakeProc(t, proc, 4242, 1000, "python3", "0::/default/"+named+"\n")
 	empty := t.TempDir()
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: sock, PodLogDir: empty,
 		ContainerLogDir: empty, Timeout: timeout, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	defer r.Close()
@@ -327,7 +328,7 @@ func TestCloseDuringLookup(t *testing.T) {
 	fakeProc(t, proc, 4242, 1000, "python3", "0::/default/"+idB+"\n")
 	fakeProc(t, proc, 4343, 1000, "python3", "0::/default/"+idC+"\n")
 	empty := t.TempDir()
-	var buf logBuffer
+	var buf testutil.LogBuffer
 	r := procmap.New(procmap.Options{ProcRoot: proc, DockerHost: "none", CRISocket: sock, PodLogDir: empty,
 		ContainerLogDir: empty, Timeout: 10 * time.Second, Log: slog.New(slog.NewTextHandler(&buf, nil))})
 	done := make(chan trace.ProcessIdentity)
