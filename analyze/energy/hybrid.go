@@ -89,19 +89,8 @@ func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
 	return w
 }
 
-// dedupe keeps, of each run of equal readings, the first: the value appeared at or before that read.
-func dedupe(cs []trace.CounterReading) []trace.CounterReading {
-	out := make([]trace.CounterReading, 0, len(cs))
-	for i, c := range cs {
-		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
-			continue
-		}
-		out = append(out, c)
-	}
-	return out
-}
-
-// distinctPoints is normalize(dedupe(cs)) in one pass and one exact allocation: the hybrid's points of a whole
+// distinctPoints is normalize of the readings with each run of equal values cut to its first (the value appeared
+// at or before that read), in one pass and one exact allocation: the hybrid's points of a whole
 // series without a deduplicated copy of its readings.
 func distinctPoints(cs []trace.CounterReading) (pts []point, resets int) {
 	n := 0

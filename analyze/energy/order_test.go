@@ -104,3 +104,15 @@ func TestDistinctPointsValues(t *testing.T) {
 		}
 	}
 }
+
+// dedupe keeps, of each run of equal readings, the first: the plain two-step path distinctPoints replaces.
+func dedupe(cs []trace.CounterReading) []trace.CounterReading {
+	out := make([]trace.CounterReading, 0, len(cs))
+	for i, c := range cs {
+		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
+			continue
+		}
+		out = append(out, c)
+	}
+	return out
+}

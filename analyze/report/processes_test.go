@@ -37,7 +37,7 @@ func TestReportProcesses(t *testing.T) {
 			trace.Process{Time: at(float64(ms) / 1000), PID: 8, GPUInstance: -1, ComputeInstance: -1,
 				Identity: trace.ProcessIdentity{Command: "bench"}})
 	}
-	m := TraceManifest(tr, "shared.parquet", Span{ID: "whole", Start: at(1), End: at(29)}, nil)
+	m, _ := traceManifest(tr, "shared.parquet", Span{ID: "whole", Start: at(1), End: at(29)}, nil)
 	require.NotNil(t, m.Processes)
 	runs := []Run{{Dir: "shared.parquet", Manifest: m, Uncertainty: budget(m)}}
 

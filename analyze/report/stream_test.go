@@ -26,7 +26,7 @@ func wholeRuns(t *trace.Trace, path string) []Run {
 	meters, lms := account.Meters(t), lagMeters(t)
 	var out []Run
 	for _, sp := range spans {
-		m := TraceManifest(t, path, sp, meters)
+		m, _ := traceManifest(t, path, sp, meters)
 		r := Run{Dir: path, Manifest: m, Uncertainty: budget(m)}
 		detail(&r, t, sp.Start, lms)
 		out = append(out, r)

@@ -174,13 +174,8 @@ func windowOf(t *trace.Trace, sp Span, sh map[int]shifts) *trace.Trace {
 	return w
 }
 
-// TraceManifest accounts one span of a trace into a manifest.
-func TraceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account.Meter) *manifest.Manifest {
-	m, _ := traceManifest(t, path, sp, meters)
-	return m
-}
-
-// traceManifest is TraceManifest with the accounting's aliasing checks (account.FillChecked).
+// traceManifest accounts one span of a trace into a manifest, and returns the accounting's aliasing checks
+// (account.FillChecked) with it.
 func traceManifest(t *trace.Trace, path string, sp Span, meters map[int]*account.Meter) (*manifest.Manifest, map[int]account.AliasCheck) {
 	m := &manifest.Manifest{SchemaVersion: manifest.SchemaVersion, RunID: sp.ID, Experiment: sp.Experiment,
 		Status: sp.Status, Backend: "trace", Environment: t.Env, Files: manifest.Files{Trace: filepath.Base(path)}}

@@ -354,11 +354,9 @@ type runEval struct {
 	shortBelow time.Duration
 }
 
-// evalRun prepares a run's budgets on its trace.
-func evalRun(m *manifest.Manifest, lms map[int]*lagMeter) runEval { return evalRunChecked(m, lms, nil) }
-
-// evalRunChecked is evalRun with the checks the run's accounting made (account.FillChecked), used where the run's
-// lag meter checks with the accounting's own hybrid: the trace's fitted lag (a kept lag's hybrid is rebuilt here).
+// evalRunChecked prepares a run's budgets on its trace, with the checks the run's accounting made
+// (account.FillChecked; nil: none), used where the run's lag meter checks with the accounting's own hybrid: the
+// trace's fitted lag (a kept lag's hybrid is rebuilt here).
 func evalRunChecked(m *manifest.Manifest, lms map[int]*lagMeter, known map[int]account.AliasCheck) runEval {
 	ev := runEval{lms: forRun(lms, m), checks: map[int]account.AliasCheck{}}
 	for _, g := range m.GPUs {
