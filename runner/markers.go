@@ -60,6 +60,9 @@ func (r *run) line(text string, at time.Time) {
 	}
 	r.mu.Lock()
 	r.markers.Parsed++
+	if len(evs) > 0 && !evs[0].Time.Equal(at) { // a line without its own time is stamped exactly at
+		r.markers.Stamped++
+	}
 	r.mu.Unlock()
 	for _, ev := range evs {
 		var err error

@@ -393,6 +393,7 @@ head -c 3000000 /dev/zero | tr '\0' 'x'; printf '\r'; echo; echo LEM_RESULT outp
 	m := res.Manifest
 	assert.Equal(t, manifest.StatusOK, m.Status)
 	assert.Equal(t, 301, m.Markers.Parsed)
+	assert.Zero(t, m.Markers.Stamped, "lines without at= are stamped when read")
 	assert.Equal(t, 300-marker.DefaultMaxPhaseNames, m.Markers.Rejected)
 	assert.Len(t, m.Phases, marker.DefaultMaxPhaseNames)
 	assert.Equal(t, "7", m.Results["output_tokens"], "the result after the 3 MB line arrived")

@@ -527,7 +527,7 @@ func TestTwoIdles(t *testing.T) {
 }
 
 // A phase whose edges came as stdout lines carries the marker-latency term: each edge's power times the lines'
-// timing uncertainty, in quadrature; posted markers carry the caller's time and no such term.
+// timing uncertainty, in quadrature; posted markers and stamped lines carry the caller's time and no such term.
 func TestMarkerLatencyTerm(t *testing.T) {
 	runs, _ := loadSynth(t, []synth{{id: "m1", exp: "m", at: 0, raw: 1000, adj: 400, tokens: 10}}, "")
 	r := runs[0]
@@ -548,4 +548,10 @@ func TestMarkerLatencyTerm(t *testing.T) {
 	assert.InDelta(t, math.Sqrt(2)*p*report.StdoutMarkerU.Seconds(), latency(), 1e-9)
 	r.Manifest.Markers = manifest.Markers{HTTP: 4}
 	assert.Zero(t, latency())
+	// Lines stamped with the workload's own clock (at=) are as exact as posted markers; one unstamped line among
+	// them brings the term back.
+	r.Manifest.Markers = manifest.Markers{Parsed: 4, Stamped: 4}
+	assert.Zero(t, latency())
+	r.Manifest.Markers = manifest.Markers{Parsed: 4, Stamped: 3}
+	assert.InDelta(t, math.Sqrt(2)*p*report.StdoutMarkerU.Seconds(), latency(), 1e-9)
 }

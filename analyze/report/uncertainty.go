@@ -142,16 +142,17 @@ func medianU(b *manifest.Baseline) float64 {
 	return 1.2533 * (b.IQRW / 1.349) / math.Sqrt(float64(b.Samples))
 }
 
-// StdoutMarkerU is the standard uncertainty of a marker line's time: lem-run stamps a line when it reads it,
-// measured 0.1 ms after the workload printed it (median), p90 0.13 ms on a quiet host and 2.2 ms on a loaded one
-// (docs/BENCHMARKS.md, "Marker latency"); the loaded p90 is taken. A marker posted over HTTP carries the caller's
-// own time.
+// StdoutMarkerU is the standard uncertainty of a marker line's time: lem-run stamps a line without at= when it
+// reads it, measured 0.1 ms after the workload printed it (median), p90 0.13 ms on a quiet host and 2.2 ms on a
+// loaded one (docs/BENCHMARKS.md, "Marker latency"); the loaded p90 is taken. A marker posted over HTTP, and a line
+// with at=, carries the caller's own time.
 const StdoutMarkerU = 2 * time.Millisecond
 
-// markerU is the timing uncertainty of a run's phase edges: the stdout one where any marker came as a line (the
-// manifest does not say which phase came which way), none where every marker was posted.
+// markerU is the timing uncertainty of a run's phase edges: the stdout one where any marker came as a line
+// without its own time (the manifest does not say which phase came which way), none where every marker was
+// posted or stamped.
 func markerU(m *manifest.Manifest) float64 {
-	if m.Markers.Parsed > 0 {
+	if m.Markers.Parsed > m.Markers.Stamped {
 		return StdoutMarkerU.Seconds()
 	}
 	return 0

@@ -15,7 +15,7 @@ lem-exporter) and prints each round's energy at the end; --markers stdout prints
 LEM_RESULT lines for lem-run to read instead: the same calls, so the two can be compared on one workload.
 --markers both compares the two paths on one run: the phases, windows and results go over HTTP as with client,
 and each round's prefill and decode are also printed as stdout windows of the same names (LEM_WINDOW_BEGIN
-prefill …), at the same points of the program, just after each HTTP marker returns.
+prefill at=… …), at the same points of the program, just after each HTTP marker is queued.
 
 Without --model the model is a randomly initialised Llama-architecture model (~1 B parameters): the arithmetic,
 and so the energy, is that of a real model of this shape. With --model PATH, real weights are loaded.
@@ -44,24 +44,30 @@ except ImportError:  # run from a checkout, the package not installed
 
 
 class StdoutEdges:
-    """An inner streamer for --markers both: lem.hf.Streamer calls it after its own HTTP marker at each edge, so
-    the same prefill and decode edges also reach lem-run as stdout windows."""
+    """An inner streamer for --markers both: lem.hf.Streamer calls it after its own HTTP marker at each edge (the
+    GPU already synchronised), so the same prefill and decode edges also reach lem-run as stdout windows, each line
+    stamped with this process's clock at the edge as lem's client does in stdout mode (at=Unix seconds)."""
 
     def __init__(self):
         self.calls = 0
 
+    @staticmethod
+    def mark(*lines):
+        at = "at=%d.%09d" % divmod(time.time_ns(), 1000000000)
+        print("\n".join("%s %s" % (line, at) for line in lines), flush=True)
+
     def put(self, value):
         self.calls += 1
         if self.calls == 1:
-            print("LEM_WINDOW_BEGIN prefill", flush=True)
+            self.mark("LEM_WINDOW_BEGIN prefill")
         elif self.calls == 2:
-            print("LEM_WINDOW_END prefill\nLEM_WINDOW_BEGIN decode", flush=True)
+            self.mark("LEM_WINDOW_END prefill", "LEM_WINDOW_BEGIN decode")
 
     def end(self):
         if self.calls >= 2:
-            print("LEM_WINDOW_END decode", flush=True)
+            self.mark("LEM_WINDOW_END decode")
         elif self.calls == 1:
-            print("LEM_WINDOW_END prefill", flush=True)
+            self.mark("LEM_WINDOW_END prefill")
         self.calls = 0
 
 

@@ -463,7 +463,9 @@ type Derived struct {
 // Markers counts the workload's markers: lines parsed, lines that looked like markers but were malformed,
 // markers the store rejected (limits, ended run), and markers that came over HTTP.
 type Markers struct {
-	Parsed    int `json:"parsed"`
+	Parsed int `json:"parsed"`
+	// Stamped counts the parsed lines that carried the workload's own time (at=, or MARK's), exact like posts.
+	Stamped   int `json:"stamped,omitempty"`
 	Malformed int `json:"malformed"`
 	Rejected  int `json:"rejected"`
 	HTTP      int `json:"http"`

@@ -98,6 +98,9 @@ func ValidResults(values map[string]string) error {
 		if err := ValidKey(k); err != nil {
 			return err
 		}
+		if k == AttrAt {
+			return invalid("result key %q is the marker's own time, not a value", k)
+		}
 		if v == "" || len(v) > MaxValueLen || !printable(v) {
 			return invalid("result %s=%q: values are 1-%d printable characters", k, v, MaxValueLen)
 		}

@@ -184,6 +184,9 @@ func (t *Time) UnmarshalJSON(b []byte) error {
 // ParseTime reads RFC 3339 or Unix seconds (fractions allowed), refusing NaN, infinities and years outside
 // 1970-2262 (what a time.Time in nanoseconds holds).
 func ParseTime(s string) (time.Time, error) {
+	if t, ok := decimalSeconds(s); ok {
+		return t, nil
+	}
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
 		if math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > math.MaxInt64/1e9 {
 			return time.Time{}, invalid("time %q: want RFC 3339 or Unix seconds after 1970", s)
@@ -196,6 +199,37 @@ func ParseTime(s string) (time.Time, error) {
 		return time.Time{}, invalid("time %q: want RFC 3339 or Unix seconds", s)
 	}
 	return t, nil
+}
+
+// decimalSeconds reads plain decimal Unix seconds ("1764381600.123456789") exactly to the nanosecond, where a
+// float64 keeps only ~0.2 µs of today's times; digits past the ninth decimal are dropped. ok is false for any
+// other form (exponents, signs, RFC 3339), which ParseTime reads otherwise.
+func decimalSeconds(s string) (time.Time, bool) {
+	whole, frac, dot := strings.Cut(s, ".")
+	if whole == "" || len(whole) > 11 || (dot && frac == "") || !digits(whole) || !digits(frac) {
+		return time.Time{}, false
+	}
+	sec, err := strconv.ParseInt(whole, 10, 64)
+	if err != nil || sec >= math.MaxInt64/int64(time.Second) {
+		return time.Time{}, false
+	}
+	var ns int64
+	for i := range 9 {
+		ns *= 10
+		if i < len(frac) {
+			ns += int64(frac[i] - '0')
+		}
+	}
+	return time.Unix(sec, ns).UTC(), true
+}
+
+func digits(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *Handler) at(t Time) (time.Time, error) {

@@ -2,6 +2,7 @@ package marker_test
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -43,6 +44,7 @@ func TestGrammar(t *testing.T) {
 		{"phase with space", marker.ValidPhase("a b")},
 		{"empty experiment", marker.ValidExperiment("")},
 		{"control char", marker.ValidExperiment("a\x01b")},
+		{"result key at: the marker's own time", marker.ValidResults(map[string]string{"at": "5"})},
 		{"too many results", marker.ValidResults(func() map[string]string {
 			m := map[string]string{}
 			for i := range marker.MaxResultsPerPost + 1 {
@@ -80,9 +82,31 @@ func TestParseLine(t *testing.T) {
 		{line: "LEM_RESULT tokens", ok: true, wantErr: true},
 		{line: "LEM_RESULT =5", ok: true, wantErr: true},
 		{line: "LEM_RESULT a-b=5", ok: true, wantErr: true},
-		{line: "MARK bs8-end 1795735668519972337 tokens=1024", ok: true, types: []string{trace.EventPhaseEnd, trace.EventResult},
+		{line: "MARK bs8-end 100000000000 tokens=1024", ok: true, types: []string{trace.EventPhaseEnd, trace.EventResult},
 			name: "bs8", attrs: map[string]string{"tokens": "1024"}},
 		{line: "MARK x y", ok: true, wantErr: true},
+		{line: "MARK bs8-end 1795735668519972337", ok: true, wantErr: true}, // 56 years after the line was read
+		// The workload's own clock: at=<Unix seconds or RFC 3339>, on every marker line.
+		{line: "LEM_PHASE decode at=100.25", ok: true, types: []string{trace.EventPhase}, name: "decode"},
+		{line: "LEM_PHASE decode at=1970-01-01T00:01:40.25Z", ok: true, types: []string{trace.EventPhase}, name: "decode"},
+		{line: "LEM_PHASE_END at=100.25", ok: true, types: []string{trace.EventPhaseEnd}},
+		{line: "LEM_PHASE_END", ok: true, types: []string{trace.EventPhaseEnd}},
+		{line: "LEM_RESULT at=100.25 output_tokens=8", ok: true, types: []string{trace.EventResult},
+			attrs: map[string]string{"output_tokens": "8"}},
+		{line: "LEM_WINDOW_BEGIN step id=3 at=100.25", ok: true, types: []string{trace.EventWindowBegin}, name: "step",
+			attrs: map[string]string{trace.AttrWindowID: "3"}},
+		{line: "LEM_WINDOW_END step at=100.25 output_tokens=8", ok: true, types: []string{trace.EventWindowEnd},
+			name: "step", attrs: map[string]string{"output_tokens": "8"}},
+		{line: "LEM_PHASE decode 100.25", ok: true, wantErr: true},
+		{line: "LEM_PHASE decode at=100.25 x", ok: true, wantErr: true},
+		{line: "LEM_PHASE decode at=yesterday", ok: true, wantErr: true},
+		{line: "LEM_PHASE decode at=", ok: true, wantErr: true},
+		{line: "LEM_PHASE decode at=NaN", ok: true, wantErr: true},
+		{line: "LEM_PHASE_END now", ok: true, wantErr: true},
+		{line: "LEM_RESULT at=100.25", ok: true, wantErr: true},                 // a time and no value
+		{line: "LEM_PHASE decode at=1000000", ok: true, wantErr: true},          // 11 days after the line was read
+		{line: "LEM_WINDOW_END step at=-5", ok: true, wantErr: true},            // before 1970
+		{line: "LEM_WINDOW_BEGIN step at=99999999999", ok: true, wantErr: true}, // past 2262
 		{line: "MARK bad$-start 1795735668519972337", ok: true, wantErr: true},
 	}
 	for _, tc := range cases {
@@ -106,6 +130,10 @@ func TestParseLine(t *testing.T) {
 			if tc.attrs != nil {
 				assert.Equal(t, tc.attrs, evs[len(evs)-1].Attrs)
 			}
+			if strings.Contains(tc.line, "at=") {
+				assert.Equal(t, time.Unix(100, 250_000_000).UTC(), evs[0].Time.UTC(), "the line's own time")
+				return
+			}
 			if evs[0].Type == trace.EventPhase || evs[0].Type == trace.EventResult {
 				assert.Equal(t, now, evs[0].Time, "stamped with the line's time")
 			}
@@ -115,7 +143,8 @@ func TestParseLine(t *testing.T) {
 
 func FuzzParseLine(f *testing.F) {
 	for _, s := range []string{"LEM_PHASE prefill", "LEM_RESULT a=1 b.c=2", "MARK x-start 1 k=v", "MARK end 5",
-		"LEM_RESULT =", "MARK", "\x00LEM_PHASE", "LEM_PHASE " + strings.Repeat("é", 100)} {
+		"LEM_RESULT =", "MARK", "\x00LEM_PHASE", "LEM_PHASE " + strings.Repeat("é", 100), "LEM_PHASE d at=1.5",
+		"LEM_PHASE_END at=2", "LEM_WINDOW_END w id=1 at=1970-01-01T00:00:02Z n=3", "LEM_RESULT at=0.000000001 a=1"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line string) {
@@ -132,10 +161,17 @@ func FuzzParseLine(f *testing.F) {
 			switch e.Type {
 			case trace.EventPhase:
 				_, err = st.Phase("r", e.Name, e.Time)
+			case trace.EventPhaseEnd:
+				if _, err = st.EndPhase("r", e.Time); errors.Is(err, marker.ErrConflict) {
+					err = nil // no phase to end: the store's answer, not a parse error
+				}
 			case trace.EventResult:
 				_, err = st.Result("r", e.Attrs, e.Time)
 			}
 			require.NoError(t, err, "parsed %q", line)
+			if d := e.Time.Sub(time.Unix(1, 0)); d > marker.MaxSkew || d < -marker.MaxSkew {
+				t.Fatalf("parsed %q: time %s beyond the skew bound", line, e.Time)
+			}
 		}
 	})
 }
@@ -445,5 +481,28 @@ func TestParseWindowLines(t *testing.T) {
 		_, ok, err := marker.ParseLine(bad, now)
 		assert.True(t, ok, bad)
 		assert.Error(t, err, bad)
+	}
+}
+
+func TestParseTimeExactSeconds(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"1764381600.123456789", time.Unix(1764381600, 123456789)}, // a float64 would be ~100 ns off
+		{"1764381600.000000001", time.Unix(1764381600, 1)},
+		{"1764381600.1234567899", time.Unix(1764381600, 123456789)}, // past the ninth decimal: dropped
+		{"1764381600", time.Unix(1764381600, 0)},
+		{"1764381600.5", time.Unix(1764381600, 500_000_000)},
+		{"1.5e9", time.Unix(1_500_000_000, 0)}, // other numbers: read as floats
+		{"2026-11-29T02:00:00.000000007Z", time.Unix(1795917600, 7)},
+	} {
+		got, err := marker.ParseTime(tc.in)
+		require.NoError(t, err, tc.in)
+		assert.Equal(t, tc.want.UTC(), got.UTC(), tc.in)
+	}
+	for _, bad := range []string{"", "1.2.3", "-1", "9223372037", "1e400", "NaN", "soon"} {
+		_, err := marker.ParseTime(bad)
+		assert.ErrorIs(t, err, marker.ErrInvalid, bad)
 	}
 }

@@ -63,6 +63,8 @@ def value(key, v, line=False):
     (without spaces when it goes on a marker line, whose fields are split at whitespace)."""
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise ValueError("lem: result key %r: a letter or _ then up to 63 letters, digits, _ or ." % (key,))
+    if key == "at":
+        raise ValueError("lem: result key 'at' is the marker's own time, not a value")
     if isinstance(v, bool):
         return v
     if isinstance(v, int):

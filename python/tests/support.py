@@ -132,6 +132,29 @@ def windows_by_name(manifest):
     return {w["name"]: w for w in manifest.get("windows") or []}
 
 
+def unstamp(lines, t0_ns, t1_ns):
+    """Marker lines without their own time: each LEM_ line carries exactly one at=<Unix seconds to the ns>, in
+    order and between t0_ns and t1_ns (the child's start and end); returns the lines without it and the times."""
+    out, times = [], []
+    for line in lines:
+        if not line.startswith("LEM_"):
+            out.append(line)
+            continue
+        fields = line.split(" ")
+        stamps = [f for f in fields if f.startswith("at=")]
+        if len(stamps) != 1:
+            raise AssertionError("marker line %r: want one at=<time>, got %d" % (line, len(stamps)))
+        sec, _, frac = stamps[0][3:].partition(".")
+        if len(frac) != 9 or not (sec + frac).isdigit():
+            raise AssertionError("marker line %r: at= is not Unix seconds with 9 decimals" % line)
+        ns = int(sec) * 10 ** 9 + int(frac)
+        if not t0_ns <= ns <= t1_ns or (times and ns < times[-1]):
+            raise AssertionError("marker line %r: time %d not in order within [%d, %d]" % (line, ns, t0_ns, t1_ns))
+        times.append(ns)
+        out.append(" ".join(f for f in fields if not f.startswith("at=")))
+    return out, times
+
+
 def lem_lines(stderr):
     """The lem package's log lines in a child's stderr (Python's last-resort handler prints the bare message)."""
     return [l for l in stderr.splitlines() if l.startswith("lem") and ":" in l.split()[0]]

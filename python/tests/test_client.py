@@ -9,6 +9,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 import unittest
 
 import support
@@ -26,10 +27,13 @@ def read(name):
 
 
 def stdout_lines(script, *args, **env):
+    """The script's stdout in stdout mode, each marker line's own time checked and taken out."""
+    t0 = time.time_ns()
     p = support.run_py(script, args, env=support.clean_env(LEM_MARKERS="stdout", **env))
+    t1 = time.time_ns()
     if p.returncode != 0:
         raise AssertionError("%s: exit %d: %s" % (script, p.returncode, p.stderr))
-    return p.stdout.splitlines(), p.stderr
+    return support.unstamp(p.stdout.splitlines(), t0, t1)[0], p.stderr
 
 
 class GrammarTest(unittest.TestCase):
@@ -106,9 +110,10 @@ class StdoutTest(unittest.TestCase):
         counts = "input_tokens=5 output_tokens=6 requests=2"  # 3 + 2 prompt tokens; 4 + 2 new (EOS included)
         counts1 = "input_tokens=5 output_tokens=2 requests=2"  # one step
         self.assertEqual(lines, ["LEM_WINDOW_BEGIN generate", "LEM_PHASE prefill", "step", "LEM_PHASE decode", "step",
-                                 "step", "step", "LEM_WINDOW_END generate " + counts, "LEM_RESULT " + counts,
-                                 "LEM_WINDOW_BEGIN generate", "LEM_PHASE prefill", "step", "LEM_PHASE decode",
-                                 "LEM_WINDOW_END generate " + counts1, "LEM_RESULT " + counts1,
+                                 "step", "step", "LEM_PHASE_END", "LEM_WINDOW_END generate " + counts,
+                                 "LEM_RESULT " + counts, "LEM_WINDOW_BEGIN generate", "LEM_PHASE prefill", "step",
+                                 "LEM_PHASE decode", "LEM_PHASE_END", "LEM_WINDOW_END generate " + counts1,
+                                 "LEM_RESULT " + counts1,
                                  "totals {'input_tokens': 10, 'output_tokens': 8, 'requests': 4}"])
 
     def test_hf_instrument(self):
@@ -118,7 +123,7 @@ class StdoutTest(unittest.TestCase):
         lines, _ = stdout_lines("generate.py", "instrument")
         self.assertEqual(lines[:4], ["step"] * 4)
         self.assertEqual(lines[4:], ["LEM_PHASE pre", "inner put 2", "step", "LEM_PHASE dec", "inner put 2", "step",
-                                     "inner put 2", "step", "inner put 2", "step", "inner put 2",
+                                     "inner put 2", "step", "inner put 2", "step", "inner put 2", "LEM_PHASE_END",
                                      "LEM_RESULT input_tokens=5 output_tokens=6 requests=2", "inner end",
                                      "totals {'input_tokens': 5, 'output_tokens': 6, 'requests': 2}"])
 
@@ -130,14 +135,15 @@ class StdoutTest(unittest.TestCase):
         lines, _ = stdout_lines("generate.py", "sync", **env)
         sync = ["SYNC 0", "SYNC 1"]
         self.assertEqual(lines, sync + ["LEM_PHASE prefill", "step"] + sync + ["LEM_PHASE decode", "step"] + sync +
-                         ["totals {'input_tokens': 5, 'output_tokens': 4, 'requests': 2}"])
+                         ["LEM_PHASE_END", "totals {'input_tokens': 5, 'output_tokens': 4, 'requests': 2}"])
 
     def test_sync_without_torch(self):
         code = "import lem; lem.configure(sync=True); lem.begin_phase('a'); lem.begin_phase('b')"
+        t0 = time.time_ns()
         p = subprocess.run([sys.executable, "-c", code], env=support.clean_env(LEM_MARKERS="stdout"),
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(p.returncode, 0, p.stderr)
-        self.assertEqual(p.stdout.splitlines(), ["LEM_PHASE a", "LEM_PHASE b"])
+        self.assertEqual(support.unstamp(p.stdout.splitlines(), t0, time.time_ns())[0], ["LEM_PHASE a", "LEM_PHASE b"])
         lines = support.lem_lines(p.stderr)
         self.assertEqual(len(lines), 1, p.stderr)
         self.assertIn("torch cannot be imported", lines[0])
@@ -218,13 +224,14 @@ class VLLMTest(unittest.TestCase):
         try:
             code = ("import lem.vllm\nwith lem.vllm.ServerCounts('http://127.0.0.1:%d') as c:\n    pass\n"
                     "print(c.values)" % srv.server_address[1])
+            t0 = time.time_ns()
             p = subprocess.run([sys.executable, "-c", code], env=support.clean_env(LEM_MARKERS="stdout"),
                                capture_output=True, text=True, timeout=60)
         finally:
             srv.shutdown()
             srv.server_close()
         self.assertEqual(p.returncode, 0, p.stderr)
-        return p.stdout.splitlines(), p.stderr
+        return support.unstamp(p.stdout.splitlines(), t0, time.time_ns())[0], p.stderr
 
     def test_count_outputs(self):
         outs = [RequestOutput(10, [5]), RequestOutput(7, [3, 4])]  # the second with n=2 completions

@@ -105,10 +105,19 @@ class LemRunTest(unittest.TestCase):
         self.assertEqual(support.lem_lines(self.results["client"][2]), [])
 
     def test_stdout_markers(self):
-        """LEM_MARKERS=stdout: the same calls as marker lines (a phase's end has none), read by lem-run."""
+        """LEM_MARKERS=stdout: the same calls as marker lines stamped with the workload's clock, read by lem-run."""
         m = self.manifests["stdout"]
         self.assertEqual(m["status"], "ok")
-        self.assertEqual(m["markers"], {"parsed": 60, "malformed": 0, "rejected": 0, "http": 0})
+        self.assertEqual(m["markers"], {"parsed": 61, "stamped": 61, "malformed": 0, "rejected": 0, "http": 0})
+        # Each edge is where the workload made it (its at=), not where lem-run read the line: the windows' durations
+        # are the client's own, to the float rounding of summing them (read times would move each edge 0.05-1 ms).
+        mw = support.windows_by_name(m)
+        for name in ("step", "batch", "req"):
+            ws = [w for w in self.stdout["windows"] if w["name"] == name]
+            own = sum(w["end_ns"] - w["start_ns"] for w in ws) / 1e9
+            self.assertEqual(len(ws), mw[name]["count"], name)
+            self.assertAlmostEqual(mw[name]["duration_s"], own, delta=1e-6, msg=name)
+        self.assertEqual([(p["name"], p["count"]) for p in m["phases"]], [("warm", 1)])
         got = {w["name"]: (w["count"], w.get("values")) for w in m["windows"]}
         self.assertEqual(got, {"step": (3, {"output_tokens": "51"}), "batch": (1, None),
                                "req": (2, {"output_tokens": "12", "finish": "stop"}),
