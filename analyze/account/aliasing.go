@@ -59,13 +59,13 @@ type AliasCheck struct {
 // an empty check (nothing to compare with).
 func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 	var c AliasCheck
-	ivs := h.Intervals(start, end)
-	// One scratch array for the ratios, their sorted copy and the lengths (then the deviations): a check per run
-	// and GPU, thousands in a recording's report.
-	scratch := make([]float64, 3*len(ivs))
-	rs, sorted, lens := scratch[:0:len(ivs)], scratch[len(ivs):len(ivs)], scratch[2*len(ivs):2*len(ivs)]
-	c.Intervals = make([]IntervalCheck, 0, len(ivs))
-	for _, iv := range ivs {
+	n, ivs := h.IntervalSeq(start, end)
+	// One scratch array for the ratios, their sorted copy and the lengths (then the deviations), and the checks
+	// filled straight from the hybrid's intervals: a check per run and GPU, thousands in a recording's report.
+	scratch := make([]float64, 3*n)
+	rs, sorted, lens := scratch[:0:n], scratch[n:n], scratch[2*n:2*n]
+	c.Intervals = make([]IntervalCheck, 0, n)
+	for iv := range ivs {
 		if r := iv.Ratio(); !math.IsNaN(r) && iv.CounterJ > 0 {
 			c.Intervals = append(c.Intervals, IntervalCheck{Interval: iv})
 			rs = append(rs, r)

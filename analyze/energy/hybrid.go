@@ -2,6 +2,7 @@ package energy
 
 import (
 	"fmt"
+	"iter"
 	"math"
 	"slices"
 	"sort"
@@ -347,20 +348,32 @@ func (iv Interval) Ratio() float64 {
 
 // Intervals lists the counter intervals that overlap [t0, t1] and that the samples cover, in time order.
 func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
-	n := len(h.pts)
-	k := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
-	// At most one interval per reading from k to the first at or after t1: sized once (a run's check and budgets
-	// list them for every run and GPU).
-	end := k + sort.Search(n-k, func(i int) bool { return !h.pts[k+i].t.Before(t1) })
-	out := make([]Interval, 0, min(end, n-1)-k+1)
-	cur := h.in.Cursor()
-	for ; k+1 < n && h.pts[k].t.Before(t1); k++ {
-		a, b := h.pts[k], h.pts[k+1]
-		if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
-			continue
-		}
-		s0 := cur.At(a.t)
-		out = append(out, Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0})
+	n, seq := h.IntervalSeq(t0, t1)
+	out := make([]Interval, 0, n)
+	for iv := range seq {
+		out = append(out, iv)
 	}
 	return out
+}
+
+// IntervalSeq yields Intervals(t0, t1) one at a time, with an upper bound on their number: a caller keeping its
+// own record per interval (the aliasing check, for every run and GPU) sizes that once and skips the copy.
+func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
+	n := len(h.pts)
+	k0 := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
+	// At most one interval per reading from k0 to the first at or after t1.
+	end := k0 + sort.Search(n-k0, func(i int) bool { return !h.pts[k0+i].t.Before(t1) })
+	return min(end, n-1) - k0 + 1, func(yield func(Interval) bool) {
+		cur := h.in.Cursor()
+		for k := k0; k+1 < n && h.pts[k].t.Before(t1); k++ {
+			a, b := h.pts[k], h.pts[k+1]
+			if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
+				continue
+			}
+			s0 := cur.At(a.t)
+			if !yield(Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0}) {
+				return
+			}
+		}
+	}
 }
