@@ -49,6 +49,8 @@ func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, p
 			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, markerU(m), m, t, ev, short)
 		}
 	}
+	// The budgets are made and keep none of the checks' intervals: their arrays go to the next run's checks.
+	account.ReleaseChecks(checks, ev.checks)
 }
 
 // phaseBudgets are the phases' budgets from the manifest alone (lag not evaluated, edges at the phase's mean
