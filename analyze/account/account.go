@@ -509,7 +509,7 @@ func (a *accounting) capture(mg *manifest.GPU, win *trace.Series, events []trace
 	idx := mg.Index
 	c := manifest.Capture{Samples: len(win.Samples)}
 	for i := 1; i < len(win.Samples); i++ {
-		if win.Samples[i].Time.Sub(win.Samples[i-1].Time) > 2*energy.DefaultSamplePeriod {
+		if energy.Sub(win.Samples[i].Time, win.Samples[i-1].Time) > 2*energy.DefaultSamplePeriod {
 			c.Gaps++
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/energy"
@@ -59,13 +60,15 @@ type AliasCheck struct {
 // an empty check (nothing to compare with).
 func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 	var c AliasCheck
-	ivs := h.Intervals(start, end)
-	// One scratch array for the ratios, their sorted copy and the lengths (then the deviations): a check per run
-	// and GPU, thousands in a recording's report.
-	scratch := make([]float64, 3*len(ivs))
-	rs, sorted, lens := scratch[:0:len(ivs)], scratch[len(ivs):len(ivs)], scratch[2*len(ivs):2*len(ivs)]
-	c.Intervals = make([]IntervalCheck, 0, len(ivs))
-	for _, iv := range ivs {
+	n, ivs := h.IntervalSeq(start, end)
+	// One scratch array for the ratios, their sorted copy and the lengths (then the deviations), and the checks
+	// filled straight from the hybrid's intervals: a check per run and GPU, thousands in a recording's report.
+	sp := pooled[float64](&checkScratch, 3*n)
+	defer checkScratch.Put(sp)
+	scratch := (*sp)[:3*n]
+	rs, sorted, lens := scratch[:0:n], scratch[n:n], scratch[2*n:2*n]
+	c.Intervals = (*pooled[IntervalCheck](&checkArrays, n))[:0]
+	for iv := range ivs {
 		if r := iv.Ratio(); !math.IsNaN(r) && iv.CounterJ > 0 {
 			c.Intervals = append(c.Intervals, IntervalCheck{Interval: iv})
 			rs = append(rs, r)
@@ -73,6 +76,7 @@ func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 		}
 	}
 	if len(rs) < 3 {
+		ReleaseChecks(map[int]AliasCheck{0: c})
 		c.Intervals = nil
 		return c
 	}
@@ -94,6 +98,38 @@ func CheckAliasing(h *energy.Hybrid, start, end time.Time) AliasCheck {
 		}
 	}
 	return c
+}
+
+// Arrays of the checks and their scratch, reused: a report checks every run and GPU, and under the batch tool's
+// rare collections fresh arrays for each were fresh pages, their faults costing more than the check.
+var checkArrays, checkScratch sync.Pool // *[]IntervalCheck, *[]float64
+
+// pooled is an array of at least n elements from p (its contents whatever the last user left).
+func pooled[T any](p *sync.Pool, n int) *[]T {
+	if x, ok := p.Get().(*[]T); ok && cap(*x) >= n {
+		*x = (*x)[:n]
+		return x
+	}
+	x := make([]T, n)
+	return &x
+}
+
+// ReleaseChecks hands the checks' interval arrays back for later checks: nothing may read them after. Checks
+// holding the same array (copies of one check, in several sets) hand it back once.
+func ReleaseChecks(sets ...map[int]AliasCheck) {
+	seen := map[*IntervalCheck]bool{}
+	for _, set := range sets {
+		for _, c := range set {
+			if cap(c.Intervals) == 0 {
+				continue
+			}
+			a := c.Intervals[:cap(c.Intervals)]
+			if p := &a[0]; !seen[p] {
+				seen[p] = true
+				checkArrays.Put(&a)
+			}
+		}
+	}
 }
 
 // median of xs (xs is reordered).

@@ -2,6 +2,7 @@ package account_test
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/lem-energy/lem/analyze/account"
+	"github.com/lem-energy/lem/analyze/energy"
 	"github.com/lem-energy/lem/internal/manifest"
 	"github.com/lem-energy/lem/internal/testutil"
 	"github.com/lem-energy/lem/internal/trace"
@@ -176,4 +178,34 @@ func TestAliasingOnRecordings(t *testing.T) {
 			assert.Len(t, got, len(c.flagged))
 		})
 	}
+}
+
+// Checks reuse the arrays of released ones: a check made after releases equals the same check made before any,
+// and a check released twice (copies in two sets) goes back once, so two later checks never share an array.
+func TestCheckAliasingReusesReleased(t *testing.T) {
+	sq := aliased(100 * time.Millisecond)
+	s := sq.Trace().GPUs[0]
+	h, err := energy.NewHybrid(s.Counters, s.Samples, 0)
+	require.NoError(t, err)
+	short := account.CheckAliasing(h, at(6), at(8))
+	want := slices.Clone(short.Intervals)
+	require.Len(t, want, 21) // the 100 ms intervals (reads 87 ms past each 100 ms) overlapping 2 s of the wave
+	var suspect int
+	for _, iv := range want {
+		if iv.Suspect {
+			suspect++
+		}
+	}
+	require.Equal(t, short.Suspect, suspect)
+
+	long := account.CheckAliasing(h, at(1), at(15))
+	require.Greater(t, len(long.Intervals), len(want))
+	account.ReleaseChecks(map[int]account.AliasCheck{0: long}, map[int]account.AliasCheck{3: long})
+	a := account.CheckAliasing(h, at(6), at(8))
+	b := account.CheckAliasing(h, at(1), at(6))
+	assert.Equal(t, want, a.Intervals, "a check in a released array")
+	require.NotEmpty(t, b.Intervals)
+	assert.NotSame(t, &a.Intervals[:1][0], &b.Intervals[:1][0])
+	assert.Equal(t, short.Median, a.Median)
+	assert.Equal(t, short.Threshold, a.Threshold)
 }

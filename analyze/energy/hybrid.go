@@ -2,8 +2,8 @@ package energy
 
 import (
 	"fmt"
+	"iter"
 	"math"
-	"slices"
 	"sort"
 	"time"
 
@@ -19,7 +19,11 @@ import (
 // up to about t-lag. The hybrid moves the readings back by Lag before allocating, so energy lands in the phase
 // the samples put it in.
 type Hybrid struct {
-	pts    []point // distinct counter values at the first read that showed each, moved back by Lag
+	// pts are the distinct counter values at the first read that showed each, at the reads' own times: shared,
+	// never written, by the hybrids of one series at other lags (a whole series' copy per lag was most of a
+	// report's fresh memory); pt moves one back by the lag.
+	pts    []point
+	back   time.Duration // the lag pts are moved back by (Lag as constructed)
 	in     *Integral
 	gain   float64 // counter joules per sampled joule over the whole series (for the ends)
 	Lag    time.Duration
@@ -46,7 +50,7 @@ func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagE
 	pts, resets := distinctPoints(cs)
 	in := NewIntegral(ss)
 	lag := estimateLag(pts, in)
-	h, err := newHybrid(slices.Clone(pts), resets, in, lag.Lag)
+	h, err := newHybrid(pts, resets, in, lag.Lag)
 	return h, lag, err
 }
 
@@ -57,20 +61,19 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	if len(in.ns) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
 	}
-	for i := range pts {
-		pts[i].t = pts[i].t.Add(-lag)
-	}
-	h := &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: 1}
+	h := &Hybrid{pts: pts, back: lag, in: in, Lag: lag, Resets: resets, gain: 1}
 	var dE, dS float64
 	cur := in.Cursor()
-	prev := cur.At(pts[0].t)
+	prevT := h.pt(0).t
+	prev := cur.At(prevT)
 	for i := 1; i < len(pts); i++ {
-		at := cur.At(pts[i].t)
-		if h.in.Covers(pts[i-1].t) && h.in.Covers(pts[i].t) {
+		t := h.pt(i).t
+		at := cur.At(t)
+		if h.in.Covers(prevT) && h.in.Covers(t) {
 			dE += pts[i].j - pts[i-1].j
 			dS += at - prev
 		}
-		prev = at
+		prev, prevT = at, t
 	}
 	if dE > 0 && dS > 0 {
 		h.gain = dE / dS
@@ -81,13 +84,13 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 // WithLag is the same hybrid with the counter moved back by lag instead of h.Lag, sharing the samples' running
 // integral: energies recomputed at the lag ± its uncertainty give the lag's share of the error budget.
 func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
-	pts := slices.Clone(h.pts)
-	for i := range pts {
-		pts[i].t = pts[i].t.Add(h.Lag) // back to the readings' own times
-	}
-	w, _ := newHybrid(pts, h.Resets, h.in, lag) // h had two readings and samples, so w has too
+	w, _ := newHybrid(h.pts, h.Resets, h.in, lag) // h had two readings and samples, so w has too
 	return w
 }
+
+// pt is counter point i moved back by the lag, where the hybrid places it. Searches move the query forward
+// instead (t.Add(h.back)): the same comparisons, without moving every point.
+func (h *Hybrid) pt(i int) point { return point{h.pts[i].t.Add(-h.back), h.pts[i].j} }
 
 // distinctPoints is normalize of the readings with each run of equal values cut to its first (the value appeared
 // at or before that read), in one pass and one exact allocation: the hybrid's points of a whole
@@ -119,7 +122,7 @@ func distinctPoints(cs []trace.CounterReading) (pts []point, resets int) {
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
 func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
 	n := len(h.pts)
-	first, last := h.pts[0], h.pts[n-1]
+	first, last := h.pt(0), h.pt(n-1)
 	switch {
 	case t.Before(first.t):
 		if !h.in.Covers(t) {
@@ -132,11 +135,12 @@ func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
 		}
 		return last.j + h.gain*(h.in.At(t)-h.in.At(last.t)), t.Sub(last.t), nil
 	}
-	k := sort.Search(n, func(i int) bool { return h.pts[i].t.After(t) }) - 1
+	tf := t.Add(h.back)
+	k := sort.Search(n, func(i int) bool { return h.pts[i].t.After(tf) }) - 1
 	if k == n-1 {
 		return last.j, 0, nil
 	}
-	a, b := h.pts[k], h.pts[k+1]
+	a, b := h.pt(k), h.pt(k+1)
 	dE := b.j - a.j
 	if h.in.Covers(a.t) && h.in.Covers(b.t) {
 		s0, s1 := h.in.At(a.t), h.in.At(b.t)
@@ -347,20 +351,33 @@ func (iv Interval) Ratio() float64 {
 
 // Intervals lists the counter intervals that overlap [t0, t1] and that the samples cover, in time order.
 func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
-	n := len(h.pts)
-	k := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(t0) })-1, 0)
-	// At most one interval per reading from k to the first at or after t1: sized once (a run's check and budgets
-	// list them for every run and GPU).
-	end := k + sort.Search(n-k, func(i int) bool { return !h.pts[k+i].t.Before(t1) })
-	out := make([]Interval, 0, min(end, n-1)-k+1)
-	cur := h.in.Cursor()
-	for ; k+1 < n && h.pts[k].t.Before(t1); k++ {
-		a, b := h.pts[k], h.pts[k+1]
-		if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
-			continue
-		}
-		s0 := cur.At(a.t)
-		out = append(out, Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0})
+	n, seq := h.IntervalSeq(t0, t1)
+	out := make([]Interval, 0, n)
+	for iv := range seq {
+		out = append(out, iv)
 	}
 	return out
+}
+
+// IntervalSeq yields Intervals(t0, t1) one at a time, with an upper bound on their number: a caller keeping its
+// own record per interval (the aliasing check, for every run and GPU) sizes that once and skips the copy.
+func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
+	n := len(h.pts)
+	f0, f1 := t0.Add(h.back), t1.Add(h.back)
+	k0 := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(f0) })-1, 0)
+	// At most one interval per reading from k0 to the first at or after t1.
+	end := k0 + sort.Search(n-k0, func(i int) bool { return !h.pts[k0+i].t.Before(f1) })
+	return min(end, n-1) - k0 + 1, func(yield func(Interval) bool) {
+		cur := h.in.Cursor()
+		for k := k0; k+1 < n && h.pts[k].t.Before(f1); k++ {
+			a, b := h.pt(k), h.pt(k+1)
+			if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
+				continue
+			}
+			s0 := cur.At(a.t)
+			if !yield(Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0}) {
+				return
+			}
+		}
+	}
 }

@@ -86,8 +86,18 @@ func TestWithLag(t *testing.T) {
 	require.NoError(t, err)
 	right, err := energy.NewHybrid(cs, ss, 100*time.Millisecond)
 	require.NoError(t, err)
+	before, _ := h.Energy(at(800), at(1200))
+	beforeIvs := h.Intervals(at(0), at(3000))
 	w := h.WithLag(100 * time.Millisecond)
 	assert.Equal(t, 100*time.Millisecond, w.Lag)
+	// The hybrids at other lags share h's readings: h places energy as before, and w exactly as one built at its
+	// lag.
+	after, _ := h.Energy(at(800), at(1200))
+	assert.Equal(t, before, after)
+	assert.Equal(t, beforeIvs, h.Intervals(at(0), at(3000)))
+	require.Len(t, beforeIvs, 29) // 31 readings, the first two equal
+	assert.Equal(t, right.Intervals(at(0), at(3000)), w.Intervals(at(0), at(3000)))
+	assert.Equal(t, at(100), w.Intervals(at(0), at(3000))[0].Start) // the read at 200 ms, moved back; at(0) less 100 ms has no samples
 	for _, win := range [][2]int{{500, 1000}, {1000, 1500}, {800, 1200}} {
 		a, err := w.Energy(at(win[0]), at(win[1]))
 		require.NoError(t, err)

@@ -2,7 +2,6 @@ package energy
 
 import (
 	"fmt"
-	"slices"
 	"sort"
 	"time"
 
@@ -286,14 +285,7 @@ func NewHybridsFitted(cs []trace.CounterReading, ss []trace.PowerSample, lags []
 	}
 	out := make([]*Hybrid, len(lags))
 	for i, lag := range lags {
-		p := pts
-		if i < len(lags)-1 {
-			p = slices.Clone(pts)
-		}
-		for k := range p {
-			p[k].t = p[k].t.Add(-lag)
-		}
-		out[i] = &Hybrid{pts: p, in: in, Lag: lag, Resets: resets, gain: gains[i]}
+		out[i] = &Hybrid{pts: pts, back: lag, in: in, Lag: lag, Resets: resets, gain: gains[i]}
 	}
 	return out, nil
 }

@@ -50,12 +50,12 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 	j := 0
 	var sum, sq float64
 	for i := range w {
-		for j < len(w) && w[j].Time.Sub(w[i].Time) < o.Window {
+		for j < len(w) && Sub(w[j].Time, w[i].Time) < o.Window {
 			sum += w[j].PowerW
 			sq += w[j].PowerW * w[j].PowerW
 			j++
 		}
-		if w[j-1].Time.Sub(w[i].Time) < o.Window*9/10 { // window runs past the data
+		if Sub(w[j-1].Time, w[i].Time) < o.Window*9/10 { // window runs past the data
 			break
 		}
 		n := float64(j - i)
@@ -69,7 +69,7 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 				cur, in = seg{c, c}, true
 			}
 			cur.b = c
-			if w[cur.b].Time.Sub(w[cur.a].Time) > w[best.b].Time.Sub(w[best.a].Time) {
+			if Sub(w[cur.b].Time, w[cur.a].Time) > Sub(w[best.b].Time, w[best.a].Time) {
 				best = cur
 			}
 		} else {
@@ -78,7 +78,7 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 		sum -= w[i].PowerW
 		sq -= w[i].PowerW * w[i].PowerW
 	}
-	if w[best.b].Time.Sub(w[best.a].Time) < o.MinLen {
+	if Sub(w[best.b].Time, w[best.a].Time) < o.MinLen {
 		return Steady{}
 	}
 	var s, q float64

@@ -2,7 +2,9 @@ package report
 
 import (
 	"math"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/account"
@@ -47,6 +49,8 @@ func detailWith(r *Run, t *trace.Trace, from time.Time, lms map[int]*lagMeter, p
 			r.PhaseUncertainty[p.Name] = traceBudget(p.Energy.HybridJ, p.Energy.AdjustedJ, ws, markerU(m), m, t, ev, short)
 		}
 	}
+	// The budgets are made and keep none of the checks' intervals: their arrays go to the next run's checks.
+	account.ReleaseChecks(checks, ev.checks)
 }
 
 // phaseBudgets are the phases' budgets from the manifest alone (lag not evaluated, edges at the phase's mean
@@ -150,12 +154,19 @@ func idleLevel(s *trace.Series, m *manifest.Manifest, g int) float64 {
 	if len(w) == 0 {
 		return 0
 	}
-	ps := make([]float64, len(w))
+	buf := powerScratch.Get().(*[]float64)
+	defer powerScratch.Put(buf)
+	ps := slices.Grow((*buf)[:0], len(w))[:len(w)]
+	*buf = ps
 	for i, x := range w {
 		ps[i] = x.PowerW
 	}
 	return idleFactor * energy.QuantileOf(ps, 0.05)
 }
+
+// powerScratch holds the power values idleLevel selects from, reused across runs: fresh memory for every run and
+// GPU costs page faults, more than the selection.
+var powerScratch = sync.Pool{New: func() any { return new([]float64) }}
 
 // workloadPhases are the phases to look for steady state in: decode if present, else every phase that is not
 // idle by name or by its mean power on GPU g.

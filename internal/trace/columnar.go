@@ -685,6 +685,9 @@ func allocate(t *Trace, total map[int32]*[nCodes]int, skip [nCodes + 1]bool) {
 		s.Telemetry = make([]Telemetry, tot[codeTelemetry])
 		s.ProcessSamples = make([]ProcessSample, tot[codeProcessSample])
 		s.Processes = make([]Process, tot[codeProcess])
+		adviseHuge(s.Samples)
+		adviseHuge(s.Counters)
+		adviseHuge(s.Telemetry)
 	}
 }
 
