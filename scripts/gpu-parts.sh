@@ -6,6 +6,9 @@
 #
 #   bench      docs/BENCHMARKS.md: lem-analyze against DuckDB and the pandas/pyarrow script on the 10 M-sample
 #              file (scripts/bench-analyze.sh; CPU only, run before the GPU parts so nothing else loads the host)
+#   scaling    lem-analyze report -f csv on the 10 M-sample file at GOMAXPROCS 2, 4, 8 and 16, streamed (the default)
+#              and read whole, 3 runs each, alternated with an earlier build when OLD_BIN names one (wall, user,
+#              sys, peak RSS; the host's transparent huge page setting first)
 #   markers    examples/hf/generate.py --markers both (batch 8, 8 rounds): the Python client's HTTP phases against
 #              stdout windows at the same edges, on one run (scripts/gpu/markers_both.py)
 #   precision  scripts/gpu/precision.py at its defaults (square waves 4–400 ms × duty 25/50/75 %, bursts
@@ -34,6 +37,41 @@ lemrun=("$BIN/lem-run" "${src[@]}")
 
 part_bench() {
   BIN=$BIN DUCKDB=${DUCKDB:-$BIN/duckdb-energy} scripts/bench-analyze.sh "$1" 3 10m
+}
+part_scaling() {
+  local f=$1/10m.parquet builds=("$BIN/lem-analyze") b p mode rep
+  [ -n "${OLD_BIN:-}" ] && builds+=("$OLD_BIN")
+  cat /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/defrag 2>/dev/null
+  "$BIN/lem-analyze" synth --from testdata/traces/h200-llm.parquet --copies 700 --gpus 4 -o "$f"
+  echo "build P mode wall_s user_s sys_s maxrss_kb" >"$1/scaling.txt"
+  for p in 2 4 8 16; do
+    for mode in default whole; do
+      for rep in 1 2 3; do
+        for b in "${builds[@]}"; do
+          flags=()
+          [ "$mode" = whole ] && flags=(--stream never --memory-limit 65536)
+          GOMAXPROCS=$p /usr/bin/time -f "$b $p $mode %e %U %S %M" -a -o "$1/scaling.txt" \
+            "$b" report -f csv "${flags[@]}" "$f" >"$1/out-$(basename "$b")-$mode.csv"
+        done
+      done
+    done
+  done
+  rm -f "$f"
+  for b in "${builds[@]}"; do cmp "$1/out-$(basename "$BIN/lem-analyze")-default.csv" "$1/out-$(basename "$b")-default.csv"; done
+  python3 - "$1/scaling.txt" <<'PY'
+import statistics, sys
+rows = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:] if l.strip()]
+groups = {}
+for b, p, mode, wall, user, sys_, rss in rows:
+    groups.setdefault((b.rsplit("/", 1)[-1], int(p), mode), []).append((float(wall), float(user) + float(sys_), float(sys_), int(rss)))
+print("| build | GOMAXPROCS | mode | wall s (median, range) | CPU s (sys) | peak RSS MB |")
+print("|---|---|---|---|---|---|")
+for (b, p, mode), v in sorted(groups.items()):
+    w = sorted(x[0] for x in v)
+    print(f"| {b} | {p} | {mode} | {statistics.median(w):.2f} ({w[0]:.2f}-{w[-1]:.2f}) | "
+          f"{statistics.median(x[1] for x in v):.2f} ({statistics.median(x[2] for x in v):.2f}) | "
+          f"{statistics.median(x[3] for x in v) / 1024:.0f} |")
+PY
 }
 part_markers() {
   "${lemrun[@]}" --gpus 0 --baseline 5s --cooldown none --experiment hf-bs8-both --out "$1" -- \
