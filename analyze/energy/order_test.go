@@ -116,3 +116,36 @@ func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 	}
 	return out
 }
+
+// BenchmarkCounterPoints: the continuous joule scale of a GPU-hour of counter reads at 10 Hz (the counter updates
+// about every 100 ms, so a read in five repeats its predecessor), with a reset, every reading kept and repeats cut.
+func BenchmarkCounterPoints(b *testing.B) {
+	t0 := time.Unix(1795735590, 0)
+	cs := make([]trace.CounterReading, 36_000)
+	var e uint64
+	for i := range cs {
+		switch {
+		case i == len(cs)/2:
+			e = 1000 // a driver reload
+		case i%5 != 4:
+			e += 40_000 + uint64(i%7)*1000
+		}
+		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: e}
+	}
+	b.Run("all", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if pts, resets := normalize(cs); len(pts) != len(cs) || resets != 1 {
+				b.Fatalf("%d points, %d resets", len(pts), resets)
+			}
+		}
+	})
+	b.Run("distinct", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if pts, resets := distinctPoints(cs); len(pts) != len(cs)-len(cs)/5 || resets != 1 {
+				b.Fatalf("%d points, %d resets", len(pts), resets)
+			}
+		}
+	})
+}
