@@ -589,18 +589,8 @@ func (a *accounting) phases(gpus []GPU, baselines map[int]*manifest.Baseline) ma
 			if g.Role == manifest.RoleObserved {
 				continue // observed GPUs' energy is reported apart, not in the workload's phases
 			}
-			pg := manifest.PhaseGPU{Index: g.Index, HybridJ: manifest.Null, AdjustedJ: manifest.Null,
-				AdjustedActiveJ: manifest.Null, SMClockHz: manifest.Null, PState: manifest.Null}
-			if meter := in.Meters[g.Index]; meter != nil {
-				pg.HybridJ = manifest.Num(meter.Energy(start, end))
-			}
-			if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil && pg.HybridJ.Valid() {
-				adj, clamped := energy.Adjust(float64(pg.HybridJ), idle, end.Sub(start))
-				pg.AdjustedJ, pg.AdjustedClamped = manifest.Num(adj), clamped
-			}
-			if act, ok := a.active[g.Index]; ok && pg.HybridJ.Valid() {
-				pg.AdjustedActiveJ = pg.HybridJ - manifest.Num(act*end.Sub(start).Seconds())
-			}
+			pg := manifest.PhaseGPU{Index: g.Index, SMClockHz: manifest.Null, PState: manifest.Null}
+			pg.HybridJ, pg.AdjustedJ, pg.AdjustedActiveJ, pg.AdjustedClamped = a.gpuEnergy(g.Index, baselines, start, end)
 			if s := in.Trace.GPUs[g.Index]; s != nil {
 				pg.SMClockHz = manifest.Num(meanClock(s.Telemetry, start, end) * end.Sub(start).Seconds()) // weighted: divided below
 				if _, fastest, ok := PStates(s.Telemetry, start, end); ok {
@@ -763,34 +753,46 @@ func windowOccurrences(events []trace.Event, runEnd time.Time) (order []string, 
 	return order, byName
 }
 
-// workloadEnergy is the workload GPUs' energy over [start, end], that energy above their deep idle (null where a
-// GPU has no baseline; clamped says an occurrence fell below it and was clamped to 0) and above their active idle
-// (null where a GPU has none).
+// workloadEnergy is the workload GPUs' energies over [start, end] (gpuEnergy's, summed: null where any GPU's is).
 func (a *accounting) workloadEnergy(gpus []GPU, baselines map[int]*manifest.Baseline, start, end time.Time) (e, adj, active manifest.Num, clamped bool) {
 	for _, g := range gpus {
 		if g.Role == manifest.RoleObserved {
 			continue
 		}
-		j := manifest.Null
-		if meter := a.in.Meters[g.Index]; meter != nil && end.After(start) {
-			j = manifest.Num(meter.Energy(start, end))
-		} else if meter != nil {
-			j = 0
-		}
+		j, ad, ac, c := a.gpuEnergy(g.Index, baselines, start, end)
 		e += j
-		if idle, ok := a.idle[g.Index]; ok && baselines[g.Index] != nil {
-			v, c := energy.Adjust(float64(j), idle, end.Sub(start))
-			adj += manifest.Num(v)
-			clamped = clamped || c
-		} else {
-			adj = manifest.Null
-		}
-		// Like a phase's: what the computation adds over active idle (may be negative); null without one.
-		if act, ok := a.active[g.Index]; ok {
-			active += j - manifest.Num(act*end.Sub(start).Seconds())
-		} else {
-			active = manifest.Null
-		}
+		adj += ad
+		active += ac
+		clamped = clamped || c
+	}
+	return e, adj, active, clamped
+}
+
+// gpuEnergy is GPU g's energy over [start, end] (null without a meter, 0 over an empty interval), that energy above
+// its deep idle (null without a baseline; clamped says it fell below and was clamped to 0) and above its active
+// idle: what the computation adds over active idle, which may be negative (null without one). A phase and a window
+// occurrence are accounted alike.
+func (a *accounting) gpuEnergy(g int, baselines map[int]*manifest.Baseline, start, end time.Time) (e, adj, active manifest.Num, clamped bool) {
+	e, adj, active = manifest.Null, manifest.Null, manifest.Null
+	meter := a.in.Meters[g]
+	switch {
+	case meter == nil:
+		return e, adj, active, false
+	case end.After(start):
+		e = manifest.Num(meter.Energy(start, end))
+	default:
+		e = 0
+	}
+	if !e.Valid() {
+		return e, adj, active, false
+	}
+	d := end.Sub(start)
+	if idle, ok := a.idle[g]; ok && baselines[g] != nil {
+		v, c := energy.Adjust(float64(e), idle, d)
+		adj, clamped = manifest.Num(v), c
+	}
+	if act, ok := a.active[g]; ok {
+		active = e - manifest.Num(act*d.Seconds())
 	}
 	return e, adj, active, clamped
 }
