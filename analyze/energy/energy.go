@@ -25,19 +25,45 @@ type point struct {
 	j float64
 }
 
-// Normalize turns counter readings (in time order) into a continuous joule scale: after a reset (driver reload) or
-// wrap the counter restarts near zero, so later values are offset by the last value seen before it. The energy
+// normalize turns counter readings (in time order) into a continuous joule scale: after a reset (driver reload)
+// or wrap the counter restarts near zero, so later values are offset by the last value seen before it. The energy
 // spent between the last read before the reset and the reset itself is unknowable and is lost; resets counts them.
 func normalize(cs []trace.CounterReading) (pts []point, resets int) {
-	pts = make([]point, 0, len(cs))
+	return counterPoints(cs, false)
+}
+
+// distinctPoints is normalize of the readings with each run of equal values cut to its first (the value appeared
+// at or before that read): the hybrid's points of a whole series without a deduplicated copy of its readings.
+func distinctPoints(cs []trace.CounterReading) (pts []point, resets int) {
+	return counterPoints(cs, true)
+}
+
+// counterPoints is normalize, or distinctPoints when distinct, in one pass and one exact allocation. A repeat
+// equals the reading kept before it, so comparing each reading with its predecessor finds the same resets and
+// offsets either way.
+func counterPoints(cs []trace.CounterReading, distinct bool) (pts []point, resets int) {
+	n := len(cs)
+	if distinct {
+		n = 0
+		for i, c := range cs {
+			if i == 0 || c.EnergyMJ != cs[i-1].EnergyMJ {
+				n++
+			}
+		}
+	}
+	pts = make([]point, 0, n)
 	var offset float64
 	for i, c := range cs {
-		j := c.Joules()
-		if i > 0 && c.EnergyMJ < cs[i-1].EnergyMJ {
-			resets++
-			offset += cs[i-1].Joules()
+		if i > 0 {
+			if distinct && c.EnergyMJ == cs[i-1].EnergyMJ {
+				continue
+			}
+			if c.EnergyMJ < cs[i-1].EnergyMJ {
+				resets++
+				offset += cs[i-1].Joules()
+			}
 		}
-		pts = append(pts, point{c.Time, j + offset})
+		pts = append(pts, point{c.Time, c.Joules() + offset})
 	}
 	return pts, resets
 }

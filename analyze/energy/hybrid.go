@@ -92,33 +92,6 @@ func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
 // instead (t.Add(h.back)): the same comparisons, without moving every point.
 func (h *Hybrid) pt(i int) point { return point{h.pts[i].t.Add(-h.back), h.pts[i].j} }
 
-// distinctPoints is normalize of the readings with each run of equal values cut to its first (the value appeared
-// at or before that read), in one pass and one exact allocation: the hybrid's points of a whole
-// series without a deduplicated copy of its readings.
-func distinctPoints(cs []trace.CounterReading) (pts []point, resets int) {
-	n := 0
-	for i, c := range cs {
-		if i == 0 || c.EnergyMJ != cs[i-1].EnergyMJ {
-			n++
-		}
-	}
-	pts = make([]point, 0, n)
-	var offset float64
-	prev := -1 // the last reading kept
-	for i, c := range cs {
-		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
-			continue
-		}
-		if prev >= 0 && c.EnergyMJ < cs[prev].EnergyMJ {
-			resets++
-			offset += cs[prev].Joules()
-		}
-		pts = append(pts, point{c.Time, c.Joules() + offset})
-		prev = i
-	}
-	return pts, resets
-}
-
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
 func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
 	n := len(h.pts)

@@ -105,6 +105,78 @@ func TestDistinctPointsValues(t *testing.T) {
 	}
 }
 
+// TestNormalizeValues states the every-reading scale by hand on TestDistinctPointsValues' readings: repeats kept,
+// each reset offset by the value read before it.
+func TestNormalizeValues(t *testing.T) {
+	t0 := time.Unix(1795735590, 0)
+	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
+	cs := make([]trace.CounterReading, len(mjs))
+	for i, mj := range mjs {
+		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+	}
+	pts, resets := normalize(cs)
+	joules := []float64{1, 1, 2.5, 2.5, 2.5, 4, 4.3, 4.3, 4.9, 4.9, 5, 5, 5, 6.6}
+	if resets != 2 || len(pts) != len(joules) || cap(pts) != len(pts) {
+		t.Fatalf("%d resets, %d points (cap %d); want 2 and %d", resets, len(pts), cap(pts), len(joules))
+	}
+	for i, p := range pts {
+		if !p.t.Equal(cs[i].Time) || math.Abs(p.j-joules[i]) > 1e-12 {
+			t.Errorf("point %d: %v %v J, want %v %v J", i, p.t, p.j, cs[i].Time, joules[i])
+		}
+	}
+}
+
+// TestCounterPointsEqualPlain checks both scales, bit for bit, against a plain loop that offsets each reset by the
+// last reading it kept, on random readings with repeats (runs of them across resets too) and resets.
+func TestCounterPointsEqualPlain(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	t0 := time.Unix(1795735590, 0)
+	for trial := range 300 {
+		cs := make([]trace.CounterReading, rng.IntN(60))
+		e := uint64(rng.Int64N(1e9))
+		for i := range cs {
+			switch r := rng.IntN(10); {
+			case r == 0:
+				e = uint64(rng.Int64N(1e6)) // reset
+			case r < 4: // repeat
+			default:
+				e += uint64(1 + rng.Int64N(5e5))
+			}
+			cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: e}
+		}
+		for _, distinct := range []bool{false, true} {
+			var want []point
+			wantResets := 0
+			var offset float64
+			last := -1
+			for i, c := range cs {
+				if distinct && last >= 0 && c.EnergyMJ == cs[last].EnergyMJ {
+					continue
+				}
+				if last >= 0 && c.EnergyMJ < cs[last].EnergyMJ {
+					wantResets++
+					offset += cs[last].Joules()
+				}
+				want = append(want, point{c.Time, c.Joules() + offset})
+				last = i
+			}
+			got, gotResets := normalize(cs)
+			if distinct {
+				got, gotResets = distinctPoints(cs)
+			}
+			if len(got) != len(want) || gotResets != wantResets || cap(got) != len(got) {
+				t.Fatalf("trial %d distinct %v: %d points (cap %d), %d resets; want %d, %d", trial, distinct,
+					len(got), cap(got), gotResets, len(want), wantResets)
+			}
+			for i := range want {
+				if !got[i].t.Equal(want[i].t) || math.Float64bits(got[i].j) != math.Float64bits(want[i].j) {
+					t.Fatalf("trial %d distinct %v point %d: %v, want %v", trial, distinct, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
 // dedupe keeps, of each run of equal readings, the first: the plain two-step path distinctPoints replaces.
 func dedupe(cs []trace.CounterReading) []trace.CounterReading {
 	out := make([]trace.CounterReading, 0, len(cs))
