@@ -65,16 +65,9 @@ func ComputeBaseline(ss []trace.PowerSample, tel []trace.Telemetry, t0, t1 time.
 // Quantile returns the q-quantile of sorted values by linear interpolation between order statistics
 // (Hyndman & Fan type 7, the default of R and NumPy).
 func Quantile(sorted []float64, q float64) float64 {
-	n := len(sorted)
-	if n == 0 {
-		return math.NaN()
-	}
-	h := q * float64(n-1)
-	lo := int(math.Floor(h))
-	if lo >= n-1 {
-		return sorted[n-1]
-	}
-	return sorted[lo] + (h-float64(lo))*(sorted[lo+1]-sorted[lo])
+	return type7(len(sorted), q,
+		func(k int) (float64, float64) { return sorted[k], sorted[k+1] },
+		func() float64 { return sorted[len(sorted)-1] })
 }
 
 // Adjust subtracts idle power over d from raw energy. The result never goes below zero; clamped says it was

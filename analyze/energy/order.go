@@ -61,15 +61,23 @@ func partition(xs []float64, lo, hi int) (int, int) {
 
 // QuantileOf is Quantile of xs sorted, without sorting it (xs is reordered; finite values).
 func QuantileOf(xs []float64, q float64) float64 {
-	n := len(xs)
+	return type7(len(xs), q,
+		func(k int) (float64, float64) { return OrderStats(xs, k) },
+		func() float64 { return slices.Max(xs) })
+}
+
+// type7 is the type-7 q-quantile of n values, NaN of none: the k-th and (k+1)-th smallest values (stats) weighted
+// by where q falls between them, or the largest (top) from the last. Quantile reads them from a sorted slice,
+// QuantileOf selects them.
+func type7(n int, q float64, stats func(k int) (float64, float64), top func() float64) float64 {
 	if n == 0 {
 		return math.NaN()
 	}
 	h := q * float64(n-1)
 	lo := int(math.Floor(h))
 	if lo >= n-1 {
-		return slices.Max(xs)
+		return top()
 	}
-	a, b := OrderStats(xs, lo)
+	a, b := stats(lo)
 	return a + (h-float64(lo))*(b-a)
 }

@@ -61,6 +61,42 @@ func TestOrderStatsEqualSorting(t *testing.T) {
 	}
 }
 
+// TestQuantilesEqualPlainType7 checks Quantile and QuantileOf, bit for bit, against type 7 written out over the
+// sorted values (h = q(n-1), the order statistic below h and the next, weighted by h's fraction; the largest from
+// the last), for every hundredth q, and QuantileOf by hand on four values.
+func TestQuantilesEqualPlainType7(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 5))
+	for trial := range 200 {
+		xs := make([]float64, 1+rng.IntN(30))
+		for i := range xs {
+			xs[i] = float64(rng.IntN(8)) + rng.Float64()
+		}
+		sorted := slices.Clone(xs)
+		slices.Sort(sorted)
+		n := len(sorted)
+		for c := 0; c <= 100; c++ {
+			q := float64(c) / 100
+			h := q * float64(n-1)
+			lo := int(math.Floor(h))
+			want := sorted[n-1]
+			if lo < n-1 {
+				want = sorted[lo] + (h-float64(lo))*(sorted[lo+1]-sorted[lo])
+			}
+			if got := Quantile(sorted, q); math.Float64bits(got) != math.Float64bits(want) {
+				t.Fatalf("trial %d n=%d q=%v: Quantile %v, want %v", trial, n, q, got, want)
+			}
+			if got := QuantileOf(slices.Clone(xs), q); math.Float64bits(got) != math.Float64bits(want) {
+				t.Fatalf("trial %d n=%d q=%v: QuantileOf %v, want %v", trial, n, q, got, want)
+			}
+		}
+	}
+	for q, want := range map[float64]float64{0: 1, 0.1: 1.3, 0.5: 2.5, 0.9: 3.7, 1: 4} {
+		if got := QuantileOf([]float64{4, 1, 3, 2}, q); math.Abs(got-want) > 1e-12 {
+			t.Errorf("q=%v of 4, 1, 3, 2: %v, want %v", q, got, want)
+		}
+	}
+}
+
 // TestDistinctPointsEqualDedupeNormalize checks the one-pass points against deduplicating then normalizing, on
 // readings with repeats, resets (a driver reload) and repeats across a reset.
 func TestDistinctPointsEqualDedupeNormalize(t *testing.T) {
