@@ -120,44 +120,34 @@ func TestDistinctPointsEqualDedupeNormalize(t *testing.T) {
 	}
 }
 
-// TestDistinctPointsValues states one case's points by hand: the first of each repeat, continued across resets.
-func TestDistinctPointsValues(t *testing.T) {
+// TestCounterPointsValues states one case's points by hand: with repeats cut (distinctPoints) the first of each
+// repeat, and with every reading kept (normalize) all of them, continued across resets by the value read before.
+func TestCounterPointsValues(t *testing.T) {
 	t0 := time.Unix(1795735590, 0)
 	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
 	cs := make([]trace.CounterReading, len(mjs))
 	for i, mj := range mjs {
 		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
 	}
-	pts, resets := distinctPoints(cs)
-	at := []int{0, 2, 5, 6, 8, 10, 13}
-	joules := []float64{1, 2.5, 4, 4 + 0.3, 4 + 0.9, 4 + 0.9 + 0.1, 4 + 0.9 + 1.7}
-	if resets != 2 || len(pts) != len(at) {
-		t.Fatalf("%d resets, %d points; want 2 and %d", resets, len(pts), len(at))
-	}
-	for i, p := range pts {
-		if !p.t.Equal(cs[at[i]].Time) || math.Abs(p.j-joules[i]) > 1e-12 {
-			t.Errorf("point %d: %v %v J, want %v %v J", i, p.t, p.j, cs[at[i]].Time, joules[i])
+	for _, c := range []struct {
+		name   string
+		points func([]trace.CounterReading) ([]point, int)
+		at     []int // the readings kept
+		joules []float64
+	}{
+		{"distinctPoints", distinctPoints, []int{0, 2, 5, 6, 8, 10, 13},
+			[]float64{1, 2.5, 4, 4 + 0.3, 4 + 0.9, 4 + 0.9 + 0.1, 4 + 0.9 + 1.7}},
+		{"normalize", normalize, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13},
+			[]float64{1, 1, 2.5, 2.5, 2.5, 4, 4.3, 4.3, 4.9, 4.9, 5, 5, 5, 6.6}},
+	} {
+		pts, resets := c.points(cs)
+		if resets != 2 || len(pts) != len(c.at) || cap(pts) != len(pts) {
+			t.Fatalf("%s: %d resets, %d points (cap %d); want 2 and %d", c.name, resets, len(pts), cap(pts), len(c.at))
 		}
-	}
-}
-
-// TestNormalizeValues states the every-reading scale by hand on TestDistinctPointsValues' readings: repeats kept,
-// each reset offset by the value read before it.
-func TestNormalizeValues(t *testing.T) {
-	t0 := time.Unix(1795735590, 0)
-	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
-	cs := make([]trace.CounterReading, len(mjs))
-	for i, mj := range mjs {
-		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
-	}
-	pts, resets := normalize(cs)
-	joules := []float64{1, 1, 2.5, 2.5, 2.5, 4, 4.3, 4.3, 4.9, 4.9, 5, 5, 5, 6.6}
-	if resets != 2 || len(pts) != len(joules) || cap(pts) != len(pts) {
-		t.Fatalf("%d resets, %d points (cap %d); want 2 and %d", resets, len(pts), cap(pts), len(joules))
-	}
-	for i, p := range pts {
-		if !p.t.Equal(cs[i].Time) || math.Abs(p.j-joules[i]) > 1e-12 {
-			t.Errorf("point %d: %v %v J, want %v %v J", i, p.t, p.j, cs[i].Time, joules[i])
+		for i, p := range pts {
+			if !p.t.Equal(cs[c.at[i]].Time) || math.Abs(p.j-c.joules[i]) > 1e-12 {
+				t.Errorf("%s point %d: %v %v J, want %v %v J", c.name, i, p.t, p.j, cs[c.at[i]].Time, c.joules[i])
+			}
 		}
 	}
 }
