@@ -67,6 +67,9 @@ func ParseLine(line string, now time.Time) (evs []trace.Event, ok bool, err erro
 			if !found {
 				return nil, true, fmt.Errorf("malformed result marker %q: %q is not key=value", line, kv)
 			}
+			if _, dup := attrs[k]; dup && k == AttrAt {
+				return nil, true, fmt.Errorf("malformed result marker %q: at= twice", line)
+			}
 			attrs[k] = v
 		}
 		at, err := popTime(attrs, now)
@@ -120,6 +123,9 @@ func parseWindow(line string, f []string, now time.Time) ([]trace.Event, bool, e
 		k, v, found := strings.Cut(kv, "=")
 		if !found || v == "" {
 			return nil, true, fmt.Errorf("malformed window marker %q: %q is not key=value", line, kv)
+		}
+		if _, dup := attrs[k]; dup && k == AttrAt {
+			return nil, true, fmt.Errorf("malformed window marker %q: at= twice", line)
 		}
 		attrs[k] = v
 	}

@@ -107,6 +107,10 @@ func TestParseLine(t *testing.T) {
 		{line: "LEM_PHASE decode at=1000000", ok: true, wantErr: true},          // 11 days after the line was read
 		{line: "LEM_WINDOW_END step at=-5", ok: true, wantErr: true},            // before 1970
 		{line: "LEM_WINDOW_BEGIN step at=99999999999", ok: true, wantErr: true}, // past 2262
+		// One line, one time: a second at= is not the last one winning.
+		{line: "LEM_RESULT at=100.25 at=100.5 output_tokens=8", ok: true, wantErr: true},
+		{line: "LEM_WINDOW_BEGIN step at=100.25 at=100.5", ok: true, wantErr: true},
+		{line: "LEM_WINDOW_END step at=100.25 id=3 at=100.25 output_tokens=8", ok: true, wantErr: true},
 		{line: "MARK bad$-start 1795735668519972337", ok: true, wantErr: true},
 	}
 	for _, tc := range cases {
