@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -49,6 +50,13 @@ func (r *run) follow(wl backend.Workload, stdout, stderr io.Writer) {
 func (r *run) line(text string, at time.Time) {
 	evs, ok, err := marker.ParseLine(text, at)
 	if !ok {
+		return
+	}
+	if errors.Is(err, marker.ErrSkew) { // a marker, its time a day off: dropped, and the run says so
+		r.mu.Lock()
+		r.markers.Rejected++
+		r.mu.Unlock()
+		r.log.Warn("marker rejected", "line", text, "err", err)
 		return
 	}
 	if err != nil {

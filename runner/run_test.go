@@ -504,3 +504,50 @@ func TestBufferedMarkersDetected(t *testing.T) {
 		})
 	}
 }
+
+// Lines stamped with the workload's own clock (at=) place their edges at that time, exactly, and are counted as
+// stamped; a marker whose own time lies a day or more from its reading is dropped, and the run says so as for any
+// marker it could not take.
+func TestStampedMarkerLines(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		testutil.SkipOrFail(t, "python3 not installed")
+	}
+	script := `import time
+def at(): return "at=%d.%09d" % divmod(time.time_ns(), 10**9)
+a = at(); time.sleep(0.05)
+print("LEM_PHASE decode " + a, flush=True)
+e = at(); time.sleep(0.05)
+print("LEM_PHASE_END " + e, flush=True)
+print("LEM_PHASE late at=1", flush=True)
+print("MARK old-start 1000000000", flush=True)
+print("LEM_RESULT output_tokens=3", flush=True)
+print("EDGES", a, e, flush=True)`
+	opts := baseOpts(t, py, "-c", script)
+	var out bytes.Buffer
+	opts.Stdout, opts.Baseline = &out, 0
+	res, err := runner.Run(context.Background(), opts, replay(t), nil, &backend.Process{Clock: gpu.WallClock{}}, slog.Default())
+	require.NoError(t, err)
+	m := res.Manifest
+	assert.Equal(t, 3, m.Markers.Parsed)
+	assert.Equal(t, 2, m.Markers.Stamped)
+	assert.Zero(t, m.Markers.Malformed)
+	assert.Equal(t, 2, m.Markers.Rejected, "own times 56 years before their reading")
+	var codes []string
+	for _, w := range m.Warnings {
+		codes = append(codes, w.Code)
+	}
+	assert.Contains(t, codes, "marker_rejected")
+	_, edges, ok := strings.Cut(out.String(), "EDGES ")
+	require.True(t, ok, out.String())
+	f := strings.Fields(edges)
+	require.Len(t, f, 2)
+	start, err := marker.ParseTime(strings.TrimPrefix(f[0], "at="))
+	require.NoError(t, err)
+	end, err := marker.ParseTime(strings.TrimPrefix(f[1], "at="))
+	require.NoError(t, err)
+	require.Len(t, m.Phases, 1)
+	assert.Equal(t, "decode", m.Phases[0].Name)
+	assert.True(t, start.Equal(m.Phases[0].Start), "start %s, want %s", m.Phases[0].Start, start)
+	assert.True(t, end.Equal(m.Phases[0].End), "end %s, want %s", m.Phases[0].End, end)
+}

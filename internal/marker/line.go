@@ -1,6 +1,7 @@
 package marker
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -180,12 +181,16 @@ func parseOwnTime(v string, now time.Time) (time.Time, error) {
 	return ownTime(t, now)
 }
 
+// ErrSkew marks a line that is a marker but whose own time lies more than MaxSkew from its reading: the marker is
+// dropped, not the line mistaken for one (it wraps ErrInvalid too).
+var ErrSkew = errors.New("own time too far from the reading")
+
 // ownTime checks a line's own time against the time the line was read: a clock a day off (or a garbled
 // number) would move the phase out of the run.
 func ownTime(t, now time.Time) (time.Time, error) {
 	if d := t.Sub(now); d > MaxSkew || d < -MaxSkew {
-		return time.Time{}, invalid("at %s is more than %s from the time the line was read (%s)",
-			t.Format(time.RFC3339Nano), MaxSkew, now.UTC().Format(time.RFC3339Nano))
+		return time.Time{}, fmt.Errorf("%w: %w: at %s is more than %s from the time the line was read (%s)", ErrInvalid,
+			ErrSkew, t.Format(time.RFC3339Nano), MaxSkew, now.UTC().Format(time.RFC3339Nano))
 	}
 	return t, nil
 }

@@ -510,3 +510,20 @@ func TestParseTimeExactSeconds(t *testing.T) {
 		assert.ErrorIs(t, err, marker.ErrInvalid, bad)
 	}
 }
+
+// A marker whose own time lies a day from its reading is a marker dropped (ErrSkew), not ordinary output.
+func TestParseLineSkewRejected(t *testing.T) {
+	now := time.Unix(1795917600, 0)
+	for _, line := range []string{"LEM_PHASE d at=1", "LEM_PHASE_END at=1795831199", "LEM_RESULT at=1796004001 n=1",
+		"LEM_WINDOW_END w at=1 n=1", "MARK old-start 1000000000"} {
+		_, ok, err := marker.ParseLine(line, now)
+		assert.True(t, ok, line)
+		assert.ErrorIs(t, err, marker.ErrSkew, line)
+		assert.ErrorIs(t, err, marker.ErrInvalid, line)
+	}
+	for _, line := range []string{"LEM_PHASE d at=soon", "LEM_PHASE d e", "LEM_RESULT at=1795917600"} {
+		_, _, err := marker.ParseLine(line, now)
+		assert.Error(t, err, line)
+		assert.NotErrorIs(t, err, marker.ErrSkew, line)
+	}
+}
