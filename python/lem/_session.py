@@ -111,6 +111,7 @@ class Session:
         self.lease_s = DEFAULT_LEASE_S
         self.phase_seq = 0
         self.phase_current = None  # (seq, name)
+        self.phase_at = 0  # the latest phase edge's time: edges go out in time order, whichever thread makes them
         self.counts = {"posted": 0, "renewed": 0, "failed": 0, "rejected": 0, "dropped": 0}
         self.warned = set()
         self.last_write = 0.0
@@ -419,6 +420,7 @@ class Session:
         self.ensure()
         at = self.boundary(sync)
         with self.lock:
+            at = self._phase_edge(at)
             self.phase_seq += 1
             self.phase_current = (self.phase_seq, name)
             self._emit("phase", at, name=name)
@@ -434,7 +436,14 @@ class Session:
             if cur is None or (seq is not None and cur[0] != seq):
                 return
             self.phase_current = None
-            self._emit("phase_end", at)
+            self._emit("phase_end", self._phase_edge(at))
+
+    def _phase_edge(self, at):
+        """A phase edge's time, no earlier than the one before (under self.lock): a thread that took its time and
+        then waited for the lock while another began a phase comes after it in time too, so lem-run, which orders
+        edges by time, sees the phases in the order they replaced each other."""
+        self.phase_at = max(at, self.phase_at)
+        return self.phase_at
 
     def result(self, values, line=False):
         self.ensure()

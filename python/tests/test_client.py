@@ -137,6 +137,36 @@ class StdoutTest(unittest.TestCase):
         self.assertEqual(lines, sync + ["LEM_PHASE prefill", "step"] + sync + ["LEM_PHASE decode", "step"] + sync +
                          ["LEM_PHASE_END", "totals {'input_tokens': 5, 'output_tokens': 4, 'requests': 2}"])
 
+    def test_phase_lines_in_time_order_across_threads(self):
+        # Thread a takes its boundary's time, then loses the processor until thread b has begun its phase: the lines
+        # come out in the order the phases began (b, then a, which ended b), and lem-run, which orders edges by
+        # their time, must see them in that order too.
+        code = """if True:
+            import threading, time, lem
+            from lem import _session
+            boundary, b_begun = _session.Session.boundary, threading.Event()
+            def late(self, sync):
+                at = boundary(self, sync)
+                if threading.current_thread().name == "a":
+                    b_begun.wait(10)
+                return at
+            _session.Session.boundary = late
+            lem.begin_phase("warmup")
+            a = threading.Thread(target=lem.begin_phase, args=("a",), name="a")
+            a.start()
+            time.sleep(0.05)
+            lem.begin_phase("b")
+            b_begun.set()
+            a.join()
+            lem.end_phase()
+        """
+        t0 = time.time_ns()
+        p = subprocess.run([sys.executable, "-c", code], env=support.clean_env(LEM_MARKERS="stdout"),
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        lines, _ = support.unstamp(p.stdout.splitlines(), t0, time.time_ns())
+        self.assertEqual(lines, ["LEM_PHASE warmup", "LEM_PHASE b", "LEM_PHASE a", "LEM_PHASE_END"])
+
     def test_sync_without_torch(self):
         code = "import lem; lem.configure(sync=True); lem.begin_phase('a'); lem.begin_phase('b')"
         t0 = time.time_ns()
