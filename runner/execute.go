@@ -452,8 +452,10 @@ func (r *run) finish(t *trace.Trace, start, end time.Time, baselines map[int]*ma
 	r.m.Markers = r.markers
 	r.keepLags()
 	r.mu.Unlock()
-	if n := r.markers.Rejected; n > 0 {
-		r.warn("marker_rejected", nil, "%d marker(s) were rejected (see the log): phases or results are missing", n)
+	// A line that starts like a marker but cannot be read is a marker lost as surely as a rejected one.
+	if n, bad := r.markers.Rejected, r.markers.Malformed; n+bad > 0 {
+		r.warn("marker_rejected", nil, "%d marker(s) were rejected and %d marker line(s) malformed (see the log): "+
+			"phases or results are missing", n, bad)
 	}
 	if err := r.writeManifest(); err != nil {
 		return nil, err

@@ -381,9 +381,11 @@ func TestObservedGPUs(t *testing.T) {
 
 // A workload whose markers the store refuses (more phase names than a run may have, and a long line without a
 // newline in the middle of the output) still runs to the end with its output passed through byte for byte, and
-// the run says so: the rejected markers are counted, the manifest warns, and validate fails it.
+// the run says so: the rejected markers and the malformed marker line are counted, the manifest warns, and validate
+// fails it.
 func TestRejectedMarkersFailValidation(t *testing.T) {
 	opts := baseOpts(t, "sh", "-c", `i=0; while [ $i -lt 300 ]; do echo "LEM_PHASE p$i"; i=$((i+1)); done
+echo "LEM_PHASE two words"
 head -c 3000000 /dev/zero | tr '\0' 'x'; printf '\r'; echo; echo LEM_RESULT output_tokens=7`)
 	var out bytes.Buffer
 	opts.Stdout = &out
@@ -397,7 +399,9 @@ head -c 3000000 /dev/zero | tr '\0' 'x'; printf '\r'; echo; echo LEM_RESULT outp
 	assert.Equal(t, 300-marker.DefaultMaxPhaseNames, m.Markers.Rejected)
 	assert.Len(t, m.Phases, marker.DefaultMaxPhaseNames)
 	assert.Equal(t, "7", m.Results["output_tokens"], "the result after the 3 MB line arrived")
-	assert.Contains(t, strings.Join(report.Violations(m), "\n"), "every marker accepted: 44 marker(s) were rejected")
+	assert.Equal(t, 1, m.Markers.Malformed)
+	assert.Contains(t, strings.Join(report.Violations(m), "\n"),
+		"every marker accepted: 44 marker(s) were rejected and 1 marker line(s) malformed")
 	var codes []string
 	for _, w := range m.Warnings {
 		codes = append(codes, w.Code)
