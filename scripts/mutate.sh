@@ -17,11 +17,11 @@ stages=("./analyze/... ./internal/marker/ ./internal/manifest/" "./e2e/ ./runner
 
 # name | file | perl substitution (applied once; the script checks it changed the file)
 mutations=(
-  "phase adjusted over the run's duration|analyze/account/account.go|s/energy\.Adjust\(float64\(pg\.HybridJ\), idle, end\.Sub\(start\)\)/energy.Adjust(float64(pg.HybridJ), idle, in.End.Sub(in.Start))/"
+  "phase adjusted over the run's duration|analyze/account/account.go|s/energy\.Adjust\(float64\(e\), idle, d\)/energy.Adjust(float64(e), idle, a.in.End.Sub(a.in.Start))/"
   "run adjusted over the baseline window|analyze/account/account.go|s/energy\.Adjust\(float64\(mg\.Energy\.HybridJ\), idle, dur\)/energy.Adjust(float64(mg.Energy.HybridJ), idle, b.End.Sub(b.Start))/"
-  "no baseline subtracted per phase|analyze/account/account.go|s/energy\.Adjust\(float64\(pg\.HybridJ\), idle, end\.Sub\(start\)\)/energy.Adjust(float64(pg.HybridJ), 0*idle, end.Sub(start))/"
-  "counter lag fixed at 85 ms|analyze/energy/hybrid.go|s/newHybrid\(slices\.Clone\(pts\), resets, in, lag\.Lag\)/newHybrid(slices.Clone(pts), resets, in, 85*time.Millisecond)/"
-  "counter lag sign flipped|analyze/energy/hybrid.go|s/pts\[i\]\.t = pts\[i\]\.t\.Add\(-lag\)/pts[i].t = pts[i].t.Add(lag)/"
+  "no baseline subtracted per phase or window|analyze/account/account.go|s/energy\.Adjust\(float64\(e\), idle, d\)/energy.Adjust(float64(e), 0*idle, d)/"
+  "counter lag fixed at 85 ms|analyze/energy/hybrid.go|s/h, err := newHybrid\(pts, resets, in, lag\.Lag\)/h, err := newHybrid(pts, resets, in, 85*time.Millisecond)/"
+  "counter lag sign flipped|analyze/energy/hybrid.go|s/back: lag, in: in/back: -lag, in: in/"
   "phase start off by one sample|analyze/account/account.go|s/m\.hybrid\.Energy\(t0, t1\)/m.hybrid.Energy(t0.Add(20*time.Millisecond), t1)/"
   "last sample interval dropped|analyze/energy/energy.go|s/\tr\.Joules \+= trapezoid\(prevT, prevP, t1, powerAt\(ss, t1\)\)\n//"
   "baseline from the upper quartile|analyze/energy/baseline.go|s/b\.MedianW, b\.P25W, b\.P75W = Quantile\(ps, 0\.5\)/b.MedianW, b.P25W, b.P75W = Quantile(ps, 0.75)/"
@@ -34,7 +34,7 @@ mutations=(
   "process idle share in J, not microjoules|analyze/account/process.go|s/out\.IdleW \* bounds\[k\+1\]\.Sub\(bounds\[k\]\)\.Seconds\(\) \* microjoules/out.IdleW * bounds[k+1].Sub(bounds[k]).Seconds()/"
   "aliasing from the larger side of the split|analyze/report/uncertainty.go|s/e := max\(min\(in\.Joules, iv\.CounterJ-in\.Joules\), 0\)/e := max(max(in.Joules, iv.CounterJ-in.Joules), 0)/"
   "short-phase shape at the threshold length|analyze/report/uncertainty.go|s/rho = max\(rho, ShortShapeU\(w\.end\.Sub\(w\.start\)\)\)/rho = max(rho, ShortShapeU(shortBelow))/"
-  "no baseline subtracted per window|analyze/account/account.go|s/energy\.Adjust\(float64\(j\), idle, end\.Sub\(start\)\)/energy.Adjust(float64(j), 0*idle, end.Sub(start))/"
+  "marker line's own time ignored|internal/marker/line.go|s/\treturn t, nil\n}/\treturn now, nil\n}/"
 )
 
 if [ "${1:-}" = -l ]; then
