@@ -55,12 +55,12 @@ const (
 const DefaultMemoryLimit = 1 << 30
 
 // bytesPerRow is what a row read whole costs at the report's peak: the trace (~46 bytes a row), the meters'
-// integrals and counter points (~30) and the accounting's garbage, which the collector leaves (GOGC 400) — measured
-// 144–155 bytes a row (peak RSS) on tiled LLM recordings of 2 to 14.5 M rows. Reading whole closer to the
-// collector's soft limit costs more than streaming: it collects and returns memory to the system over and over
-// (3 M samples, 4.1 M rows: 0.9 s whole against 0.66 s streamed on 2 vCPUs, with 1 GiB; 1.5 M samples: 0.36 s
-// whole, 0.42 s streamed).
-const bytesPerRow = 150
+// integrals and counter points (~30) and what the accounting leaves for the collector (GOGC 400; most of its arrays
+// are reused) — measured 89–97 bytes a row (peak RSS) on tiled LLM recordings of 3.1 to 14.5 M rows, at 2 and 16
+// Ps. Reading whole close to the collector's soft limit costs more than streaming (it collects and returns memory
+// over and over), hence half the limit; within it reading whole is the faster (2 vCPUs, 1 GiB: 4.1 M rows 0.48 s
+// whole against 0.60 s streamed, 6.8 M rows 0.61 s against 0.87 s).
+const bytesPerRow = 100
 
 // stream says whether the trace in paths is streamed.
 func (o LoadOptions) stream(paths []string) bool {
