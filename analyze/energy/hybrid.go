@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"iter"
 	"math"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lem-energy/lem/internal/trace"
@@ -219,6 +222,26 @@ func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 	for k := range edge {
 		edge[k] = k * len(ivs) / lagBlocks
 	}
+	// Each candidate is scored on its own (in parallel for long fits: one GPU's fit was the serial part of a
+	// whole-trace report on many cores), then the scores are compared in lag order as one loop would.
+	scores := make([]lagScore, numLags)
+	workers := 1
+	if len(ivs) >= parallelLagIntervals {
+		workers = min(runtime.GOMAXPROCS(0), numLags)
+	}
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			xs := make([]float64, len(ivs))
+			for c := int(next.Add(1)) - 1; c < numLags; c = int(next.Add(1)) - 1 {
+				scores[c] = scoreLag(ivs, in, &edge, MinLag+time.Duration(c)*lagStep, xs)
+			}
+		}()
+	}
+	wg.Wait()
 	best, worst := -1.0, 0.0
 	var bestLag time.Duration
 	var jkBest [lagBlocks]float64
@@ -226,58 +249,86 @@ func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 	for k := range jkBest {
 		jkBest[k] = -1
 	}
-	xs := make([]float64, len(ivs))
-	for lag := MinLag; lag <= MaxLag; lag += lagStep {
-		var sxy, sxx float64
-		var bxy, bxx [lagBlocks]float64
-		ca, cb := in.Cursor(), in.Cursor() // interval edges ascend: no binary searches
-		l := int64(lag)
-		k := 0
-		for i, v := range ivs {
-			for i >= edge[k+1] {
-				k++
-			}
-			xs[i] = cb.atNS(v.b.UnixNano()-l) - ca.atNS(v.a.UnixNano()-l)
-			bxy[k] += xs[i] * v.dE
-			bxx[k] += xs[i] * xs[i]
-		}
-		for k := range bxy {
-			sxy += bxy[k]
-			sxx += bxx[k]
-		}
-		if sxx == 0 {
+	for c, sc := range scores {
+		if !sc.ok {
 			continue
 		}
-		// Residuals summed directly: syy - sxy²/sxx cancels catastrophically when the fit is near perfect.
-		g, rss := sxy/sxx, 0.0
-		for i, v := range ivs {
-			r := v.dE - g*xs[i]
-			rss += r * r
+		lag := MinLag + time.Duration(c)*lagStep
+		if best < 0 || sc.rss < best {
+			best, bestLag = sc.rss, lag
 		}
-		if best < 0 || rss < best {
-			best, bestLag = rss, lag
-		}
-		worst = max(worst, rss)
-		// The same fit with each block left out.
+		worst = max(worst, sc.rss)
 		for out := range lagBlocks {
-			ox, oxx := sxy-bxy[out], sxx-bxx[out]
-			if oxx <= 0 {
-				continue
-			}
-			g, r2 := ox/oxx, 0.0
-			for i, v := range ivs {
-				if i >= edge[out] && i < edge[out+1] {
-					continue
-				}
-				r := v.dE - g*xs[i]
-				r2 += r * r
-			}
-			if jkBest[out] < 0 || r2 < jkBest[out] {
-				jkBest[out], jkLag[out] = r2, lag
+			if sc.jkOK[out] && (jkBest[out] < 0 || sc.jk[out] < jkBest[out]) {
+				jkBest[out], jkLag[out] = sc.jk[out], lag
 			}
 		}
 	}
 	return lagEstimate(len(ivs), best, worst, bestLag, jkLag)
+}
+
+// numLags is the number of candidate lags, MinLag to MaxLag by lagStep.
+const numLags = int((MaxLag-MinLag)/lagStep) + 1
+
+// parallelLagIntervals is the fit size from which candidates are scored in parallel (about 20 minutes of 1 s reads).
+const parallelLagIntervals = 1000
+
+// lagScore is one candidate lag's residual sum of squares over every interval (ok: the fit was defined) and with
+// each block of intervals left out (jkOK: defined).
+type lagScore struct {
+	ok   bool
+	rss  float64
+	jk   [lagBlocks]float64
+	jkOK [lagBlocks]bool
+}
+
+// scoreLag fits one gain at lag over the intervals, and again with each block left out; xs is scratch.
+func scoreLag(ivs []lagInterval, in *Integral, edge *[lagBlocks + 1]int, lag time.Duration, xs []float64) lagScore {
+	var sc lagScore
+	var sxy, sxx float64
+	var bxy, bxx [lagBlocks]float64
+	ca, cb := in.Cursor(), in.Cursor() // interval edges ascend: no binary searches
+	l := int64(lag)
+	k := 0
+	for i, v := range ivs {
+		for i >= edge[k+1] {
+			k++
+		}
+		xs[i] = cb.atNS(v.b.UnixNano()-l) - ca.atNS(v.a.UnixNano()-l)
+		bxy[k] += xs[i] * v.dE
+		bxx[k] += xs[i] * xs[i]
+	}
+	for k := range bxy {
+		sxy += bxy[k]
+		sxx += bxx[k]
+	}
+	if sxx == 0 {
+		return sc
+	}
+	// Residuals summed directly: syy - sxy²/sxx cancels catastrophically when the fit is near perfect.
+	g := sxy / sxx
+	for i, v := range ivs {
+		r := v.dE - g*xs[i]
+		sc.rss += r * r
+	}
+	sc.ok = true
+	// The same fit with each block left out.
+	for out := range lagBlocks {
+		ox, oxx := sxy-bxy[out], sxx-bxx[out]
+		if oxx <= 0 {
+			continue
+		}
+		g, r2 := ox/oxx, 0.0
+		for i, v := range ivs {
+			if i >= edge[out] && i < edge[out+1] {
+				continue
+			}
+			r := v.dE - g*xs[i]
+			r2 += r * r
+		}
+		sc.jk[out], sc.jkOK[out] = r2, true
+	}
+	return sc
 }
 
 // lagEstimate is the fit's result from the search: the best lag where the residuals' contrast over the lags tried

@@ -136,10 +136,12 @@ func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	}
 	slog.Debug("meters fitted", "took", time.Since(t1))
 	runs := make([]Run, len(spans))
+	t2 := time.Now()
 	parallel(len(spans), func(i int) {
 		w := windowOf(t, spans[i], sh)
 		runs[i] = traceRun(w, path, spans[i], meters, lms, detailed, plots)
 	})
+	slog.Debug("runs accounted", "runs", len(spans), "took", time.Since(t2))
 	return runs
 }
 

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"math"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/lem-energy/lem/analyze/account"
@@ -244,19 +245,27 @@ func lagMeters(t *trace.Trace) map[int]*lagMeter { return lagMetersOf(t, nil) }
 // would double the costliest step of a whole read and hold a second running integral of every GPU's samples).
 func lagMetersOf(t *trace.Trace, meters map[int]*account.Meter) map[int]*lagMeter {
 	out := map[int]*lagMeter{}
-	for g, s := range t.GPUs {
-		var h *energy.Hybrid
-		var est energy.LagEstimate
-		if m := meters[g]; m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
-			h, est = m.Hybrid(), m.Lag
-		} else {
-			var err error
-			if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
-				continue
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for g, s := range t.GPUs { // one GPU's lag meters at a time held a whole-trace report on many cores
+		wg.Go(func() {
+			var h *energy.Hybrid
+			var est energy.LagEstimate
+			if m := meters[g]; m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
+				h, est = m.Hybrid(), m.Lag
+			} else {
+				var err error
+				if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
+					return
+				}
 			}
-		}
-		out[g] = &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
+			lm := &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
+			mu.Lock()
+			out[g] = lm
+			mu.Unlock()
+		})
 	}
+	wg.Wait()
 	return out
 }
 
