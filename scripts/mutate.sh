@@ -21,7 +21,7 @@ mutations=(
   "run adjusted over the baseline window|analyze/account/account.go|s/energy\.Adjust\(float64\(mg\.Energy\.HybridJ\), idle, dur\)/energy.Adjust(float64(mg.Energy.HybridJ), idle, b.End.Sub(b.Start))/"
   "no baseline subtracted per phase or window|analyze/account/account.go|s/energy\.Adjust\(float64\(e\), idle, d\)/energy.Adjust(float64(e), 0*idle, d)/"
   "counter lag fixed at 85 ms|analyze/energy/hybrid.go|s/h, err := newHybrid\(pts, resets, in, lag\.Lag\)/h, err := newHybrid(pts, resets, in, 85*time.Millisecond)/"
-  "counter lag sign flipped|analyze/energy/hybrid.go|s/back: lag, in: in/back: -lag, in: in/"
+  "counter lag sign flipped|analyze/energy/hybrid.go|s/h := &Hybrid\{pts: pts, in: in, Lag: lag,/h := \&Hybrid{pts: pts, in: in, Lag: -lag,/"
   "phase start off by one sample|analyze/account/account.go|s/m\.hybrid\.Energy\(t0, t1\)/m.hybrid.Energy(t0.Add(20*time.Millisecond), t1)/"
   "last sample interval dropped|analyze/energy/energy.go|s/\tr\.Joules \+= trapezoid\(prevT, prevP, t1, powerAt\(ss, t1\)\)\n//"
   "baseline from the upper quartile|analyze/energy/baseline.go|s/b\.MedianW, b\.P25W, b\.P75W = Quantile\(ps, 0\.5\)/b.MedianW, b.P25W, b.P75W = Quantile(ps, 0.75)/"

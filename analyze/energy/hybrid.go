@@ -24,9 +24,8 @@ import (
 type Hybrid struct {
 	// pts are the distinct counter values at the first read that showed each, at the reads' own times: shared,
 	// never written, by the hybrids of one series at other lags (a whole series' copy per lag was most of a
-	// report's fresh memory); pt moves one back by the lag.
+	// report's fresh memory); pt moves one back by Lag.
 	pts    []point
-	back   time.Duration // the lag pts are moved back by (Lag as constructed)
 	in     *Integral
 	gain   float64 // counter joules per sampled joule over the whole series (for the ends)
 	Lag    time.Duration
@@ -64,7 +63,7 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	if len(in.ns) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
 	}
-	h := &Hybrid{pts: pts, back: lag, in: in, Lag: lag, Resets: resets, gain: 1}
+	h := &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: 1}
 	var dE, dS float64
 	cur := in.Cursor()
 	prevT := h.pt(0).t
@@ -92,8 +91,8 @@ func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
 }
 
 // pt is counter point i moved back by the lag, where the hybrid places it. Searches move the query forward
-// instead (t.Add(h.back)): the same comparisons, without moving every point.
-func (h *Hybrid) pt(i int) point { return point{h.pts[i].t.Add(-h.back), h.pts[i].j} }
+// instead (t.Add(h.Lag)): the same comparisons, without moving every point.
+func (h *Hybrid) pt(i int) point { return point{h.pts[i].t.Add(-h.Lag), h.pts[i].j} }
 
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
 func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
@@ -111,7 +110,7 @@ func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
 		}
 		return last.j + h.gain*(h.in.At(t)-h.in.At(last.t)), t.Sub(last.t), nil
 	}
-	tf := t.Add(h.back)
+	tf := t.Add(h.Lag)
 	k := sort.Search(n, func(i int) bool { return h.pts[i].t.After(tf) }) - 1
 	if k == n-1 {
 		return last.j, 0, nil
@@ -387,7 +386,7 @@ func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
 // own record per interval (the aliasing check, for every run and GPU) sizes that once and skips the copy.
 func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
 	n := len(h.pts)
-	f0, f1 := t0.Add(h.back), t1.Add(h.back)
+	f0, f1 := t0.Add(h.Lag), t1.Add(h.Lag)
 	k0 := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(f0) })-1, 0)
 	// At most one interval per reading from k0 to the first at or after t1.
 	end := k0 + sort.Search(n-k0, func(i int) bool { return !h.pts[k0+i].t.Before(f1) })
