@@ -53,10 +53,7 @@ func (r *run) line(text string, at time.Time) {
 		return
 	}
 	if errors.Is(err, marker.ErrSkew) { // a marker, its time a day off: dropped, and the run says so
-		r.mu.Lock()
-		r.markers.Rejected++
-		r.mu.Unlock()
-		r.log.Warn("marker rejected", "line", text, "err", err)
+		r.rejected(text, err)
 		return
 	}
 	if err != nil {
@@ -91,12 +88,17 @@ func (r *run) line(text string, at time.Time) {
 			continue
 		}
 		if err != nil {
-			r.mu.Lock()
-			r.markers.Rejected++
-			r.mu.Unlock()
-			r.log.Warn("marker rejected", "line", text, "err", err)
+			r.rejected(text, err)
 		}
 	}
+}
+
+// rejected counts a marker of line text that was refused (err says why) and logs it.
+func (r *run) rejected(text string, err error) {
+	r.mu.Lock()
+	r.markers.Rejected++
+	r.mu.Unlock()
+	r.log.Warn("marker rejected", "line", text, "err", err)
 }
 
 // serveMarkers serves the marker API for LEM_MARKER_URL on an address the workload reaches, with a fresh token.

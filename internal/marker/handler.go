@@ -236,7 +236,7 @@ func (h *Handler) at(t Time) (time.Time, error) {
 	if t.IsZero() {
 		return time.Time{}, nil
 	}
-	if d := t.Sub(h.store.now()); d > MaxSkew || d < -MaxSkew {
+	if !withinSkew(t.Time, h.store.now()) {
 		return time.Time{}, invalid("at %s is more than %s from the exporter's clock", t.Format(time.RFC3339Nano), MaxSkew)
 	}
 	return t.Time, nil

@@ -181,6 +181,13 @@ func parseOwnTime(v string, now time.Time) (time.Time, error) {
 	return ownTime(t, now)
 }
 
+// withinSkew says whether a marker's own time t lies within MaxSkew of now, the time it arrived: the one bound
+// for times posted and times printed.
+func withinSkew(t, now time.Time) bool {
+	d := t.Sub(now)
+	return d >= -MaxSkew && d <= MaxSkew
+}
+
 // ErrSkew marks a line that is a marker but whose own time lies more than MaxSkew from its reading: the marker is
 // dropped, not the line mistaken for one (it wraps ErrInvalid too).
 var ErrSkew = errors.New("own time too far from the reading")
@@ -188,7 +195,7 @@ var ErrSkew = errors.New("own time too far from the reading")
 // ownTime checks a line's own time against the time the line was read: a clock a day off (or a garbled
 // number) would move the phase out of the run.
 func ownTime(t, now time.Time) (time.Time, error) {
-	if d := t.Sub(now); d > MaxSkew || d < -MaxSkew {
+	if !withinSkew(t, now) {
 		return time.Time{}, fmt.Errorf("%w: %w: at %s is more than %s from the time the line was read (%s)", ErrInvalid,
 			ErrSkew, t.Format(time.RFC3339Nano), MaxSkew, now.UTC().Format(time.RFC3339Nano))
 	}
