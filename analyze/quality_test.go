@@ -23,10 +23,10 @@ func TestCaptureQuality(t *testing.T) {
 		if i == 101 {
 			at = at.Add(3 * time.Millisecond)
 		}
-		s.Samples = append(s.Samples, trace.PowerSample{Time: at, PowerW: 100})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(at), PowerW: 100})
 	}
 	for i := range 200 {
-		s.Counters = append(s.Counters, trace.CounterReading{Time: t0.Add(time.Duration(i) * 50 * time.Millisecond),
+		s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(i) * 50 * time.Millisecond)),
 			EnergyMJ: uint64(i), ReadDuration: time.Duration(i+1) * time.Millisecond})
 	}
 	ev := []trace.Event{{GPU: 0, Type: trace.EventGap, Attrs: map[string]string{"where": trace.GapAtDrain}},

@@ -350,7 +350,7 @@ func TestDashboardsOnPrometheus(t *testing.T) {
 				var idx int
 				fmt.Sscan(r.Metric["gpu"], &idx)
 				cs := f.rec.GPUs[idx].Counters
-				want := testutil.PlainCounter(cs, cs[0].Time, cs[len(cs)-1].Time)
+				want := testutil.PlainCounter(cs, cs[0].Time.Time(), cs[len(cs)-1].Time.Time())
 				t.Logf("%-4s GPU %d energy in range %10.1f J, recorded counter %10.1f J (%+.3f%%)", v.scrape, idx, r.Value, want, 100*(r.Value/want-1))
 				// increase() extrapolates from the first and last reading a scrape stored to the range's edges (here
 				// 20 s of 740 s) at the mean power between them.

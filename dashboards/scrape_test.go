@@ -100,19 +100,19 @@ func hostTrace(t testing.TB) *trace.Trace {
 		}
 		in := func(x time.Time) bool { return !x.Before(f0) && x.Before(f1) && !x.Add(shift).After(t1) }
 		for _, p := range s.Samples {
-			if in(p.Time) {
+			if in(p.Time.Time()) {
 				out.Samples = append(out.Samples, trace.PowerSample{Time: p.Time.Add(shift), PowerW: p.PowerW})
 			}
 		}
 		var last uint64
 		for _, c := range s.Counters {
-			if in(c.Time) {
+			if in(c.Time.Time()) {
 				last = c.EnergyMJ - base
 				out.Counters = append(out.Counters, trace.CounterReading{Time: c.Time.Add(shift), EnergyMJ: carried + last + 1_000_000, ReadDuration: c.ReadDuration})
 			}
 		}
 		for _, x := range s.Telemetry {
-			if in(x.Time) {
+			if in(x.Time.Time()) {
 				x.Time = x.Time.Add(shift)
 				out.Telemetry = append(out.Telemetry, x)
 			}

@@ -177,11 +177,11 @@ func (a *API) samples(w http.ResponseWriter, r *http.Request) {
 		enc := json.NewEncoder(bw)
 		for _, s := range series.Samples {
 			p := s.PowerW
-			enc.Encode(sampleLine{Kind: trace.KindSample, GPU: g, Time: s.Time, PowerW: &p})
+			enc.Encode(sampleLine{Kind: trace.KindSample, GPU: g, Time: s.Time.Time(), PowerW: &p})
 		}
 		for _, c := range series.Counters {
 			e := c.EnergyMJ
-			enc.Encode(sampleLine{Kind: trace.KindCounter, GPU: g, Time: c.Time, EnergyMJ: &e})
+			enc.Encode(sampleLine{Kind: trace.KindCounter, GPU: g, Time: c.Time.Time(), EnergyMJ: &e})
 		}
 		bw.Flush()
 	}

@@ -59,7 +59,7 @@ var gpuMetrics = []metric[*gpuView]{
 			if !g.st.HasCounter {
 				return nil
 			}
-			return []value{{v: g.st.LatestCounter.Joules(), at: g.st.LatestCounter.Time}}
+			return []value{{v: g.st.LatestCounter.Joules(), at: g.st.LatestCounter.Time.Time()}}
 		}},
 	{name: "lem_gpu_sampled_energy_joules_total", typ: prometheus.CounterValue,
 		help: "Integral of the driver's 50 Hz power samples since the exporter started, joules.",
@@ -67,7 +67,7 @@ var gpuMetrics = []metric[*gpuView]{
 			if g.st.SamplesCaptured == 0 {
 				return nil
 			}
-			return []value{{v: g.st.SampledEnergyJ, at: g.st.LatestSample.Time}}
+			return []value{{v: g.st.SampledEnergyJ, at: g.st.LatestSample.Time.Time()}}
 		}},
 	{name: "lem_gpu_power_watts", typ: prometheus.GaugeValue, labels: []string{"source"},
 		help: "GPU power in watts: source=sample (latest 50 Hz driver sample), instant (field 186), average (1 s moving average).",

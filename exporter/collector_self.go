@@ -100,7 +100,7 @@ var selfMetrics = []metric[*gpuView]{
 			if g.st.SamplesCaptured == 0 {
 				return nil
 			}
-			return one(unixSeconds(g.st.LatestSample.Time))
+			return one(unixSeconds(g.st.LatestSample.Time.Time()))
 		}},
 }
 

@@ -62,7 +62,7 @@ func recordedStats(g int, s *trace.Series, at time.Time) sampler.Stats {
 		MaxLag: map[string]time.Duration{"counter": 9 * time.Millisecond, "drain": 4 * time.Millisecond, "telemetry": 3 * time.Millisecond}}
 	var energy, drains, telem sampler.CallStats
 	for _, c := range s.Counters {
-		if c.Time.After(at) {
+		if c.Time.After(trace.StampOf(at)) {
 			break
 		}
 		energy.Count++
@@ -72,7 +72,7 @@ func recordedStats(g int, s *trace.Series, at time.Time) sampler.Stats {
 		st.LatestCounter, st.HasCounter = c, true
 	}
 	for i, smp := range s.Samples {
-		if smp.Time.After(at) {
+		if smp.Time.After(trace.StampOf(at)) {
 			break
 		}
 		if i == 0 {
@@ -93,7 +93,7 @@ func recordedStats(g int, s *trace.Series, at time.Time) sampler.Stats {
 	drains.Count = uint64(st.LastSample.Sub(st.FirstSample)/time.Second) + 1
 	drains.Total, drains.Max = time.Duration(drains.Count)*300*time.Microsecond, 700*time.Microsecond
 	for _, t := range s.Telemetry {
-		if t.Time.After(at) {
+		if t.Time.After(trace.StampOf(at)) {
 			break
 		}
 		if prev := st.LatestTelem; st.HasTelemetry && prev.ClockReasonsValid {
@@ -282,13 +282,13 @@ func TestExpositionGolden(t *testing.T) {
 	// sample as they stood at that instant, each with its own time; the lost GPU down, the other up.
 	var c trace.CounterReading
 	for _, r := range f.h200.Counters {
-		if !r.Time.After(f.at) {
+		if !r.Time.After(trace.StampOf(f.at)) {
 			c = r
 		}
 	}
 	var smp trace.PowerSample
 	for _, r := range f.h200.Samples {
-		if !r.Time.After(f.at) {
+		if !r.Time.After(trace.StampOf(f.at)) {
 			smp = r
 		}
 	}
@@ -351,7 +351,7 @@ func TestFailedGPUChangesOnlyItsOwnSeries(t *testing.T) {
 	broken := &recordedState{env: f.state.env, drops: f.state.drops, stats: map[int]sampler.Stats{0: healthy}}
 	broken.env.Devices = append(append([]meta.Device{}, f.state.env.Devices...), meta.Device{Index: 2, UUID: "GPU-no-state"})
 	// GPU 1 was lost before any call answered; its telemetry, had it come, would have been all unsupported.
-	broken.stats[1] = sampler.Stats{GPU: 1, Lost: true, HasTelemetry: true, LatestTelem: trace.NewTelemetry(f.at),
+	broken.stats[1] = sampler.Stats{GPU: 1, Lost: true, HasTelemetry: true, LatestTelem: trace.NewTelemetry(trace.StampOf(f.at)),
 		Calls: map[string]sampler.CallStats{sampler.CallSamples: {Count: 2, Errors: 2}}}
 
 	for _, c := range []func(*recordedState) prometheus.Collector{

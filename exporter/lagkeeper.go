@@ -91,7 +91,7 @@ func (k *LagKeeper) Fit() {
 		}
 		end := now
 		if n := len(w.Counters); n > 0 {
-			end = w.Counters[n-1].Time
+			end = w.Counters[n-1].Time.Time()
 		}
 		k.mu.Lock()
 		k.lags[d.UUID] = account.Record(est, end)

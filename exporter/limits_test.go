@@ -159,7 +159,7 @@ func TestSampleDownloadOverTheSampleCapSaysWhereToSplit(t *testing.T) {
 		return fmt.Sprintf("%s/api/v1/samples?gpu=0&start=%s&end=%s", r.URL, from.Format(time.RFC3339Nano), to.Format(time.RFC3339Nano))
 	}
 
-	code, body := get(t, q(first, last))
+	code, body := get(t, q(first.Time(), last.Time()))
 	assert.Equal(t, 400, code)
 	var e map[string]string
 	require.NoError(t, json.Unmarshal([]byte(body), &e))
@@ -167,7 +167,7 @@ func TestSampleDownloadOverTheSampleCapSaysWhereToSplit(t *testing.T) {
 		"--web.max-samples-per-response): ask for end=%s (sample %d), then for the rest", len(all.Samples), limit,
 		fit.Format(time.RFC3339Nano), limit), e["error"])
 
-	code, body = get(t, q(first, fit))
+	code, body = get(t, q(first.Time(), fit.Time()))
 	require.Equal(t, 200, code)
 	assert.Equal(t, limit, strings.Count(body, `"kind":"`+trace.KindSample+`"`))
 	assert.Equal(t, 1.0, value(t, scrape(t, r), "lem_exporter_sample_requests_refused_total", "reason", exporter.RefusedTooLarge))

@@ -191,9 +191,9 @@ func sharedRecording() *trace.Trace {
 	e := uint64(5_000_000)
 	for ms := 0; ms <= 50000; ms += 20 {
 		x := float64(ms) / 1000
-		s.Samples = append(s.Samples, trace.PowerSample{Time: at(x), PowerW: power(x)})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(at(x)), PowerW: power(x)})
 		if ms%100 == 0 {
-			s.Counters = append(s.Counters, trace.CounterReading{Time: at(x), EnergyMJ: e})
+			s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(at(x)), EnergyMJ: e})
 			e += uint64(power(x) * 100)
 		}
 	}

@@ -269,7 +269,7 @@ func meanOf(tel []trace.Telemetry, field func(trace.Telemetry) float64) *float64
 
 // drift is the baseline window's second half's median power minus its first half's.
 func drift(ss []trace.PowerSample, t0, t1 time.Time) *float64 {
-	mid := t0.Add(t1.Sub(t0) / 2)
+	mid := trace.StampOf(t0.Add(t1.Sub(t0) / 2))
 	var a, b []float64
 	for _, s := range ss {
 		if s.Time.Before(mid) {

@@ -56,8 +56,8 @@ func TestBaselineDrift(t *testing.T) {
 	var flat, falling []trace.PowerSample
 	for i := range 500 { // 10 s at 50 Hz
 		at := t0.Add(time.Duration(i) * 20 * time.Millisecond)
-		flat = append(flat, trace.PowerSample{Time: at, PowerW: 78 + float64(i%3)*0.1})
-		falling = append(falling, trace.PowerSample{Time: at, PowerW: 81 - 3*float64(i)/500})
+		flat = append(flat, trace.PowerSample{Time: trace.StampOf(at), PowerW: 78 + float64(i%3)*0.1})
+		falling = append(falling, trace.PowerSample{Time: trace.StampOf(at), PowerW: 81 - 3*float64(i)/500})
 	}
 	t1 := t0.Add(10 * time.Second)
 	require.NotNil(t, drift(flat, t0, t1))

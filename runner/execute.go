@@ -84,7 +84,7 @@ func (r *run) execute(ctx context.Context) (*Result, error) {
 	stopProvisional()
 	for g, c := range out.endReads {
 		b := l.brackets[g]
-		b.End = &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}
+		b.End = &manifest.CounterRead{Time: c.Time.Time(), EnergyMJ: c.EnergyMJ}
 		l.brackets[g] = b
 	}
 	if err := l.wl.Cleanup(r.m); err != nil {
@@ -144,7 +144,7 @@ func (r *run) launch(ctx context.Context, baselines map[int]*manifest.Baseline) 
 	l.start = latest(startReads, r.clock.Now())
 	r.m.Times.Start = l.start
 	for g, c := range startReads {
-		l.brackets[g] = account.Bracket{Start: &manifest.CounterRead{Time: c.Time, EnergyMJ: c.EnergyMJ}}
+		l.brackets[g] = account.Bracket{Start: &manifest.CounterRead{Time: c.Time.Time(), EnergyMJ: c.EnergyMJ}}
 	}
 	if _, err := r.store.Start(marker.StartReq{RunID: r.opts.RunID, Experiment: r.opts.Experiment,
 		Labels: map[string]string{trace.LabelWorkloadGPUs: marker.FormatGPUs(idx)}, At: l.start}); err != nil {
@@ -376,16 +376,16 @@ func (r *run) wait(ctx context.Context, wl backend.Workload) (status string, ex 
 }
 
 func latest(reads map[int]trace.CounterReading, fallback time.Time) time.Time {
-	var t time.Time
+	if len(reads) == 0 {
+		return fallback
+	}
+	var t trace.Stamp
 	for _, c := range reads {
 		if c.Time.After(t) {
 			t = c.Time
 		}
 	}
-	if t.IsZero() {
-		return fallback
-	}
-	return t
+	return t.Time()
 }
 
 // readAll reads every GPU's counter at once (each on its own sampler goroutine), each aligned on the counter's

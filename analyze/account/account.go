@@ -472,7 +472,8 @@ func throttleSeconds(tel []trace.Telemetry, start, end time.Time) map[string]flo
 }
 
 // ReasonSeconds is the time in [start, end] during which telemetry showed the clock-event bit.
-func ReasonSeconds(tel []trace.Telemetry, start, end time.Time, bit uint64) float64 {
+func ReasonSeconds(tel []trace.Telemetry, startT, endT time.Time, bit uint64) float64 {
+	start, end := trace.StampOf(startT), trace.StampOf(endT)
 	var sec float64
 	i := max(sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(start) })-1, 0)
 	for ; i+1 < len(tel) && tel[i].Time.Before(end); i++ {
@@ -509,7 +510,7 @@ func (a *accounting) capture(mg *manifest.GPU, win *trace.Series, events []trace
 	idx := mg.Index
 	c := manifest.Capture{Samples: len(win.Samples)}
 	for i := 1; i < len(win.Samples); i++ {
-		if energy.Sub(win.Samples[i].Time, win.Samples[i-1].Time) > 2*energy.DefaultSamplePeriod {
+		if win.Samples[i].Time.Sub(win.Samples[i-1].Time) > 2*energy.DefaultSamplePeriod {
 			c.Gaps++
 		}
 	}

@@ -134,7 +134,7 @@ func TestPartitionSumsToCounter(t *testing.T) {
 		if y.After(b) {
 			y = b
 		}
-		r, err := h.Energy(x, y)
+		r, err := h.Energy(x.Time(), y.Time())
 		require.NoError(t, err)
 		sum += r.Joules
 	}
@@ -461,7 +461,7 @@ func TestActiveIdleFromZeroUtilization(t *testing.T) {
 	}
 	var ps []float64
 	for _, x := range tr.GPUs[0].Samples {
-		if x.Time.After(idleMark.Add(time.Second)) && x.Time.Before(bs1.Add(-time.Second)) {
+		if x.Time.After(trace.StampOf(idleMark.Add(time.Second))) && x.Time.Before(trace.StampOf(bs1.Add(-time.Second))) {
 			ps = append(ps, x.PowerW)
 		}
 	}
@@ -494,7 +494,7 @@ func TestPStates(t *testing.T) {
 	t0 := time.Unix(2000, 0)
 	var tel []trace.Telemetry
 	for i, p := range []float64{8, 8, 8, 0, 0, 2, math.NaN(), 8, 16} { // 16: out of range, ignored
-		tm := trace.NewTelemetry(t0.Add(time.Duration(i) * time.Second))
+		tm := trace.NewTelemetry(trace.StampOf(t0.Add(time.Duration(i) * time.Second)))
 		tm.PState = p
 		tel = append(tel, tm)
 	}

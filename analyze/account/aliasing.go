@@ -145,7 +145,8 @@ func median(xs []float64) float64 {
 
 // Inside counts the intervals lying wholly inside [a, b] (a phase's own; the ones across its edges belong to the
 // boundary and lag terms), how many are suspect, and the largest departure among the suspect ones.
-func (c AliasCheck) Inside(a, b time.Time) (n, suspect int, worst float64) {
+func (c AliasCheck) Inside(at, bt time.Time) (n, suspect int, worst float64) {
+	a, b := trace.StampOf(at), trace.StampOf(bt)
 	k := sort.Search(len(c.Intervals), func(i int) bool { return !c.Intervals[i].Start.Before(a) })
 	for ; k < len(c.Intervals) && !c.Intervals[k].End.After(b); k++ {
 		n++
@@ -160,7 +161,8 @@ func (c AliasCheck) Inside(a, b time.Time) (n, suspect int, worst float64) {
 }
 
 // Overlap returns the checked intervals that overlap [a, b].
-func (c AliasCheck) Overlap(a, b time.Time) []IntervalCheck {
+func (c AliasCheck) Overlap(at, bt time.Time) []IntervalCheck {
+	a, b := trace.StampOf(at), trace.StampOf(bt)
 	k := sort.Search(len(c.Intervals), func(i int) bool { return c.Intervals[i].End.After(a) })
 	j := k
 	for j < len(c.Intervals) && c.Intervals[j].Start.Before(b) {
@@ -171,9 +173,10 @@ func (c AliasCheck) Overlap(a, b time.Time) []IntervalCheck {
 
 // Around returns the checked intervals that overlap [a, b] without lying wholly inside it: where a window's edges
 // fall, so where its energy is placed by the samples' shape rather than by counter readings.
-func (c AliasCheck) Around(a, b time.Time) []IntervalCheck {
+func (c AliasCheck) Around(at, bt time.Time) []IntervalCheck {
+	a, b := trace.StampOf(at), trace.StampOf(bt)
 	var out []IntervalCheck
-	for _, iv := range c.Overlap(a, b) {
+	for _, iv := range c.Overlap(at, bt) {
 		if iv.Start.Before(a) || iv.End.After(b) {
 			out = append(out, iv)
 		}

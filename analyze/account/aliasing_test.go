@@ -62,11 +62,11 @@ func TestAliasingFlagged(t *testing.T) {
 			inside, worst := 0, 0.0
 			for i := 1; i < len(cs); i++ {
 				a, b := cs[i-1].Time, cs[i].Time
-				if a.Before(at(6)) || b.After(at(10)) {
+				if a.Before(trace.StampOf(at(6))) || b.After(trace.StampOf(at(10))) {
 					continue
 				}
 				inside++
-				d := sq.Energy(a, b)/testutil.PlainSampled(tr.GPUs[0].Samples, a, b) - 1
+				d := sq.Energy(a.Time(), b.Time())/testutil.PlainSampled(tr.GPUs[0].Samples, a.Time(), b.Time()) - 1
 				if math.Abs(d) > math.Abs(worst) {
 					worst = d
 				}

@@ -14,7 +14,7 @@ import (
 func flatMeter(t0 time.Time, w float64) *Meter {
 	s := &trace.Series{}
 	for i := range 501 {
-		s.Samples = append(s.Samples, trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: w})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(i) * 20 * time.Millisecond)), PowerW: w})
 	}
 	return &Meter{series: s, Method: MethodSamples}
 }

@@ -143,11 +143,23 @@ func idleStretches(tel []trace.Telemetry, b *manifest.Baseline) [][2]time.Time {
 			j++
 		}
 		if j-i >= 2 && tel[j-1].Time.Sub(tel[i+1].Time) >= MinActiveIdle {
-			out = append(out, [2]time.Time{tel[i+1].Time, tel[j-1].Time})
+			out = append(out, [2]time.Time{tel[i+1].Time.Time(), tel[j-1].Time.Time()})
 		}
 		i = j + 1
 	}
 	return out
+}
+
+// stampBounds are [a, b] as stamps, a zero time leaving that side open.
+func stampBounds(a, b time.Time) (lo, hi trace.Stamp) {
+	lo, hi = math.MinInt64, math.MaxInt64
+	if !a.IsZero() {
+		lo = trace.StampOf(a)
+	}
+	if !b.IsZero() {
+		hi = trace.StampOf(b)
+	}
+	return lo, hi
 }
 
 // meanClock is the mean SM clock over [a, b] (zero times: all of it), NaN without telemetry.
@@ -155,10 +167,11 @@ func meanClock(tel []trace.Telemetry, a, b time.Time) float64 { return meanClock
 
 // meanClockOf is meanClock over the telemetry slices one after the other.
 func meanClockOf(a, b time.Time, tels ...[]trace.Telemetry) float64 {
+	lo, hi := stampBounds(a, b)
 	var sum, n float64
 	for _, tel := range tels {
 		for _, t := range tel {
-			if (a.IsZero() || !t.Time.Before(a)) && (b.IsZero() || !t.Time.After(b)) && !math.IsNaN(t.SMClockHz) {
+			if !t.Time.Before(lo) && !t.Time.After(hi) && !math.IsNaN(t.SMClockHz) {
 				sum += t.SMClockHz
 				n++
 			}
@@ -211,12 +224,13 @@ func PStates(tel []trace.Telemetry, a, b time.Time) (common, fastest float64, ok
 
 // pstatesOf is PStates over the telemetry slices one after the other.
 func pstatesOf(a, b time.Time, tels ...[]trace.Telemetry) (common, fastest float64, ok bool) {
+	lo, hi := stampBounds(a, b)
 	var n [16]int
 	fastest = math.Inf(1)
 	for _, tel := range tels {
 		for _, t := range tel {
 			if math.IsNaN(t.PState) || t.PState < 0 || t.PState > 15 ||
-				(!a.IsZero() && t.Time.Before(a)) || (!b.IsZero() && t.Time.After(b)) {
+				t.Time.Before(lo) || t.Time.After(hi) {
 				continue
 			}
 			n[int(t.PState)]++

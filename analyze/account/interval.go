@@ -111,11 +111,11 @@ func (im *IntervalMeter) wait(ctx context.Context, gpus []int, end time.Time, d 
 	covered := func() bool {
 		for _, g := range gpus {
 			st, ok := im.Src.Stats(g)
-			if !ok || !st.HasCounter || st.LatestCounter.Time.Before(end.Add(settle)) {
+			if !ok || !st.HasCounter || st.LatestCounter.Time.Before(trace.StampOf(end.Add(settle))) {
 				return false
 			}
 			next := st.LatestCounter.Time // the first reading settle past end, when the ring still has it
-			if s, err := im.Src.Window(g, end.Add(settle), next); err == nil && len(s.Counters) > 0 {
+			if s, err := im.Src.Window(g, end.Add(settle), next.Time()); err == nil && len(s.Counters) > 0 {
 				next = s.Counters[0].Time
 			}
 			if st.LatestSample.Time.Before(next.Add(settle)) {

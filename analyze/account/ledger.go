@@ -139,7 +139,7 @@ func (l *ProcessLedger) Counter(gpu int, c trace.CounterReading) {
 		if c.EnergyMJ < g.last.EnergyMJ { // reset: the counter restarted from zero, so its value is what was spent
 			mj = int64(c.EnergyMJ)
 		}
-		g.pending = append(g.pending, interval{t0: g.last.Time, t1: c.Time, mj: mj})
+		g.pending = append(g.pending, interval{t0: g.last.Time.Time(), t1: c.Time.Time(), mj: mj})
 	}
 	if !g.hasLast || c.Time.After(g.last.Time) {
 		g.last, g.hasLast = c, true

@@ -35,7 +35,7 @@ func feedLedger(l *account.ProcessLedger, from, until float64) {
 			for k := 0; k < ms; k += 1000 {
 				e += uint64(level(k) * 1000) // mJ over each second before
 			}
-			l.Counter(0, trace.CounterReading{Time: now, EnergyMJ: e})
+			l.Counter(0, trace.CounterReading{Time: trace.StampOf(now), EnergyMJ: e})
 		}
 		var samples []trace.ProcessSample
 		for _, p := range s.ProcessSamples {
@@ -132,11 +132,11 @@ func TestLedgerCapAndFold(t *testing.T) {
 // A PID seen again under another command is another process: its energy starts afresh.
 func TestLedgerRecycledPID(t *testing.T) {
 	l := account.NewProcessLedger(sharedEnv(), account.LedgerConfig{IdleW: map[int]float64{0: 0}})
-	l.Counter(0, trace.CounterReading{Time: at(0), EnergyMJ: 0})
+	l.Counter(0, trace.CounterReading{Time: trace.StampOf(at(0)), EnergyMJ: 0})
 	l.Poll(0, at(0), nil, []trace.Process{{Time: at(0), PID: 7, Identity: trace.ProcessIdentity{Command: "a"}}})
-	l.Counter(0, trace.CounterReading{Time: at(1), EnergyMJ: 1000})
+	l.Counter(0, trace.CounterReading{Time: trace.StampOf(at(1)), EnergyMJ: 1000})
 	l.Poll(0, at(2), nil, []trace.Process{{Time: at(2), PID: 7, Identity: trace.ProcessIdentity{Command: "b"}}})
-	l.Counter(0, trace.CounterReading{Time: at(3), EnergyMJ: 3000})
+	l.Counter(0, trace.CounterReading{Time: trace.StampOf(at(3)), EnergyMJ: 3000})
 	l.Poll(0, at(4), nil, []trace.Process{{Time: at(4), PID: 7, Identity: trace.ProcessIdentity{Command: "b"}}})
 	g, _ := l.Snapshot(0)
 	conserved(t, g)

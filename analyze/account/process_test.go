@@ -56,7 +56,7 @@ func sharedCounterTrace(mig bool) *trace.Trace {
 	s := tr.Series(0)
 	e := uint64(5_000_000)
 	for ms := 0; ms <= 50000; ms += 100 {
-		s.Counters = append(s.Counters, trace.CounterReading{Time: at(float64(ms) / 1000), EnergyMJ: e})
+		s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(at(float64(ms) / 1000)), EnergyMJ: e})
 		w := sharedLevels[0].W
 		for _, l := range sharedLevels {
 			if time.Duration(ms)*time.Millisecond >= l.At {

@@ -129,7 +129,7 @@ func TestFitCoverage(t *testing.T) {
 	s := loadSteps()
 	p := truePower(s)
 	ser := s.Series()
-	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time, ser.Samples[len(ser.Samples)-1].Time)
+	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time.Time(), ser.Samples[len(ser.Samples)-1].Time.Time())
 	trials := 200
 	if raceEnabled {
 		trials = 30
@@ -173,7 +173,7 @@ func TestFitCoverageCorrelatedNoise(t *testing.T) {
 	s := loadSteps()
 	p := truePower(s)
 	ser := s.Series()
-	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time, ser.Samples[len(ser.Samples)-1].Time)
+	lem := calibrate.Prepare(account.NewMeter(ser), ser.Samples[0].Time.Time(), ser.Samples[len(ser.Samples)-1].Time.Time())
 	trials := 100
 	if raceEnabled {
 		trials = 20
@@ -209,18 +209,18 @@ func TestFitRefuses(t *testing.T) {
 	m := account.NewMeter(ser)
 	r := rand.New(rand.NewPCG(1, 2))
 	good := meterLog(s, p, 1, 0, 1, 0, r)
-	_, err := calibrate.Fit(good[:8], m, from, to, calibrate.Options{})
+	_, err := calibrate.Fit(good[:8], m, from.Time(), to.Time(), calibrate.Options{})
 	assert.ErrorContains(t, err, "8 meter readings: a fit needs at least 11")
-	_, err = calibrate.Fit(meterLog(s, p, 1, 0, 1, 20*time.Second, r), m, from, to, calibrate.Options{})
+	_, err = calibrate.Fit(meterLog(s, p, 1, 0, 1, 20*time.Second, r), m, from.Time(), to.Time(), calibrate.Options{})
 	assert.ErrorContains(t, err, "the best clock offset lies at the search limit (±10s)")
 	far := meterLog(s, p, 1, 0, 1, time.Hour, r)
-	_, err = calibrate.Fit(far, m, from, to, calibrate.Options{})
+	_, err = calibrate.Fit(far, m, from.Time(), to.Time(), calibrate.Options{})
 	assert.ErrorContains(t, err, "0 meter readings overlap the trace")
 
 	flat := testutil.Synth{Start: t0, Duration: 2 * time.Minute, Levels: []testutil.Level{{W: 300}}}
 	fs := flat.Series()
-	_, err = calibrate.Fit(meterLog(flat, truePower(flat), 1, 0, 1, 0, r), account.NewMeter(fs), fs.Samples[0].Time,
-		fs.Samples[len(fs.Samples)-1].Time, calibrate.Options{})
+	_, err = calibrate.Fit(meterLog(flat, truePower(flat), 1, 0, 1, 0, r), account.NewMeter(fs), fs.Samples[0].Time.Time(),
+		fs.Samples[len(fs.Samples)-1].Time.Time(), calibrate.Options{})
 	assert.ErrorContains(t, err, "a calibration needs loads across the range")
 }
 

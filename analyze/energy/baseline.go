@@ -31,8 +31,9 @@ const MinBaselineSamples = 10
 func ComputeBaseline(ss []trace.PowerSample, tel []trace.Telemetry, t0, t1 time.Time) (Baseline, error) {
 	b := Baseline{Start: t0, End: t1, TempMeanC: math.NaN(), TempStartC: math.NaN(), TempEndC: math.NaN()}
 	var ps []float64
+	a0, a1 := trace.StampOf(t0), trace.StampOf(t1)
 	for _, s := range ss {
-		if !s.Time.Before(t0) && !s.Time.After(t1) {
+		if !s.Time.Before(a0) && !s.Time.After(a1) {
 			ps = append(ps, s.PowerW)
 		}
 	}
@@ -46,7 +47,7 @@ func ComputeBaseline(ss []trace.PowerSample, tel []trace.Telemetry, t0, t1 time.
 	var sum float64
 	var n int
 	for _, t := range tel {
-		if t.Time.Before(t0) || t.Time.After(t1) || math.IsNaN(t.TemperatureC) {
+		if t.Time.Before(a0) || t.Time.After(a1) || math.IsNaN(t.TemperatureC) {
 			continue
 		}
 		if n == 0 {

@@ -14,7 +14,7 @@ func BenchmarkHybridPhasesHour(b *testing.B) {
 	t0 := time.Unix(1795735590, 0)
 	ss := make([]trace.PowerSample, 180_000)
 	for i := range ss {
-		ss[i] = trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: 100 + float64(i%500)}
+		ss[i] = trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(i) * 20 * time.Millisecond)), PowerW: 100 + float64(i%500)}
 	}
 	var cs []trace.CounterReading
 	var e float64
@@ -50,7 +50,7 @@ func BenchmarkEstimateLagHour(b *testing.B) {
 		if (i/200)%2 == 1 {
 			p = 600
 		}
-		ss[i] = trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: p}
+		ss[i] = trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(i) * 20 * time.Millisecond)), PowerW: p}
 		if i > 0 {
 			e += (ss[i-1].PowerW + p) / 2 * 0.02
 		}

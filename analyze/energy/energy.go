@@ -21,7 +21,7 @@ const DefaultSamplePeriod = 20 * time.Millisecond
 
 // point is a counter value in joules on a continuous (reset-free) scale.
 type point struct {
-	t time.Time
+	t trace.Stamp
 	j float64
 }
 
@@ -70,7 +70,7 @@ func counterPoints(cs []trace.CounterReading, distinct bool) (pts []point, reset
 
 // readingsAt is valueAt(normalize(cs), t) for t within the readings, without the normalized copy (a window per
 // run, phase and GPU): the same offsets summed in the same order, so the same value to the bit.
-func readingsAt(cs []trace.CounterReading, t time.Time) float64 {
+func readingsAt(cs []trace.CounterReading, t trace.Stamp) float64 {
 	i := sort.Search(len(cs), func(i int) bool { return !cs[i].Time.Before(t) })
 	var offset float64 // normalize's offset at reading i-1
 	for k := 1; k < i; k++ {
@@ -110,17 +110,18 @@ func Counter(cs []trace.CounterReading, t0, t1 time.Time) (CounterResult, error)
 	}
 	// Only the reads from the last at or before t0 to the first at or after t1 matter (a reset offset before
 	// them cancels in the difference): long traces cost O(log n) per window.
-	lo := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(t0) }) - 1
-	hi := sort.Search(len(cs), func(i int) bool { return !cs[i].Time.Before(t1) })
+	a0, a1 := trace.StampOf(t0), trace.StampOf(t1)
+	lo := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(a0) }) - 1
+	hi := sort.Search(len(cs), func(i int) bool { return !cs[i].Time.Before(a1) })
 	if lo < 0 || hi >= len(cs) {
 		pts, _ := normalize(cs)
 		return CounterResult{}, fmt.Errorf("counter readings %s: %w", coverage(pts), ErrNoCoverage)
 	}
 	cs = cs[lo : hi+1]
-	a, b := readingsAt(cs, t0), readingsAt(cs, t1)
+	a, b := readingsAt(cs, a0), readingsAt(cs, a1)
 	r := CounterResult{Joules: math.Max(b-a, 0)}
 	for i := 1; i < len(cs); i++ {
-		if cs[i].Time.Before(t0) || cs[i].Time.After(t1) {
+		if cs[i].Time.Before(a0) || cs[i].Time.After(a1) {
 			continue
 		}
 		if cs[i].EnergyMJ != cs[i-1].EnergyMJ {
@@ -152,7 +153,7 @@ type SampledResult struct {
 }
 
 // powerAt interpolates the sample power at t (ss in time order, t within their span).
-func powerAt(ss []trace.PowerSample, t time.Time) float64 {
+func powerAt(ss []trace.PowerSample, t trace.Stamp) float64 {
 	i := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(t) })
 	if i == 0 {
 		return ss[0].PowerW
@@ -174,7 +175,8 @@ func Sampled(ss []trace.PowerSample, t0, t1 time.Time) (SampledResult, error) {
 		return SampledResult{}, fmt.Errorf("empty window %s .. %s", t0.Format(time.RFC3339Nano), t1.Format(time.RFC3339Nano))
 	}
 	n := len(ss)
-	if n < 2 || t0.Before(ss[0].Time) || t1.After(ss[n-1].Time) {
+	a0, a1 := trace.StampOf(t0), trace.StampOf(t1)
+	if n < 2 || a0.Before(ss[0].Time) || a1.After(ss[n-1].Time) {
 		var cov string
 		if n > 0 {
 			cov = fmt.Sprintf(" (samples cover %s .. %s)", ss[0].Time.Format(time.RFC3339Nano), ss[n-1].Time.Format(time.RFC3339Nano))
@@ -182,25 +184,25 @@ func Sampled(ss []trace.PowerSample, t0, t1 time.Time) (SampledResult, error) {
 		return SampledResult{}, fmt.Errorf("power samples%s: %w", cov, ErrNoCoverage)
 	}
 	var r SampledResult
-	i := sort.Search(n, func(i int) bool { return ss[i].Time.After(t0) })
-	prevT, prevP := t0, powerAt(ss, t0)
-	for ; i < n && !ss[i].Time.After(t1); i++ {
+	i := sort.Search(n, func(i int) bool { return ss[i].Time.After(a0) })
+	prevT, prevP := a0, powerAt(ss, a0)
+	for ; i < n && !ss[i].Time.After(a1); i++ {
 		r.N++
 		r.Joules += trapezoid(prevT, prevP, ss[i].Time, ss[i].PowerW)
 		if i > 0 {
-			if d := Sub(ss[i].Time, ss[i-1].Time); d > 2*DefaultSamplePeriod {
+			if d := ss[i].Time.Sub(ss[i-1].Time); d > 2*DefaultSamplePeriod {
 				r.Gaps++
 				r.GapTime += d - DefaultSamplePeriod
 			}
 		}
 		prevT, prevP = ss[i].Time, ss[i].PowerW
 	}
-	r.Joules += trapezoid(prevT, prevP, t1, powerAt(ss, t1))
+	r.Joules += trapezoid(prevT, prevP, a1, powerAt(ss, a1))
 	return r, nil
 }
 
-func trapezoid(t0 time.Time, p0 float64, t1 time.Time, p1 float64) float64 {
-	return (p0 + p1) / 2 * Sub(t1, t0).Seconds()
+func trapezoid(t0 trace.Stamp, p0 float64, t1 trace.Stamp, p1 float64) float64 {
+	return (p0 + p1) / 2 * t1.Sub(t0).Seconds()
 }
 
 // Integral is the running integral of the samples, for O(log n) energy over any window (O(1) amortised for
@@ -215,7 +217,7 @@ type Integral struct {
 func NewIntegral(ss []trace.PowerSample) *Integral {
 	in := &Integral{ns: make([]int64, len(ss)), pw: make([]float64, len(ss)), cum: make([]float64, len(ss))}
 	for i, x := range ss {
-		in.ns[i], in.pw[i] = x.Time.UnixNano(), x.PowerW
+		in.ns[i], in.pw[i] = int64(x.Time), x.PowerW
 		if i > 0 {
 			in.cum[i] = in.cum[i-1] + (in.pw[i-1]+in.pw[i])/2*float64(in.ns[i]-in.ns[i-1])/1e9
 		}
@@ -224,9 +226,9 @@ func NewIntegral(ss []trace.PowerSample) *Integral {
 }
 
 // Covers reports whether t lies within the samples.
-func (in *Integral) Covers(t time.Time) bool {
+func (in *Integral) Covers(t trace.Stamp) bool {
 	n := len(in.ns)
-	ns := t.UnixNano()
+	ns := int64(t)
 	return n >= 2 && ns >= in.ns[0] && ns <= in.ns[n-1]
 }
 
@@ -246,8 +248,8 @@ func (in *Integral) at(ns int64, k int) float64 {
 }
 
 // At returns the integral from the first sample to t (t clamped to the samples' span).
-func (in *Integral) At(t time.Time) float64 {
-	ns := t.UnixNano()
+func (in *Integral) At(t trace.Stamp) float64 {
+	ns := int64(t)
 	k := sort.Search(len(in.ns), func(i int) bool { return in.ns[i] > ns }) - 1
 	return in.at(ns, max(k, 0))
 }
@@ -262,7 +264,7 @@ type Cursor struct {
 func (in *Integral) Cursor() *Cursor { return &Cursor{in: in} }
 
 // At is Integral.At for a time not before the previous call's.
-func (c *Cursor) At(t time.Time) float64 { return c.atNS(t.UnixNano()) }
+func (c *Cursor) At(t trace.Stamp) float64 { return c.atNS(int64(t)) }
 
 func (c *Cursor) atNS(ns int64) float64 {
 	xs := c.in.ns
@@ -277,15 +279,4 @@ func (c *Cursor) atNS(ns int64) float64 {
 	c.k = lo + sort.Search(hi-lo, func(i int) bool { return xs[lo+i] > ns }) - 1
 	c.k = max(c.k, 0)
 	return c.in.at(ns, c.k)
-}
-
-// Sub is t.Sub(u) on the wall clock, cheaper in loops over samples: time.Time.Sub checks for overflow by adding
-// the difference back and comparing, which costs more than the subtraction itself. Times less than about 285
-// years apart take the direct difference, the others time.Time.Sub. Monotonic clock readings are ignored: no time
-// read from a trace has one.
-func Sub(t, u time.Time) time.Duration {
-	if s := t.Unix() - u.Unix(); s < 9e9 && s > -9e9 {
-		return time.Duration(s)*time.Second + time.Duration(t.Nanosecond()-u.Nanosecond())
-	}
-	return t.Sub(u)
 }

@@ -90,7 +90,7 @@ func TestSampledTrapezoidExactEdges(t *testing.T) {
 	// Power ramps 100 W → 200 W over 1 s: the energy over [0.25 s, 0.75 s] is exactly 75 J.
 	var ss []trace.PowerSample
 	for ms := 0; ms <= 1000; ms += 20 {
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: 100 + float64(ms)/10})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: 100 + float64(ms)/10})
 	}
 	r, err := energy.Sampled(ss, at(250), at(750))
 	require.NoError(t, err)
@@ -114,11 +114,11 @@ func TestSampledTrapezoidExactEdges(t *testing.T) {
 
 func TestCounterInterpolationAndResets(t *testing.T) {
 	cs := []trace.CounterReading{
-		{Time: at(0), EnergyMJ: 10_000},
-		{Time: at(100), EnergyMJ: 20_000},
-		{Time: at(200), EnergyMJ: 30_000},
-		{Time: at(300), EnergyMJ: 5_000}, // driver reload: restarted from 0
-		{Time: at(400), EnergyMJ: 15_000},
+		{Time: trace.StampOf(at(0)), EnergyMJ: 10_000},
+		{Time: trace.StampOf(at(100)), EnergyMJ: 20_000},
+		{Time: trace.StampOf(at(200)), EnergyMJ: 30_000},
+		{Time: trace.StampOf(at(300)), EnergyMJ: 5_000}, // driver reload: restarted from 0
+		{Time: trace.StampOf(at(400)), EnergyMJ: 15_000},
 	}
 	cases := []struct {
 		name    string
@@ -146,14 +146,14 @@ func TestCounterInterpolationAndResets(t *testing.T) {
 
 func TestHybridAllocatesByShape(t *testing.T) {
 	// The counter says 10 J between 0 and 100 ms; samples say all power came in the second half.
-	cs := []trace.CounterReading{{Time: at(0), EnergyMJ: 0}, {Time: at(100), EnergyMJ: 10_000}, {Time: at(200), EnergyMJ: 20_000}}
+	cs := []trace.CounterReading{{Time: trace.StampOf(at(0)), EnergyMJ: 0}, {Time: trace.StampOf(at(100)), EnergyMJ: 10_000}, {Time: trace.StampOf(at(200)), EnergyMJ: 20_000}}
 	var ss []trace.PowerSample
 	for ms := 0; ms <= 200; ms += 10 {
 		p := 0.0
 		if ms >= 50 {
 			p = 100
 		}
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: p})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: p})
 	}
 	h, err := energy.NewHybrid(cs, ss, 0)
 	require.NoError(t, err)
@@ -169,9 +169,9 @@ func TestHybridAllocatesByShape(t *testing.T) {
 func TestBaselineAndAdjust(t *testing.T) {
 	var ss []trace.PowerSample
 	for i, p := range []float64{80, 81, 82, 83, 84, 85, 86, 87, 88, 89, 300} { // one spike
-		ss = append(ss, trace.PowerSample{Time: at(20 * i), PowerW: p})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(20 * i)), PowerW: p})
 	}
-	tel := []trace.Telemetry{trace.NewTelemetry(at(0)), trace.NewTelemetry(at(100))}
+	tel := []trace.Telemetry{trace.NewTelemetry(trace.StampOf(at(0))), trace.NewTelemetry(trace.StampOf(at(100)))}
 	tel[0].TemperatureC, tel[1].TemperatureC = 30, 32
 	b, err := energy.ComputeBaseline(ss, tel, at(0), at(200))
 	require.NoError(t, err)
@@ -204,9 +204,9 @@ func TestLagNotResolvableOnFlatPower(t *testing.T) {
 	var ss []trace.PowerSample
 	var cs []trace.CounterReading
 	for ms := 0; ms <= 5000; ms += 20 {
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: 100})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: 100})
 		if ms%100 == 0 {
-			cs = append(cs, trace.CounterReading{Time: at(ms), EnergyMJ: uint64(ms * 100)})
+			cs = append(cs, trace.CounterReading{Time: trace.StampOf(at(ms)), EnergyMJ: uint64(ms * 100)})
 		}
 	}
 	_, est, _ := energy.FitHybrid(cs, ss)
@@ -227,7 +227,7 @@ func TestFindSteady(t *testing.T) {
 		default:
 			p = 500 - 400*float64(ms-12000)/2000
 		}
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: p})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: p})
 	}
 	st := energy.FindSteady(ss, at(0), at(14000), energy.SteadyOptions{})
 	require.True(t, st.Found)
@@ -239,7 +239,7 @@ func TestFindSteady(t *testing.T) {
 	// A sawtooth never settles.
 	var saw []trace.PowerSample
 	for ms := 0; ms <= 10000; ms += 20 {
-		saw = append(saw, trace.PowerSample{Time: at(ms), PowerW: 100 + float64(ms%1000)})
+		saw = append(saw, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: 100 + float64(ms%1000)})
 	}
 	assert.False(t, energy.FindSteady(saw, at(0), at(10000), energy.SteadyOptions{}).Found)
 }

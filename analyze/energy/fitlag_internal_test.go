@@ -29,7 +29,7 @@ func TestFitLagParallelEqualsSerial(t *testing.T) {
 	r := rand.New(rand.NewPCG(7, 8))
 	var ss []trace.PowerSample
 	for ms := 0; ms <= 160000; ms += 20 {
-		ss = append(ss, trace.PowerSample{Time: at(float64(ms)), PowerW: power(float64(ms)) * (1 + 0.01*r.NormFloat64())})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(float64(ms))), PowerW: power(float64(ms)) * (1 + 0.01*r.NormFloat64())})
 	}
 	var cs []trace.CounterReading
 	var e float64
@@ -38,7 +38,7 @@ func TestFitLagParallelEqualsSerial(t *testing.T) {
 		for ; x < read-float64(lag.Milliseconds()); x++ {
 			e += power(x) / 1000
 		}
-		cs = append(cs, trace.CounterReading{Time: at(read), EnergyMJ: uint64(1000 * e)})
+		cs = append(cs, trace.CounterReading{Time: trace.StampOf(at(read)), EnergyMJ: uint64(1000 * e)})
 	}
 	pts, _ := distinctPoints(cs)
 	in := NewIntegral(ss)

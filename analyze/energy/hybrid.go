@@ -95,7 +95,7 @@ func (h *Hybrid) WithLag(lag time.Duration) *Hybrid {
 func (h *Hybrid) pt(i int) point { return point{h.pts[i].t.Add(-h.Lag), h.pts[i].j} }
 
 // at returns the cumulative hybrid energy at t, and how far t lies outside the readings.
-func (h *Hybrid) at(t time.Time) (float64, time.Duration, error) {
+func (h *Hybrid) at(t trace.Stamp) (float64, time.Duration, error) {
 	n := len(h.pts)
 	first, last := h.pt(0), h.pt(n-1)
 	switch {
@@ -132,11 +132,11 @@ func (h *Hybrid) Energy(t0, t1 time.Time) (HybridResult, error) {
 	if !t1.After(t0) {
 		return HybridResult{}, fmt.Errorf("empty window %s .. %s", t0.Format(time.RFC3339Nano), t1.Format(time.RFC3339Nano))
 	}
-	a, xa, err := h.at(t0)
+	a, xa, err := h.at(trace.StampOf(t0))
 	if err != nil {
 		return HybridResult{}, err
 	}
-	b, xb, err := h.at(t1)
+	b, xb, err := h.at(trace.StampOf(t1))
 	if err != nil {
 		return HybridResult{}, err
 	}
@@ -182,7 +182,7 @@ const lagBlocks = 10
 
 // lagInterval is one counter interval of the lag fit: the increment dE between two readings at a and b.
 type lagInterval struct {
-	a, b time.Time
+	a, b trace.Stamp
 	dE   float64
 }
 
@@ -358,7 +358,7 @@ func lagEstimate(n int, best, worst float64, bestLag time.Duration, jkLag [lagBl
 // Interval is one counter interval as the hybrid allocates it: between two distinct counter values, both moved
 // back by the lag, with the counter's energy over it and the samples' energy over the same span.
 type Interval struct {
-	Start, End time.Time
+	Start, End trace.Stamp
 	CounterJ   float64
 	SampledJ   float64
 }
@@ -386,7 +386,8 @@ func (h *Hybrid) Intervals(t0, t1 time.Time) []Interval {
 // own record per interval (the aliasing check, for every run and GPU) sizes that once and skips the copy.
 func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
 	n := len(h.pts)
-	f0, f1 := t0.Add(h.Lag), t1.Add(h.Lag)
+	w0, w1 := trace.StampOf(t0), trace.StampOf(t1)
+	f0, f1 := w0.Add(h.Lag), w1.Add(h.Lag)
 	k0 := max(sort.Search(n, func(i int) bool { return h.pts[i].t.After(f0) })-1, 0)
 	// At most one interval per reading from k0 to the first at or after t1.
 	end := k0 + sort.Search(n-k0, func(i int) bool { return !h.pts[k0+i].t.Before(f1) })
@@ -394,7 +395,7 @@ func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
 		cur := h.in.Cursor()
 		for k := k0; k+1 < n && h.pts[k].t.Before(f1); k++ {
 			a, b := h.pt(k), h.pt(k+1)
-			if !b.t.After(t0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
+			if !b.t.After(w0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
 				continue
 			}
 			s0 := cur.At(a.t)

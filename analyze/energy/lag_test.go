@@ -27,7 +27,7 @@ func TestLagUncertaintyCoversKnownLag(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	var ss []trace.PowerSample
 	for ms := 0; ms <= 30000; ms += 20 {
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: power(float64(ms)) * (1 + 0.01*r.NormFloat64())})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: power(float64(ms)) * (1 + 0.01*r.NormFloat64())})
 	}
 	// The true energy up to t, integrated finely from the noiseless power.
 	energyTo := func(ms float64) float64 {
@@ -40,7 +40,7 @@ func TestLagUncertaintyCoversKnownLag(t *testing.T) {
 	var cs []trace.CounterReading
 	for ms := 500; ms <= 29500; ms += 100 {
 		read := float64(ms) + 4*(2*r.Float64()-1)
-		cs = append(cs, trace.CounterReading{Time: at(0).Add(time.Duration(read * float64(time.Millisecond))),
+		cs = append(cs, trace.CounterReading{Time: trace.StampOf(at(0).Add(time.Duration(read * float64(time.Millisecond)))),
 			EnergyMJ: uint64(1000 * energyTo(read-float64(lag.Milliseconds())))})
 	}
 	_, est, err := energy.FitHybrid(cs, ss)
@@ -54,9 +54,9 @@ func TestLagUncertaintyCoversKnownLag(t *testing.T) {
 	var flat []trace.PowerSample
 	var fc []trace.CounterReading
 	for ms := 0; ms <= 5000; ms += 20 {
-		flat = append(flat, trace.PowerSample{Time: at(ms), PowerW: 100})
+		flat = append(flat, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: 100})
 		if ms%100 == 0 {
-			fc = append(fc, trace.CounterReading{Time: at(ms), EnergyMJ: uint64(ms * 100)})
+			fc = append(fc, trace.CounterReading{Time: trace.StampOf(at(ms)), EnergyMJ: uint64(ms * 100)})
 		}
 	}
 	_, est, _ = energy.FitHybrid(fc, flat)
@@ -73,14 +73,14 @@ func TestWithLag(t *testing.T) {
 		if ms >= 1000 {
 			p = 400
 		}
-		ss = append(ss, trace.PowerSample{Time: at(ms), PowerW: p})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(at(ms)), PowerW: p})
 	}
 	for ms := 0; ms <= 3000; ms += 100 {
 		e := 0.1 * float64(min(ms-100, 1000)) // J up to ms−100 at 100 W …
 		if ms-100 > 1000 {
 			e += 0.4 * float64(ms-100-1000) // … and 400 W after 1 s
 		}
-		cs = append(cs, trace.CounterReading{Time: at(ms), EnergyMJ: uint64(1000 * max(e, 0))})
+		cs = append(cs, trace.CounterReading{Time: trace.StampOf(at(ms)), EnergyMJ: uint64(1000 * max(e, 0))})
 	}
 	h, err := energy.NewHybrid(cs, ss, 0)
 	require.NoError(t, err)
@@ -97,7 +97,7 @@ func TestWithLag(t *testing.T) {
 	assert.Equal(t, beforeIvs, h.Intervals(at(0), at(3000)))
 	require.Len(t, beforeIvs, 29) // 31 readings, the first two equal
 	assert.Equal(t, right.Intervals(at(0), at(3000)), w.Intervals(at(0), at(3000)))
-	assert.Equal(t, at(100), w.Intervals(at(0), at(3000))[0].Start) // the read at 200 ms, moved back; at(0) less 100 ms has no samples
+	assert.Equal(t, trace.StampOf(at(100)), w.Intervals(at(0), at(3000))[0].Start) // the read at 200 ms, moved back; at(0) less 100 ms has no samples
 	for _, win := range [][2]int{{500, 1000}, {1000, 1500}, {800, 1200}} {
 		a, err := w.Energy(at(win[0]), at(win[1]))
 		require.NoError(t, err)

@@ -40,7 +40,7 @@ func (g gpuSeries) make() ([]trace.CounterReading, []trace.PowerSample) {
 		if rng.IntN(200) == 0 {
 			continue
 		}
-		ss = append(ss, trace.PowerSample{Time: t0.Add(d + time.Duration(rng.IntN(300))*time.Microsecond), PowerW: power(d)})
+		ss = append(ss, trace.PowerSample{Time: trace.StampOf(t0.Add(d + time.Duration(rng.IntN(300))*time.Microsecond)), PowerW: power(d)})
 	}
 	// Energy at each 100 ms update, from the power lag late (fine steps).
 	var cs []trace.CounterReading
@@ -63,7 +63,7 @@ func (g gpuSeries) make() ([]trace.CounterReading, []trace.PowerSample) {
 			if g.resetAt > 0 && d >= g.resetAt {
 				v = uint64(upd * 1000 / 3) // restarted lower
 			}
-			cs = append(cs, trace.CounterReading{Time: t0.Add(d), EnergyMJ: v})
+			cs = append(cs, trace.CounterReading{Time: trace.StampOf(t0.Add(d)), EnergyMJ: v})
 		}
 	}
 	return cs, ss
@@ -79,18 +79,18 @@ func streamFit(cs []trace.CounterReading, ss []trace.PowerSample, seed uint64) *
 		var at time.Time
 		switch {
 		case i < len(cs) && j < len(ss):
-			at = minTime(cs[i].Time, ss[j].Time)
+			at = minTime(cs[i].Time.Time(), ss[j].Time.Time())
 		case i < len(cs):
-			at = cs[i].Time
+			at = cs[i].Time.Time()
 		default:
-			at = ss[j].Time
+			at = ss[j].Time.Time()
 		}
 		cut := at.Add(time.Duration(rng.IntN(4000)) * time.Millisecond)
 		i2, j2 := i, j
-		for i2 < len(cs) && cs[i2].Time.Before(cut) {
+		for i2 < len(cs) && cs[i2].Time.Before(trace.StampOf(cut)) {
 			i2++
 		}
-		for j2 < len(ss) && ss[j2].Time.Before(cut) {
+		for j2 < len(ss) && ss[j2].Time.Before(trace.StampOf(cut)) {
 			j2++
 		}
 		l.Add(cs[i:i2], ss[j:j2])

@@ -110,7 +110,7 @@ func TestDistinctPointsEqualDedupeNormalize(t *testing.T) {
 	} {
 		cs := make([]trace.CounterReading, len(mjs))
 		for i, mj := range mjs {
-			cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+			cs[i] = trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(i) * 100 * time.Millisecond)), EnergyMJ: mj}
 		}
 		got, gotResets := distinctPoints(cs)
 		want, wantResets := normalize(dedupe(cs))
@@ -127,7 +127,7 @@ func TestCounterPointsValues(t *testing.T) {
 	mjs := []uint64{1000, 1000, 2500, 2500, 2500, 4000, 300, 300, 900, 900, 100, 100, 100, 1700}
 	cs := make([]trace.CounterReading, len(mjs))
 	for i, mj := range mjs {
-		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: mj}
+		cs[i] = trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(i) * 100 * time.Millisecond)), EnergyMJ: mj}
 	}
 	for _, c := range []struct {
 		name   string
@@ -168,7 +168,7 @@ func TestCounterPointsEqualPlain(t *testing.T) {
 			default:
 				e += uint64(1 + rng.Int64N(5e5))
 			}
-			cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: e}
+			cs[i] = trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(i) * 100 * time.Millisecond)), EnergyMJ: e}
 		}
 		for _, distinct := range []bool{false, true} {
 			var want []point
@@ -228,7 +228,7 @@ func BenchmarkCounterPoints(b *testing.B) {
 		case i%5 != 4:
 			e += 40_000 + uint64(i%7)*1000
 		}
-		cs[i] = trace.CounterReading{Time: t0.Add(time.Duration(i) * 100 * time.Millisecond), EnergyMJ: e}
+		cs[i] = trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(i) * 100 * time.Millisecond)), EnergyMJ: e}
 	}
 	b.Run("all", func(b *testing.B) {
 		b.ReportAllocs()

@@ -37,8 +37,9 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 	if o.MinLen <= 0 {
 		o.MinLen = o.Window / 2
 	}
-	lo := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(t0) })
-	hi := sort.Search(len(ss), func(i int) bool { return ss[i].Time.After(t1) })
+	a0, a1 := trace.StampOf(t0), trace.StampOf(t1)
+	lo := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(a0) })
+	hi := sort.Search(len(ss), func(i int) bool { return ss[i].Time.After(a1) })
 	w := ss[lo:hi]
 	if len(w) < 3 {
 		return Steady{}
@@ -50,12 +51,12 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 	j := 0
 	var sum, sq float64
 	for i := range w {
-		for j < len(w) && Sub(w[j].Time, w[i].Time) < o.Window {
+		for j < len(w) && w[j].Time.Sub(w[i].Time) < o.Window {
 			sum += w[j].PowerW
 			sq += w[j].PowerW * w[j].PowerW
 			j++
 		}
-		if Sub(w[j-1].Time, w[i].Time) < o.Window*9/10 { // window runs past the data
+		if w[j-1].Time.Sub(w[i].Time) < o.Window*9/10 { // window runs past the data
 			break
 		}
 		n := float64(j - i)
@@ -69,7 +70,7 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 				cur, in = seg{c, c}, true
 			}
 			cur.b = c
-			if Sub(w[cur.b].Time, w[cur.a].Time) > Sub(w[best.b].Time, w[best.a].Time) {
+			if w[cur.b].Time.Sub(w[cur.a].Time) > w[best.b].Time.Sub(w[best.a].Time) {
 				best = cur
 			}
 		} else {
@@ -78,7 +79,7 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 		sum -= w[i].PowerW
 		sq -= w[i].PowerW * w[i].PowerW
 	}
-	if Sub(w[best.b].Time, w[best.a].Time) < o.MinLen {
+	if w[best.b].Time.Sub(w[best.a].Time) < o.MinLen {
 		return Steady{}
 	}
 	var s, q float64
@@ -88,6 +89,6 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 	}
 	n := float64(best.b - best.a + 1)
 	mean := s / n
-	return Steady{Found: true, Start: w[best.a].Time, End: w[best.b].Time, MeanW: mean,
+	return Steady{Found: true, Start: w[best.a].Time.Time(), End: w[best.b].Time.Time(), MeanW: mean,
 		CV: math.Sqrt(math.Max(q/n-mean*mean, 0)) / mean}
 }

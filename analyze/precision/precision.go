@@ -299,9 +299,10 @@ func medianInterval(cs []trace.CounterReading) float64 {
 
 // localIdle is the median sample power over the idleBefore stretch ending at t.
 func localIdle(ss []trace.PowerSample, t time.Time) float64 {
-	i := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(t.Add(-idleBefore)) })
+	at := trace.StampOf(t)
+	i := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(at.Add(-idleBefore)) })
 	var ps []float64
-	for ; i < len(ss) && ss[i].Time.Before(t); i++ {
+	for ; i < len(ss) && ss[i].Time.Before(at); i++ {
 		ps = append(ps, ss[i].PowerW)
 	}
 	if len(ps) < 3 {

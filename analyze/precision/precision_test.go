@@ -54,14 +54,14 @@ func (b *board) trace(events []trace.Event) *trace.Trace {
 	tr := trace.New(testutil.SynthEnv(0))
 	s := tr.Series(0)
 	for ms := 5.0; ms/1000 <= b.dur; ms += 20 {
-		s.Samples = append(s.Samples, trace.PowerSample{Time: at(ms / 1000), PowerW: b.power(ms / 1000)})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(at(ms / 1000)), PowerW: b.power(ms / 1000)})
 	}
 	for ms := 37.0; (ms+50)/1000 <= b.dur; ms += 100 {
-		s.Counters = append(s.Counters, trace.CounterReading{Time: at((ms + 50) / 1000),
+		s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(at((ms + 50) / 1000)),
 			EnergyMJ: 1_000_000 + uint64(math.Floor(1000*b.energy(0, ms/1000)))})
 	}
 	for ms := 1000.0; ms/1000 <= b.dur; ms += 100 {
-		tm := trace.NewTelemetry(at(ms / 1000))
+		tm := trace.NewTelemetry(trace.StampOf(at(ms / 1000)))
 		tm.AveragePowerW = b.energy(ms/1000-1, ms/1000)
 		s.Telemetry = append(s.Telemetry, tm)
 	}

@@ -117,7 +117,7 @@ func TestPullSkipsValuesNoTraceCanHold(t *testing.T) {
 	assert.Equal(t, 1, neg)
 	for _, c := range s.Counters {
 		// 1000 J + 100 J/s: every reading kept is one the exporter meant, in mJ.
-		i := c.Time.Sub(t0) / time.Second
+		i := c.Time.Sub(trace.StampOf(t0)) / time.Second
 		assert.Equal(t, uint64(1000+100*i)*1000, c.EnergyMJ, "reading at %s", c.Time)
 	}
 }

@@ -197,7 +197,7 @@ func TestPullFleetStreamsInTimeOrder(t *testing.T) {
 		s := tr.GPUs[g]
 		require.Len(t, s.Samples, perGPU)
 		for i, x := range s.Samples {
-			require.True(t, x.Time.Equal(t0.Add(time.Duration(i)*20*time.Millisecond)) && x.PowerW == power(g, i),
+			require.True(t, x.Time.Equal(trace.StampOf(t0.Add(time.Duration(i)*20*time.Millisecond))) && x.PowerW == power(g, i),
 				"GPU %d sample %d: %v", g, i, x)
 		}
 		require.Len(t, s.Counters, int(span/(2*time.Second)))

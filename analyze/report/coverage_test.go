@@ -199,7 +199,7 @@ func (r *truthRec) record(rng *rand.Rand, t0 time.Time, total time.Duration) *tr
 	for at := t0.Add(truthSample + off); at.Before(t0.Add(total)); at = at.Add(truthSample) {
 		p := c.w[c.ms(at)]
 		p += rng.NormFloat64() * (0.5 + 0.005*p)
-		s.Samples = append(s.Samples, trace.PowerSample{Time: at, PowerW: p})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(at), PowerW: p})
 	}
 	uoff := time.Duration(rng.Float64() * float64(truthUpdate))
 	// A read half an update after the update it shows, lagged by r.lag as a whole: the truth at read − lag.
@@ -213,7 +213,7 @@ func (r *truthRec) record(rng *rand.Rand, t0 time.Time, total time.Duration) *tr
 		}
 		e := c.at(read.Add(-r.lag))
 		jit := time.Duration(rng.Float64() * float64(3*time.Millisecond))
-		s.Counters = append(s.Counters, trace.CounterReading{Time: read.Add(jit), EnergyMJ: 1_000_000 + uint64(math.Floor(e*1000))})
+		s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(read.Add(jit)), EnergyMJ: 1_000_000 + uint64(math.Floor(e*1000))})
 	}
 	b0, b1 := t0.Add(300*time.Millisecond), t0.Add(5300*time.Millisecond)
 	eb, err := energy.ComputeBaseline(s.Samples, nil, b0, b1)

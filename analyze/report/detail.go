@@ -133,7 +133,7 @@ func steadyIn(s *trace.Series, m *manifest.Manifest, g int, occ map[string][]edg
 	var best energy.Steady
 	for _, w := range windows {
 		for _, st := range loadedStretches(s.Window(w.start, w.end).Samples, idle) {
-			f := energy.FindSteady(st, st[0].Time, st[len(st)-1].Time, energy.SteadyOptions{})
+			f := energy.FindSteady(st, st[0].Time.Time(), st[len(st)-1].Time.Time(), energy.SteadyOptions{})
 			if f.Found && f.MeanW > idle && f.End.Sub(f.Start) > best.End.Sub(best.Start) {
 				best = f
 			}

@@ -115,7 +115,7 @@ func (pl powerPlot) traces(b *strings.Builder, r Run, gpus []int) {
 		c := phaseColors[(i+3)%len(phaseColors)]
 		var pts []string
 		for _, s := range r.Power[g] {
-			pts = append(pts, f(pl.x(s.Time.Sub(pl.t0).Seconds()))+","+f(pl.y(s.PowerW)))
+			pts = append(pts, f(pl.x(s.Time.Sub(trace.StampOf(pl.t0)).Seconds()))+","+f(pl.y(s.PowerW)))
 		}
 		fmt.Fprintf(b, `<polyline class="trace" fill="none" stroke="%s" stroke-width="1" points="%s"><title>GPU %d power</title></polyline>`,
 			c, strings.Join(pts, " "), g)

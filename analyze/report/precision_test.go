@@ -159,8 +159,8 @@ func plainAliasingFloor(s *trace.Series, lag time.Duration, a, b, pa, pb time.Ti
 		}
 		if prev != nil {
 			x, y := prev.Time.Add(-lag), c.Time.Add(-lag)
-			if y.After(a) && x.Before(b) && !x.Before(s.Samples[0].Time) && !y.After(s.Samples[len(s.Samples)-1].Time) {
-				ivs = append(ivs, iv{x, y, c.Joules() - prev.Joules()})
+			if y.After(trace.StampOf(a)) && x.Before(trace.StampOf(b)) && !x.Before(s.Samples[0].Time) && !y.After(s.Samples[len(s.Samples)-1].Time) {
+				ivs = append(ivs, iv{x.Time(), y.Time(), c.Joules() - prev.Joules()})
 			}
 		}
 		prev = c

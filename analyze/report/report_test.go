@@ -44,7 +44,7 @@ func runs(t *testing.T, dir string, exps map[string]int) {
 			start := first.Add(time.Duration(2+6*slot) * time.Second)
 			slot++
 			id := fmt.Sprintf("%s-c%d", exp, c+1)
-			runDir(t, filepath.Join(dir, id), rec, id, exp, c+1, start)
+			runDir(t, filepath.Join(dir, id), rec, id, exp, c+1, start.Time())
 		}
 	}
 }
@@ -135,7 +135,7 @@ func TestReportOnReplayedRuns(t *testing.T) {
 		edge := func(at time.Time) float64 {
 			var p float64
 			for _, x := range ss {
-				if d := x.Time.Sub(at); d >= -20*time.Millisecond && d <= 20*time.Millisecond {
+				if d := x.Time.Sub(trace.StampOf(at)); d >= -20*time.Millisecond && d <= 20*time.Millisecond {
 					p = max(p, x.PowerW)
 				}
 			}

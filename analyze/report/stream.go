@@ -86,7 +86,7 @@ func (o LoadOptions) stream(paths []string) bool {
 type gpuFacts struct {
 	ext        trace.Extents
 	distinct   int
-	lastChange time.Time // the last reading that first showed its value
+	lastChange trace.Stamp // the last reading that first showed its value
 	lastMJ     uint64
 	method     string
 	lag        energy.LagEstimate

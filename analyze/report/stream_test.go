@@ -125,9 +125,9 @@ func markedLLM(t *testing.T, dir string) string {
 	*out.Series(0) = *s
 	// The counter ends a second before the samples (the recording's end is then the last sample).
 	endS := s.Samples[len(s.Samples)-1].Time
-	out.GPUs[0].Counters = (&trace.Series{Counters: s.Counters}).Window(s.Counters[0].Time, endS.Add(-time.Second)).Counters
+	out.GPUs[0].Counters = (&trace.Series{Counters: s.Counters}).Window(s.Counters[0].Time.Time(), endS.Add(-time.Second).Time()).Counters
 	phase := map[string]trace.Phase{}
-	for _, p := range trace.Phases(src.Events, s.Samples[len(s.Samples)-1].Time) {
+	for _, p := range trace.Phases(src.Events, s.Samples[len(s.Samples)-1].Time.Time()) {
 		phase[p.Name] = p
 	}
 	half := &trace.Series{Telemetry: s.Telemetry}
@@ -135,7 +135,7 @@ func markedLLM(t *testing.T, dir string) string {
 		half.Samples = append(half.Samples, trace.PowerSample{Time: x.Time, PowerW: x.PowerW / 2})
 	}
 	for _, c := range s.Counters {
-		if c.Time.Before(phase["bs32"].Start.Add(5 * time.Second)) {
+		if c.Time.Before(trace.StampOf(phase["bs32"].Start.Add(5 * time.Second))) {
 			half.Counters = append(half.Counters, trace.CounterReading{Time: c.Time, EnergyMJ: c.EnergyMJ / 2})
 		}
 	}
@@ -144,8 +144,8 @@ func markedLLM(t *testing.T, dir string) string {
 		out.Events = append(out.Events, trace.Event{Time: at, GPU: trace.NoGPU, Type: typ, RunID: run, Name: name, Attrs: attrs})
 	}
 	bs1, bs8, bs32 := phase["bs1"], phase["bs8"], phase["bs32"]
-	ev(s.Samples[0].Time.Add(10*time.Millisecond), trace.EventRunStart, "first", "exp", nil)
-	ev(s.Samples[0].Time.Add(7*time.Second), trace.EventRunEnd, "first", "exp", nil)
+	ev(s.Samples[0].Time.Add(10*time.Millisecond).Time(), trace.EventRunStart, "first", "exp", nil)
+	ev(s.Samples[0].Time.Add(7*time.Second).Time(), trace.EventRunEnd, "first", "exp", nil)
 	ev(bs1.Start.Add(-500*time.Millisecond), trace.EventRunStart, "a", "exp", nil)
 	ev(bs1.Start, trace.EventPhase, "a", "bs1", nil)
 	ev(bs1.End, trace.EventResult, "a", "", map[string]string{"output_tokens": "500"})

@@ -304,7 +304,7 @@ func aliasTerm(h *energy.Hybrid, ck account.AliasCheck, ws []edgeWindow, shortBe
 			rms = math.Sqrt(rms / float64(len(ov)))
 		}
 		for _, iv := range edgeIntervals(h, ck, w) {
-			a, b := iv.Start, iv.End
+			a, b := iv.Start.Time(), iv.End.Time()
 			if a.Before(w.start) {
 				a = w.start
 			}
@@ -334,8 +334,9 @@ func edgeIntervals(h *energy.Hybrid, ck account.AliasCheck, w edgeWindow) []acco
 		return ck.Around(w.start, w.end)
 	}
 	var out []account.IntervalCheck
+	a, b := trace.StampOf(w.start), trace.StampOf(w.end)
 	for _, iv := range h.Intervals(w.start, w.end) {
-		if iv.Start.Before(w.start) || iv.End.After(w.end) {
+		if iv.Start.Before(a) || iv.End.After(b) {
 			out = append(out, account.IntervalCheck{Interval: iv})
 		}
 	}
@@ -346,9 +347,10 @@ func edgeIntervals(h *energy.Hybrid, ck account.AliasCheck, w edgeWindow) []acco
 // can move (at a load step, the higher side). NaN without samples there.
 func edgePower(ss []trace.PowerSample, t time.Time) float64 {
 	p := energy.DefaultSamplePeriod
-	i := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(t.Add(-p)) })
+	at := trace.StampOf(t)
+	i := sort.Search(len(ss), func(i int) bool { return !ss[i].Time.Before(at.Add(-p)) })
 	best := math.NaN()
-	for ; i < len(ss) && !ss[i].Time.After(t.Add(p)); i++ {
+	for ; i < len(ss) && !ss[i].Time.After(at.Add(p)); i++ {
 		if math.IsNaN(best) || ss[i].PowerW > best {
 			best = ss[i].PowerW
 		}

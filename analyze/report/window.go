@@ -39,7 +39,7 @@ type span struct{ c0, c1, s0, s1, t0, t1, p0, p1, q0, q1 int }
 
 // changeAtOrBefore is the last reading at or before t that first showed its value (the hybrid takes each value at
 // the read that first showed it, so a window must begin at one), or 0.
-func changeAtOrBefore(cs []trace.CounterReading, t time.Time) int {
+func changeAtOrBefore(cs []trace.CounterReading, t trace.Stamp) int {
 	return changeAt(cs, sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(t) })-1)
 }
 
@@ -52,7 +52,7 @@ func changeAt(cs []trace.CounterReading, i int) int {
 }
 
 // changeAfter is the first reading after t that first showed its value; len(cs) when none.
-func changeAfter(cs []trace.CounterReading, t time.Time) int {
+func changeAfter(cs []trace.CounterReading, t trace.Stamp) int {
 	i := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(t) })
 	for i > 0 && i < len(cs) && cs[i].EnergyMJ == cs[i-1].EnergyMJ {
 		i++
@@ -77,8 +77,9 @@ func changeAfter(cs []trace.CounterReading, t time.Time) int {
 func spanOf(s *trace.Series, start, end time.Time, sh shifts, more func(kind int) bool) (sp span, complete bool) {
 	complete = true
 	cs := s.Counters
-	sp.c0 = changeAtOrBefore(cs, start.Add(sh.lo))
-	hi := changeAfter(cs, end.Add(sh.hi))
+	st, en := trace.StampOf(start), trace.StampOf(end)
+	sp.c0 = changeAtOrBefore(cs, st.Add(sh.lo))
+	hi := changeAfter(cs, en.Add(sh.hi))
 	if hi >= len(cs) {
 		if more(kindCounter) {
 			complete = false
@@ -89,10 +90,10 @@ func spanOf(s *trace.Series, start, end time.Time, sh shifts, more func(kind int
 		}
 	}
 	sp.c1 = hi
-	from, to := start.Add(-edgeMargin), end.Add(edgeMargin)
+	from, to := st.Add(-edgeMargin), en.Add(edgeMargin)
 	if sp.c1 >= sp.c0 && len(cs) > 0 {
-		from = minT(from, cs[sp.c0].Time.Add(-sh.hi))
-		to = maxT(to, cs[sp.c1].Time.Add(-sh.lo))
+		from = min(from, cs[sp.c0].Time.Add(-sh.hi))
+		to = max(to, cs[sp.c1].Time.Add(-sh.lo))
 	}
 	ss := s.Samples
 	sp.s0 = max(sort.Search(len(ss), func(i int) bool { return ss[i].Time.After(from) })-1, 0)
@@ -102,19 +103,19 @@ func spanOf(s *trace.Series, start, end time.Time, sh shifts, more func(kind int
 		sp.s1 = len(ss) - 1
 	}
 	tel := s.Telemetry
-	sp.t0 = max(sort.Search(len(tel), func(i int) bool { return tel[i].Time.After(start) })-1, 0)
-	sp.t1 = sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(end) })
+	sp.t0 = max(sort.Search(len(tel), func(i int) bool { return tel[i].Time.After(st) })-1, 0)
+	sp.t1 = sort.Search(len(tel), func(i int) bool { return !tel[i].Time.Before(en) })
 	if sp.t1 >= len(tel) {
 		complete = complete && !more(kindTelemetry)
 		sp.t1 = len(tel) - 1
 	}
-	from, to = start.Add(-processMargin), end.Add(processMargin)
+	pfrom, pto := start.Add(-processMargin), end.Add(processMargin)
 	ps := s.ProcessSamples
-	sp.p0 = sort.Search(len(ps), func(i int) bool { return !ps[i].Time.Before(from) })
-	sp.p1 = sort.Search(len(ps), func(i int) bool { return ps[i].Time.After(to) }) - 1
+	sp.p0 = sort.Search(len(ps), func(i int) bool { return !ps[i].Time.Before(pfrom) })
+	sp.p1 = sort.Search(len(ps), func(i int) bool { return ps[i].Time.After(pto) }) - 1
 	qs := s.Processes
-	sp.q0 = sort.Search(len(qs), func(i int) bool { return !qs[i].Time.Before(from) })
-	sp.q1 = sort.Search(len(qs), func(i int) bool { return qs[i].Time.After(to) }) - 1
+	sp.q0 = sort.Search(len(qs), func(i int) bool { return !qs[i].Time.Before(pfrom) })
+	sp.q1 = sort.Search(len(qs), func(i int) bool { return qs[i].Time.After(pto) }) - 1
 	complete = complete && !more(kindProcessSamples) && !more(kindProcesses)
 	return sp, complete
 }
@@ -159,13 +160,6 @@ func runEvents(evs []trace.Event, sp Span) []trace.Event {
 		}
 	}
 	return out
-}
-
-func minT(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 func maxT(a, b time.Time) time.Time {

@@ -51,7 +51,7 @@ func TestRecordFirstPhaseHasCounterEnergy(t *testing.T) {
 	require.NotNil(t, s)
 	var before int
 	for _, c := range s.Counters {
-		if !c.Time.After(aStart) {
+		if !c.Time.After(trace.StampOf(aStart)) {
 			before++
 		}
 	}

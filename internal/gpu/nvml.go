@@ -184,7 +184,7 @@ func (d *nvmlDevice) Info() meta.Device { return d.info }
 func (d *nvmlDevice) ReadEnergy() (trace.CounterReading, error) {
 	t0 := time.Now()
 	e, r := d.h.GetTotalEnergyConsumption()
-	c := trace.CounterReading{Time: t0, EnergyMJ: e, ReadDuration: time.Since(t0)}
+	c := trace.CounterReading{Time: trace.StampOf(t0), EnergyMJ: e, ReadDuration: time.Since(t0)}
 	return c, nvmlErr("GetTotalEnergyConsumption", r)
 }
 
@@ -224,7 +224,7 @@ func (d *nvmlDevice) PowerSamples(since time.Time) ([]trace.PowerSample, error) 
 			continue
 		}
 		out = append(out, trace.PowerSample{
-			Time:   time.UnixMicro(int64(s.TimeStamp)),
+			Time:   trace.Stamp(int64(s.TimeStamp) * 1000),
 			PowerW: sampleValue(vt, s.SampleValue) / 1000,
 		})
 	}
@@ -232,7 +232,7 @@ func (d *nvmlDevice) PowerSamples(since time.Time) ([]trace.PowerSample, error) 
 }
 
 func (d *nvmlDevice) Telemetry() (trace.Telemetry, error) {
-	t := trace.NewTelemetry(time.Now())
+	t := trace.NewTelemetry(trace.StampOf(time.Now()))
 	var errs []error
 	ok := 0
 	note := func(call string, r nvml.Return) bool {

@@ -13,6 +13,7 @@ import (
 	"github.com/lem-energy/lem/internal/gpu"
 	"github.com/lem-energy/lem/internal/gpu/gputest"
 	"github.com/lem-energy/lem/internal/testutil"
+	"github.com/lem-energy/lem/internal/trace"
 )
 
 func TestNVMLMetadataAndReads(t *testing.T) {
@@ -39,8 +40,8 @@ func nvmlMetadataAndReads(t *testing.T) {
 	devs := src.Devices()
 	c, err := devs[0].ReadEnergy()
 	require.NoError(t, err)
-	assert.Equal(t, time.Now(), c.Time, "stamped on the clock")
-	assert.Equal(t, uint64(c.Time.UnixMicro())/10, c.EnergyMJ, "the mock's counter at that instant")
+	assert.Equal(t, trace.StampOf(time.Now()), c.Time, "stamped on the clock")
+	assert.Equal(t, uint64(c.Time.Time().UnixMicro())/10, c.EnergyMJ, "the mock's counter at that instant")
 	_, err = devs[1].ReadEnergy()
 	assert.ErrorIs(t, err, gpu.ErrNotSupported)
 
@@ -48,9 +49,9 @@ func nvmlMetadataAndReads(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, ss, 101, "the mock's 2 s of 50 Hz history, both ends")
 	assert.Equal(t, 100.0, ss[0].PowerW)
-	assert.Equal(t, time.Now(), ss[len(ss)-1].Time)
+	assert.Equal(t, trace.StampOf(time.Now()), ss[len(ss)-1].Time)
 	time.Sleep(50 * time.Millisecond)
-	more, err := devs[0].PowerSamples(ss[len(ss)-1].Time)
+	more, err := devs[0].PowerSamples(ss[len(ss)-1].Time.Time())
 	require.NoError(t, err)
 	assert.Len(t, more, 2, "only samples newer than the last seen: 20 and 40 ms later")
 

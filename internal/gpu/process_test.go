@@ -76,10 +76,10 @@ func processTrace(t0 time.Time) *trace.Trace {
 	s := tr.Series(0)
 	s.Samples, s.Counters = nil, nil
 	for ms := 0; ms <= 10000; ms += 20 {
-		s.Samples = append(s.Samples, trace.PowerSample{Time: t0.Add(time.Duration(ms) * time.Millisecond), PowerW: 300})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(ms) * time.Millisecond)), PowerW: 300})
 	}
 	for ms := 0; ms <= 10000; ms += 100 {
-		s.Counters = append(s.Counters, trace.CounterReading{Time: t0.Add(time.Duration(ms) * time.Millisecond), EnergyMJ: uint64(300 * ms)})
+		s.Counters = append(s.Counters, trace.CounterReading{Time: trace.StampOf(t0.Add(time.Duration(ms) * time.Millisecond)), EnergyMJ: uint64(300 * ms)})
 	}
 	idA := trace.ProcessIdentity{Command: "python3", Runtime: "docker", ContainerID: "c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00", ContainerName: "a"}
 	for sec := 1; sec <= 6; sec++ {

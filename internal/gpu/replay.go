@@ -207,15 +207,15 @@ func (d *replayDevice) ReadEnergy() (trace.CounterReading, error) {
 	now := d.src.clock.Now()
 	cs := d.s.Counters
 	if len(cs) == 0 {
-		return trace.CounterReading{Time: now}, fmt.Errorf("replay GPU %d: %w (no counter in the recording)",
+		return trace.CounterReading{Time: trace.StampOf(now)}, fmt.Errorf("replay GPU %d: %w (no counter in the recording)",
 			d.info.Index, ErrNotSupported)
 	}
 	loop, rec := d.src.at(now)
-	i := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(rec) }) - 1
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].Time.After(trace.StampOf(rec)) }) - 1
 	if i < 0 {
 		i = 0
 	}
-	return trace.CounterReading{Time: now, EnergyMJ: cs[i].EnergyMJ + uint64(loop)*d.energyPerLp,
+	return trace.CounterReading{Time: trace.StampOf(now), EnergyMJ: cs[i].EnergyMJ + uint64(loop)*d.energyPerLp,
 		ReadDuration: cs[i].ReadDuration}, nil
 }
 
@@ -235,7 +235,7 @@ func (d *replayDevice) PowerSamples(since time.Time) ([]trace.PowerSample, error
 	var out []trace.PowerSample
 	for k := max(loop-1, 0); k <= loop; k++ {
 		off := d.src.shift + time.Duration(k)*d.src.period
-		from, to := lo.Add(-off), now.Add(-off) // window in recording time
+		from, to := trace.StampOf(lo.Add(-off)), trace.StampOf(now.Add(-off)) // window in recording time
 		i := sort.Search(len(ss), func(i int) bool { return ss[i].Time.After(from) })
 		for ; i < len(ss) && !ss[i].Time.After(to); i++ {
 			out = append(out, trace.PowerSample{Time: ss[i].Time.Add(off), PowerW: ss[i].PowerW})
@@ -249,15 +249,15 @@ func (d *replayDevice) Telemetry() (trace.Telemetry, error) {
 	now := d.src.clock.Now()
 	ts := d.s.Telemetry
 	if len(ts) == 0 {
-		return trace.NewTelemetry(now), fmt.Errorf("replay GPU %d telemetry: %w", d.info.Index, ErrNotSupported)
+		return trace.NewTelemetry(trace.StampOf(now)), fmt.Errorf("replay GPU %d telemetry: %w", d.info.Index, ErrNotSupported)
 	}
 	_, rec := d.src.at(now)
-	i := sort.Search(len(ts), func(i int) bool { return ts[i].Time.After(rec) }) - 1
+	i := sort.Search(len(ts), func(i int) bool { return ts[i].Time.After(trace.StampOf(rec)) }) - 1
 	if i < 0 {
 		i = 0
 	}
 	t := ts[i]
-	t.Time = now
+	t.Time = trace.StampOf(now)
 	return t, nil
 }
 

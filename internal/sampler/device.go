@@ -36,8 +36,8 @@ type Stats struct {
 	GPU int
 	// SamplesCaptured counts driver power samples received; FirstSample and LastSample bound them.
 	SamplesCaptured uint64
-	FirstSample     time.Time
-	LastSample      time.Time
+	FirstSample     trace.Stamp
+	LastSample      trace.Stamp
 	// Gaps counts intervals between consecutive samples over twice the sample period; MissedSamples estimates
 	// the samples those gaps should have held. DrainGaps is the part of Gaps that fell between two drains
 	// (samples lem may have lost); the rest lay inside one drained batch, i.e. the driver never produced them.
@@ -262,7 +262,7 @@ func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, boo
 		return prev, time.Time{}, false
 	}
 	deadline := prev.Time.Add(2 * d.s.cfg.CounterUpdatePeriod)
-	for clock.Now().Before(deadline) {
+	for trace.StampOf(clock.Now()).Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return prev, time.Time{}, false
@@ -273,7 +273,7 @@ func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, boo
 			return prev, time.Time{}, false
 		}
 		if c.EnergyMJ != prev.EnergyMJ {
-			return c, prev.Time.Add(c.Time.Sub(prev.Time) / 2), true
+			return c, prev.Time.Add(c.Time.Sub(prev.Time) / 2).Time(), true
 		}
 		prev = c
 	}
@@ -318,7 +318,7 @@ func (d *device) readCounter() (trace.CounterReading, error) {
 	d.mu.Unlock()
 	if reset {
 		d.s.log.Warn("energy counter reset (driver reload?)", "gpu", d.idx)
-		d.s.Emit(trace.Event{Time: c.Time, GPU: d.idx, Type: trace.EventCounterReset})
+		d.s.Emit(trace.Event{Time: c.Time.Time(), GPU: d.idx, Type: trace.EventCounterReset})
 	}
 	d.s.publish(Record{GPU: d.idx, Kind: KindCounter, Counter: c})
 	return c, nil
@@ -341,8 +341,11 @@ func (d *device) drainLoop(ctx context.Context) {
 }
 
 func (d *device) drain() {
+	var since time.Time // zero before the first sample: everything the driver holds
 	d.mu.Lock()
-	since := d.st.LastSample
+	if d.st.SamplesCaptured > 0 {
+		since = d.st.LastSample.Time()
+	}
 	d.mu.Unlock()
 	var ss []trace.PowerSample
 	if err := d.call(CallSamples, func() (err error) { ss, err = d.dev.PowerSamples(since); return err }); err != nil {
@@ -373,7 +376,7 @@ func (d *device) drain() {
 						typ = trace.EventOverrun
 					}
 				}
-				events = append(events, trace.Event{Time: prev, GPU: d.idx, Type: typ, Attrs: map[string]string{
+				events = append(events, trace.Event{Time: prev.Time(), GPU: d.idx, Type: typ, Attrs: map[string]string{
 					"duration_ms": strconv.FormatFloat(float64(gap)/1e6, 'f', 1, 64), "where": where}})
 			}
 			if prevW, ok := lastPower(d.samples); ok {
@@ -453,17 +456,18 @@ func (d *device) snapshot() Stats {
 }
 
 func (d *device) window(t0, t1 time.Time) trace.Series {
+	a, b := trace.StampOf(t0), trace.StampOf(t1)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return trace.Series{
-		Samples:   between(d.samples, t0, t1, func(s trace.PowerSample) time.Time { return s.Time }),
-		Counters:  between(d.counters, t0, t1, func(c trace.CounterReading) time.Time { return c.Time }),
-		Telemetry: between(d.telemetry, t0, t1, func(t trace.Telemetry) time.Time { return t.Time }),
+		Samples:   between(d.samples, a, b, func(s trace.PowerSample) trace.Stamp { return s.Time }),
+		Counters:  between(d.counters, a, b, func(c trace.CounterReading) trace.Stamp { return c.Time }),
+		Telemetry: between(d.telemetry, a, b, func(t trace.Telemetry) trace.Stamp { return t.Time }),
 	}
 }
 
 // between copies the elements of a time-ordered slice stamped within [t0, t1].
-func between[T any](xs []T, t0, t1 time.Time, ts func(T) time.Time) []T {
+func between[T any](xs []T, t0, t1 trace.Stamp, ts func(T) trace.Stamp) []T {
 	i := sort.Search(len(xs), func(i int) bool { return !ts(xs[i]).Before(t0) })
 	j := sort.Search(len(xs), func(i int) bool { return ts(xs[i]).After(t1) })
 	if i >= j {
@@ -474,7 +478,7 @@ func between[T any](xs []T, t0, t1 time.Time, ts func(T) time.Time) []T {
 
 // trimFront drops elements older than cut. It reslices, and copies once the dead prefix dominates so the
 // backing array does not grow without bound.
-func trimFront[T any](xs []T, cut time.Time, ts func(T) time.Time) []T {
+func trimFront[T any](xs []T, cut trace.Stamp, ts func(T) trace.Stamp) []T {
 	i := sort.Search(len(xs), func(i int) bool { return !ts(xs[i]).Before(cut) })
 	if i == 0 {
 		return xs
@@ -485,14 +489,14 @@ func trimFront[T any](xs []T, cut time.Time, ts func(T) time.Time) []T {
 	return xs[i:]
 }
 
-func trimSamples(xs []trace.PowerSample, cut time.Time) []trace.PowerSample {
-	return trimFront(xs, cut, func(s trace.PowerSample) time.Time { return s.Time })
+func trimSamples(xs []trace.PowerSample, cut trace.Stamp) []trace.PowerSample {
+	return trimFront(xs, cut, func(s trace.PowerSample) trace.Stamp { return s.Time })
 }
 
-func trimCounters(xs []trace.CounterReading, cut time.Time) []trace.CounterReading {
-	return trimFront(xs, cut, func(c trace.CounterReading) time.Time { return c.Time })
+func trimCounters(xs []trace.CounterReading, cut trace.Stamp) []trace.CounterReading {
+	return trimFront(xs, cut, func(c trace.CounterReading) trace.Stamp { return c.Time })
 }
 
-func trimTelemetry(xs []trace.Telemetry, cut time.Time) []trace.Telemetry {
-	return trimFront(xs, cut, func(t trace.Telemetry) time.Time { return t.Time })
+func trimTelemetry(xs []trace.Telemetry, cut trace.Stamp) []trace.Telemetry {
+	return trimFront(xs, cut, func(t trace.Telemetry) trace.Stamp { return t.Time })
 }

@@ -22,11 +22,13 @@ func (d *scripted) Info() meta.Device { return meta.Device{Index: 0} }
 func (d *scripted) ReadEnergy() (trace.CounterReading, error) {
 	e := d.energy[0]
 	d.energy = d.energy[1:]
-	return trace.CounterReading{Time: time.Now(), EnergyMJ: e}, nil
+	return trace.CounterReading{Time: trace.StampOf(time.Now()), EnergyMJ: e}, nil
 }
 func (d *scripted) PowerSamples(time.Time) ([]trace.PowerSample, error) { return d.samples, nil }
-func (d *scripted) Telemetry() (trace.Telemetry, error)                 { return trace.NewTelemetry(time.Now()), nil }
-func (d *scripted) Processes() ([]gpu.Process, error)                   { return nil, nil }
+func (d *scripted) Telemetry() (trace.Telemetry, error) {
+	return trace.NewTelemetry(trace.StampOf(time.Now())), nil
+}
+func (d *scripted) Processes() ([]gpu.Process, error) { return nil, nil }
 
 type oneDevice struct{ d gpu.Device }
 
@@ -38,7 +40,7 @@ func (s oneDevice) Close() error                  { return nil }
 func samplesAt(t0 time.Time, ms ...int) []trace.PowerSample {
 	out := make([]trace.PowerSample, len(ms))
 	for i, m := range ms {
-		out[i] = trace.PowerSample{Time: t0.Add(time.Duration(m) * time.Millisecond), PowerW: 100}
+		out[i] = trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(m) * time.Millisecond)), PowerW: 100}
 	}
 	return out
 }

@@ -86,7 +86,7 @@ func TestReplayedLLMThroughSampler(t *testing.T) {
 	// once, with its time and value.
 	var want []trace.PowerSample
 	for _, x := range ds.Samples {
-		if rt := x.Time.Add(shift); rt.After(start.Add(-gpu.DefaultBufferDepth)) && !rt.After(stopT) {
+		if rt := x.Time.Add(shift); rt.After(trace.StampOf(start.Add(-gpu.DefaultBufferDepth))) && !rt.After(trace.StampOf(stopT)) {
 			want = append(want, trace.PowerSample{Time: rt, PowerW: x.PowerW})
 		}
 	}
@@ -101,7 +101,7 @@ func TestReplayedLLMThroughSampler(t *testing.T) {
 	valueAt := func(rt time.Time) uint64 {
 		var v uint64
 		for _, c := range ds.Counters {
-			if c.Time.Add(shift).After(rt) {
+			if c.Time.Add(shift).After(trace.StampOf(rt)) {
 				break
 			}
 			v = c.EnergyMJ
@@ -114,14 +114,14 @@ func TestReplayedLLMThroughSampler(t *testing.T) {
 	}
 	var wantReads []trace.CounterReading
 	for at := peek.Add(-5 * time.Millisecond).Add(50 * time.Millisecond); !at.After(stopT); at = at.Add(time.Second) {
-		wantReads = append(wantReads, trace.CounterReading{Time: at, EnergyMJ: valueAt(at)})
+		wantReads = append(wantReads, trace.CounterReading{Time: trace.StampOf(at), EnergyMJ: valueAt(at)})
 	}
 	var gotReads []trace.CounterReading
 	for _, c := range gs.Counters {
 		gotReads = append(gotReads, trace.CounterReading{Time: c.Time, EnergyMJ: c.EnergyMJ})
 	}
 	assert.Equal(t, wantReads, gotReads, "phase-locked counter reads, one a second")
-	t.Logf("%d counter reads, the first %v after the start", len(gotReads), gotReads[0].Time.Sub(start))
+	t.Logf("%d counter reads, the first %v after the start", len(gotReads), gotReads[0].Time.Sub(trace.StampOf(start)))
 
 	_, end := got.Span()
 	phases := trace.Phases(got.Events, end)
@@ -282,8 +282,8 @@ func TestReadCounterOnDemandAndWindow(t *testing.T) {
 		c, err := s.ReadCounter(ctx, 0)
 		require.NoError(t, err)
 		// Served once the phase lock at start has seen the counter move: its second peek, 10 ms in.
-		assert.Equal(t, t0.Add(10*time.Millisecond), c.Time, "read after the request")
-		assert.Equal(t, uint64(c.Time.UnixMicro())/10, c.EnergyMJ, "stamped with the instant of the read")
+		assert.Equal(t, trace.StampOf(t0.Add(10*time.Millisecond)), c.Time, "read after the request")
+		assert.Equal(t, uint64(c.Time.Time().UnixMicro())/10, c.EnergyMJ, "stamped with the instant of the read")
 		_, err = s.ReadCounter(ctx, 5)
 		assert.ErrorContains(t, err, "GPU 5")
 
@@ -295,7 +295,7 @@ func TestReadCounterOnDemandAndWindow(t *testing.T) {
 		assert.Len(t, w.Samples, 51, "the drained buffer's last second, both ends included")
 		var at []time.Duration
 		for _, c := range w.Counters {
-			at = append(at, c.Time.Sub(t0))
+			at = append(at, c.Time.Sub(trace.StampOf(t0)))
 		}
 		// The on-demand read, then the first periodic one: half a period after the update the lock put at 5 ms.
 		assert.Equal(t, []time.Duration{10 * time.Millisecond, 55 * time.Millisecond}, at)
@@ -311,15 +311,15 @@ func TestCounterReadsArePhaseLocked(t *testing.T) {
 	s0 := tr.Series(0)
 	var updates []time.Time
 	for ms := 0; ms <= 20_000; ms += 20 {
-		s0.Samples = append(s0.Samples, trace.PowerSample{Time: rec0.Add(time.Duration(ms) * time.Millisecond), PowerW: 100})
+		s0.Samples = append(s0.Samples, trace.PowerSample{Time: trace.StampOf(rec0.Add(time.Duration(ms) * time.Millisecond)), PowerW: 100})
 	}
 	// The replay starts at rec0 (first sample and a first reading); updates then come 17 ms past each 100 ms, so
 	// reads at whole seconds from the start would be 83 ms stale.
-	s0.Counters = append(s0.Counters, trace.CounterReading{Time: rec0, EnergyMJ: 0})
+	s0.Counters = append(s0.Counters, trace.CounterReading{Time: trace.StampOf(rec0), EnergyMJ: 0})
 	for ms := 17; ms <= 20_000; ms += 100 {
 		at := rec0.Add(time.Duration(ms) * time.Millisecond)
 		updates = append(updates, at)
-		s0.Counters = append(s0.Counters, trace.CounterReading{Time: at, EnergyMJ: uint64(ms * 100)})
+		s0.Counters = append(s0.Counters, trace.CounterReading{Time: trace.StampOf(at), EnergyMJ: uint64(ms * 100)})
 	}
 	testutil.VirtualTime(t, func(t *testing.T) {
 		src, err := gpu.NewReplay(tr, "grid", gpu.ReplayOptions{})
@@ -340,9 +340,9 @@ func TestCounterReadsArePhaseLocked(t *testing.T) {
 		shift := src.ToReplayTime(rec0).Sub(rec0)
 		stale := func(c trace.CounterReading) time.Duration {
 			recT := c.Time.Add(-shift)
-			i := sort.Search(len(updates), func(i int) bool { return updates[i].After(recT) }) - 1
+			i := sort.Search(len(updates), func(i int) bool { return updates[i].After(recT.Time()) }) - 1
 			require.GreaterOrEqual(t, i, 0)
-			return recT.Sub(updates[i])
+			return recT.Sub(trace.StampOf(updates[i]))
 		}
 		// The lock peeks every 10 ms from the start: the value changes between the peeks at 10 and 20 ms, so it
 		// puts the update at 15 ms and reads at 65 ms and every second after, each 65 − 17 = 48 ms after the
@@ -350,7 +350,7 @@ func TestCounterReadsArePhaseLocked(t *testing.T) {
 		// around the update at 7517 ms, read at 7565 ms.
 		var at []time.Duration
 		for _, c := range got.GPUs[0].Counters {
-			at = append(at, c.Time.Add(-shift).Sub(rec0))
+			at = append(at, c.Time.Add(-shift).Sub(trace.StampOf(rec0)))
 			assert.Equal(t, 48*time.Millisecond, stale(c), "read %s after the update it shows", stale(c))
 		}
 		want := []time.Duration{65, 1065, 2065, 3065, 4065, 5065, 6065, 7065, 7565}

@@ -18,9 +18,9 @@ func sec(t, base time.Time) float64 { return t.Sub(base).Seconds() }
 func PlainSampled(ss []trace.PowerSample, a, b time.Time) float64 {
 	at := func(t time.Time) float64 {
 		for i := 1; i < len(ss); i++ {
-			if !ss[i].Time.Before(t) {
+			if !ss[i].Time.Time().Before(t) {
 				p, q := ss[i-1], ss[i]
-				f := sec(t, p.Time) / sec(q.Time, p.Time)
+				f := sec(t, p.Time.Time()) / sec(q.Time.Time(), p.Time.Time())
 				return p.PowerW + f*(q.PowerW-p.PowerW)
 			}
 		}
@@ -29,11 +29,11 @@ func PlainSampled(ss []trace.PowerSample, a, b time.Time) float64 {
 	prevT, prevP := a, at(a)
 	var e float64
 	for _, s := range ss {
-		if !s.Time.After(a) || s.Time.After(b) {
+		if !s.Time.Time().After(a) || s.Time.Time().After(b) {
 			continue
 		}
-		e += (prevP + s.PowerW) / 2 * sec(s.Time, prevT)
-		prevT, prevP = s.Time, s.PowerW
+		e += (prevP + s.PowerW) / 2 * sec(s.Time.Time(), prevT)
+		prevT, prevP = s.Time.Time(), s.PowerW
 	}
 	return e + (prevP+at(b))/2*sec(b, prevT)
 }
@@ -43,9 +43,9 @@ func PlainSampled(ss []trace.PowerSample, a, b time.Time) float64 {
 func PlainCounter(cs []trace.CounterReading, a, b time.Time) float64 {
 	at := func(t time.Time) float64 {
 		for i := 1; i < len(cs); i++ {
-			if !cs[i].Time.Before(t) {
+			if !cs[i].Time.Time().Before(t) {
 				p, q := cs[i-1], cs[i]
-				f := sec(t, p.Time) / sec(q.Time, p.Time)
+				f := sec(t, p.Time.Time()) / sec(q.Time.Time(), p.Time.Time())
 				return p.Joules() + f*(q.Joules()-p.Joules())
 			}
 		}
@@ -67,7 +67,7 @@ func PlainHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Dur
 		if i > 0 && c.EnergyMJ == cs[i-1].EnergyMJ {
 			continue // the value appeared at the first read that showed it
 		}
-		pts = append(pts, pt{c.Time.Add(-lag), c.Joules()})
+		pts = append(pts, pt{c.Time.Time().Add(-lag), c.Joules()})
 	}
 	cum := func(t time.Time) float64 {
 		for k := 1; k < len(pts); k++ {

@@ -102,7 +102,7 @@ func (s Square) Series() *trace.Series {
 		if s.AverageWindow > 0 && t >= s.AverageWindow {
 			p = s.Energy(at.Add(-s.AverageWindow), at) / s.AverageWindow.Seconds()
 		}
-		out.Samples = append(out.Samples, trace.PowerSample{Time: at, PowerW: p})
+		out.Samples = append(out.Samples, trace.PowerSample{Time: trace.StampOf(at), PowerW: p})
 	}
 	every := max(int(s.ReadEvery/s.UpdatePeriod), 1)
 	for j := 0; ; j++ {
@@ -115,7 +115,7 @@ func (s Square) Series() *trace.Series {
 			continue
 		}
 		e := s.Energy(s.Start, s.Start.Add(read-s.Lag))
-		out.Counters = append(out.Counters, trace.CounterReading{Time: s.Start.Add(read),
+		out.Counters = append(out.Counters, trace.CounterReading{Time: trace.StampOf(s.Start.Add(read)),
 			EnergyMJ: 5_000_000 + uint64(math.Floor(e*1000))})
 	}
 	return out

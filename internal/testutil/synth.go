@@ -123,12 +123,12 @@ func (s Synth) Series() *trace.Series {
 		}
 		if !gap {
 			at := s.Start.Add(t)
-			out.Samples = append(out.Samples, trace.PowerSample{Time: at, PowerW: s.Power(at)})
+			out.Samples = append(out.Samples, trace.PowerSample{Time: trace.StampOf(at), PowerW: s.Power(at)})
 		}
 	}
 	if s.TempC != 0 {
 		for t := time.Duration(0); t <= s.Duration; t += 100 * time.Millisecond {
-			tm := trace.NewTelemetry(s.Start.Add(t))
+			tm := trace.NewTelemetry(trace.StampOf(s.Start.Add(t)))
 			tm.TemperatureC = s.TempC
 			out.Telemetry = append(out.Telemetry, tm)
 		}
@@ -148,7 +148,7 @@ func (s Synth) Series() *trace.Series {
 		if upTo < 0 {
 			e = -s.Energy(s.Start.Add(upTo), s.Start)
 		}
-		out.Counters = append(out.Counters, trace.CounterReading{Time: s.Start.Add(read),
+		out.Counters = append(out.Counters, trace.CounterReading{Time: trace.StampOf(s.Start.Add(read)),
 			EnergyMJ: uint64(int64(s.BaseMJ) + int64(math.Floor(e*1000)))})
 	}
 	return out

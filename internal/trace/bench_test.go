@@ -14,7 +14,7 @@ func hourOfSamples() []trace.PowerSample {
 	t0 := time.Unix(1795735590, 0)
 	ss := make([]trace.PowerSample, 180_000)
 	for i := range ss {
-		ss[i] = trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: 100 + float64(i%500)}
+		ss[i] = trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(i) * 20 * time.Millisecond)), PowerW: 100 + float64(i%500)}
 	}
 	return ss
 }

@@ -43,6 +43,13 @@ func checkTime(t time.Time) error {
 	return nil
 }
 
+func checkStamp(s Stamp) error {
+	if s < 0 || int64(s) >= maxTimeNS {
+		return checkTime(s.Time())
+	}
+	return nil
+}
+
 func checkGPU(g int, event bool) error {
 	if g < 0 || g > MaxGPU {
 		if event && g == NoGPU {

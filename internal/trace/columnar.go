@@ -574,10 +574,10 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 		if times[i] < 0 || times[i] >= maxTimeNS {
 			return r.errorf("time", "row %d: %v", i, checkTime(time.Unix(0, times[i])))
 		}
-		ts := time.Unix(0, times[i]).UTC()
+		ts := Stamp(times[i])
 		g := r.gpus[i]
 		if k == codeEvent {
-			e := Event{Time: ts, GPU: int(g), Type: str(evType, i), RunID: str(runID, i), Name: str(evName, i)}
+			e := Event{Time: ts.Time(), GPU: int(g), Type: str(evType, i), RunID: str(runID, i), Name: str(evName, i)}
 			if a := str(attrs, i); a != "" {
 				if err := json.Unmarshal([]byte(a), &e.Attrs); err != nil {
 					return r.errorf("attrs", "row %d: event %q at %s: %v", i, e.Name, ts, err)
@@ -625,13 +625,13 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 				if used < 0 {
 					return r.errorf("process_memory_bytes", "row %d: %d bytes", i, used)
 				}
-				s.Processes[j] = Process{Time: ts, PID: uint32(p), MemoryBytes: uint64(used),
+				s.Processes[j] = Process{Time: ts.Time(), PID: uint32(p), MemoryBytes: uint64(used),
 					GPUInstance: instance(gi, i), ComputeInstance: instance(ci, i),
 					Identity: ProcessIdentity{Command: str(command, i), Runtime: str(runtime, i), ContainerID: str(cid, i),
 						ContainerName: str(cname, i), PodUID: str(podUID, i), PodNamespace: str(podNS, i), PodName: str(podName, i)}}
 				continue
 			}
-			ps := ProcessSample{Time: ts, PID: uint32(p), SM: f(psm, i), Mem: f(pmem, i), Enc: f(penc, i), Dec: f(pdec, i)}
+			ps := ProcessSample{Time: ts.Time(), PID: uint32(p), SM: f(psm, i), Mem: f(pmem, i), Enc: f(penc, i), Dec: f(pdec, i)}
 			if col, err := badRatio(ps); err != nil {
 				return r.errorf(col, "row %d: PID %d at %s: %v", i, p, ts, err)
 			}

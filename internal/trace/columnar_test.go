@@ -50,12 +50,12 @@ func TestColumnarReaderMatchesRowReader(t *testing.T) {
 	t0 := time.Unix(1795735590, 0)
 	for i := range 150_000 {
 		ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
-		require.NoError(t, w.WriteSamples(i%3, []PowerSample{{Time: ts, PowerW: float64(i % 700)}}))
+		require.NoError(t, w.WriteSamples(i%3, []PowerSample{{Time: StampOf(ts), PowerW: float64(i % 700)}}))
 		if i%5 == 0 {
-			require.NoError(t, w.WriteCounter(i%3, CounterReading{Time: ts, EnergyMJ: uint64(i) * 10, ReadDuration: time.Millisecond}))
+			require.NoError(t, w.WriteCounter(i%3, CounterReading{Time: StampOf(ts), EnergyMJ: uint64(i) * 10, ReadDuration: time.Millisecond}))
 		}
 		if i%7 == 0 {
-			tm := NewTelemetry(ts)
+			tm := NewTelemetry(StampOf(ts))
 			tm.TemperatureC = float64(i % 90)
 			if i%2 == 0 {
 				tm.ClockReasons, tm.ClockReasonsValid = uint64(i%8), true
@@ -85,12 +85,12 @@ func TestColumnarReaderMatchesRowReader(t *testing.T) {
 					k := [2]int{g, 0}
 					got := s.Samples[idx[k]]
 					idx[k]++
-					require.True(t, got.Time.Equal(r.Time) && got.PowerW == *r.PowerW, "sample %v vs %v", got, r)
+					require.True(t, got.Time.Equal(StampOf(r.Time)) && got.PowerW == *r.PowerW, "sample %v vs %v", got, r)
 				case KindCounter:
 					k := [2]int{g, 1}
 					got := s.Counters[idx[k]]
 					idx[k]++
-					require.True(t, got.Time.Equal(r.Time) && got.EnergyMJ == uint64(*r.EnergyMJ))
+					require.True(t, got.Time.Equal(StampOf(r.Time)) && got.EnergyMJ == uint64(*r.EnergyMJ))
 					if r.ReadNS != nil {
 						require.Equal(t, time.Duration(*r.ReadNS), got.ReadDuration)
 					}
@@ -98,7 +98,7 @@ func TestColumnarReaderMatchesRowReader(t *testing.T) {
 					k := [2]int{g, 2}
 					got := s.Telemetry[idx[k]]
 					idx[k]++
-					require.True(t, got.Time.Equal(r.Time))
+					require.True(t, got.Time.Equal(StampOf(r.Time)))
 					require.True(t, same(got.TemperatureC, val(r.TemperatureC)) && same(got.InstantPowerW, val(r.InstantPowerW)) &&
 						same(got.SMClockHz, val(r.SMClockHz)) && same(got.PowerLimitW, val(r.PowerLimitW)))
 					require.Equal(t, r.ClockReasons != nil, got.ClockReasonsValid)

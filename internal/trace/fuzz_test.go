@@ -20,7 +20,7 @@ func checkInvariants(t *testing.T, tr *Trace) {
 			t.Fatalf("series of GPU %d: %v", g, err)
 		}
 		for i, x := range s.Samples {
-			if err := checkTime(x.Time); err != nil {
+			if err := checkTime(x.Time.Time()); err != nil {
 				t.Fatalf("GPU %d sample %d: %v", g, i, err)
 			}
 			if i > 0 && x.Time.Before(s.Samples[i-1].Time) {
@@ -28,7 +28,7 @@ func checkInvariants(t *testing.T, tr *Trace) {
 			}
 		}
 		for i, c := range s.Counters {
-			if err := checkTime(c.Time); err != nil {
+			if err := checkTime(c.Time.Time()); err != nil {
 				t.Fatalf("GPU %d counter %d: %v", g, i, err)
 			}
 		}
@@ -184,9 +184,9 @@ func inOrder(s *Series) error {
 		return nil
 	}
 	return errors.Join(
-		check("sample", len(s.Samples), func(i int) time.Time { return s.Samples[i].Time }),
-		check("counter", len(s.Counters), func(i int) time.Time { return s.Counters[i].Time }),
-		check("telemetry", len(s.Telemetry), func(i int) time.Time { return s.Telemetry[i].Time }),
+		check("sample", len(s.Samples), func(i int) time.Time { return s.Samples[i].Time.Time() }),
+		check("counter", len(s.Counters), func(i int) time.Time { return s.Counters[i].Time.Time() }),
+		check("telemetry", len(s.Telemetry), func(i int) time.Time { return s.Telemetry[i].Time.Time() }),
 		check("process sample", len(s.ProcessSamples), func(i int) time.Time { return s.ProcessSamples[i].Time }),
 		check("process", len(s.Processes), func(i int) time.Time { return s.Processes[i].Time }))
 }

@@ -40,10 +40,10 @@ func validRows() []row {
 	var rows []row
 	for i := range 200 {
 		ts := t0.Add(time.Duration(i) * 20 * time.Millisecond)
-		rows = append(rows, sampleRow(i%2, PowerSample{Time: ts, PowerW: 100 + float64(i%37)}))
+		rows = append(rows, sampleRow(i%2, PowerSample{Time: StampOf(ts), PowerW: 100 + float64(i%37)}))
 		if i%5 == 0 {
-			rows = append(rows, counterRow(i%2, CounterReading{Time: ts, EnergyMJ: uint64(1e6 + i*400)}))
-			tm := NewTelemetry(ts)
+			rows = append(rows, counterRow(i%2, CounterReading{Time: StampOf(ts), EnergyMJ: uint64(1e6 + i*400)}))
+			tm := NewTelemetry(StampOf(ts))
 			tm.TemperatureC = 40
 			rows = append(rows, telemetryRow(i%2, tm))
 		}
@@ -280,7 +280,7 @@ func TestLongPageHeaders(t *testing.T) {
 	w, err := Create(p, meta.Environment{})
 	require.NoError(t, err)
 	long := strings.Repeat("x", 10000)
-	require.NoError(t, w.WriteSamples(0, []PowerSample{{Time: t0, PowerW: 1}}))
+	require.NoError(t, w.WriteSamples(0, []PowerSample{{Time: StampOf(t0), PowerW: 1}}))
 	for i := range 3 {
 		require.NoError(t, w.WriteEvent(Event{Time: t0, GPU: NoGPU, Type: EventRunStart, RunID: fmt.Sprint("r", i),
 			Name: long[:1000*(i+1)], Attrs: map[string]string{"label_note": long[:2000*(i+1)]}}))
@@ -296,16 +296,16 @@ func TestWriterRefusesWhatTheReaderWould(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "w.parquet")
 	w, err := Create(p, meta.Environment{})
 	require.NoError(t, err)
-	ok := PowerSample{Time: t0, PowerW: 100}
+	ok := PowerSample{Time: StampOf(t0), PowerW: 100}
 	require.NoError(t, w.WriteSamples(MaxGPU, []PowerSample{ok}))
 	assert.ErrorContains(t, w.WriteSamples(MaxGPU+1, []PowerSample{ok}), "samples: GPU index 1024 outside 0..1023")
-	assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{ok, {Time: time.Time{}, PowerW: 1}}),
-		"sample of GPU 0: time 0001-01-01T00:00:00Z outside 1970..2200")
+	assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{ok, {Time: -1, PowerW: 1}}),
+		"sample of GPU 0: time 1969-12-31T23:59:59.999999999Z outside 1970..2200")
 	for _, pw := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {
-		assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{{Time: t0, PowerW: pw}}), fmt.Sprintf("power %v is not finite", pw))
+		assert.ErrorContains(t, w.WriteSamples(0, []PowerSample{{Time: StampOf(t0), PowerW: pw}}), fmt.Sprintf("power %v is not finite", pw))
 	}
-	assert.ErrorContains(t, w.WriteCounter(-1, CounterReading{Time: t0}), "counter reading: GPU index -1 outside 0..1023")
-	assert.ErrorContains(t, w.WriteTelemetry(0, NewTelemetry(time.Date(2201, 1, 1, 0, 0, 0, 0, time.UTC))),
+	assert.ErrorContains(t, w.WriteCounter(-1, CounterReading{Time: StampOf(t0)}), "counter reading: GPU index -1 outside 0..1023")
+	assert.ErrorContains(t, w.WriteTelemetry(0, NewTelemetry(StampOf(time.Date(2201, 1, 1, 0, 0, 0, 0, time.UTC)))),
 		"telemetry: time 2201-01-01T00:00:00Z outside 1970..2200")
 	require.NoError(t, w.WriteEvent(Event{Time: t0, GPU: NoGPU, Type: EventMark}))
 	assert.ErrorContains(t, w.WriteEvent(Event{Time: t0, GPU: -7, Type: EventMark}), "mark event: GPU index -7 outside 0..1023")

@@ -99,16 +99,16 @@ func optStr(s string) *string {
 
 func sampleRow(gpu int, s PowerSample) row {
 	p := s.PowerW
-	return row{Kind: KindSample, GPU: int32(gpu), Time: s.Time, PowerW: &p}
+	return row{Kind: KindSample, GPU: int32(gpu), Time: s.Time.Time(), PowerW: &p}
 }
 
 func counterRow(gpu int, c CounterReading) row {
 	e, d := int64(c.EnergyMJ), int64(c.ReadDuration)
-	return row{Kind: KindCounter, GPU: int32(gpu), Time: c.Time, EnergyMJ: &e, ReadNS: &d}
+	return row{Kind: KindCounter, GPU: int32(gpu), Time: c.Time.Time(), EnergyMJ: &e, ReadNS: &d}
 }
 
 func telemetryRow(gpu int, t Telemetry) row {
-	r := row{Kind: KindTelemetry, GPU: int32(gpu), Time: t.Time,
+	r := row{Kind: KindTelemetry, GPU: int32(gpu), Time: t.Time.Time(),
 		InstantPowerW: opt(t.InstantPowerW), AveragePowerW: opt(t.AveragePowerW), TemperatureC: opt(t.TemperatureC),
 		SMClockHz: opt(t.SMClockHz), MemClockHz: opt(t.MemClockHz), UtilGPU: opt(t.UtilGPU), UtilMem: opt(t.UtilMem),
 		MemUsedBytes: opt(t.MemUsedBytes), PowerLimitW: opt(t.PowerLimitW), PState: opt(t.PState)}
@@ -237,7 +237,7 @@ func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
 		return fmt.Errorf("trace %s: samples: %w", w.final, err)
 	}
 	for _, s := range ss {
-		if err := checkTime(s.Time); err != nil {
+		if err := checkStamp(s.Time); err != nil {
 			return fmt.Errorf("trace %s: sample of GPU %d: %w", w.final, gpu, err)
 		}
 		if math.IsNaN(s.PowerW) || math.IsInf(s.PowerW, 0) {
@@ -253,7 +253,7 @@ func (w *Writer) WriteSamples(gpu int, ss []PowerSample) error {
 
 // WriteCounter appends a counter reading of GPU gpu.
 func (w *Writer) WriteCounter(gpu int, c CounterReading) error {
-	if err := checkRow(gpu, false, c.Time); err != nil {
+	if err := checkRow(gpu, false, c.Time.Time()); err != nil {
 		return fmt.Errorf("trace %s: counter reading: %w", w.final, err)
 	}
 	return w.add(counterRow(gpu, c))
@@ -261,7 +261,7 @@ func (w *Writer) WriteCounter(gpu int, c CounterReading) error {
 
 // WriteTelemetry appends a telemetry snapshot of GPU gpu.
 func (w *Writer) WriteTelemetry(gpu int, t Telemetry) error {
-	if err := checkRow(gpu, false, t.Time); err != nil {
+	if err := checkRow(gpu, false, t.Time.Time()); err != nil {
 		return fmt.Errorf("trace %s: telemetry: %w", w.final, err)
 	}
 	return w.add(telemetryRow(gpu, t))

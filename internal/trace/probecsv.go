@@ -94,7 +94,7 @@ func importProbe(gpu int, env meta.Environment, counters, samples named, marks [
 	}); err != nil {
 		return nil, err
 	}
-	var last time.Time
+	last := Stamp(-1) // before any time accepted
 	if err := readCSV(samples, []string{"ts_us", "power_mw"}, func(c cols) error {
 		us, err := c.int("ts_us")
 		if err != nil {
@@ -110,7 +110,7 @@ func importProbe(gpu int, env meta.Environment, counters, samples named, marks [
 		if us < 0 || us >= maxTimeNS/1000 {
 			return c.errorf("ts_us", "%d: time outside 1970..2200", us)
 		}
-		ts := time.UnixMicro(us)
+		ts := Stamp(us * 1000)
 		if !ts.After(last) { // overlapping drains repeat samples; keep each once
 			return nil
 		}
@@ -213,16 +213,15 @@ func (c cols) int(name string) (int64, error) {
 }
 
 // ns reads a time in Unix nanoseconds.
-func (c cols) ns(name string) (time.Time, error) {
+func (c cols) ns(name string) (Stamp, error) {
 	v, err := c.int(name)
 	if err != nil {
-		return time.Time{}, err
+		return 0, err
 	}
-	t := time.Unix(0, v)
-	if err := checkTime(t); err != nil {
-		return t, c.errorf(name, "%d: %v", v, err)
+	if err := checkStamp(Stamp(v)); err != nil {
+		return 0, c.errorf(name, "%d: %v", v, err)
 	}
-	return t, nil
+	return Stamp(v), nil
 }
 
 // scaled returns the column times k, or NaN where it is missing, unparsable or not finite.

@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -397,6 +398,7 @@ func (m *Merge) Add(t *Trace) {
 // Release returns each GPU's queued rows before t (GPUs with none are absent).
 func (m *Merge) Release(t time.Time) map[int]*Series {
 	out := map[int]*Series{}
+	tn := t.UnixNano()
 	for g, runs := range m.pending {
 		var ss [][]PowerSample
 		var cs [][]CounterReading
@@ -405,11 +407,11 @@ func (m *Merge) Release(t time.Time) map[int]*Series {
 		var qs [][]Process
 		keep := runs[:0]
 		for _, r := range runs {
-			r.Samples = splitBefore(r.Samples, t, func(x PowerSample) time.Time { return x.Time }, &ss)
-			r.Counters = splitBefore(r.Counters, t, func(x CounterReading) time.Time { return x.Time }, &cs)
-			r.Telemetry = splitBefore(r.Telemetry, t, func(x Telemetry) time.Time { return x.Time }, &ts)
-			r.ProcessSamples = splitBefore(r.ProcessSamples, t, func(x ProcessSample) time.Time { return x.Time }, &ps)
-			r.Processes = splitBefore(r.Processes, t, func(x Process) time.Time { return x.Time }, &qs)
+			r.Samples = splitBefore(r.Samples, tn, func(x PowerSample) int64 { return int64(x.Time) }, &ss)
+			r.Counters = splitBefore(r.Counters, tn, func(x CounterReading) int64 { return int64(x.Time) }, &cs)
+			r.Telemetry = splitBefore(r.Telemetry, tn, func(x Telemetry) int64 { return int64(x.Time) }, &ts)
+			r.ProcessSamples = splitBefore(r.ProcessSamples, tn, func(x ProcessSample) int64 { return x.Time.UnixNano() }, &ps)
+			r.Processes = splitBefore(r.Processes, tn, func(x Process) int64 { return x.Time.UnixNano() }, &qs)
 			if rows(r) > 0 {
 				keep = append(keep, r)
 			}
@@ -421,11 +423,11 @@ func (m *Merge) Release(t time.Time) map[int]*Series {
 			m.pending[g] = keep
 		}
 		s := &Series{
-			Samples:        mergeRuns(ss, func(x PowerSample) time.Time { return x.Time }),
-			Counters:       mergeRuns(cs, func(x CounterReading) time.Time { return x.Time }),
-			Telemetry:      mergeRuns(ts, func(x Telemetry) time.Time { return x.Time }),
-			ProcessSamples: mergeRuns(ps, func(x ProcessSample) time.Time { return x.Time }),
-			Processes:      mergeRuns(qs, func(x Process) time.Time { return x.Time }),
+			Samples:        mergeRuns(ss, func(x PowerSample) int64 { return int64(x.Time) }),
+			Counters:       mergeRuns(cs, func(x CounterReading) int64 { return int64(x.Time) }),
+			Telemetry:      mergeRuns(ts, func(x Telemetry) int64 { return int64(x.Time) }),
+			ProcessSamples: mergeRuns(ps, func(x ProcessSample) int64 { return x.Time.UnixNano() }),
+			Processes:      mergeRuns(qs, func(x Process) int64 { return x.Time.UnixNano() }),
 		}
 		if rows(s) > 0 {
 			out[g] = s
@@ -435,8 +437,8 @@ func (m *Merge) Release(t time.Time) map[int]*Series {
 }
 
 // splitBefore moves the prefix of the sorted xs before t onto *heads and returns the rest.
-func splitBefore[T any](xs []T, t time.Time, at func(T) time.Time, heads *[][]T) []T {
-	i, _ := slices.BinarySearchFunc(xs, t, func(x T, t time.Time) int { return at(x).Compare(t) })
+func splitBefore[T any](xs []T, t int64, at func(T) int64, heads *[][]T) []T {
+	i, _ := slices.BinarySearchFunc(xs, t, func(x T, t int64) int { return cmp.Compare(at(x), t) })
 	if i > 0 {
 		*heads = append(*heads, xs[:i:i])
 	}
@@ -444,7 +446,7 @@ func splitBefore[T any](xs []T, t time.Time, at func(T) time.Time, heads *[][]T)
 }
 
 // mergeRuns merges sorted runs into one sorted slice; on equal times the earlier run's rows come first.
-func mergeRuns[T any](runs [][]T, at func(T) time.Time) []T {
+func mergeRuns[T any](runs [][]T, at func(T) int64) []T {
 	switch len(runs) {
 	case 0:
 		return nil
@@ -459,12 +461,12 @@ func mergeRuns[T any](runs [][]T, at func(T) time.Time) []T {
 	idx := make([]int, len(runs))
 	for len(out) < n {
 		best := -1
-		var bt time.Time
+		var bt int64
 		for k, r := range runs {
 			if idx[k] == len(r) {
 				continue
 			}
-			if t := at(r[idx[k]]); best < 0 || t.Before(bt) {
+			if t := at(r[idx[k]]); best < 0 || t < bt {
 				best, bt = k, t
 			}
 		}

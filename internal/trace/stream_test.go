@@ -39,7 +39,7 @@ func streamAll(t *testing.T, kinds Kinds, paths ...string) (*Trace, map[int]Exte
 		}
 		for g, r := range m.Release(p.Complete) {
 			for _, x := range r.Samples {
-				require.False(t, x.Time.Before(released), "sample at %s released after %s", x.Time, released)
+				require.False(t, x.Time.Before(StampOf(released)), "sample at %s released after %s", x.Time, released)
 			}
 			for _, x := range r.ProcessSamples {
 				require.False(t, x.Time.Before(released), "process sample at %s released after %s", x.Time, released)
@@ -71,14 +71,14 @@ func shuffledFile(t *testing.T, dir, name string, t0 time.Time, seconds int) str
 			base := t0.Add(time.Duration(sec) * time.Second)
 			for k := range 10 {
 				ts := base.Add(time.Duration(k) * 100 * time.Millisecond)
-				require.NoError(t, w.WriteCounter(g, CounterReading{Time: ts, EnergyMJ: uint64(sec*1000 + k*100 + rng.IntN(3))}))
-				tm := NewTelemetry(ts)
+				require.NoError(t, w.WriteCounter(g, CounterReading{Time: StampOf(ts), EnergyMJ: uint64(sec*1000 + k*100 + rng.IntN(3))}))
+				tm := NewTelemetry(StampOf(ts))
 				tm.TemperatureC = float64(40 + g)
 				require.NoError(t, w.WriteTelemetry(g, tm))
 			}
 			var ss []PowerSample
 			for k := range 50 {
-				ss = append(ss, PowerSample{Time: base.Add(time.Duration(k) * 20 * time.Millisecond).Add(-time.Second),
+				ss = append(ss, PowerSample{Time: StampOf(base.Add(time.Duration(k) * 20 * time.Millisecond).Add(-time.Second)),
 					PowerW: float64(100 + rng.IntN(400))})
 			}
 			require.NoError(t, w.WriteSamples(g, ss))
@@ -179,7 +179,7 @@ func TestStreamMatchesWholeRead(t *testing.T) {
 				assert.Equal(t, len(s.Samples), e.Samples.N)
 				assert.Equal(t, len(s.Telemetry), e.Telemetry.N)
 				if len(s.Samples) > 0 {
-					assert.True(t, s.Samples[0].Time.Equal(e.Samples.First()) && s.Samples[len(s.Samples)-1].Time.Equal(e.Samples.Last()))
+					assert.True(t, s.Samples[0].Time.Equal(StampOf(e.Samples.First())) && s.Samples[len(s.Samples)-1].Time.Equal(StampOf(e.Samples.Last())))
 				}
 				assert.Equal(t, len(s.ProcessSamples), e.ProcessSamples.N)
 				assert.Equal(t, len(s.Processes), e.Processes.N)

@@ -52,6 +52,7 @@ func (t *Tiler) Period() time.Duration { return t.period }
 // Write writes the next copies to w and returns the number of power samples written.
 func (t *Tiler) Write(w *Writer, copies int) (int, error) {
 	s, first, last := t.s, t.first, t.last
+	fs, ls := StampOf(first), StampOf(last)
 	var (
 		n   int
 		ss  []PowerSample
@@ -67,13 +68,13 @@ func (t *Tiler) Write(w *Writer, copies int) (int, error) {
 		for g := range t.gpus {
 			ss, cs, tel = ss[:0], cs[:0], tel[:0]
 			for _, x := range s.Samples {
-				if !x.Time.Before(first) && !x.Time.After(last) {
+				if !x.Time.Before(fs) && !x.Time.After(ls) {
 					ss = append(ss, PowerSample{Time: x.Time.Add(shift), PowerW: x.PowerW})
 				}
 			}
 			var base, lastE uint64
 			for i, c := range s.Counters {
-				if c.Time.Before(first) || c.Time.After(last) {
+				if c.Time.Before(fs) || c.Time.After(ls) {
 					continue
 				}
 				if i == 0 || base == 0 {
@@ -84,7 +85,7 @@ func (t *Tiler) Write(w *Writer, copies int) (int, error) {
 			}
 			t.total[g] += lastE + t.gapMJ
 			for _, x := range s.Telemetry {
-				if !x.Time.Before(first) && !x.Time.After(last) {
+				if !x.Time.Before(fs) && !x.Time.After(ls) {
 					x.Time = x.Time.Add(shift)
 					tel = append(tel, x)
 				}
@@ -126,14 +127,16 @@ func (t *Tiler) Write(w *Writer, copies int) (int, error) {
 // bridgeMJ is the energy, by the samples, from the last counter reading of one copy to the first of the next: the
 // copies' counters continue as the samples do (a reader interpolates the samples linearly across the second
 // between copies), so every counter interval of the tiled trace agrees with its samples as in the recording.
-func bridgeMJ(s *Series, first, last time.Time, period time.Duration) uint64 {
-	var c0, c1 time.Time
+func bridgeMJ(s *Series, firstT, lastT time.Time, period time.Duration) uint64 {
+	first, last := StampOf(firstT), StampOf(lastT)
+	var c0, c1 Stamp
+	found := false
 	for _, c := range s.Counters {
 		if c.Time.Before(first) || c.Time.After(last) {
 			continue
 		}
-		if c0.IsZero() {
-			c0 = c.Time
+		if !found {
+			c0, found = c.Time, true
 		}
 		c1 = c.Time
 	}
@@ -143,7 +146,7 @@ func bridgeMJ(s *Series, first, last time.Time, period time.Duration) uint64 {
 			ss = append(ss, x)
 		}
 	}
-	if len(ss) < 2 || c0.IsZero() {
+	if len(ss) < 2 || !found {
 		return 1
 	}
 	// The samples from c1 to the end of the copy, the bridge, and the next copy's from its start to c0.
@@ -153,7 +156,7 @@ func bridgeMJ(s *Series, first, last time.Time, period time.Duration) uint64 {
 }
 
 // integrate is the trapezoid integral of ss over [a, b] (within their span), in joules.
-func integrate(ss []PowerSample, a, b time.Time) float64 {
+func integrate(ss []PowerSample, a, b Stamp) float64 {
 	var j float64
 	for i := 1; i < len(ss); i++ {
 		t0, t1 := ss[i-1].Time, ss[i].Time
@@ -167,7 +170,7 @@ func integrate(ss []PowerSample, a, b time.Time) float64 {
 		if !hi.After(lo) {
 			continue
 		}
-		at := func(t time.Time) float64 {
+		at := func(t Stamp) float64 {
 			f := float64(t.Sub(t0)) / float64(t1.Sub(t0))
 			return ss[i-1].PowerW + f*(ss[i].PowerW-ss[i-1].PowerW)
 		}

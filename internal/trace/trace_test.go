@@ -25,13 +25,13 @@ func sampleTrace() *trace.Trace {
 		Devices: []meta.Device{{Index: 0, UUID: "GPU-a", Name: "NVIDIA H200", MIGMode: &on}, {Index: 1, UUID: "GPU-b"}}})
 	s := tr.Series(0)
 	for i := 0; i < 5; i++ {
-		s.Samples = append(s.Samples, trace.PowerSample{Time: t0.Add(time.Duration(i) * 20 * time.Millisecond), PowerW: 100.5 + float64(i)})
+		s.Samples = append(s.Samples, trace.PowerSample{Time: trace.StampOf(t0.Add(time.Duration(i) * 20 * time.Millisecond)), PowerW: 100.5 + float64(i)})
 	}
-	s.Counters = []trace.CounterReading{{Time: t0, EnergyMJ: 1 << 40, ReadDuration: 3 * time.Millisecond}}
-	tm := trace.NewTelemetry(t0)
+	s.Counters = []trace.CounterReading{{Time: trace.StampOf(t0), EnergyMJ: 1 << 40, ReadDuration: 3 * time.Millisecond}}
+	tm := trace.NewTelemetry(trace.StampOf(t0))
 	tm.TemperatureC, tm.ClockReasons, tm.ClockReasonsValid = 33, 1, true
 	s.Telemetry = []trace.Telemetry{tm}
-	tr.Series(1).Samples = []trace.PowerSample{{Time: t0, PowerW: 70}}
+	tr.Series(1).Samples = []trace.PowerSample{{Time: trace.StampOf(t0), PowerW: 70}}
 	tr.Events = []trace.Event{
 		{Time: t0, GPU: trace.NoGPU, Type: trace.EventPhase, RunID: "r1", Name: "prefill"},
 		{Time: t0.Add(time.Second), GPU: trace.NoGPU, Type: trace.EventResult, RunID: "r1", Attrs: map[string]string{"output_tokens": "128"}},
@@ -75,7 +75,7 @@ func TestWriterIsAtomic(t *testing.T) {
 	path := filepath.Join(dir, "t.parquet")
 	w, err := trace.Create(path, meta.Environment{})
 	require.NoError(t, err)
-	require.NoError(t, w.WriteSamples(0, []trace.PowerSample{{Time: time.Now(), PowerW: 1}}))
+	require.NoError(t, w.WriteSamples(0, []trace.PowerSample{{Time: trace.StampOf(time.Now()), PowerW: 1}}))
 	require.NoError(t, w.Flush())
 	_, err = os.Stat(path)
 	assert.True(t, errors.Is(err, os.ErrNotExist), "no file under the final name before Close")

@@ -13,14 +13,14 @@ import (
 
 // PowerSample is one entry of the driver's power-sample buffer (every ~20 ms), stamped by the driver.
 type PowerSample struct {
-	Time   time.Time
+	Time   Stamp
 	PowerW float64
 }
 
 // CounterReading is one read of the GPU's total-energy counter. Time is the host clock just before the read;
 // ReadDuration is how long the (blocking) call took.
 type CounterReading struct {
-	Time         time.Time
+	Time         Stamp
 	EnergyMJ     uint64
 	ReadDuration time.Duration
 }
@@ -31,7 +31,7 @@ func (c CounterReading) Joules() float64 { return float64(c.EnergyMJ) / 1000 }
 // Telemetry is one slow-path snapshot (about 10 Hz). Fields the GPU does not support are NaN
 // (ClockReasonsValid false for the bitmask).
 type Telemetry struct {
-	Time              time.Time
+	Time              Stamp
 	InstantPowerW     float64 // field 186: instantaneous, refreshed every ~100 ms
 	AveragePowerW     float64 // GetPowerUsage: a 1 s moving average on recent GPUs
 	TemperatureC      float64
@@ -47,7 +47,7 @@ type Telemetry struct {
 }
 
 // NewTelemetry returns a snapshot at t with every field unknown.
-func NewTelemetry(t time.Time) Telemetry {
+func NewTelemetry(t Stamp) Telemetry {
 	n := math.NaN()
 	return Telemetry{Time: t, InstantPowerW: n, AveragePowerW: n, TemperatureC: n, SMClockHz: n, MemClockHz: n,
 		UtilGPU: n, UtilMem: n, MemUsedBytes: n, PowerLimitW: n, PState: n}
@@ -192,12 +192,12 @@ func (t *Trace) Span() (first, last time.Time) {
 	}
 	for _, s := range t.GPUs {
 		if n := len(s.Samples); n > 0 {
-			upd(s.Samples[0].Time)
-			upd(s.Samples[n-1].Time)
+			upd(s.Samples[0].Time.Time())
+			upd(s.Samples[n-1].Time.Time())
 		}
 		if n := len(s.Counters); n > 0 {
-			upd(s.Counters[0].Time)
-			upd(s.Counters[n-1].Time)
+			upd(s.Counters[0].Time.Time())
+			upd(s.Counters[n-1].Time.Time())
 		}
 	}
 	return first, last
@@ -221,10 +221,10 @@ func (t *Trace) Common() (first, last time.Time) {
 func (s *Series) Common() (first, last time.Time) {
 	spans := [][2]time.Time{}
 	if n := len(s.Samples); n > 1 {
-		spans = append(spans, [2]time.Time{s.Samples[0].Time, s.Samples[n-1].Time})
+		spans = append(spans, [2]time.Time{s.Samples[0].Time.Time(), s.Samples[n-1].Time.Time()})
 	}
 	if n := len(s.Counters); n > 1 {
-		spans = append(spans, [2]time.Time{s.Counters[0].Time, s.Counters[n-1].Time})
+		spans = append(spans, [2]time.Time{s.Counters[0].Time.Time(), s.Counters[n-1].Time.Time()})
 	}
 	for i, sp := range spans {
 		if i == 0 || sp[0].After(first) {
@@ -276,18 +276,19 @@ func Phases(events []Event, end time.Time) []Phase {
 
 // Window is the part of s in [t0, t1]: views of s's slices (found by binary search), not copies.
 func (s *Series) Window(t0, t1 time.Time) *Series {
+	a, b := t0.UnixNano(), t1.UnixNano()
 	return &Series{
-		Samples:        window(s.Samples, t0, t1, func(x PowerSample) time.Time { return x.Time }),
-		Counters:       window(s.Counters, t0, t1, func(x CounterReading) time.Time { return x.Time }),
-		Telemetry:      window(s.Telemetry, t0, t1, func(x Telemetry) time.Time { return x.Time }),
-		ProcessSamples: window(s.ProcessSamples, t0, t1, func(x ProcessSample) time.Time { return x.Time }),
-		Processes:      window(s.Processes, t0, t1, func(x Process) time.Time { return x.Time }),
+		Samples:        window(s.Samples, a, b, func(x PowerSample) int64 { return int64(x.Time) }),
+		Counters:       window(s.Counters, a, b, func(x CounterReading) int64 { return int64(x.Time) }),
+		Telemetry:      window(s.Telemetry, a, b, func(x Telemetry) int64 { return int64(x.Time) }),
+		ProcessSamples: window(s.ProcessSamples, a, b, func(x ProcessSample) int64 { return x.Time.UnixNano() }),
+		Processes:      window(s.Processes, a, b, func(x Process) int64 { return x.Time.UnixNano() }),
 	}
 }
 
-func window[T any](xs []T, t0, t1 time.Time, at func(T) time.Time) []T {
-	lo := sort.Search(len(xs), func(i int) bool { return !at(xs[i]).Before(t0) })
-	hi := sort.Search(len(xs), func(i int) bool { return at(xs[i]).After(t1) })
+func window[T any](xs []T, t0, t1 int64, at func(T) int64) []T {
+	lo := sort.Search(len(xs), func(i int) bool { return at(xs[i]) >= t0 })
+	hi := sort.Search(len(xs), func(i int) bool { return at(xs[i]) > t1 })
 	if hi < lo {
 		hi = lo
 	}
