@@ -206,52 +206,52 @@ func trapezoid(t0 trace.Stamp, p0 float64, t1 trace.Stamp, p1 float64) float64 {
 }
 
 // Integral is the running integral of the samples, for O(log n) energy over any window (O(1) amortised for
-// ascending queries through a Cursor).
+// ascending queries through a Cursor). It reads the samples in place: a copy of their times and powers was a
+// quarter of a whole read's memory.
 type Integral struct {
-	ns  []int64   // sample times, Unix ns
-	pw  []float64 // sample power, W
-	cum []float64 // joules from the first sample to sample i
+	ss  []trace.PowerSample // the samples, never written (the caller's)
+	cum []float64           // joules from the first sample to sample i
 }
 
-// NewIntegral precomputes the running integral of ss (in time order).
+// NewIntegral precomputes the running integral of ss (in time order). ss must not change while it is used.
 func NewIntegral(ss []trace.PowerSample) *Integral {
-	in := &Integral{ns: make([]int64, len(ss)), pw: make([]float64, len(ss)), cum: make([]float64, len(ss))}
-	for i, x := range ss {
-		in.ns[i], in.pw[i] = int64(x.Time), x.PowerW
-		if i > 0 {
-			in.cum[i] = in.cum[i-1] + (in.pw[i-1]+in.pw[i])/2*float64(in.ns[i]-in.ns[i-1])/1e9
-		}
+	in := &Integral{ss: ss, cum: make([]float64, len(ss))}
+	for i := 1; i < len(ss); i++ {
+		a, b := ss[i-1], ss[i]
+		in.cum[i] = in.cum[i-1] + (a.PowerW+b.PowerW)/2*float64(int64(b.Time)-int64(a.Time))/1e9
 	}
 	return in
 }
 
+// ns is sample i's time in Unix nanoseconds.
+func (in *Integral) ns(i int) int64 { return int64(in.ss[i].Time) }
+
 // Covers reports whether t lies within the samples.
 func (in *Integral) Covers(t trace.Stamp) bool {
-	n := len(in.ns)
-	ns := int64(t)
-	return n >= 2 && ns >= in.ns[0] && ns <= in.ns[n-1]
+	n := len(in.ss)
+	return n >= 2 && t >= in.ss[0].Time && t <= in.ss[n-1].Time
 }
 
 // at is the integral up to ns given k, the last sample at or before ns.
 func (in *Integral) at(ns int64, k int) float64 {
-	n := len(in.ns)
-	if n < 2 || ns <= in.ns[0] {
+	n := len(in.ss)
+	if n < 2 || ns <= in.ns(0) {
 		return 0
 	}
-	if ns >= in.ns[n-1] {
+	if ns >= in.ns(n-1) {
 		return in.cum[n-1]
 	}
-	t0, t1 := in.ns[k], in.ns[k+1]
-	p0 := in.pw[k]
-	p := p0 + float64(ns-t0)/float64(t1-t0)*(in.pw[k+1]-p0)
+	a, b := in.ss[k], in.ss[k+1]
+	t0, t1 := int64(a.Time), int64(b.Time)
+	p0 := a.PowerW
+	p := p0 + float64(ns-t0)/float64(t1-t0)*(b.PowerW-p0)
 	return in.cum[k] + (p0+p)/2*float64(ns-t0)/1e9
 }
 
 // At returns the integral from the first sample to t (t clamped to the samples' span).
 func (in *Integral) At(t trace.Stamp) float64 {
-	ns := int64(t)
-	k := sort.Search(len(in.ns), func(i int) bool { return in.ns[i] > ns }) - 1
-	return in.at(ns, max(k, 0))
+	k := sort.Search(len(in.ss), func(i int) bool { return in.ss[i].Time > t }) - 1
+	return in.at(int64(t), max(k, 0))
 }
 
 // Cursor answers At for ascending times in amortised constant time.
@@ -267,16 +267,16 @@ func (in *Integral) Cursor() *Cursor { return &Cursor{in: in} }
 func (c *Cursor) At(t trace.Stamp) float64 { return c.atNS(int64(t)) }
 
 func (c *Cursor) atNS(ns int64) float64 {
-	xs := c.in.ns
+	xs, t := c.in.ss, trace.Stamp(ns)
 	// Gallop forward from the last position, then binary-search the bracket: sparse queries over long series
 	// cost O(log gap), dense ones O(1).
 	lo, step := c.k, 1
-	for lo+step < len(xs) && xs[lo+step] <= ns {
+	for lo+step < len(xs) && xs[lo+step].Time <= t {
 		lo += step
 		step *= 2
 	}
 	hi := min(lo+step, len(xs))
-	c.k = lo + sort.Search(hi-lo, func(i int) bool { return xs[lo+i] > ns }) - 1
+	c.k = lo + sort.Search(hi-lo, func(i int) bool { return xs[lo+i].Time > t }) - 1
 	c.k = max(c.k, 0)
 	return c.in.at(ns, c.k)
 }

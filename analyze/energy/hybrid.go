@@ -60,8 +60,8 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	if len(pts) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))
 	}
-	if len(in.ns) < 2 {
-		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
+	if len(in.ss) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ss))
 	}
 	h := &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: 1}
 	var dE, dS float64

@@ -39,8 +39,7 @@ type keeper struct {
 func newKeeper() keeper { return keeper{lastSeq: -1} }
 
 func (k *keeper) add(x sampleAt) {
-	k.in.ns = append(k.in.ns, x.ns)
-	k.in.pw = append(k.in.pw, x.pw)
+	k.in.ss = append(k.in.ss, trace.PowerSample{Time: trace.Stamp(x.ns), PowerW: x.pw})
 	k.in.cum = append(k.in.cum, x.cum)
 	k.lastSeq = x.seq
 }
@@ -59,17 +58,16 @@ func (k *keeper) around(hist []sampleAt, from, until int64) {
 }
 
 func (k *keeper) offer(x sampleAt) {
-	if n := len(k.in.ns); x.seq == k.lastSeq+1 && n > 0 && k.in.ns[n-1] < k.until {
+	if n := len(k.in.ss); x.seq == k.lastSeq+1 && n > 0 && k.in.ns(n-1) < k.until {
 		k.add(x)
 	}
 }
 
 // dropBefore forgets the stretches' samples before the two that precede t.
 func (k *keeper) dropBefore(t int64) {
-	j := sort.Search(len(k.in.ns), func(i int) bool { return k.in.ns[i] >= t }) - 2
-	if j > len(k.in.ns)/2 {
-		k.in.ns = append(k.in.ns[:0], k.in.ns[j:]...)
-		k.in.pw = append(k.in.pw[:0], k.in.pw[j:]...)
+	j := sort.Search(len(k.in.ss), func(i int) bool { return k.in.ns(i) >= t }) - 2
+	if j > len(k.in.ss)/2 {
+		k.in.ss = append(k.in.ss[:0], k.in.ss[j:]...)
 		k.in.cum = append(k.in.cum[:0], k.in.cum[j:]...)
 	}
 }
@@ -202,7 +200,7 @@ func (l *LagStream) sample(s trace.PowerSample) {
 	l.thin.offer(x)
 	l.headS.offer(x)
 	l.tailS.offer(x)
-	if len(l.tail) > 64 || len(l.tailS.in.ns) > 512 {
+	if len(l.tail) > 64 || len(l.tailS.in.ss) > 512 {
 		l.pruneTail()
 	}
 }
@@ -280,8 +278,8 @@ func NewHybridsFitted(cs []trace.CounterReading, ss []trace.PowerSample, lags []
 	if len(pts) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs at least two distinct counter readings, have %d", len(pts))
 	}
-	if len(in.ns) < 2 {
-		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ns))
+	if len(in.ss) < 2 {
+		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ss))
 	}
 	out := make([]*Hybrid, len(lags))
 	for i, lag := range lags {

@@ -140,9 +140,9 @@ func TestLagStreamEqualsFitHybrid(t *testing.T) {
 					assert.InEpsilon(t, wg, gain, 1e-12, "gain at lag %s", lag)
 				}
 				// What the stream keeps is bounded by the intervals the fit uses, not the series' length.
-				assert.Less(t, len(l.thin.in.ns), 60*min(maxLagIntervals+1, l.n))
+				assert.Less(t, len(l.thin.in.ss), 60*min(maxLagIntervals+1, l.n))
 				assert.Less(t, len(l.hist), 600)
-				assert.Less(t, len(l.tailS.in.ns), 1200)
+				assert.Less(t, len(l.tailS.in.ss), 1200)
 			}
 		})
 	}

@@ -34,8 +34,8 @@ import (
 
 // LoadOptions choose how Load reads lem traces.
 type LoadOptions struct {
-	// Stream reads traces in windows: StreamAuto (traces whose rows would take more than half of MemoryLimit in
-	// memory: the rest is for the results and the garbage collector), StreamAlways or StreamNever.
+	// Stream reads traces in windows: StreamAuto (traces whose whole read would not fit the collector's soft limit,
+	// three quarters of MemoryLimit), StreamAlways or StreamNever.
 	Stream string
 	// MemoryLimit is the memory the report aims to stay within (bytes); 0: DefaultMemoryLimit.
 	MemoryLimit int64
@@ -54,13 +54,14 @@ const (
 // DefaultMemoryLimit is the memory a report aims to stay within by default.
 const DefaultMemoryLimit = 1 << 30
 
-// bytesPerRow is what a row read whole costs at the report's peak: the trace (~46 bytes a row), the meters'
-// integrals and counter points (~30) and what the accounting leaves for the collector (GOGC 400; most of its arrays
-// are reused) — measured 89–97 bytes a row (peak RSS) on tiled LLM recordings of 3.1 to 14.5 M rows, at 2 and 16
-// Ps. Reading whole close to the collector's soft limit costs more than streaming (it collects and returns memory
-// over and over), hence half the limit; within it reading whole is the faster (2 vCPUs, 1 GiB: 4.1 M rows 0.48 s
-// whole against 0.60 s streamed, 6.8 M rows 0.61 s against 0.87 s).
-const bytesPerRow = 100
+// liveBytesPerRow is what a row read whole keeps live at the report's peak: the trace (samples 16 bytes, counter
+// reads 24, telemetry 104: ~30 a row of an LLM recording), the samples' running integrals and the counter points
+// (~10), the accounting's arrays — measured 47–50 bytes a row (peak RSS at GOGC 10) on tiled LLM recordings of 6.8
+// and 14.5 M rows. None of it holds a pointer, so the collector does not scan it and reading whole stays the faster
+// up to the collector's soft limit (¾ of the limit): at 1 GiB on 2 vCPUs, 14.5 M rows 0.85 s whole against 1.22 s
+// streamed, 17.6 M rows 1.02 s against 1.45 s (peak 0.81 GB); beyond it the collector runs over and over (21.7 M
+// rows: 2.32 s against 1.75 s).
+const liveBytesPerRow = 48
 
 // stream says whether the trace in paths is streamed.
 func (o LoadOptions) stream(paths []string) bool {
@@ -75,11 +76,15 @@ func (o LoadOptions) stream(paths []string) bool {
 		return len(paths) > 1 // let the read say what is wrong; segments are never merged in memory
 	}
 	defer s.Close()
-	limit := o.MemoryLimit
+	return streamRows(s.Rows(), o.MemoryLimit)
+}
+
+// streamRows says whether a trace of rows rows is streamed within limit (bytes; 0: DefaultMemoryLimit).
+func streamRows(rows, limit int64) bool {
 	if limit <= 0 {
 		limit = DefaultMemoryLimit
 	}
-	return s.Rows()*bytesPerRow > limit/2
+	return rows*liveBytesPerRow > limit/4*3
 }
 
 // gpuFacts is what the first two passes learn about a GPU's series.

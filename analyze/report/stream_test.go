@@ -470,3 +470,37 @@ func TestStreamedReportDropsProcessRows(t *testing.T) {
 		assert.Empty(t, b.Processes, "GPU %d", g)
 	}
 }
+
+// The automatic choice reads whole what fits the collector's soft limit (¾ of the memory limit) at 48 bytes a
+// row, measured, and streams the rest: at the default 1 GiB, the 10 M-sample benchmark file (14.49 M rows) and up
+// to ~16.7 M rows are read whole. A file picks by its row count and --memory-limit.
+func TestAutoStreamChoice(t *testing.T) {
+	const gib = 1 << 30
+	for _, c := range []struct {
+		rows, limit int64
+		stream      bool
+	}{
+		{14_490_000, 0, false},
+		{14_490_000, gib, false},
+		{16_700_000, gib, false},
+		{16_800_000, gib, true}, // 16.8 M × 48 B = 806.4 MB > 805.3 MB
+		{240_000_000, gib, true},
+		{14_490_000, 512 << 20, true},
+		{3_000_000, 256 << 20, false}, // 144 MB within 192 MiB
+		{5_000_000, 256 << 20, true},
+	} {
+		assert.Equal(t, c.stream, streamRows(c.rows, c.limit), "%d rows within %d bytes", c.rows, c.limit)
+	}
+	path := testutil.TracePath("h200-llm")
+	s, err := trace.OpenStream(path)
+	require.NoError(t, err)
+	rows := s.Rows()
+	require.NoError(t, s.Close())
+	require.Greater(t, rows, int64(1000))
+	fits := rows * 48 / 3 * 4 // the smallest limit that reads it whole
+	assert.False(t, LoadOptions{Stream: StreamAuto, MemoryLimit: fits}.stream([]string{path}))
+	assert.True(t, LoadOptions{Stream: StreamAuto, MemoryLimit: fits - 4}.stream([]string{path}))
+	assert.False(t, LoadOptions{Stream: StreamAuto}.stream([]string{path}), "the default reads it whole")
+	assert.True(t, LoadOptions{Stream: StreamAlways}.stream([]string{path}))
+	assert.False(t, LoadOptions{Stream: StreamNever, MemoryLimit: 1}.stream([]string{path}))
+}

@@ -25,7 +25,7 @@ type reportCmd struct {
 	// Calibration corrects energies to an external meter's scale (lem-analyze calibrate).
 	Calibration string `type:"existingfile" help:"Calibration file (lem-analyze calibrate): energies of the boards it holds corrected to the meter's scale, their gain uncertainty the fit's."`
 	Stream      string `default:"auto" enum:"auto,always,never" help:"Read lem traces in windows, a row group at a time, memory bounded by the longest run (${enum}); auto: traces too large to read whole within --memory-limit."`
-	MemoryMiB   int64  `name:"memory-limit" default:"1024" help:"Memory (MiB, 64 to 16777216; 0: the default) the report aims to stay within: traces whose rows would take more than half of it are streamed, and the garbage collector works harder from three quarters of it (GOMEMLIMIT overrides)."`
+	MemoryMiB   int64  `name:"memory-limit" default:"1024" help:"Memory (MiB, 64 to 16777216; 0: the default) the report aims to stay within: the garbage collector works harder from three quarters of it, and traces whose whole read would not fit within that are streamed (GOMEMLIMIT overrides)."`
 }
 
 // The --memory-limit a report accepts (MiB).
