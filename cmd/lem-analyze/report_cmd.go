@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"time"
 
 	"github.com/lem-energy/lem/analyze/calibrate"
 	"github.com/lem-energy/lem/analyze/pull"
@@ -75,10 +76,13 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 	if len(runs) == 0 {
 		return fmt.Errorf("%w in %v", report.ErrNoRuns, c.Paths)
 	}
+	t0 := time.Now()
 	exps, err := report.Experiments(runs, c.Reference)
 	if err != nil {
 		return err
 	}
+	t1 := time.Now()
+	defer func() { log.Debug("report written", "summaries", t1.Sub(t0), "written", time.Since(t1)) }()
 	return c.write(func(w io.Writer) error {
 		switch c.Format {
 		case "csv":
