@@ -128,7 +128,11 @@ func (m *Meter) Energy(t0, t1 time.Time) float64 {
 
 // Meters fits every GPU's meter of a trace once, GPUs in parallel (the lag fit is the costly part): runs that
 // share a trace share its meters.
-func Meters(t *trace.Trace) map[int]*Meter {
+func Meters(t *trace.Trace) map[int]*Meter { return MetersThen(t, nil) }
+
+// MetersThen is Meters calling then (when not nil) with each GPU's meter as soon as it is fitted, on the GPU's
+// own goroutine: work that needs one GPU's meter starts without waiting for the others'.
+func MetersThen(t *trace.Trace, then func(g int, m *Meter)) map[int]*Meter {
 	out := make(map[int]*Meter, len(t.GPUs))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -143,6 +147,9 @@ func Meters(t *trace.Trace) map[int]*Meter {
 			mu.Lock()
 			out[g] = m
 			mu.Unlock()
+			if then != nil {
+				then(g, m)
+			}
 		}()
 	}
 	wg.Wait()

@@ -49,8 +49,12 @@ func NewHybrid(cs []trace.CounterReading, ss []trace.PowerSample, lag time.Durat
 // FitHybrid estimates the counter's lag (the lag that best aligns counter increments with the samples) and prepares the hybrid with it, computing the samples'
 // running integral and the counter's distinct values once for both.
 func FitHybrid(cs []trace.CounterReading, ss []trace.PowerSample) (*Hybrid, LagEstimate, error) {
-	pts, resets := distinctPoints(cs)
+	var pts []point
+	var resets int
+	var wg sync.WaitGroup
+	wg.Go(func() { pts, resets = distinctPoints(cs) }) // beside the integral: both are one pass over a whole series
 	in := NewIntegral(ss)
+	wg.Wait()
 	lag := estimateLag(pts, in)
 	h, err := newHybrid(pts, resets, in, lag.Lag)
 	return h, lag, err

@@ -125,11 +125,20 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	spans := Spans(t, strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)))
 	t1 := time.Now()
-	meters := account.Meters(t)
 	var lms map[int]*lagMeter
-	if detailed {
-		lms = lagMetersOf(t, meters)
+	var then func(g int, m *account.Meter)
+	if detailed { // each GPU's lag meter as soon as its meter is fitted
+		lms = map[int]*lagMeter{}
+		var mu sync.Mutex
+		then = func(g int, m *account.Meter) {
+			if lm := lagMeterOf(t.GPUs[g], m); lm != nil {
+				mu.Lock()
+				lms[g] = lm
+				mu.Unlock()
+			}
+		}
 	}
+	meters := account.MetersThen(t, then)
 	sh := map[int]shifts{}
 	for g, m := range meters {
 		sh[g] = shiftsOf(m.Lag, m.Method == account.MethodHybrid)

@@ -249,24 +249,36 @@ func lagMetersOf(t *trace.Trace, meters map[int]*account.Meter) map[int]*lagMete
 	var wg sync.WaitGroup
 	for g, s := range t.GPUs { // one GPU's lag meters at a time held a whole-trace report on many cores
 		wg.Go(func() {
-			var h *energy.Hybrid
-			var est energy.LagEstimate
-			if m := meters[g]; m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
-				h, est = m.Hybrid(), m.Lag
-			} else {
-				var err error
-				if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
-					return
-				}
+			if lm := lagMeterOf(s, meters[g]); lm != nil {
+				mu.Lock()
+				out[g] = lm
+				mu.Unlock()
 			}
-			lm := &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
-			mu.Lock()
-			out[g] = lm
-			mu.Unlock()
 		})
 	}
 	wg.Wait()
 	return out
+}
+
+// lagMeterOf is one GPU's lag meter, from its meter m's hybrid where m fitted one (nil: fitted here); nil without
+// a usable hybrid. The hybrids at the lag's two ends are made at once.
+func lagMeterOf(s *trace.Series, m *account.Meter) *lagMeter {
+	var h *energy.Hybrid
+	var est energy.LagEstimate
+	if m != nil && m.Method == account.MethodHybrid && m.Kept == nil {
+		h, est = m.Hybrid(), m.Lag
+	} else {
+		var err error
+		if h, est, err = energy.FitHybrid(s.Counters, s.Samples); err != nil {
+			return nil
+		}
+	}
+	lm := &lagMeter{est: est, h: h}
+	var wg sync.WaitGroup
+	wg.Go(func() { lm.lo = h.WithLag(est.Lag - est.U) })
+	lm.hi = h.WithLag(est.Lag + est.U)
+	wg.Wait()
+	return lm
 }
 
 // forRun is the trace's lag meters as a run used them: a GPU whose manifest says its lag came from the host's

@@ -236,8 +236,11 @@ type rowGroup struct {
 	// present says which kinds (events included) have rows here: a column only absent kinds use is not decoded
 	// (a recording without process rows would otherwise decode fifteen columns of nulls in every row group).
 	present [nCodes + 1]bool
-	off     map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
-	events  []Event
+	// unsorted says a GPU's rows of one kind went back in time inside this row group (second pass): its series
+	// is sorted after the read; in order, only the seams between row groups are checked.
+	unsorted bool
+	off      map[int32]*[nCodes]int // where this row group's rows start in the GPU's slices (second pass)
+	events   []Event
 	// extents are each GPU's rows per kind with their first and last time, skipped kinds included (their times
 	// are decoded all the same): what a scan that leaves a kind out still learns about it.
 	extents map[int32]*[nCodes]Extent
@@ -565,6 +568,7 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 		slot[g] = uint16(len(next))
 		next, dst = append(next, *o), append(dst, t.GPUs[int(g)])
 	}
+	last := make([][nCodes]int64, len(next)) // each GPU's last time per kind, for unsorted (times are ≥ 0)
 	timeCol := cols["time"]
 	var ext [][nCodes]Extent
 	if pf.extents {
@@ -604,6 +608,11 @@ func (pf *fileCols) secondPass(r *rowGroup, t *Trace) error {
 		at := &next[slot[g]]
 		j := at[k]
 		at[k]++
+		if lt := &last[slot[g]][k]; times[i] < *lt {
+			r.unsorted = true
+		} else {
+			*lt = times[i]
+		}
 		s := dst[slot[g]]
 		switch k {
 		case codeSample:
@@ -706,6 +715,45 @@ func allocate(t *Trace, total map[int32]*[nCodes]int, skip [nCodes + 1]bool) {
 	}
 }
 
+// writtenInOrder says whether GPU g's series s is in time order as the second pass wrote it: in order inside every row
+// group (rowGroup.unsorted) and across each seam between two row groups' rows of one kind. Checking that costs a
+// comparison per row group, where Series.Sort checks every row again, one GPU per core.
+func writtenInOrder(rgs []*rowGroup, g int32, s *Series, skip [nCodes + 1]bool) bool {
+	for _, r := range rgs {
+		if r.unsorted {
+			return false
+		}
+		off, cnt := r.off[g], r.counts[g]
+		if off == nil || cnt == nil {
+			continue
+		}
+		for k := range nCodes {
+			if skip[k] || cnt[k] == 0 || off[k] == 0 {
+				continue
+			}
+			if rowTime(s, uint8(k), off[k]-1) > rowTime(s, uint8(k), off[k]) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// rowTime is the time of row i of kind k in s, Unix ns.
+func rowTime(s *Series, k uint8, i int) int64 {
+	switch k {
+	case codeSample:
+		return int64(s.Samples[i].Time)
+	case codeCounter:
+		return int64(s.Counters[i].Time)
+	case codeTelemetry:
+		return int64(s.Telemetry[i].Time)
+	case codeProcessSample:
+		return s.ProcessSamples[i].Time.UnixNano()
+	}
+	return s.Processes[i].Time.UnixNano()
+}
+
 // readRows reads every row group in two parallel passes: kinds and GPUs first, so each GPU's slices are
 // allocated once at their final size; then every row straight into its place (no merge copies).
 func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, opts ReadOptions) error {
@@ -758,7 +806,10 @@ func readRows(pf *parquet.File, r io.ReaderAt, size, dataEnd int64, t *Trace, op
 		t.Events = append(t.Events, r.events...)
 	}
 	var wg sync.WaitGroup
-	for _, s := range t.GPUs {
+	for g, s := range t.GPUs {
+		if writtenInOrder(rgs, int32(g), s, fc.skip) {
+			continue
+		}
 		wg.Add(1)
 		go func() { defer wg.Done(); s.Sort() }()
 	}

@@ -31,6 +31,19 @@ func checkInvariants(t *testing.T, tr *Trace) {
 			if err := checkTime(c.Time.Time()); err != nil {
 				t.Fatalf("GPU %d counter %d: %v", g, i, err)
 			}
+			if i > 0 && c.Time.Before(s.Counters[i-1].Time) {
+				t.Fatalf("GPU %d counters out of order at %d", g, i)
+			}
+		}
+		for i := 1; i < len(s.Telemetry); i++ {
+			if s.Telemetry[i].Time.Before(s.Telemetry[i-1].Time) {
+				t.Fatalf("GPU %d telemetry out of order at %d", g, i)
+			}
+		}
+		for i := 1; i < len(s.Processes); i++ {
+			if s.Processes[i].Time.Before(s.Processes[i-1].Time) {
+				t.Fatalf("GPU %d processes out of order at %d", g, i)
+			}
 		}
 		for i, p := range s.ProcessSamples {
 			if err := checkTime(p.Time); err != nil {
@@ -38,6 +51,9 @@ func checkInvariants(t *testing.T, tr *Trace) {
 			}
 			if err := checkRatios(p); err != nil {
 				t.Fatalf("GPU %d process sample %d: %v", g, i, err)
+			}
+			if i > 0 && p.Time.Before(s.ProcessSamples[i-1].Time) {
+				t.Fatalf("GPU %d process samples out of order at %d", g, i)
 			}
 		}
 	}
