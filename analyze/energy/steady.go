@@ -61,7 +61,7 @@ func FindSteady(ss []trace.PowerSample, t0, t1 time.Time, o SteadyOptions) Stead
 		}
 		n := float64(j - i)
 		mean := sum / n
-		cv := math.Sqrt(math.Max(sq/n-mean*mean, 0)) / mean
+		cv := math.Sqrt(max(sq/n-mean*mean, 0)) / mean
 		if mean > 0 && cv < o.MaxCV {
 			// The stretch runs between the centres of the first and last settled windows: a window that only
 			// grazes the ramp or the tail still settles, its centre does not reach them.

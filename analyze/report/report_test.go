@@ -205,9 +205,13 @@ func TestViolations(t *testing.T) {
 
 	// Negative energies or durations: a damaged manifest.
 	m = &manifest.Manifest{Status: manifest.StatusOK, Energy: manifest.Energy{HybridJ: -5, AdjustedJ: manifest.Null},
-		Phases: []manifest.Phase{{Name: "decode", DurationS: -1, Energy: manifest.Unmeasured()}}}
+		GPUs: []manifest.GPU{{Index: 3, Energy: manifest.Energy{CounterJ: 1, SampledJ: -2}}},
+		Phases: []manifest.Phase{{Name: "decode", DurationS: -1, Energy: manifest.Unmeasured(),
+			GPUs: []manifest.PhaseGPU{{Index: 3, HybridJ: 4, AdjustedJ: -0.5}}}}}
 	assert.Equal(t, []string{"no negative energy or duration: energy.hybrid_j is -5",
-		"no negative energy or duration: phases[decode].duration_s is -1"}, report.Violations(m))
+		"no negative energy or duration: gpus[3].energy.sampled_j is -2",
+		"no negative energy or duration: phases[decode].duration_s is -1",
+		"no negative energy or duration: phases[decode].gpus[3].adjusted_j is -0.5"}, report.Violations(m))
 	assert.False(t, report.Passes(m))
 }
 

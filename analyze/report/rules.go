@@ -64,33 +64,34 @@ func Passes(m *manifest.Manifest) bool { return len(Violations(m)) == 0 }
 // hand-edited.
 func negatives(m *manifest.Manifest) []string {
 	var out []string
-	neg := func(what string, v manifest.Num) {
+	// The names are formatted only for a value found negative: every run is checked, by every report.
+	neg := func(v manifest.Num, format string, a ...any) {
 		if v.Valid() && v < 0 {
-			out = append(out, fmt.Sprintf("%s is %g", what, float64(v)))
+			out = append(out, fmt.Sprintf("%s is %g", fmt.Sprintf(format, a...), float64(v)))
 		}
 	}
-	energy := func(what string, e manifest.Energy) {
-		neg(what+".counter_j", e.CounterJ)
-		neg(what+".hybrid_j", e.HybridJ)
-		neg(what+".sampled_j", e.SampledJ)
-		neg(what+".adjusted_j", e.AdjustedJ)
+	energy := func(e manifest.Energy, format string, a ...any) {
+		neg(e.CounterJ, format+".counter_j", a...)
+		neg(e.HybridJ, format+".hybrid_j", a...)
+		neg(e.SampledJ, format+".sampled_j", a...)
+		neg(e.AdjustedJ, format+".adjusted_j", a...)
 	}
-	neg("times.duration_s", manifest.Num(m.Times.DurationS))
-	energy("energy", m.Energy)
+	neg(manifest.Num(m.Times.DurationS), "times.duration_s")
+	energy(m.Energy, "energy")
 	for _, g := range m.GPUs {
-		energy(fmt.Sprintf("gpus[%d].energy", g.Index), g.Energy)
+		energy(g.Energy, "gpus[%d].energy", g.Index)
 	}
 	for _, p := range m.Phases {
-		neg(fmt.Sprintf("phases[%s].duration_s", p.Name), manifest.Num(p.DurationS))
-		energy(fmt.Sprintf("phases[%s].energy", p.Name), p.Energy)
+		neg(manifest.Num(p.DurationS), "phases[%s].duration_s", p.Name)
+		energy(p.Energy, "phases[%s].energy", p.Name)
 		for _, g := range p.GPUs {
-			neg(fmt.Sprintf("phases[%s].gpus[%d].hybrid_j", p.Name, g.Index), g.HybridJ)
-			neg(fmt.Sprintf("phases[%s].gpus[%d].adjusted_j", p.Name, g.Index), g.AdjustedJ)
+			neg(g.HybridJ, "phases[%s].gpus[%d].hybrid_j", p.Name, g.Index)
+			neg(g.AdjustedJ, "phases[%s].gpus[%d].adjusted_j", p.Name, g.Index)
 		}
 	}
 	if d := m.Derived; d != nil {
-		neg("derived.j_per_output_token", d.JPerOutputToken)
-		neg("derived.j_per_output_token_adjusted", d.JPerOutputTokenAdj)
+		neg(d.JPerOutputToken, "derived.j_per_output_token")
+		neg(d.JPerOutputTokenAdj, "derived.j_per_output_token_adjusted")
 	}
 	return out
 }

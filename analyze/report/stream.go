@@ -63,20 +63,20 @@ const DefaultMemoryLimit = 1 << 30
 // rows: 2.32 s against 1.75 s).
 const liveBytesPerRow = 48
 
-// stream says whether the trace in paths is streamed.
-func (o LoadOptions) stream(paths []string) bool {
+// open opens the trace in paths and says whether it is streamed; s is nil where it cannot be opened (the read
+// that follows says why). The caller closes s.
+func (o LoadOptions) open(paths []string) (s *trace.Stream, streamed bool) {
+	s, err := trace.OpenStream(paths...)
 	switch o.Stream {
 	case StreamAlways:
-		return true
+		return s, true
 	case StreamNever:
-		return false
+		return s, false
 	}
-	s, err := trace.OpenStream(paths...)
 	if err != nil {
-		return len(paths) > 1 // let the read say what is wrong; segments are never merged in memory
+		return nil, len(paths) > 1 // let the read say what is wrong; segments are never merged in memory
 	}
-	defer s.Close()
-	return streamRows(s.Rows(), o.MemoryLimit)
+	return s, streamRows(s.Rows(), o.MemoryLimit)
 }
 
 // streamRows says whether a trace of rows rows is streamed within limit (bytes; 0: DefaultMemoryLimit).

@@ -498,9 +498,15 @@ func TestAutoStreamChoice(t *testing.T) {
 	require.NoError(t, s.Close())
 	require.Greater(t, rows, int64(1000))
 	fits := rows * 48 / 3 * 4 // the smallest limit that reads it whole
-	assert.False(t, LoadOptions{Stream: StreamAuto, MemoryLimit: fits}.stream([]string{path}))
-	assert.True(t, LoadOptions{Stream: StreamAuto, MemoryLimit: fits - 4}.stream([]string{path}))
-	assert.False(t, LoadOptions{Stream: StreamAuto}.stream([]string{path}), "the default reads it whole")
-	assert.True(t, LoadOptions{Stream: StreamAlways}.stream([]string{path}))
-	assert.False(t, LoadOptions{Stream: StreamNever, MemoryLimit: 1}.stream([]string{path}))
+	streamed := func(o LoadOptions) bool {
+		s, streamed := o.open([]string{path})
+		require.NotNil(t, s)
+		require.NoError(t, s.Close())
+		return streamed
+	}
+	assert.False(t, streamed(LoadOptions{Stream: StreamAuto, MemoryLimit: fits}))
+	assert.True(t, streamed(LoadOptions{Stream: StreamAuto, MemoryLimit: fits - 4}))
+	assert.False(t, streamed(LoadOptions{Stream: StreamAuto}), "the default reads it whole")
+	assert.True(t, streamed(LoadOptions{Stream: StreamAlways}))
+	assert.False(t, streamed(LoadOptions{Stream: StreamNever, MemoryLimit: 1}))
 }

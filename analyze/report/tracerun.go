@@ -100,12 +100,22 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 		}
 		paths, skipped = segs, serr
 	}
-	if opts.stream(paths) {
+	s, streamed := opts.open(paths)
+	if s != nil {
+		defer s.Close()
+	}
+	if streamed {
 		runs, err := streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
 		return runs, errors.Join(skipped, err)
 	}
 	t0 := time.Now()
-	t, err := trace.ReadFile(path)
+	var t *trace.Trace
+	var err error
+	if s != nil && len(paths) == 1 && paths[0] == path {
+		t, err = s.ReadWhole() // its footer already read to choose
+	} else {
+		t, err = trace.ReadFile(path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		// A recording whose writer died before merging it: its closed segments.
 		var serr error

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"runtime"
@@ -29,6 +30,7 @@ type Stream struct {
 	// after[i] is the earliest time of any row in the row groups after group i (Unix ns).
 	after []int64
 	env   meta.Environment
+	extra map[string]string // the first file's metadata lem does not interpret
 	rows  int64
 	cpu   chan struct{} // tokens a row group's decoding holds (ShareCPU); nil: none
 }
@@ -158,7 +160,7 @@ func openStream(n int, file func(i int) (*streamFile, *Trace, error)) (_ *Stream
 		}
 		s.files = append(s.files, sf)
 		if i == 0 {
-			s.env = t.Env
+			s.env, s.extra = t.Env, t.Extra
 		}
 		if err := s.addGroups(i); err != nil {
 			return nil, fmt.Errorf("reading trace %s: %w", sf.path, err)
@@ -252,6 +254,21 @@ func (s *Stream) timeRange(sf *streamFile, ref *groupRef) error {
 
 // Env is the trace's environment (its first file's).
 func (s *Stream) Env() meta.Environment { return s.env }
+
+// ReadWhole reads a stream of one file whole, as ReadFile does, without reading its footer again (for a large
+// file that is thousands of column chunks' metadata). The stream is not to be read afterwards.
+func (s *Stream) ReadWhole() (*Trace, error) {
+	if len(s.files) != 1 {
+		return nil, fmt.Errorf("a whole read takes one file, the stream has %d", len(s.files))
+	}
+	sf := s.files[0]
+	t := New(s.env)
+	maps.Copy(t.Extra, s.extra)
+	if err := readRows(sf.pf, sf.f, sf.size, sf.dataEnd, t, ReadOptions{}); err != nil {
+		return nil, fmt.Errorf("reading trace %s: %w", sf.path, err)
+	}
+	return t, nil
+}
 
 // Rows is the number of rows in all files.
 func (s *Stream) Rows() int64 { return s.rows }

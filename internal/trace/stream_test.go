@@ -265,3 +265,37 @@ func TestStreamRefusesFalseStatistics(t *testing.T) {
 	assert.Contains(t, err.Error(), "outside its time statistics")
 	assert.Contains(t, err.Error(), "false.parquet")
 }
+
+// A stream of one file read whole is the file's whole read: the same series, events, environment and metadata,
+// from the footer the stream already read. A stream of several files is not read whole.
+func TestStreamReadWhole(t *testing.T) {
+	dir := t.TempDir()
+	t0 := time.Unix(1795735590, 0).UTC()
+	paths := []string{shuffledFile(t, dir, "one.parquet", t0, 300)}
+	real, _ := filepath.Glob(filepath.Join("..", "..", "testdata", "traces", "*.parquet"))
+	require.NotEmpty(t, real)
+	for _, p := range append(paths, real...) {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			want, err := ReadFile(p)
+			require.NoError(t, err)
+			s, err := OpenStream(p)
+			require.NoError(t, err)
+			defer s.Close()
+			got, err := s.ReadWhole()
+			require.NoError(t, err)
+			require.NotEmpty(t, got.GPUs)
+			require.Equal(t, want.GPUIndices(), got.GPUIndices())
+			for g, w := range want.GPUs { // as text: telemetry holds NaNs, which no deep comparison equates
+				assert.Equal(t, fmt.Sprintf("%+v", *w), fmt.Sprintf("%+v", *got.GPUs[g]), "GPU %d", g)
+			}
+			assert.Equal(t, want.Events, got.Events)
+			assert.Equal(t, want.Env, got.Env)
+			assert.Equal(t, want.Extra, got.Extra)
+		})
+	}
+	s, err := OpenStream(paths[0], paths[0])
+	require.NoError(t, err)
+	defer s.Close()
+	_, err = s.ReadWhole()
+	assert.ErrorContains(t, err, "a whole read takes one file, the stream has 2")
+}
