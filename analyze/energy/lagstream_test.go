@@ -136,7 +136,7 @@ func TestLagStreamEqualsFitHybrid(t *testing.T) {
 				for _, lag := range []time.Duration{want.Lag, want.Lag - want.U, want.Lag + want.U} {
 					gain, err := l.Gain(lag)
 					require.NoError(t, err)
-					wg := h.WithLag(lag).gain
+					wg := h.WithLag(lag).Gain()
 					assert.InEpsilon(t, wg, gain, 1e-12, "gain at lag %s", lag)
 				}
 				// What the stream keeps is bounded by the intervals the fit uses, not the series' length.

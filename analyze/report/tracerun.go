@@ -100,15 +100,17 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 		}
 		paths, skipped = segs, serr
 	}
+	t0 := time.Now()
 	s, streamed := opts.open(paths)
 	if s != nil {
 		defer s.Close()
+		slog.Debug("trace opened", "path", path, "rows", s.Rows(), "streamed", streamed, "took", time.Since(t0))
 	}
 	if streamed {
 		runs, err := streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
 		return runs, errors.Join(skipped, err)
 	}
-	t0 := time.Now()
+	t0 = time.Now()
 	var t *trace.Trace
 	var err error
 	if s != nil && len(paths) == 1 && paths[0] == path {

@@ -57,6 +57,7 @@ func (c *reportCmd) Run(ctx context.Context, log *slog.Logger) error {
 		// not heap (stacks, the runtime's own) and its overshoot under load stay inside the limit.
 		debug.SetMemoryLimit(c.MemoryMiB << 20 * 3 / 4)
 	}
+	log.Debug("report started", "paths", len(c.Paths))
 	// Every format reads the traces: the uncertainty budgets' lag term is evaluated on them.
 	runs, probs := report.LoadWith(c.Paths, report.LoadOptions{Stream: c.Stream,
 		MemoryLimit: c.MemoryMiB << 20, NoPlots: c.Format != "html"})

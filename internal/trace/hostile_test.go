@@ -187,6 +187,11 @@ func TestCraftedMetadataRefused(t *testing.T) {
 		}, "row group 0, column power_w: page 0: snappy stream of"},
 		{"gzip", func(t *testing.T, c *craftFile) { c.md.RowGroups[0].Columns[0].MetaData.Codec = format.Gzip },
 			"row group 0, column kind: compression GZIP: lem reads zstd (its own), snappy and uncompressed traces"},
+		{"column chunk missing", func(t *testing.T, c *craftFile) {
+			last := len(c.md.RowGroups[0].Columns) - 1
+			c.md.RowGroups[0].Columns = c.md.RowGroups[0].Columns[:last]
+			c.chunks[0] = c.chunks[0][:last]
+		}, fmt.Sprintf("row group 0 has %d column chunks for %d columns", len(columnNames)-1, len(columnNames))},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
