@@ -59,4 +59,20 @@ func TestFitLagParallelEqualsSerial(t *testing.T) {
 		runtime.GOMAXPROCS(p)
 		assert.Equal(t, want, fitLag(ivs, in), "GOMAXPROCS %d", p)
 	}
+	// The walked energies are the integral's at each moved edge, found by search, to the bit; on both sides of
+	// the samples too (edges moved outside them read as the first or last sample).
+	edges := append([]lagInterval{{ss[0].Time.Add(-time.Second), ss[0].Time.Add(30 * time.Millisecond), 1},
+		{ss[len(ss)-1].Time.Add(-10 * time.Millisecond), ss[len(ss)-1].Time.Add(time.Second), 1}}, ivs[:50]...)
+	for _, workers := range []int{1, 3} {
+		x := lagEnergies(edges, in, workers)
+		for c := range numLags {
+			l := MinLag + time.Duration(c)*lagStep
+			for i, v := range edges {
+				want := in.At(v.b.Add(-l)) - in.At(v.a.Add(-l))
+				if got := x[c*len(edges)+i]; got != want {
+					t.Fatalf("workers %d, lag %v, interval %d: %v, searched %v", workers, l, i, got, want)
+				}
+			}
+		}
+	}
 }

@@ -248,24 +248,22 @@ func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 	for k := range edge {
 		edge[k] = k * len(ivs) / lagBlocks
 	}
+	workers := 1
+	if len(ivs) >= parallelLagIntervals {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	x := lagEnergies(ivs, in, workers)
 	// Each candidate is scored on its own (in parallel for long fits: one GPU's fit was the serial part of a
 	// whole-trace report on many cores), then the scores are compared in lag order as one loop would.
 	scores := make([]lagScore, numLags)
-	workers := 1
-	if len(ivs) >= parallelLagIntervals {
-		workers = min(runtime.GOMAXPROCS(0), numLags)
-	}
 	var next atomic.Int32
 	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			xs := make([]float64, len(ivs))
+	for range min(workers, numLags) {
+		wg.Go(func() {
 			for c := int(next.Add(1)) - 1; c < numLags; c = int(next.Add(1)) - 1 {
-				scores[c] = scoreLag(ivs, in, &edge, MinLag+time.Duration(c)*lagStep, xs)
+				scores[c] = scoreLag(ivs, x[c*len(ivs):(c+1)*len(ivs)], &edge)
 			}
-		}()
+		})
 	}
 	wg.Wait()
 	best, worst := -1.0, 0.0
@@ -308,19 +306,51 @@ type lagScore struct {
 	jkOK [lagBlocks]bool
 }
 
-// scoreLag fits one gain at lag over the intervals, and again with each block left out; xs is scratch.
-func scoreLag(ivs []lagInterval, in *Integral, edge *[lagBlocks + 1]int, lag time.Duration, xs []float64) lagScore {
+// lagEnergies is every interval's sampled energy at every candidate lag: x[c·n+i] for candidate c and interval i
+// of n, the samples' integral from a−L to b−L. Each interval's edges walk back across the candidates (the lags are
+// 5 ms apart, the samples 20 ms: a step or none), where a search per candidate and edge cost twenty probes; the
+// same sample brackets as a search's, so the same values to the bit. workers share the intervals.
+func lagEnergies(ivs []lagInterval, in *Integral, workers int) []float64 {
+	n := len(ivs)
+	x := make([]float64, numLags*n)
+	last := func(ns int64) int { // the last sample at or before ns, or 0
+		return max(sort.Search(len(in.ss), func(i int) bool { return int64(in.ss[i].Time) > ns })-1, 0)
+	}
+	chunk := (n + workers - 1) / workers
+	var wg sync.WaitGroup
+	for lo := 0; lo < n; lo += chunk {
+		wg.Go(func() {
+			for i := lo; i < min(lo+chunk, n); i++ {
+				a, b := int64(ivs[i].a), int64(ivs[i].b)
+				ka, kb := last(a-int64(MinLag)), last(b-int64(MinLag))
+				for c := range numLags {
+					l := int64(MinLag + time.Duration(c)*lagStep)
+					for ka > 0 && in.ns(ka) > a-l {
+						ka--
+					}
+					for kb > 0 && in.ns(kb) > b-l {
+						kb--
+					}
+					x[c*n+i] = in.at(b-l, kb) - in.at(a-l, ka)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return x
+}
+
+// scoreLag fits one gain over the intervals with their sampled energies xs at one lag, and again with each block
+// left out.
+func scoreLag(ivs []lagInterval, xs []float64, edge *[lagBlocks + 1]int) lagScore {
 	var sc lagScore
 	var sxy, sxx float64
 	var bxy, bxx [lagBlocks]float64
-	ca, cb := in.Cursor(), in.Cursor() // interval edges ascend: no binary searches
-	l := int64(lag)
 	k := 0
 	for i, v := range ivs {
 		for i >= edge[k+1] {
 			k++
 		}
-		xs[i] = cb.atNS(v.b.UnixNano()-l) - ca.atNS(v.a.UnixNano()-l)
 		bxy[k] += xs[i] * v.dE
 		bxx[k] += xs[i] * xs[i]
 	}
