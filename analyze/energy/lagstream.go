@@ -36,11 +36,12 @@ type keeper struct {
 	until   int64 // samples join until one at or after this time
 }
 
-func newKeeper() keeper { return keeper{lastSeq: -1} }
+// newKeeper's integral holds the whole values (one block, base 0: 0 + x is x).
+func newKeeper() keeper { return keeper{lastSeq: -1, in: Integral{base: []float64{0}, shift: 62}} }
 
 func (k *keeper) add(x sampleAt) {
 	k.in.ss = append(k.in.ss, trace.PowerSample{Time: trace.Stamp(x.ns), PowerW: x.pw})
-	k.in.cum = append(k.in.cum, x.cum)
+	k.in.own = append(k.in.own, x.cum)
 	k.lastSeq = x.seq
 }
 
@@ -68,7 +69,7 @@ func (k *keeper) dropBefore(t int64) {
 	j := sort.Search(len(k.in.ss), func(i int) bool { return k.in.ns(i) >= t }) - 2
 	if j > len(k.in.ss)/2 {
 		k.in.ss = append(k.in.ss[:0], k.in.ss[j:]...)
-		k.in.cum = append(k.in.cum[:0], k.in.cum[j:]...)
+		k.in.own = append(k.in.own[:0], k.in.own[j:]...)
 	}
 }
 
@@ -93,10 +94,11 @@ type LagStream struct {
 	prev   point
 	ivs    [][2]point // chosen intervals
 	// Samples: every sample's running integral, the newest ones, and those around chosen readings.
-	seq  int
-	last sampleAt
-	hist []sampleAt // samples after the newest minus MaxShift, and the two before
-	thin keeper
+	seq       int
+	base, own float64 // the running integral's block base and the block's own sum (NewIntegral)
+	last      sampleAt
+	hist      []sampleAt // samples after the newest minus MaxShift, and the two before
+	thin      keeper
 	// The gain over the covered readings at lag L runs from the first reading at or after s0+L to the last at or
 	// before the last sample+L. For every L a hybrid uses (MinShift..MaxShift) those are among the head (readings
 	// from s0+MinShift to the first at or after s0+MaxShift) and the tail (from the last at or before the newest
@@ -171,8 +173,14 @@ func (l *LagStream) counter(c trace.CounterReading) {
 func (l *LagStream) sample(s trace.PowerSample) {
 	x := sampleAt{ns: s.Time.UnixNano(), pw: s.PowerW, seq: l.seq}
 	if l.seq > 0 {
-		// The running integral exactly as NewIntegral computes it.
-		x.cum = l.last.cum + (l.last.pw+x.pw)/2*float64(x.ns-l.last.ns)/1e9
+		// The running integral exactly as NewIntegral computes it: a block's own sum from zero on its base.
+		inc := (l.last.pw + x.pw) / 2 * float64(x.ns-l.last.ns) / 1e9
+		if l.seq%integralBlock == 0 {
+			l.base, l.own = l.base+(l.own+inc), 0
+		} else {
+			l.own += inc
+		}
+		x.cum = l.base + l.own
 	}
 	l.seq++
 	l.last = x
