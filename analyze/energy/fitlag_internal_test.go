@@ -76,3 +76,46 @@ func TestFitLagParallelEqualsSerial(t *testing.T) {
 		}
 	}
 }
+
+// The running integral is the trapezoid sum of the samples, summed in blocks of integralBlock: each value equals
+// a plain blocked sum to the bit (at any GOMAXPROCS) and the plain serial sum to 1e-12, over several blocks and a
+// partial last one.
+func TestIntegralBlockedSum(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	n := 3*integralBlock + 777
+	ss := make([]trace.PowerSample, n)
+	ns := int64(1_800_000_000e9)
+	for i := range ss {
+		ns += int64(20e6) + r.Int64N(2e6)
+		ss[i] = trace.PowerSample{Time: trace.Stamp(ns), PowerW: 100 + 600*r.Float64()}
+	}
+	inc := func(i int) float64 {
+		return (ss[i-1].PowerW + ss[i].PowerW) / 2 * float64(int64(ss[i].Time)-int64(ss[i-1].Time)) / 1e9
+	}
+	blocked := make([]float64, n)
+	var base, own, serial float64
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, p := range []int{1, 4} {
+		runtime.GOMAXPROCS(p)
+		in := NewIntegral(ss)
+		base, own, serial = 0, 0, 0
+		for i := range ss {
+			if i > 0 {
+				serial += inc(i)
+				if i%integralBlock == 0 {
+					base, own = base+(own+inc(i)), 0
+				} else {
+					own += inc(i)
+				}
+			}
+			blocked[i] = base + own
+			if got := in.cum(i); got != blocked[i] {
+				t.Fatalf("GOMAXPROCS %d sample %d: %v, blocked sum %v", p, i, got, blocked[i])
+			}
+			if math.Abs(blocked[i]-serial) > 1e-12*serial {
+				t.Fatalf("sample %d: %v, serial sum %v", i, blocked[i], serial)
+			}
+		}
+	}
+	assert.Greater(t, serial, 1e5, "the sum is of hours of samples")
+}
