@@ -273,10 +273,13 @@ func lagMeterOf(s *trace.Series, m *account.Meter) *lagMeter {
 			return nil
 		}
 	}
-	lm := &lagMeter{est: est, h: h}
+	lm := &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
+	// The three gains at once, now: a run at the trace's start or end needs all of them, and would otherwise
+	// compute them one after another (a pass over every reading each) while the other runs are done.
 	var wg sync.WaitGroup
-	wg.Go(func() { lm.lo = h.WithLag(est.Lag - est.U) })
-	lm.hi = h.WithLag(est.Lag + est.U)
+	for _, x := range []*energy.Hybrid{h, lm.lo, lm.hi} {
+		wg.Go(func() { x.Gain() })
+	}
 	wg.Wait()
 	return lm
 }
