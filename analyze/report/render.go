@@ -518,43 +518,57 @@ func csvRuns(cw *csv.Writer, runs []Run) {
 		"run_hybrid_j", "run_adjusted_j", "run_u_raw_j", "run_expanded_raw_j", "run_u_adjusted_j", "run_expanded_adjusted_j",
 		"idle_w", "active_idle_w", "active_idle_source", "adjusted_active_j", "baseline_pstate", "baseline_sm_clock_hz",
 		"baseline_temp_c", "baseline_drift_w"})
-	for _, r := range runs {
-		m := r.Manifest
-		tok, jt, jta := manifest.Null, manifest.Null, manifest.Null
-		if d := m.Derived; d != nil {
-			tok, jt, jta = d.OutputTokens, d.JPerOutputToken, d.JPerOutputTokenAdj
-		}
-		codes := make([]string, 0, len(m.Warnings))
-		for _, wn := range m.Warnings {
-			codes = append(codes, wn.Code)
-		}
-		u := r.Uncertainty
-		for _, g := range m.GPUs {
-			base := math.NaN()
-			if g.Baseline != nil {
-				base = g.Baseline.MedianW
-			}
-			act, src, pst, clk, tmp, drift := math.NaN(), "", math.NaN(), math.NaN(), math.NaN(), math.NaN()
-			if g.ActiveIdle != nil {
-				act, src = g.ActiveIdle.MedianW, g.ActiveIdle.Source
-			}
-			if b := g.Baseline; b != nil {
-				pst, clk, tmp, drift = orNaN(b.PState), orNaN(b.SMClockHz), orNaN(b.TempMeanC), orNaN(b.DriftW)
-			}
-			lag, resolved := math.NaN(), ""
-			if g.Lag != nil {
-				lag, resolved = g.Lag.MS, strconv.FormatBool(g.Lag.Resolved)
-			}
-			cw.Write([]string{m.RunID, m.Experiment, m.Campaign, strconv.Itoa(m.Cycle), m.Status,
-				m.Times.Start.Format("2006-01-02T15:04:05.000000000Z07:00"), cell(m.Times.DurationS, 3), strconv.Itoa(g.Index),
-				g.Role, g.UUID, cell(base, 3), cell(g.Energy.CounterJ, 3), cell(g.Energy.SampledJ, 3), cell(g.Energy.HybridJ, 3),
-				cell(g.Energy.AdjustedJ, 3), cell(g.MeanPowerW, 3), cell(g.PeakPowerW, 3), cell(tok, 0), cell(jt, 6), cell(jta, 6),
-				strings.Join(codes, ";"), strconv.FormatBool(Passes(m)), cell(lag, 1), resolved, g.Method,
-				cell(m.Energy.HybridJ, 3), cell(m.Energy.AdjustedJ, 3), cell(u.URawJ, 3), cell(u.ExpandedRawJ, 3),
-				cell(u.UAdjustedJ, 3), cell(u.ExpandedAdjustedJ, 3), cell(g.IdleW, 3), cell(act, 3), src,
-				cell(g.Energy.AdjustedActiveJ, 3), cell(pst, 0), cell(clk, 0), cell(tmp, 1), cell(drift, 3)})
+	// The rows formatted on every core (a float's shortest text costs as much as the run's accounting did on one
+	// core), then written in order.
+	rows := make([][][]string, len(runs))
+	parallel(len(runs), func(i int) { rows[i] = csvRunRows(runs[i]) })
+	for _, rs := range rows {
+		for _, row := range rs {
+			cw.Write(row)
 		}
 	}
+}
+
+// csvRunRows is a run's rows of the runs table, one per GPU.
+func csvRunRows(r Run) [][]string {
+	m := r.Manifest
+	ok := strconv.FormatBool(Passes(m))
+	out := make([][]string, 0, len(m.GPUs))
+	tok, jt, jta := manifest.Null, manifest.Null, manifest.Null
+	if d := m.Derived; d != nil {
+		tok, jt, jta = d.OutputTokens, d.JPerOutputToken, d.JPerOutputTokenAdj
+	}
+	codes := make([]string, 0, len(m.Warnings))
+	for _, wn := range m.Warnings {
+		codes = append(codes, wn.Code)
+	}
+	u := r.Uncertainty
+	for _, g := range m.GPUs {
+		base := math.NaN()
+		if g.Baseline != nil {
+			base = g.Baseline.MedianW
+		}
+		act, src, pst, clk, tmp, drift := math.NaN(), "", math.NaN(), math.NaN(), math.NaN(), math.NaN()
+		if g.ActiveIdle != nil {
+			act, src = g.ActiveIdle.MedianW, g.ActiveIdle.Source
+		}
+		if b := g.Baseline; b != nil {
+			pst, clk, tmp, drift = orNaN(b.PState), orNaN(b.SMClockHz), orNaN(b.TempMeanC), orNaN(b.DriftW)
+		}
+		lag, resolved := math.NaN(), ""
+		if g.Lag != nil {
+			lag, resolved = g.Lag.MS, strconv.FormatBool(g.Lag.Resolved)
+		}
+		out = append(out, []string{m.RunID, m.Experiment, m.Campaign, strconv.Itoa(m.Cycle), m.Status,
+			m.Times.Start.Format("2006-01-02T15:04:05.000000000Z07:00"), cell(m.Times.DurationS, 3), strconv.Itoa(g.Index),
+			g.Role, g.UUID, cell(base, 3), cell(g.Energy.CounterJ, 3), cell(g.Energy.SampledJ, 3), cell(g.Energy.HybridJ, 3),
+			cell(g.Energy.AdjustedJ, 3), cell(g.MeanPowerW, 3), cell(g.PeakPowerW, 3), cell(tok, 0), cell(jt, 6), cell(jta, 6),
+			strings.Join(codes, ";"), ok, cell(lag, 1), resolved, g.Method,
+			cell(m.Energy.HybridJ, 3), cell(m.Energy.AdjustedJ, 3), cell(u.URawJ, 3), cell(u.ExpandedRawJ, 3),
+			cell(u.UAdjustedJ, 3), cell(u.ExpandedAdjustedJ, 3), cell(g.IdleW, 3), cell(act, 3), src,
+			cell(g.Energy.AdjustedActiveJ, 3), cell(pst, 0), cell(clk, 0), cell(tmp, 1), cell(drift, 3)})
+	}
+	return out
 }
 
 // orNaN is *p, NaN for nil: an optional manifest figure as a cell.

@@ -376,7 +376,7 @@ func readKinds(cc parquet.ColumnChunk, n int, out []uint8) (bad string, err erro
 	off := 0
 	var dict parquet.Dictionary
 	var dictCodes []uint8
-	var vals []uint8
+	vals := make([]uint8, 0, min(n, rowGroupRows)) // one page's codes, sized once (grown from nothing per row group: 60 MB of a large read's garbage)
 	for {
 		p, err := pages.ReadPage()
 		if errors.Is(err, io.EOF) {
