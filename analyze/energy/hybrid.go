@@ -25,11 +25,9 @@ type Hybrid struct {
 	// pts are the distinct counter values at the first read that showed each, at the reads' own times: shared,
 	// never written, by the hybrids of one series at other lags (a whole series' copy per lag was most of a
 	// report's fresh memory); pt moves one back by Lag.
-	pts []point
-	in  *Integral
-	// gain is the counter's joules per sampled joule over the whole series, for the ends: a pass over every
-	// reading, made the first time a window reaches past them (most hybrids never are: the lag's ± ones).
-	gain   *lazyGain
+	pts    []point
+	in     *Integral
+	gain   float64 // counter joules per sampled joule over the whole series (for the ends)
 	Lag    time.Duration
 	Resets int
 }
@@ -69,45 +67,19 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	if len(in.ss) < 2 {
 		return nil, fmt.Errorf("hybrid energy needs power samples, have %d", len(in.ss))
 	}
-	return &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: &lazyGain{}}, nil
-}
-
-// lazyGain is a hybrid's gain, computed once when first needed (or given).
-type lazyGain struct {
-	once sync.Once
-	v    float64
-}
-
-// fittedGain is a gain known beforehand.
-func fittedGain(v float64) *lazyGain {
-	g := &lazyGain{v: v}
-	g.once.Do(func() {})
-	return g
-}
-
-// Gain is the counter's joules per sampled joule over every interval of the readings the samples cover, at the
-// hybrid's lag; 1 without energy on either side.
-func (h *Hybrid) Gain() float64 {
-	h.gain.once.Do(func() {
-		h.gain.v = 1
-		var dE, dS float64
-		cur := h.in.Cursor()
-		prevT := h.pt(0).t
-		prev := cur.At(prevT)
-		for i := 1; i < len(h.pts); i++ {
-			t := h.pt(i).t
-			at := cur.At(t)
-			if h.in.Covers(prevT) && h.in.Covers(t) {
-				dE += h.pts[i].j - h.pts[i-1].j
-				dS += at - prev
-			}
-			prev, prevT = at, t
+	h := &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: 1}
+	// The counter's and the samples' energy over every interval between covered readings, summed: both telescope,
+	// from the first reading the samples cover (moved back by the lag) to the last (as LagStream.Gain takes them).
+	n, first, last := len(pts), in.ss[0].Time, in.ss[len(in.ss)-1].Time
+	lo := sort.Search(n, func(i int) bool { return !h.pt(i).t.Before(first) })
+	hi := sort.Search(n, func(i int) bool { return h.pt(i).t.After(last) }) - 1
+	if lo < hi {
+		a, b := h.pt(lo), h.pt(hi)
+		if dE, dS := b.j-a.j, in.At(b.t)-in.At(a.t); dE > 0 && dS > 0 {
+			h.gain = dE / dS
 		}
-		if dE > 0 && dS > 0 {
-			h.gain.v = dE / dS
-		}
-	})
-	return h.gain.v
+	}
+	return h, nil
 }
 
 // WithLag is the same hybrid with the counter moved back by lag instead of h.Lag, sharing the samples' running
@@ -130,12 +102,12 @@ func (h *Hybrid) at(t trace.Stamp) (float64, time.Duration, error) {
 		if !h.in.Covers(t) {
 			return 0, 0, fmt.Errorf("hybrid at %s: before counter and samples: %w", t.Format(time.RFC3339Nano), ErrNoCoverage)
 		}
-		return first.j - h.Gain()*(h.in.At(first.t)-h.in.At(t)), first.t.Sub(t), nil
+		return first.j - h.gain*(h.in.At(first.t)-h.in.At(t)), first.t.Sub(t), nil
 	case t.After(last.t):
 		if !h.in.Covers(t) {
 			return 0, 0, fmt.Errorf("hybrid at %s: after counter and samples: %w", t.Format(time.RFC3339Nano), ErrNoCoverage)
 		}
-		return last.j + h.Gain()*(h.in.At(t)-h.in.At(last.t)), t.Sub(last.t), nil
+		return last.j + h.gain*(h.in.At(t)-h.in.At(last.t)), t.Sub(last.t), nil
 	}
 	tf := t.Add(h.Lag)
 	k := sort.Search(n, func(i int) bool { return h.pts[i].t.After(tf) }) - 1

@@ -291,7 +291,7 @@ func NewHybridsFitted(cs []trace.CounterReading, ss []trace.PowerSample, lags []
 	}
 	out := make([]*Hybrid, len(lags))
 	for i, lag := range lags {
-		out[i] = &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: fittedGain(gains[i])}
+		out[i] = &Hybrid{pts: pts, in: in, Lag: lag, Resets: resets, gain: gains[i]}
 	}
 	return out, nil
 }

@@ -261,7 +261,7 @@ func lagMetersOf(t *trace.Trace, meters map[int]*account.Meter) map[int]*lagMete
 }
 
 // lagMeterOf is one GPU's lag meter, from its meter m's hybrid where m fitted one (nil: fitted here); nil without
-// a usable hybrid. The hybrids at the lag's two ends are made at once.
+// a usable hybrid.
 func lagMeterOf(s *trace.Series, m *account.Meter) *lagMeter {
 	var h *energy.Hybrid
 	var est energy.LagEstimate
@@ -273,15 +273,7 @@ func lagMeterOf(s *trace.Series, m *account.Meter) *lagMeter {
 			return nil
 		}
 	}
-	lm := &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
-	// The three gains at once, now: a run at the trace's start or end needs all of them, and would otherwise
-	// compute them one after another (a pass over every reading each) while the other runs are done.
-	var wg sync.WaitGroup
-	for _, x := range []*energy.Hybrid{h, lm.lo, lm.hi} {
-		wg.Go(func() { x.Gain() })
-	}
-	wg.Wait()
-	return lm
+	return &lagMeter{est: est, h: h, lo: h.WithLag(est.Lag - est.U), hi: h.WithLag(est.Lag + est.U)}
 }
 
 // forRun is the trace's lag meters as a run used them: a GPU whose manifest says its lag came from the host's
