@@ -97,7 +97,9 @@ func activeIdle(g int, win *trace.Series, b *manifest.Baseline, events []trace.E
 	if nps < energy.MinBaselineSamples {
 		return nil
 	}
-	ps := make([]float64, 0, nps)
+	buf := pooled[float64](&checkScratch, nps) // reused: a fresh array per run and GPU was most of the runs' fresh pages
+	defer checkScratch.Put(buf)
+	ps := (*buf)[:0]
 	for i, sp := range spans {
 		if sp[1].After(sp[0]) {
 			for _, x := range wins[i].Samples {

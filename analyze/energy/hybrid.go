@@ -422,13 +422,19 @@ func (h *Hybrid) IntervalSeq(t0, t1 time.Time) (int, iter.Seq[Interval]) {
 	end := k0 + sort.Search(n-k0, func(i int) bool { return !h.pts[k0+i].t.Before(f1) })
 	return min(end, n-1) - k0 + 1, func(yield func(Interval) bool) {
 		cur := h.in.Cursor()
+		next := -1 // the reading whose integral s1 holds: an interval's end is the next one's start
+		var s1 float64
 		for k := k0; k+1 < n && h.pts[k].t.Before(f1); k++ {
 			a, b := h.pt(k), h.pt(k+1)
 			if !b.t.After(w0) || !h.in.Covers(a.t) || !h.in.Covers(b.t) {
 				continue
 			}
-			s0 := cur.At(a.t)
-			if !yield(Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: cur.At(b.t) - s0}) {
+			s0 := s1
+			if next != k {
+				s0 = cur.At(a.t)
+			}
+			s1, next = cur.At(b.t), k+1
+			if !yield(Interval{Start: a.t, End: b.t, CounterJ: b.j - a.j, SampledJ: s1 - s0}) {
 				return
 			}
 		}
