@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -49,6 +50,12 @@ func dockerSleeper(t *testing.T, name string) (id string, pid uint32) {
 	p, err := strconv.ParseUint(strings.TrimSpace(string(out)), 10, 32)
 	require.NoError(t, err)
 	require.NotZero(t, p, "the container's process runs")
+	// The Engine reports the PID while runc is still starting it ("runc:[2:INIT]"): wait for the exec.
+	comm := filepath.Join("/proc", strconv.FormatUint(p, 10), "comm")
+	require.Eventually(t, func() bool {
+		b, err := os.ReadFile(comm)
+		return err == nil && strings.TrimSpace(string(b)) == "sleeper"
+	}, 10*time.Second, 10*time.Millisecond, "the container's process execs the sleeper")
 	return id, uint32(p)
 }
 
