@@ -257,7 +257,7 @@ func handPower(power []*model.SampleStream, last map[string]model.Time, sink Sin
 				st.SkippedSamples++
 				continue
 			}
-			ss = append(ss, trace.PowerSample{Time: trace.Stamp(int64(p.Timestamp) * int64(time.Millisecond)), PowerW: float64(p.Value)})
+			ss = append(ss, trace.PowerSample{Time: trace.StampOfMillis(int64(p.Timestamp)), PowerW: float64(p.Value)})
 		}
 		if err := sink.Samples(gpuLabel(s.Metric), ss); err != nil {
 			return err
@@ -283,7 +283,7 @@ func (c *Client) handEnergy(energy []*model.SampleStream, last map[string]model.
 				st.SkippedCounters++
 				continue
 			}
-			cs = append(cs, trace.CounterReading{Time: trace.Stamp(int64(p.Timestamp) * int64(time.Millisecond)), EnergyMJ: uint64(mj + 0.5)})
+			cs = append(cs, trace.CounterReading{Time: trace.StampOfMillis(int64(p.Timestamp)), EnergyMJ: uint64(mj + 0.5)})
 		}
 		if err := sink.Counters(gpuLabel(s.Metric), cs); err != nil {
 			return err
@@ -309,7 +309,7 @@ func telemetrySnapshots(ch chunk, last map[string]model.Time) map[snapshotKey]*t
 	at := func(g int, p model.SamplePair) *trace.Telemetry {
 		k := snapshotKey{g, int64(p.Timestamp)}
 		if snaps[k] == nil {
-			tm := trace.NewTelemetry(trace.Stamp(int64(p.Timestamp) * int64(time.Millisecond)))
+			tm := trace.NewTelemetry(trace.StampOfMillis(int64(p.Timestamp)))
 			snaps[k] = &tm
 		}
 		return snaps[k]

@@ -103,10 +103,12 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 	t0 := time.Now()
 	s, streamed := opts.open(paths)
 	if s != nil {
-		defer s.Close()
 		slog.Debug("trace opened", "path", path, "rows", s.Rows(), "streamed", streamed, "took", time.Since(t0))
 	}
 	if streamed {
+		if s != nil {
+			s.Close() // the passes open their own: its metadata is not held beside theirs
+		}
 		runs, err := streamRuns(context.Background(), paths, path, detailed, !opts.NoPlots)
 		return runs, errors.Join(skipped, err)
 	}
@@ -117,6 +119,9 @@ func fromTraceFile(path string, detailed bool, opts LoadOptions) ([]Run, error) 
 		t, err = s.ReadWhole() // its footer already read to choose
 	} else {
 		t, err = trace.ReadFile(path)
+	}
+	if s != nil {
+		s.Close()
 	}
 	if errors.Is(err, os.ErrNotExist) {
 		// A recording whose writer died before merging it: its closed segments.

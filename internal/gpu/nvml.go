@@ -224,7 +224,7 @@ func (d *nvmlDevice) PowerSamples(since time.Time) ([]trace.PowerSample, error) 
 			continue
 		}
 		out = append(out, trace.PowerSample{
-			Time:   trace.Stamp(int64(s.TimeStamp) * 1000),
+			Time:   trace.StampOfMicros(int64(min(s.TimeStamp, math.MaxInt64))),
 			PowerW: sampleValue(vt, s.SampleValue) / 1000,
 		})
 	}

@@ -261,8 +261,8 @@ func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, boo
 	if err != nil {
 		return prev, time.Time{}, false
 	}
-	deadline := prev.Time.Add(2 * d.s.cfg.CounterUpdatePeriod)
-	for trace.StampOf(clock.Now()).Before(deadline) {
+	deadline := clock.Now().Add(2 * d.s.cfg.CounterUpdatePeriod) // on the clock's own reading: no wall-clock step moves it
+	for clock.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
 			return prev, time.Time{}, false
@@ -273,7 +273,11 @@ func (d *device) lock(ctx context.Context) (trace.CounterReading, time.Time, boo
 			return prev, time.Time{}, false
 		}
 		if c.EnergyMJ != prev.EnergyMJ {
-			return c, prev.Time.Add(c.Time.Sub(prev.Time) / 2).Time(), true
+			// Midway between the two reads, which are stamped on the wall clock; handed over relative to the
+			// clock's own now, so that the schedule built on it keeps the clock's monotonic reading.
+			mid := prev.Time.Add(c.Time.Sub(prev.Time) / 2)
+			now := clock.Now()
+			return c, now.Add(mid.Sub(trace.StampOf(now))), true
 		}
 		prev = c
 	}

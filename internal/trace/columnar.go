@@ -120,7 +120,7 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 	defer pages.Close()
 	off := 0
 	var dict parquet.Dictionary
-	dictAt := 0 // where the current dictionary's strings start in c.strs
+	dictAt, dictLen := 0, 0 // where the current dictionary's strings start in c.strs, and how many
 	for {
 		p, err := pages.ReadPage()
 		if errors.Is(err, io.EOF) {
@@ -138,6 +138,7 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 				if kind == parquet.ByteArray {
 					dictAt = len(c.strs)
 					c.strs = appendDictStrings(c.strs, d)
+					dictLen = len(c.strs) - dictAt
 				}
 			}
 			idx := data.Int32()
@@ -146,7 +147,7 @@ func readColumn(cc parquet.ColumnChunk, n int, c *column) (_ *column, err error)
 				vals := grow(c.pageIdx, len(idx))
 				c.pageIdx = vals
 				for i, x := range idx {
-					if x < 0 || int(x) >= len(c.strs)-dictAt {
+					if x < 0 || int(x) >= dictLen { // not past it into a plain page's strings
 						return nil, fmt.Errorf("dictionary index %d out of range", x)
 					}
 					vals[i] = int32(dictAt) + x

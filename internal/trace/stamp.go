@@ -1,6 +1,9 @@
 package trace
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Stamp is a UTC time as Unix nanoseconds: the time of the bulk rows (power samples, counter reads, telemetry).
 // It takes 8 bytes and holds no pointer, where time.Time takes 24 with its location pointer: a trace's arrays are a
@@ -8,8 +11,35 @@ import "time"
 // trace accepts (1970..2200, checkTime) fits.
 type Stamp int64
 
-// StampOf returns t's stamp; t must lie within 1678..2262, as every trace time does.
-func StampOf(t time.Time) Stamp { return Stamp(t.UnixNano()) }
+// StampOf returns t's stamp. Times beyond what nanoseconds since 1970 hold (1677..2262) saturate to the nearest
+// end, so that a time a trace refuses (checkTime: 1970..2200) stays one instead of wrapping into range.
+func StampOf(t time.Time) Stamp {
+	switch {
+	case t.Before(minStampTime):
+		return math.MinInt64
+	case t.After(maxStampTime):
+		return math.MaxInt64
+	}
+	return Stamp(t.UnixNano())
+}
+
+var minStampTime, maxStampTime = time.Unix(0, math.MinInt64), time.Unix(0, math.MaxInt64)
+
+// StampOfMillis is the stamp of ms milliseconds since 1970 (Prometheus's timestamps), saturated as StampOf.
+func StampOfMillis(ms int64) Stamp { return scaled(ms, int64(time.Millisecond)) }
+
+// StampOfMicros is the stamp of us microseconds since 1970 (the driver's sample stamps), saturated as StampOf.
+func StampOfMicros(us int64) Stamp { return scaled(us, int64(time.Microsecond)) }
+
+func scaled(v, k int64) Stamp {
+	switch {
+	case v > math.MaxInt64/k:
+		return math.MaxInt64
+	case v < math.MinInt64/k:
+		return math.MinInt64
+	}
+	return Stamp(v * k)
+}
 
 // Time returns the stamp as a time.Time in UTC.
 func (s Stamp) Time() time.Time { return time.Unix(0, int64(s)).UTC() }

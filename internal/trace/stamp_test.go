@@ -1,6 +1,7 @@
 package trace
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -38,6 +39,34 @@ func TestStampAgreesWithTime(t *testing.T) {
 		for _, d := range []time.Duration{0, 1, -1, 20 * time.Millisecond, -85 * time.Millisecond, time.Hour} {
 			if got := s.Add(d).Time(); !got.Equal(a.Add(d)) {
 				t.Errorf("%v.Add(%v) = %v, want %v", a, d, got, a.Add(d))
+			}
+		}
+	}
+}
+
+// Times a stamp cannot hold saturate instead of wrapping, so the trace's checks still refuse them: a Prometheus
+// point in 2554 stays outside 1970..2200.
+func TestStampSaturates(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		s    Stamp
+		want Stamp
+	}{
+		{"year 2300", StampOf(time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)), math.MaxInt64},
+		{"year 1600", StampOf(time.Date(1600, 1, 1, 0, 0, 0, 0, time.UTC)), math.MinInt64},
+		{"zero time", StampOf(time.Time{}), math.MinInt64},
+		{"2554 in ms", StampOfMillis(18446744073710), math.MaxInt64},
+		{"-2554 in ms", StampOfMillis(-18446744073710), math.MinInt64},
+		{"max µs", StampOfMicros(math.MaxInt64), math.MaxInt64},
+		{"2026 in ms", StampOfMillis(1795929390503), 1795929390503 * 1e6},
+		{"2026 in µs", StampOfMicros(1795929390503123), 1795929390503123 * 1e3},
+	} {
+		if c.s != c.want {
+			t.Errorf("%s: %d, want %d", c.name, c.s, c.want)
+		}
+		if c.want == math.MaxInt64 || c.want == math.MinInt64 {
+			if checkStamp(c.s) == nil {
+				t.Errorf("%s: a trace accepts it", c.name)
 			}
 		}
 	}
