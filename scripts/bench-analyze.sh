@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Analyzer benchmark: the per-run energy table by `lem-analyze report -f csv` and by its peers, in the same run on
 # the same files, alternated:
-#   - lem-analyze report -f csv (default settings: a trace whose whole read, ~48 bytes a row, would not fit the
+#   - lem-analyze report -f csv (default settings: a trace whose whole read, ~1.6× its rows' size, would not fit the
 #     collector's soft limit, ¾ of --memory-limit 1 GiB, is streamed: read three times a row group at a time,
 #     memory bounded by the runs in flight; the 10 M-sample file's 14.5 M rows are read whole);
 #   - DuckDB (scripts/bench/duckdb-energy, its own Go module: per run and GPU counter and 50 Hz energies, and per

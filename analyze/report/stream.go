@@ -35,7 +35,7 @@ import (
 // LoadOptions choose how Load reads lem traces.
 type LoadOptions struct {
 	// Stream reads traces in windows: StreamAuto (traces whose whole read would not fit the collector's soft limit,
-	// three quarters of MemoryLimit), StreamAlways or StreamNever.
+	// three quarters of MemoryLimit: see liveNum), StreamAlways or StreamNever.
 	Stream string
 	// MemoryLimit is the memory the report aims to stay within (bytes); 0: DefaultMemoryLimit.
 	MemoryLimit int64
@@ -54,14 +54,18 @@ const (
 // DefaultMemoryLimit is the memory a report aims to stay within by default.
 const DefaultMemoryLimit = 1 << 30
 
-// liveBytesPerRow is what a row read whole keeps live at the report's peak: the trace (samples 16 bytes, counter
-// reads 24, telemetry 104: ~30 a row of an LLM recording), the samples' running integrals and the counter points
-// (~10), the accounting's arrays — measured 47–50 bytes a row (peak RSS at GOGC 10) on tiled LLM recordings of 6.8
-// and 14.5 M rows. None of it holds a pointer, so the collector does not scan it and reading whole stays the faster
-// up to the collector's soft limit (¾ of the limit): at 1 GiB on 2 vCPUs, 14.5 M rows 0.85 s whole against 1.22 s
-// streamed, 17.6 M rows 1.02 s against 1.45 s (peak 0.81 GB); beyond it the collector runs over and over (21.7 M
-// rows: 2.32 s against 1.75 s).
-const liveBytesPerRow = 48
+// A whole read keeps live about 1.6 times its rows' own size (trace.Stream.Footprint): the rows, the samples'
+// running integrals and the counter points, the accounting's arrays — measured 47–50 bytes a row (peak RSS at GOGC
+// 10) on tiled LLM recordings of 6.8 and 14.5 M rows, whose rows take 29.7 bytes each (samples 16, counter reads
+// 24, telemetry 104). None of it holds a pointer, so the collector does not scan it and reading whole stays the
+// faster up to the collector's soft limit (¾ of the limit): at 1 GiB on 2 vCPUs, 14.5 M rows 0.85 s whole against
+// 1.22 s streamed, 17.6 M rows 1.02 s against 1.45 s (peak 0.81 GB); beyond it the collector runs over and over
+// (21.7 M rows: 2.32 s against 1.75 s). Sized by kind, a trace of process or telemetry rows (a pull, a shared GPU)
+// is priced by what its rows take, not by an LLM recording's mix.
+const (
+	liveNum = 8 // live bytes per byte of rows: 8/5
+	liveDen = 5
+)
 
 // open opens the trace in paths and says whether it is streamed; s is nil where it cannot be opened (the read
 // that follows says why). The caller closes s.
@@ -76,15 +80,16 @@ func (o LoadOptions) open(paths []string) (s *trace.Stream, streamed bool) {
 	if err != nil {
 		return nil, len(paths) > 1 // let the read say what is wrong; segments are never merged in memory
 	}
-	return s, streamRows(s.Rows(), o.MemoryLimit)
+	return s, streamBytes(s.Footprint(), o.MemoryLimit)
 }
 
-// streamRows says whether a trace of rows rows is streamed within limit (bytes; 0: DefaultMemoryLimit).
-func streamRows(rows, limit int64) bool {
+// streamBytes says whether a trace whose rows take footprint bytes read whole is streamed within limit (bytes; 0:
+// DefaultMemoryLimit).
+func streamBytes(footprint, limit int64) bool {
 	if limit <= 0 {
 		limit = DefaultMemoryLimit
 	}
-	return rows*liveBytesPerRow > limit/4*3
+	return footprint/liveDen*liveNum > limit/4*3
 }
 
 // gpuFacts is what the first two passes learn about a GPU's series.

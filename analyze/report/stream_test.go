@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -471,38 +472,58 @@ func TestStreamedReportDropsProcessRows(t *testing.T) {
 	}
 }
 
-// The automatic choice reads whole what fits the collector's soft limit (¾ of the memory limit) at 48 bytes a
-// row, measured, and streams the rest: at the default 1 GiB, the 10 M-sample benchmark file (14.49 M rows) and up
-// to ~16.7 M rows are read whole. A file picks by its row count and --memory-limit.
+// The automatic choice reads whole what fits the collector's soft limit (¾ of the memory limit) at 1.6 times the
+// rows' own in-memory size, measured, and streams the rest; the size is the rows' by kind, from the row groups'
+// null counts, and equals what a whole read holds.
 func TestAutoStreamChoice(t *testing.T) {
 	const gib = 1 << 30
+	event := int64(unsafe.Sizeof(trace.Event{})) + 256
+	process := int64(unsafe.Sizeof(trace.Process{})) + 64
+	// The 10 M-sample benchmark file: samples 16 bytes, counter reads 24, telemetry 104, 5,600 events.
+	llm := int64(10_346_000*16+2_069_200*24+2_069_200*104) + 5_600*event
 	for _, c := range []struct {
-		rows, limit int64
-		stream      bool
+		bytes, limit int64
+		stream       bool
 	}{
-		{14_490_000, 0, false},
-		{14_490_000, gib, false},
-		{16_700_000, gib, false},
-		{16_800_000, gib, true}, // 16.8 M × 48 B = 806.4 MB > 805.3 MB
-		{240_000_000, gib, true},
-		{14_490_000, 512 << 20, true},
-		{3_000_000, 256 << 20, false}, // 144 MB within 192 MiB
-		{5_000_000, 256 << 20, true},
+		{llm, 0, false}, // 432 MB × 1.6 = 691 MB within 805 MB
+		{llm, gib, false},
+		{llm * 115 / 100, gib, false},
+		{llm * 117 / 100, gib, true},
+		{llm, 768 << 20, true},
+		{500 << 20, gib, true},  // 800 MiB live over the 768 MiB soft limit
+		{480 << 20, gib, false}, // 768 MiB: exactly the soft limit
+		{481 << 20, gib, true},
 	} {
-		assert.Equal(t, c.stream, streamRows(c.rows, c.limit), "%d rows within %d bytes", c.rows, c.limit)
+		assert.Equal(t, c.stream, streamBytes(c.bytes, c.limit), "%d bytes of rows within %d", c.bytes, c.limit)
+	}
+	for _, name := range []string{"h200-llm", "h200-share", "h100-gpuload", "h200-precision-full"} {
+		path := testutil.TracePath(name)
+		whole, err := trace.ReadFile(path)
+		require.NoError(t, err)
+		want := int64(len(whole.Events)) * event
+		for _, g := range whole.GPUs {
+			want += int64(len(g.Samples))*16 + int64(len(g.Counters))*24 + int64(len(g.Telemetry))*104 +
+				int64(len(g.ProcessSamples)+len(g.Processes))*process
+		}
+		s, err := trace.OpenStream(path)
+		require.NoError(t, err)
+		assert.Equal(t, want, s.Footprint(), "%s: the rows' size by kind", name)
+		require.NoError(t, s.Close())
 	}
 	path := testutil.TracePath("h200-llm")
 	s, err := trace.OpenStream(path)
 	require.NoError(t, err)
-	rows := s.Rows()
+	fp := s.Footprint()
 	require.NoError(t, s.Close())
-	require.Greater(t, rows, int64(1000))
-	fits := rows * 48 / 3 * 4 // the smallest limit that reads it whole
 	streamed := func(o LoadOptions) bool {
 		s, streamed := o.open([]string{path})
 		require.NotNil(t, s)
 		require.NoError(t, s.Close())
 		return streamed
+	}
+	fits := fp / 5 * 8 / 3 * 4 // the smallest limit (to rounding) that reads it whole
+	for fp/5*8 > fits/4*3 {
+		fits += 4
 	}
 	assert.False(t, streamed(LoadOptions{Stream: StreamAuto, MemoryLimit: fits}))
 	assert.True(t, streamed(LoadOptions{Stream: StreamAuto, MemoryLimit: fits - 4}))

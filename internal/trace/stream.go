@@ -1,6 +1,8 @@
 package trace
 
 import (
+	"unsafe"
+
 	"cmp"
 	"context"
 	"encoding/binary"
@@ -12,6 +14,8 @@ import (
 	"runtime"
 	"slices"
 	"time"
+
+	"github.com/parquet-go/parquet-go/format"
 
 	"github.com/parquet-go/parquet-go"
 
@@ -32,6 +36,7 @@ type Stream struct {
 	env   meta.Environment
 	extra map[string]string // the first file's metadata lem does not interpret
 	rows  int64
+	bytes int64         // Footprint
 	cpu   chan struct{} // tokens a row group's decoding holds (ShareCPU); nil: none
 }
 
@@ -210,9 +215,21 @@ func (s *Stream) addGroups(i int) error {
 	if !ok {
 		return fmt.Errorf("%w: column %q missing", ErrNotTrace, "time")
 	}
-	for j, rg := range sf.pf.Metadata().RowGroups {
+	nonNull := func(rg *format.RowGroup, name string) int64 {
+		l, ok := sf.pf.Schema().Lookup(name)
+		if !ok {
+			return 0
+		}
+		return min(max(rg.NumRows-rg.Columns[l.ColumnIndex].MetaData.Statistics.NullCount, 0), rg.NumRows)
+	}
+	for j := range sf.pf.Metadata().RowGroups {
+		rg := &sf.pf.Metadata().RowGroups[j]
 		ref := groupRef{file: i, index: j, minNS: math.MaxInt64, maxNS: math.MinInt64}
 		s.rows += rg.NumRows
+		smp, cnt, prc, ev := nonNull(rg, "power_w"), nonNull(rg, "energy_mj"), nonNull(rg, "pid"), nonNull(rg, "event")
+		tel := max(rg.NumRows-smp-cnt-prc-ev, 0)
+		s.bytes += max(smp*sampleBytes+cnt*counterBytes+tel*telemetryBytes+prc*processBytes+ev*eventBytes,
+			rg.NumRows*sampleBytes)
 		if rg.NumRows > 0 {
 			st := rg.Columns[leaf.ColumnIndex].MetaData.Statistics
 			lo, hi := st.MinValue, st.MaxValue
@@ -269,6 +286,22 @@ func (s *Stream) ReadWhole() (*Trace, error) {
 	}
 	return t, nil
 }
+
+// Bytes a row of each kind takes read whole (the in-memory types; a process row is the larger of the two process
+// kinds with a short identity, an event with a few attributes).
+const (
+	sampleBytes    = int64(unsafe.Sizeof(PowerSample{}))
+	counterBytes   = int64(unsafe.Sizeof(CounterReading{}))
+	telemetryBytes = int64(unsafe.Sizeof(Telemetry{}))
+	processBytes   = int64(unsafe.Sizeof(Process{})) + 64
+	eventBytes     = int64(unsafe.Sizeof(Event{})) + 256
+)
+
+// Footprint is what the rows of all files take in memory read whole, by kind, from each row group's null counts:
+// a row is a sample where power_w holds a value, a counter reading where energy_mj does, a process row where pid
+// does, an event where event does, telemetry otherwise. Statistics a writer left out count every row as every
+// kind; at least a sample's size a row.
+func (s *Stream) Footprint() int64 { return s.bytes }
 
 // Rows is the number of rows in all files.
 func (s *Stream) Rows() int64 { return s.rows }
