@@ -375,9 +375,10 @@ func (r *run) wait(ctx context.Context, wl backend.Workload) (status string, ex 
 	return status, ex, nil
 }
 
-func latest(reads map[int]trace.CounterReading, fallback time.Time) time.Time {
+// latest is the time of the latest of the reads, now when there are none.
+func latest(reads map[int]trace.CounterReading, now time.Time) time.Time {
 	if len(reads) == 0 {
-		return fallback
+		return now
 	}
 	var t trace.Stamp
 	for _, c := range reads {
@@ -385,7 +386,9 @@ func latest(reads map[int]trace.CounterReading, fallback time.Time) time.Time {
 			t = c.Time
 		}
 	}
-	return t.Time()
+	// The reads are stamped on the wall clock: the latest one placed relative to now, so that the run's edges
+	// keep now's monotonic reading (and zone) and a wall-clock step during the run does not change its duration.
+	return now.Add(t.Sub(trace.StampOf(now)))
 }
 
 // readAll reads every GPU's counter at once (each on its own sampler goroutine), each aligned on the counter's
