@@ -377,7 +377,8 @@ func readKinds(cc parquet.ColumnChunk, n int, out []uint8) (bad string, err erro
 	off := 0
 	var dict parquet.Dictionary
 	var dictCodes []uint8
-	vals := make([]uint8, 0, min(n, rowGroupRows)) // one page's codes, sized once (grown from nothing per row group: 60 MB of a large read's garbage)
+	// One page's codes, sized once: grown from nothing in every row group they were 60 MB of a large read's garbage.
+	vals := make([]uint8, 0, min(n, rowGroupRows))
 	for {
 		p, err := pages.ReadPage()
 		if errors.Is(err, io.EOF) {
