@@ -75,3 +75,22 @@ func TestSamplesQueryRefusals(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 	assert.Equal(t, "application/x-ndjson", resp.Header.Get("Content-Type"))
 }
+// An end the API accepts but nanoseconds since 1970 cannot hold (late 2262) is an open end, not a wrap into 1678:
+// the answer holds at least the samples an end of now holds.
+func TestSamplesEndBeyondStamps(t *testing.T) {
+	r := start(t, replay(t, "h200-shape", gpu.ReplayOptions{}), exporter.Options{})
+	from := time.Now().UTC().Add(-time.Second)
+	time.Sleep(1500 * time.Millisecond)
+	get := func(end string) int {
+		resp, err := http.Get(r.URL + "/api/v1/samples?gpu=0&start=" + from.Format(time.RFC3339Nano) + "&end=" + end)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
+		return strings.Count(string(b), "\n")
+	}
+	now := get(time.Now().UTC().Format(time.RFC3339Nano))
+	late := get("2262-12-31T00:00:00Z")
+	require.Greater(t, now, 0)
+	require.GreaterOrEqual(t, late, now)
+}

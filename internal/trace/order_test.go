@@ -94,3 +94,47 @@ func TestReadSortsOutOfOrderRows(t *testing.T) {
 		})
 	}
 }
+
+// A seam across a row group without the GPU's rows of a kind: GPU 0's counter readings lie in row groups 0 and 2
+// (none in 1), the later group's reading earlier in time; the read sorts them.
+func TestReadSortsAcrossRowGroupWithoutTheKind(t *testing.T) {
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	var buf bytes.Buffer
+	w, err := NewStreamWriter(&buf, meta.Environment{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.WriteCounter(0, CounterReading{Time: StampOf(base.Add(100 * time.Second)), EnergyMJ: 2}); err != nil {
+		t.Fatal(err)
+	}
+	for k := range 3 { // row groups 0 (the reading and samples), 1 (samples only), 2 (samples, then the reading)
+		ss := make([]PowerSample, []int{rowGroupRows - 1, rowGroupRows, 10}[k])
+		for i := range ss {
+			ss[i] = PowerSample{Time: StampOf(base.Add(time.Duration(k*rowGroupRows+i) * time.Millisecond)), PowerW: 1}
+		}
+		if err := w.WriteSamples(1, ss); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.WriteCounter(0, CounterReading{Time: StampOf(base.Add(50 * time.Second)), EnergyMJ: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	pf, _, _, err := open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(pf.RowGroups()); n != 3 {
+		t.Fatalf("%d row groups, want 3", n)
+	}
+	tr, err := read(bytes.NewReader(buf.Bytes()), int64(buf.Len()), ReadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := tr.GPUs[0].Counters
+	if len(cs) != 2 || cs[0].EnergyMJ != 1 || cs[1].EnergyMJ != 2 {
+		t.Fatalf("counters %v", cs)
+	}
+}
