@@ -75,6 +75,7 @@ func TestSamplesQueryRefusals(t *testing.T) {
 	require.Equal(t, http.StatusOK, resp.StatusCode, string(b))
 	assert.Equal(t, "application/x-ndjson", resp.Header.Get("Content-Type"))
 }
+
 // An end the API accepts but nanoseconds since 1970 cannot hold (late 2262) is an open end, not a wrap into 1678:
 // the answer holds at least the samples an end of now holds.
 func TestSamplesEndBeyondStamps(t *testing.T) {
