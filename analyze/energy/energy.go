@@ -9,10 +9,9 @@ import (
 	"math"
 	"runtime"
 	"sort"
-	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/lem-energy/lem/internal/parallel"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -231,7 +230,7 @@ func NewIntegral(ss []trace.PowerSample) *Integral {
 	blocks := max((n+integralBlock-1)/integralBlock, 1)
 	in := &Integral{ss: ss, own: make([]float64, n), base: make([]float64, blocks), shift: integralShift}
 	ends := make([]float64, blocks) // block b's increments, to the first sample of block b+1 included
-	eachBlock(blocks, func(b int) {
+	parallel.For(blocks, runtime.GOMAXPROCS(0), func(b int) {
 		lo, hi := b*integralBlock, min((b+1)*integralBlock, n)
 		for i := lo + 1; i < hi; i++ {
 			in.own[i] = in.own[i-1] + increment(ss[i-1], ss[i])
@@ -258,26 +257,6 @@ const (
 // increment is the trapezoid's energy from sample a to sample b, joules.
 func increment(a, b trace.PowerSample) float64 {
 	return (a.PowerW + b.PowerW) / 2 * float64(int64(b.Time)-int64(a.Time)) / 1e9
-}
-
-// eachBlock runs fn(0..n-1) on up to GOMAXPROCS goroutines (inline for one block).
-func eachBlock(n int, fn func(b int)) {
-	if n <= 1 {
-		if n == 1 {
-			fn(0)
-		}
-		return
-	}
-	var next atomic.Int32
-	var wg sync.WaitGroup
-	for range min(n, runtime.GOMAXPROCS(0)) {
-		wg.Go(func() {
-			for b := int(next.Add(1)) - 1; b < n; b = int(next.Add(1)) - 1 {
-				fn(b)
-			}
-		})
-	}
-	wg.Wait()
 }
 
 // ns is sample i's time in Unix nanoseconds.

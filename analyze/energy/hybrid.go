@@ -7,9 +7,9 @@ import (
 	"runtime"
 	"sort"
 	"sync"
-	"sync/atomic"
 	"time"
 
+	"github.com/lem-energy/lem/internal/parallel"
 	"github.com/lem-energy/lem/internal/trace"
 )
 
@@ -75,11 +75,18 @@ func newHybrid(pts []point, resets int, in *Integral, lag time.Duration) (*Hybri
 	hi := sort.Search(n, func(i int) bool { return h.pt(i).t.After(last) }) - 1
 	if lo < hi {
 		a, b := h.pt(lo), h.pt(hi)
-		if dE, dS := b.j-a.j, in.At(b.t)-in.At(a.t); dE > 0 && dS > 0 {
-			h.gain = dE / dS
-		}
+		h.gain = endGain(a, b, in.At(a.t), in.At(b.t))
 	}
 	return h, nil
+}
+
+// endGain is the counter's joules per sampled joule from covered reading a to covered reading b, whose samples'
+// integrals are sa and sb (the interval sums telescope); 1 without energy on either side.
+func endGain(a, b point, sa, sb float64) float64 {
+	if dE, dS := b.j-a.j, sb-sa; dE > 0 && dS > 0 {
+		return dE / dS
+	}
+	return 1
 }
 
 // WithLag is the same hybrid with the counter moved back by lag instead of h.Lag, sharing the samples' running
@@ -228,16 +235,7 @@ func fitLag(ivs []lagInterval, in *Integral) LagEstimate {
 	// Each candidate is scored on its own (in parallel for long fits: one GPU's fit was the serial part of a
 	// whole-trace report on many cores), then the scores are compared in lag order as one loop would.
 	scores := make([]lagScore, numLags)
-	var next atomic.Int32
-	var wg sync.WaitGroup
-	for range min(workers, numLags) {
-		wg.Go(func() {
-			for c := int(next.Add(1)) - 1; c < numLags; c = int(next.Add(1)) - 1 {
-				scores[c] = scoreLag(ivs, x[c*len(ivs):(c+1)*len(ivs)], &edge)
-			}
-		})
-	}
-	wg.Wait()
+	parallel.For(numLags, workers, func(c int) { scores[c] = scoreLag(ivs, x[c*len(ivs):(c+1)*len(ivs)], &edge) })
 	best, worst := -1.0, 0.0
 	var bestLag time.Duration
 	var jkBest [lagBlocks]float64
@@ -288,27 +286,20 @@ func lagEnergies(ivs []lagInterval, in *Integral, workers int) []float64 {
 	last := func(ns int64) int { // the last sample at or before ns, or 0
 		return max(sort.Search(len(in.ss), func(i int) bool { return int64(in.ss[i].Time) > ns })-1, 0)
 	}
-	chunk := (n + workers - 1) / workers
-	var wg sync.WaitGroup
-	for lo := 0; lo < n; lo += chunk {
-		wg.Go(func() {
-			for i := lo; i < min(lo+chunk, n); i++ {
-				a, b := int64(ivs[i].a), int64(ivs[i].b)
-				ka, kb := last(a-int64(MinLag)), last(b-int64(MinLag))
-				for c := range numLags {
-					l := int64(MinLag + time.Duration(c)*lagStep)
-					for ka > 0 && in.ns(ka) > a-l {
-						ka--
-					}
-					for kb > 0 && in.ns(kb) > b-l {
-						kb--
-					}
-					x[c*n+i] = in.at(b-l, kb) - in.at(a-l, ka)
-				}
+	parallel.For(n, workers, func(i int) {
+		a, b := int64(ivs[i].a), int64(ivs[i].b)
+		ka, kb := last(a-int64(MinLag)), last(b-int64(MinLag))
+		for c := range numLags {
+			l := int64(MinLag + time.Duration(c)*lagStep)
+			for ka > 0 && in.ns(ka) > a-l {
+				ka--
 			}
-		})
-	}
-	wg.Wait()
+			for kb > 0 && in.ns(kb) > b-l {
+				kb--
+			}
+			x[c*n+i] = in.at(b-l, kb) - in.at(a-l, ka)
+		}
+	})
 	return x
 }
 

@@ -174,7 +174,7 @@ func (l *LagStream) sample(s trace.PowerSample) {
 	x := sampleAt{ns: s.Time.UnixNano(), pw: s.PowerW, seq: l.seq}
 	if l.seq > 0 {
 		// The running integral exactly as NewIntegral computes it: a block's own sum from zero on its base.
-		inc := (l.last.pw + x.pw) / 2 * float64(x.ns-l.last.ns) / 1e9
+		inc := increment(trace.PowerSample{Time: trace.Stamp(l.last.ns), PowerW: l.last.pw}, s)
 		if l.seq%integralBlock == 0 {
 			l.base, l.own = l.base+(l.own+inc), 0
 		} else {
@@ -267,12 +267,7 @@ func (l *LagStream) Gain(lag time.Duration) (float64, error) {
 		return 1, nil // fewer than two covered readings: no interval to measure the gain on
 	}
 	a, b := l.head[lo].p, l.tail[hi].p
-	dE := b.j - a.j
-	dS := l.tailS.in.At(b.t.Add(-lag)) - l.headS.in.At(a.t.Add(-lag))
-	if dE > 0 && dS > 0 {
-		return dE / dS, nil
-	}
-	return 1, nil
+	return endGain(a, b, l.headS.in.At(a.t.Add(-lag)), l.tailS.in.At(b.t.Add(-lag))), nil
 }
 
 // NewHybridsFitted prepares hybrids over a window of a series, at several lags with the gains the whole series

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/stats"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/parallel"
 )
 
 // missing is what tables show for a value that was not measured.
@@ -521,7 +523,7 @@ func csvRuns(cw *csv.Writer, runs []Run) {
 	// The rows formatted on every core (a float's shortest text costs as much as the run's accounting did on one
 	// core), then written in order.
 	rows := make([][][]string, len(runs))
-	parallel(len(runs), func(i int) { rows[i] = csvRunRows(runs[i]) })
+	parallel.For(len(runs), runtime.GOMAXPROCS(0), func(i int) { rows[i] = csvRunRows(runs[i]) })
 	for _, rs := range rows {
 		for _, row := range rs {
 			cw.Write(row)

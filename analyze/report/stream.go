@@ -94,14 +94,13 @@ func streamBytes(footprint, limit int64) bool {
 
 // gpuFacts is what the first two passes learn about a GPU's series.
 type gpuFacts struct {
-	ext        trace.Extents
-	distinct   int
-	lastChange trace.Stamp // the last reading that first showed its value
-	lastMJ     uint64
-	method     string
-	lag        energy.LagEstimate
-	gain       [3]float64 // at lag, lag − u, lag + u
-	shifts     shifts
+	ext      trace.Extents
+	distinct int
+	lastMJ   uint64
+	method   string
+	lag      energy.LagEstimate
+	gain     [3]float64 // at lag, lag − u, lag + u
+	shifts   shifts
 }
 
 // streamRuns accounts the runs of a trace read in windows. name is the trace's path for the reports (the final
@@ -162,7 +161,6 @@ func scanRunsAndCounters(ctx context.Context, s *trace.Stream) (map[int]*gpuFact
 			for _, c := range r.Counters {
 				if f.distinct == 0 || c.EnergyMJ != f.lastMJ {
 					f.distinct++
-					f.lastChange = c.Time
 				}
 				f.lastMJ = c.EnergyMJ
 			}

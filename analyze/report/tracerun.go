@@ -13,6 +13,7 @@ import (
 
 	"github.com/lem-energy/lem/analyze/account"
 	"github.com/lem-energy/lem/internal/manifest"
+	"github.com/lem-energy/lem/internal/parallel"
 	"github.com/lem-energy/lem/internal/recorder"
 	"github.com/lem-energy/lem/internal/trace"
 )
@@ -163,32 +164,12 @@ func runsOfTrace(t *trace.Trace, path string, detailed, plots bool) []Run {
 	slog.Debug("meters fitted", "took", time.Since(t1))
 	runs := make([]Run, len(spans))
 	t2 := time.Now()
-	parallel(len(spans), func(i int) {
+	parallel.For(len(spans), runtime.GOMAXPROCS(0), func(i int) {
 		w := windowOf(t, spans[i], sh)
 		runs[i] = traceRun(w, path, spans[i], meters, lms, detailed, plots)
 	})
 	slog.Debug("runs accounted", "runs", len(spans), "took", time.Since(t2))
 	return runs
-}
-
-// parallel runs fn(0..n-1) on all cores.
-func parallel(n int, fn func(i int)) {
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				fn(i)
-			}
-		}()
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }
 
 // windowOf is a run's window of a whole trace in memory.
